@@ -1,0 +1,38 @@
+-- Tasks and their outcomes, keyed by task id: the fleet's durable record.
+CREATE TABLE IF NOT EXISTS tasks (
+    id              uuid PRIMARY KEY,
+    agent_type      text        NOT NULL,
+    priority        smallint    NOT NULL CHECK (priority BETWEEN 0 AND 9),
+    data            jsonb       NOT NULL,
+    status          text        NOT NULL
+                    CHECK (status IN ('queued', 'processing', 'completed', 'failed', 'dead')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    max_attempts    integer     NOT NULL DEFAULT 3,
+    result          jsonb,
+    last_error      text,
+    -- One entry per failed attempt: {"attempt", "error", "at"}.
+    errors          jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    worker_id       text,
+    idempotency_key text,
+    created_at      timestamptz NOT NULL,
+    started_at      timestamptz,
+    completed_at    timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS tasks_status_agent_idx ON tasks (status, agent_type);
+CREATE INDEX IF NOT EXISTS tasks_completed_at_idx ON tasks (completed_at);
+
+-- Messages that never became a task: undecodable bodies, unknown content types, envelopes
+-- that break the schema. Kept whole so nothing is silently lost.
+CREATE TABLE IF NOT EXISTS rejected_messages (
+    id              bigserial   PRIMARY KEY,
+    stream          text        NOT NULL,
+    stream_sequence bigint      NOT NULL,
+    subject         text        NOT NULL,
+    headers         jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    body            bytea       NOT NULL,
+    reason          text        NOT NULL,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (stream, stream_sequence)
+);

@@ -1,0 +1,17 @@
+//! Built-in agents, one per file. `email`, `quality` and `review` do real, deterministic
+//! work named after the seed's agents; `echo`, `sleep` and `fail` serve tests and benchmarks.
+
+mod echo;
+mod email;
+mod fail;
+mod quality;
+mod review;
+mod sleep;
+mod text;
+
+pub use echo::EchoAgent;
+pub use email::EmailAgent;
+pub use fail::FailAgent;
+pub use quality::QualityAgent;
+pub use review::ReviewAgent;
+pub use sleep::SleepAgent;

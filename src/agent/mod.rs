@@ -1,0 +1,61 @@
+//! Agents do the work of a task. A user adds one by implementing [`Agent`] and registering
+//! it in an [`AgentRegistry`]; the runtime decides what a failure means from its type:
+//! [`AgentError::Retryable`] is tried again after a delay, [`AgentError::Permanent`] is not.
+
+pub mod builtin;
+mod registry;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use registry::AgentRegistry;
+
+/// What an agent knows about the task it runs.
+#[derive(Debug, Clone)]
+pub struct AgentContext {
+    pub task_id: Uuid,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// When the runtime stops waiting for this attempt.
+    pub deadline: Instant,
+}
+
+/// Why an agent did not produce a result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AgentError {
+    /// A passing failure (a dependency down, a rate limit): try again later.
+    #[error("{0}")]
+    Retryable(String),
+    /// The input can never succeed: do not try again.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl AgentError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable(message.into())
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent(message.into())
+    }
+
+    /// A permanent error naming the input field that is missing or malformed.
+    pub fn invalid_input(field: &str, expected: &str) -> Self {
+        Self::Permanent(format!("invalid input: `{field}` must be {expected}"))
+    }
+}
+
+/// A kind of work the fleet can do, selected by a task's `agent_type`.
+#[async_trait]
+pub trait Agent: Send + Sync {
+    /// The `agent_type` this agent serves.
+    fn name(&self) -> &'static str;
+
+    /// Runs one task on `input` (the envelope's `data`) and returns its result.
+    async fn run(&self, input: &Value, context: &AgentContext) -> Result<Value, AgentError>;
+}

@@ -1,0 +1,203 @@
+//! The connection to NATS and the idempotent setup of the tasks stream and its consumers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    stream::{DiscardPolicy, RetentionPolicy, StorageType},
+};
+
+use super::{BrokerError, PriorityPuller, Subjects};
+use crate::{config::NatsSettings, task::MAX_PRIORITY};
+
+/// Largest task message the stream accepts (bytes). Bigger bodies are refused at publish.
+pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
+
+/// A NATS connection bound to one fleet's stream, subjects and consumer group.
+#[derive(Clone)]
+pub struct Broker {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    settings: NatsSettings,
+    subjects: Subjects,
+}
+
+impl Broker {
+    /// Connects to the configured server(s).
+    ///
+    /// Fails when no server answers or the credentials file cannot be read.
+    pub async fn connect(settings: &NatsSettings) -> Result<Self, BrokerError> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("swarmd")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(token) = &settings.token {
+            options = options.token(token.expose().to_string());
+        }
+        if let Some(path) = &settings.creds_file {
+            options = options.credentials_file(path).await.map_err(|source| {
+                BrokerError::Credentials {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        let urls: Vec<&str> = settings.url.expose().split(',').map(str::trim).collect();
+        let client = tokio::time::timeout(Duration::from_secs(10), options.connect(urls))
+            .await
+            .map_err(|_| {
+                BrokerError::Request(format!("no NATS server answered at {}", settings.url))
+            })?
+            .map_err(|source| BrokerError::Connect {
+                url: settings.url.to_string(),
+                source,
+            })?;
+        Ok(Self::with_client(client, settings))
+    }
+
+    /// Wraps an existing client (tests share one connection between several brokers).
+    pub fn with_client(client: async_nats::Client, settings: &NatsSettings) -> Self {
+        Self {
+            jetstream: jetstream::new(client.clone()),
+            subjects: Subjects::new(settings.subject_prefix.clone()),
+            settings: settings.clone(),
+            client,
+        }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
+    /// Durable name of the consumer serving one priority.
+    pub fn consumer_name(&self, priority: u8) -> String {
+        format!("{}-p{priority}", self.settings.consumer_group)
+    }
+
+    /// Creates the tasks stream, or updates it to the configured settings.
+    ///
+    /// Fails when JetStream is unavailable or refuses the configuration.
+    pub async fn ensure_stream(&self) -> Result<(), BrokerError> {
+        let config = jetstream::stream::Config {
+            name: self.settings.stream.clone(),
+            subjects: vec![self.subjects.all_tasks()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(self.settings.duplicate_window_secs),
+            max_message_size: MAX_MESSAGE_BYTES,
+            num_replicas: self.settings.replicas,
+            description: Some("SwarmDirector tasks, keyed by priority and agent type".into()),
+            ..Default::default()
+        };
+        let stream_error = |reason: String| BrokerError::Stream {
+            stream: self.settings.stream.clone(),
+            reason,
+        };
+        match self.jetstream.get_stream(&self.settings.stream).await {
+            Ok(_) => {
+                self.jetstream
+                    .update_stream(&config)
+                    .await
+                    .map_err(|e| stream_error(e.to_string()))?;
+            }
+            Err(_) => {
+                if let Err(create) = self.jetstream.create_stream(config.clone()).await {
+                    // Another process may have created it meanwhile.
+                    self.jetstream
+                        .get_stream(&self.settings.stream)
+                        .await
+                        .map_err(|_| stream_error(create.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates (or updates) one durable pull consumer per priority and returns a puller
+    /// over them.
+    ///
+    /// Fails when the stream is missing or the server drops the subject filter (an unfiltered
+    /// consumer would break priority order).
+    pub async fn priority_puller(&self) -> Result<PriorityPuller, BrokerError> {
+        let stream = self
+            .jetstream
+            .get_stream(&self.settings.stream)
+            .await
+            .map_err(|e| BrokerError::Stream {
+                stream: self.settings.stream.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut consumers = Vec::with_capacity(MAX_PRIORITY as usize + 1);
+        for priority in 0..=MAX_PRIORITY {
+            consumers.push(self.ensure_consumer(&stream, priority).await?);
+        }
+        Ok(PriorityPuller::new(
+            self.client.clone(),
+            self.subjects.clone(),
+            consumers,
+        ))
+    }
+
+    async fn ensure_consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+        priority: u8,
+    ) -> Result<PullConsumer, BrokerError> {
+        let name = self.consumer_name(priority);
+        let filter = self.subjects.priority_filter(priority);
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some(format!("SwarmDirector workers, priority {priority}")),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait(),
+            filter_subject: filter.clone(),
+            max_ack_pending: self.settings.max_ack_pending,
+            max_waiting: 4096,
+            ..Default::default()
+        };
+        let consumer_error = |reason: String| BrokerError::Consumer {
+            consumer: name.clone(),
+            reason,
+        };
+        // Creating an existing durable updates its editable settings (ack wait, limits).
+        let consumer: PullConsumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?;
+        let info = consumer.cached_info();
+        if info.config.filter_subject != filter {
+            return Err(consumer_error(format!(
+                "server kept filter {:?} instead of {filter:?}",
+                info.config.filter_subject
+            )));
+        }
+        Ok(consumer)
+    }
+
+    /// Deletes the tasks stream and its consumers (tests, benchmarks and cleanup).
+    pub async fn delete_stream(&self) -> Result<(), BrokerError> {
+        self.jetstream
+            .delete_stream(&self.settings.stream)
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Stream {
+                stream: self.settings.stream.clone(),
+                reason: e.to_string(),
+            })
+    }
+}

@@ -1,0 +1,14 @@
+//! JetStream, the fleet's source of work: subject names, stream and consumer setup,
+//! publishing envelopes, and pulling them highest priority first.
+
+mod connection;
+mod error;
+mod publisher;
+mod puller;
+mod subjects;
+
+pub use connection::Broker;
+pub use error::BrokerError;
+pub use publisher::{PublishReceipt, headers};
+pub use puller::{Doorbell, PriorityPuller};
+pub use subjects::Subjects;

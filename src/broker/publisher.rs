@@ -1,0 +1,127 @@
+//! Publishing envelopes: the right subject, the de-duplication id, the content type, and a
+//! publish acknowledgement before a task counts as accepted.
+
+use async_nats::{
+    HeaderMap,
+    jetstream::context::{PublishAckFuture, PublishErrorKind},
+};
+use bytes::Bytes;
+
+use super::{Broker, BrokerError};
+use crate::task::{Codec, TaskEnvelope};
+
+/// Header names of the wire contract.
+pub mod headers {
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    pub const CONTENT_TYPE: &str = "Content-Type";
+}
+
+/// What JetStream said about one accepted task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishReceipt {
+    /// Stream sequence of the stored message (of the first copy, for a duplicate).
+    pub sequence: u64,
+    /// True when the id was already published within the duplicate window: not stored again.
+    pub duplicate: bool,
+}
+
+impl Broker {
+    /// Publishes one task and waits for JetStream to store it.
+    ///
+    /// Fails on an invalid envelope, or when the stream does not acknowledge it.
+    pub async fn publish(
+        &self,
+        task: &TaskEnvelope,
+        codec: Codec,
+    ) -> Result<PublishReceipt, BrokerError> {
+        let subject = self.subjects().task(task.priority, &task.agent_type);
+        let pending = self.send(task, codec).await?;
+        confirm(pending, &subject).await
+    }
+
+    /// Publishes many tasks, keeping up to `window` unconfirmed at once, and calls `progress`
+    /// after each confirmation. Returns one receipt or error per task, in input order.
+    pub async fn publish_many(
+        &self,
+        tasks: &[TaskEnvelope],
+        codec: Codec,
+        window: usize,
+        mut progress: impl FnMut(),
+    ) -> Vec<Result<PublishReceipt, BrokerError>> {
+        let mut results = Vec::with_capacity(tasks.len());
+        let mut in_flight = std::collections::VecDeque::with_capacity(window);
+        for task in tasks {
+            let subject = self.subjects().task(task.priority, &task.agent_type);
+            in_flight.push_back((subject, self.send(task, codec).await));
+            if in_flight.len() >= window.max(1) {
+                let (subject, sent) = in_flight.pop_front().expect("window is not empty");
+                results.push(confirm_sent(sent, &subject).await);
+                progress();
+            }
+        }
+        for (subject, sent) in in_flight {
+            results.push(confirm_sent(sent, &subject).await);
+            progress();
+        }
+        results
+    }
+
+    /// Publishes raw bytes with the given headers (tests and tools that need malformed input).
+    pub async fn publish_raw(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<PublishReceipt, BrokerError> {
+        let pending = self
+            .jetstream()
+            .publish_with_headers(subject.clone(), headers, body)
+            .await
+            .map_err(|e| BrokerError::Publish {
+                subject: subject.clone(),
+                reason: e.to_string(),
+            })?;
+        confirm(pending, &subject).await
+    }
+
+    async fn send(
+        &self,
+        task: &TaskEnvelope,
+        codec: Codec,
+    ) -> Result<PublishAckFuture, BrokerError> {
+        task.validate()?;
+        let subject = self.subjects().task(task.priority, &task.agent_type);
+        let body = codec.encode(task)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::MSG_ID, task.id.to_string().as_str());
+        headers.insert(headers::CONTENT_TYPE, codec.content_type());
+        self.jetstream()
+            .publish_with_headers(subject.clone(), headers, body)
+            .await
+            .map_err(|e| BrokerError::Publish {
+                subject,
+                reason: e.to_string(),
+            })
+    }
+}
+
+async fn confirm_sent(
+    sent: Result<PublishAckFuture, BrokerError>,
+    subject: &str,
+) -> Result<PublishReceipt, BrokerError> {
+    confirm(sent?, subject).await
+}
+
+async fn confirm(pending: PublishAckFuture, subject: &str) -> Result<PublishReceipt, BrokerError> {
+    let ack = pending.await.map_err(|e| BrokerError::Publish {
+        subject: subject.to_string(),
+        reason: match e.kind() {
+            PublishErrorKind::StreamNotFound => "no stream takes this subject".into(),
+            _ => e.to_string(),
+        },
+    })?;
+    Ok(PublishReceipt {
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}

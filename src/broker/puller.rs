@@ -1,0 +1,134 @@
+//! Strict-priority pulling without polling.
+//!
+//! One durable pull consumer serves each priority. A worker with free slots asks them in
+//! order, highest first, with no-wait fetches, so a backlog always drains from the top. When
+//! every consumer is empty the worker subscribes to the task subjects with plain core NATS
+//! (the *doorbell*): the next publish at any priority wakes it within a network round trip,
+//! and it fetches again starting at the priority that rang. Redeliveries (a retry delay that
+//! ran out, a lease that expired) are not publishes, so an idle worker also rescans on a slow
+//! backstop timer.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::{FutureExt, StreamExt};
+
+use super::{BrokerError, Subjects};
+use crate::task::MAX_PRIORITY;
+
+/// Longest a no-wait fetch may take before the worker stops waiting for its answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pulls from the per-priority consumers, highest priority first.
+pub struct PriorityPuller {
+    client: async_nats::Client,
+    subjects: Subjects,
+    /// Indexed by priority.
+    consumers: Vec<PullConsumer>,
+}
+
+impl PriorityPuller {
+    pub(super) fn new(
+        client: async_nats::Client,
+        subjects: Subjects,
+        consumers: Vec<PullConsumer>,
+    ) -> Self {
+        Self {
+            client,
+            subjects,
+            consumers,
+        }
+    }
+
+    /// Takes up to `max` waiting messages without waiting for new ones, from priority `from`
+    /// down to 0. Fewer than `max` means every consumer from `from` down was drained.
+    ///
+    /// Fails when the server does not answer a pull request.
+    pub async fn fetch_available(
+        &self,
+        max: usize,
+        from: u8,
+    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+        let mut taken = Vec::with_capacity(max);
+        for priority in (0..=from.min(MAX_PRIORITY)).rev() {
+            let wanted = max - taken.len();
+            if wanted == 0 {
+                break;
+            }
+            let consumer = &self.consumers[priority as usize];
+            let fetch_error = |reason: String| BrokerError::Fetch {
+                consumer: consumer.cached_info().name.clone(),
+                reason,
+            };
+            let mut batch = consumer
+                .fetch()
+                .max_messages(wanted)
+                .messages()
+                .await
+                .map_err(|e| fetch_error(e.to_string()))?;
+            let drained = tokio::time::timeout(FETCH_TIMEOUT, async {
+                while let Some(message) = batch.next().await {
+                    match message {
+                        Ok(message) => taken.push(message),
+                        Err(e) => return Err(fetch_error(e.to_string())),
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            match drained {
+                Ok(result) => result?,
+                Err(_) => return Err(fetch_error("no answer to the pull request".into())),
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Subscribes to the doorbell. Rescan after this returns: a publish that came before the
+    /// subscription rang no bell.
+    ///
+    /// Fails when the subscription cannot be registered with the server.
+    pub async fn doorbell(&self) -> Result<Doorbell, BrokerError> {
+        let subscriber = self
+            .client
+            .subscribe(self.subjects.all_tasks())
+            .await
+            .map_err(|e| BrokerError::Request(e.to_string()))?;
+        // The server must know the subscription before the caller's rescan, or a publish in
+        // between would be missed by both.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BrokerError::Request(e.to_string()))?;
+        Ok(Doorbell {
+            subscriber,
+            subjects: self.subjects.clone(),
+        })
+    }
+}
+
+/// A live subscription to the task subjects that signals new publishes.
+pub struct Doorbell {
+    subscriber: async_nats::Subscriber,
+    subjects: Subjects,
+}
+
+impl Doorbell {
+    /// Waits for a publish, then returns the highest priority rung so far. `None` when the
+    /// connection closed the subscription.
+    pub async fn ring(&mut self) -> Option<u8> {
+        let first = self.subscriber.next().await?;
+        let mut highest = self.priority_of(&first.subject);
+        while let Some(Some(more)) = self.subscriber.next().now_or_never() {
+            highest = highest.max(self.priority_of(&more.subject));
+        }
+        Some(highest)
+    }
+
+    fn priority_of(&self, subject: &str) -> u8 {
+        // A subject we cannot parse still rang: look everywhere.
+        self.subjects
+            .parse_task(subject)
+            .map_or(MAX_PRIORITY, |(priority, _)| priority)
+    }
+}

@@ -1,0 +1,63 @@
+//! Subject names, derived from one configurable prefix so several fleets share a server.
+
+use crate::task::MAX_PRIORITY;
+
+/// The subjects of one fleet: `<prefix>.tasks.p<N>.<agent_type>`.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where a task of this priority and agent type is published.
+    pub fn task(&self, priority: u8, agent_type: &str) -> String {
+        format!("{}.tasks.p{priority}.{agent_type}", self.prefix)
+    }
+
+    /// Every task subject: the stream's subject and the idle doorbell's.
+    pub fn all_tasks(&self) -> String {
+        format!("{}.tasks.>", self.prefix)
+    }
+
+    /// The filter of the consumer that serves one priority.
+    pub fn priority_filter(&self, priority: u8) -> String {
+        format!("{}.tasks.p{priority}.*", self.prefix)
+    }
+
+    /// Priority and agent type named by a task subject, if it is one of ours.
+    pub fn parse_task<'a>(&self, subject: &'a str) -> Option<(u8, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".tasks.p")?;
+        let (priority, agent_type) = rest.split_once('.')?;
+        let priority: u8 = priority.parse().ok()?;
+        (priority <= MAX_PRIORITY && !agent_type.is_empty() && !agent_type.contains('.'))
+            .then_some((priority, agent_type))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_subjects_round_trip() {
+        let subjects = Subjects::new("acme.swarm");
+        let subject = subjects.task(7, "email");
+        assert_eq!(subject, "acme.swarm.tasks.p7.email");
+        assert_eq!(subjects.parse_task(&subject), Some((7, "email")));
+        assert_eq!(subjects.parse_task("acme.swarm.tasks.p12.email"), None);
+        assert_eq!(subjects.parse_task("other.tasks.p1.email"), None);
+        assert_eq!(subjects.priority_filter(0), "acme.swarm.tasks.p0.*");
+    }
+}

@@ -1,0 +1,204 @@
+//! `swarmd demo`: a small fleet on the configured services, a mix of tasks for every
+//! built-in agent at several priorities, and a readable summary of what happened.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{
+    agent::AgentRegistry,
+    broker::Broker,
+    config::Settings,
+    store::Store,
+    task::{Codec, TaskEnvelope},
+    worker::Worker,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tasks to publish.
+    #[arg(long, default_value_t = 2000)]
+    tasks: usize,
+    /// Worker loops to start in this process.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seconds to wait for the fleet to finish.
+    #[arg(long, default_value_t = 120)]
+    wait: u64,
+}
+
+const NAMES: [&str; 5] = ["Ann", "Bo", "Chen", "Dara", "Eli"];
+const TEXTS: [&str; 3] = [
+    "Our new release is out. It makes search faster and fixes the login bug. Update today and \
+     tell us what you think.",
+    "Buy buy buy now now now, the best best best deal deal deal of the year year year!!!",
+    "The quarterly report shows steady growth across all regions, with particularly strong \
+     results in the northern markets where the new distribution agreements took effect.",
+];
+
+pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
+    // Quick retries so the demo shows a retried task finishing within seconds.
+    settings.worker.retry_base_ms = settings.worker.retry_base_ms.min(250);
+    let store = Store::connect(&settings.database)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await.context("applying migrations")?;
+    let broker = Broker::connect(&settings.nats)
+        .await
+        .context("connecting to NATS")?;
+    broker
+        .ensure_stream()
+        .await
+        .context("setting up the tasks stream")?;
+
+    println!(
+        "SwarmDirector demo: {} workers (concurrency {} each) on stream {} / PostgreSQL schema {}",
+        args.workers,
+        settings.worker.concurrency,
+        settings.nats.stream,
+        store.schema()
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut fleet = Vec::new();
+    for n in 0..args.workers {
+        let mut worker_settings = settings.worker.clone();
+        worker_settings.id = Some(format!("demo-{}-{n}", std::process::id()));
+        let worker = Worker::new(
+            broker.clone(),
+            store.clone(),
+            AgentRegistry::with_builtins(),
+            worker_settings,
+        );
+        let mut stop = stop_rx.clone();
+        fleet.push(tokio::spawn(async move {
+            worker
+                .run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+
+    let tasks: Vec<TaskEnvelope> = (0..args.tasks).map(demo_task).collect();
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+    let started = Instant::now();
+    let results = broker
+        .publish_many(&tasks, Codec::MessagePack, 512, || {})
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} tasks could not be published");
+    }
+    println!(
+        "published {} tasks in {:.2} s",
+        tasks.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let finished = loop {
+        let finished = store.count_finished(&ids).await?;
+        if finished as usize >= ids.len() || Instant::now() > deadline {
+            break finished;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    for worker in fleet {
+        worker.await.context("worker task panicked")??;
+    }
+
+    print_summary(&store, &ids, finished, elapsed).await?;
+    if (finished as usize) < ids.len() {
+        bail!(
+            "only {finished} of {} tasks finished within {} s",
+            ids.len(),
+            args.wait
+        );
+    }
+    Ok(())
+}
+
+/// The `i`-th task of the mix: mostly real agents, some failures, one unknown agent.
+fn demo_task(i: usize) -> TaskEnvelope {
+    let priority = (i % 10) as u8;
+    let name = NAMES[i % NAMES.len()];
+    let (agent, data): (&str, Value) = match i % 8 {
+        0 | 1 => (
+            "email",
+            json!({
+                "to": if i % 40 == 0 { "broken-address".to_string() } else { format!("{}@example.org", name.to_lowercase()) },
+                "subject": "Order {{order}} has shipped",
+                "template": "Dear {{name}},\nyour order {{order}} is on its way.\nThe team",
+                "variables": {"name": name, "order": 1000 + i},
+            }),
+        ),
+        2 => ("quality", json!({ "text": TEXTS[i % TEXTS.len()] })),
+        3 => (
+            "review",
+            json!({
+                "subject": if i % 3 == 0 { "" } else { "Welcome aboard" },
+                "body": if i % 2 == 0 { format!("Hello {name},\nwelcome to the team.") }
+                        else { "Dear [CUSTOMER], FREE OFFER!! http://deal.example".to_string() },
+            }),
+        ),
+        4 | 5 => ("echo", json!({ "n": i })),
+        6 => ("sleep", json!({ "ms": 5 + i % 20 })),
+        _ if i == 7 => ("translate", json!({ "text": "no agent serves this" })),
+        _ if i % 24 == 15 => ("fail", json!({ "permanent": true })),
+        _ => ("fail", json!({ "succeed_on_attempt": 2 })),
+    };
+    TaskEnvelope::new(agent, data).with_priority(priority)
+}
+
+async fn print_summary(
+    store: &Store,
+    ids: &[Uuid],
+    finished: i64,
+    elapsed: f64,
+) -> anyhow::Result<()> {
+    println!(
+        "\n{finished} of {} tasks finished in {elapsed:.2} s: {:.0} tasks/s (publish to last commit)\n",
+        ids.len(),
+        finished as f64 / elapsed.max(1e-9)
+    );
+    println!(
+        "{:<10} {:>6} {:>6} {:>8} {:>10} {:>10} {:>10}",
+        "agent", "done", "dead", "retried", "waiting", "p50 ms", "p99 ms"
+    );
+    for row in store.agent_summary(ids).await? {
+        println!(
+            "{:<10} {:>6} {:>6} {:>8} {:>10} {:>10.1} {:>10.1}",
+            row.agent_type,
+            row.completed,
+            row.dead,
+            row.retried,
+            row.unfinished,
+            row.p50_ms.unwrap_or(f64::NAN),
+            row.p99_ms.unwrap_or(f64::NAN)
+        );
+    }
+    println!("\na few results:");
+    let records = store.tasks(&ids[..ids.len().min(16)]).await?;
+    let mut shown = std::collections::BTreeSet::new();
+    for record in records {
+        if !shown.insert(record.agent_type.clone()) {
+            continue;
+        }
+        let what = match (&record.result, &record.last_error) {
+            (Some(result), _) => result.to_string(),
+            (None, Some(error)) => format!("error: {error}"),
+            (None, None) => "(no result yet)".into(),
+        };
+        let what: String = what.chars().take(150).collect();
+        println!(
+            "  {:<9} p{} {:<10} {what}",
+            record.agent_type, record.priority, record.status
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! `swarmd` subcommands, one per file, and the dispatcher.
+
+mod demo;
+mod migrate;
+mod publish;
+mod status;
+mod worker;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+/// SwarmDirector: a distributed task fleet over NATS JetStream, PostgreSQL and Redis.
+///
+/// Every command reads its settings from built-in defaults, then the optional config file,
+/// then SWARM_* environment variables (SWARM_NATS_URL, SWARM_DATABASE_URL, SWARM_REDIS_URL,
+/// SWARM_STREAM, SWARM_SUBJECT_PREFIX, ...). See README.md for the full list.
+#[derive(Debug, Parser)]
+#[command(name = "swarmd", version, propagate_version = true)]
+pub struct Cli {
+    /// TOML settings file (sections [nats], [database], [redis], [worker]).
+    #[arg(long, short = 'c', global = true, env = "SWARM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `swarm_director=debug`.
+    #[arg(
+        long,
+        global = true,
+        env = "SWARM_LOG",
+        default_value = "info,async_nats=warn"
+    )]
+    pub log: String,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "SWARM_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker: pull tasks highest priority first, run agents, commit results.
+    Worker(worker::Args),
+    /// Publish one task, or many from a JSON-lines file.
+    Publish(publish::Args),
+    /// Show pending tasks per priority, consumers and recent results.
+    Status(status::Args),
+    /// Start a small fleet, publish a mix of tasks and print a summary.
+    Demo(demo::Args),
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// Sets up logging from the command line; call once, before `run`.
+pub fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the chosen subcommand.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref()).context("loading settings")?;
+    match cli.command {
+        Command::Worker(args) => worker::run(settings, args).await,
+        Command::Publish(args) => publish::run(settings, args).await,
+        Command::Status(args) => status::run(settings, args).await,
+        Command::Demo(args) => demo::run(settings, args).await,
+        Command::Migrate => migrate::run(settings).await,
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c received: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received: shutting down"),
+    }
+}

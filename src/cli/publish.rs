@@ -1,0 +1,202 @@
+//! `swarmd publish`: one task from flags, or many from a JSON-lines file with a progress bar.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::{
+    broker::Broker,
+    config::Settings,
+    task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
+};
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["agent", "file"])))]
+pub struct Args {
+    /// Agent type of the task (e.g. email, quality, review, echo, sleep, fail).
+    #[arg(long, short, requires = "data")]
+    agent: Option<String>,
+    /// The task's input, as JSON.
+    #[arg(long, short)]
+    data: Option<String>,
+    /// 0-9, higher runs first.
+    #[arg(long, short, default_value_t = DEFAULT_PRIORITY, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: u8,
+    /// Attempts before the task is dead-lettered.
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: u32,
+    /// Seconds one attempt may run.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Task id (a UUID); re-publishing an id within the duplicate window is a no-op.
+    #[arg(long)]
+    id: Option<Uuid>,
+    /// JSON-lines file: one object per line with agent_type, data and optional priority,
+    /// max_attempts, id, timeout, idempotency_key.
+    #[arg(long, short, conflicts_with_all = ["agent", "data"])]
+    file: Option<PathBuf>,
+    /// Body encoding.
+    #[arg(long, value_enum, default_value = "msgpack")]
+    codec: CodecArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CodecArg {
+    Json,
+    Msgpack,
+}
+
+impl From<CodecArg> for Codec {
+    fn from(arg: CodecArg) -> Self {
+        match arg {
+            CodecArg::Json => Codec::Json,
+            CodecArg::Msgpack => Codec::MessagePack,
+        }
+    }
+}
+
+/// One line of a `--file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskLine {
+    agent_type: String,
+    data: serde_json::Value,
+    #[serde(default)]
+    priority: Option<u8>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    id: Option<Uuid>,
+    #[serde(default)]
+    timeout: Option<f64>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+impl TaskLine {
+    fn into_task(self) -> TaskEnvelope {
+        TaskEnvelope {
+            id: self.id.unwrap_or_else(Uuid::now_v7),
+            agent_type: self.agent_type,
+            data: self.data,
+            priority: self.priority.unwrap_or(DEFAULT_PRIORITY),
+            created_at: Utc::now(),
+            max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            timeout: self.timeout,
+            idempotency_key: self.idempotency_key,
+        }
+    }
+}
+
+pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+    let codec = Codec::from(args.codec);
+    let tasks = match &args.file {
+        Some(path) => read_file(path)?,
+        None => vec![single(&args)?],
+    };
+    let broker = Broker::connect(&settings.nats)
+        .await
+        .context("connecting to NATS")?;
+    broker
+        .ensure_stream()
+        .await
+        .context("setting up the tasks stream")?;
+
+    if args.file.is_none() {
+        let receipt = broker.publish(&tasks[0], codec).await?;
+        if receipt.duplicate {
+            eprintln!(
+                "note: task {} was already published (duplicate ignored)",
+                tasks[0].id
+            );
+        }
+        println!("{}", tasks[0].id);
+        return Ok(());
+    }
+
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .expect("static template"),
+    );
+    let results = broker.publish_many(&tasks, codec, 512, || bar.inc(1)).await;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut duplicates = 0;
+    let mut failures = Vec::new();
+    for (task, result) in tasks.iter().zip(&results) {
+        match result {
+            Ok(receipt) if receipt.duplicate => duplicates += 1,
+            Ok(_) => {}
+            Err(error) => failures.push(format!("task {}: {error}", task.id)),
+        }
+    }
+    let published = tasks.len() - failures.len() - duplicates;
+    println!(
+        "published {published} tasks in {elapsed:.2} s ({:.0}/s), {duplicates} duplicates, {} failed",
+        published as f64 / elapsed.max(1e-9),
+        failures.len()
+    );
+    for failure in &failures {
+        eprintln!("  {failure}");
+    }
+    if !failures.is_empty() {
+        bail!("{} tasks were not published", failures.len());
+    }
+    Ok(())
+}
+
+fn single(args: &Args) -> anyhow::Result<TaskEnvelope> {
+    let agent = args.agent.clone().context("--agent is required")?;
+    let raw = args.data.as_deref().context("--data is required")?;
+    let data = serde_json::from_str(raw).context("--data is not valid JSON")?;
+    let mut task = TaskEnvelope::new(agent, data)
+        .with_priority(args.priority)
+        .with_max_attempts(args.max_attempts);
+    task.timeout = args.timeout;
+    if let Some(id) = args.id {
+        task.id = id;
+    }
+    task.validate()?;
+    Ok(task)
+}
+
+/// Reads every line first, so a file with a bad line publishes nothing and names each error.
+fn read_file(path: &PathBuf) -> anyhow::Result<Vec<TaskEnvelope>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut tasks = Vec::new();
+    let mut errors = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<TaskLine>(line)
+            .map_err(|e| e.to_string())
+            .map(TaskLine::into_task)
+            .and_then(|task| task.validate().map(|()| task).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(task) => tasks.push(task),
+            Err(error) => errors.push(format!("line {}: {error}", number + 1)),
+        }
+    }
+    if !errors.is_empty() {
+        for error in errors.iter().take(20) {
+            eprintln!("{}: {error}", path.display());
+        }
+        bail!(
+            "{} of the lines in {} are invalid; nothing was published",
+            errors.len(),
+            path.display()
+        );
+    }
+    if tasks.is_empty() {
+        bail!("{} holds no tasks", path.display());
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,45 @@
+//! `swarmd worker`: run one worker process until ctrl-c or SIGTERM.
+
+use anyhow::Context;
+
+use crate::{agent::AgentRegistry, broker::Broker, config::Settings, store::Store, worker::Worker};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tasks run at once (overrides SWARM_CONCURRENCY / worker.concurrency).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Do not apply migrations at start-up.
+    #[arg(long)]
+    no_migrate: bool,
+}
+
+pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
+    if let Some(concurrency) = args.concurrency {
+        settings.worker.concurrency = concurrency.max(1);
+    }
+    let store = Store::connect(&settings.database)
+        .await
+        .context("connecting to PostgreSQL")?;
+    if settings.database.migrate_on_start && !args.no_migrate {
+        store.migrate().await.context("applying migrations")?;
+    }
+    let broker = Broker::connect(&settings.nats)
+        .await
+        .context("connecting to NATS")?;
+    broker
+        .ensure_stream()
+        .await
+        .context("setting up the tasks stream")?;
+    let worker = Worker::new(
+        broker,
+        store,
+        AgentRegistry::with_builtins(),
+        settings.worker,
+    );
+    worker
+        .run(super::shutdown_signal())
+        .await
+        .context("running the worker")?;
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! One typed settings tree for every command: built-in defaults, then an optional TOML file,
+//! then `SWARM_*` environment variables. URLs may carry credentials, so every URL is held in
+//! a [`SecretUrl`] whose `Debug`/`Display` hide the password.
+
+use std::{fmt, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// Errors while loading the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// A connection URL that may hold a password; printing it never shows the password.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The full URL, credentials included: pass it to a client, never to a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn redacted(&self) -> String {
+        // scheme://user:password@host -> scheme://user:***@host
+        let Some(scheme_end) = self.0.find("://").map(|i| i + 3) else {
+            return self.0.clone();
+        };
+        let rest = &self.0[scheme_end..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            return self.0.clone();
+        };
+        let userinfo = &rest[..at];
+        let user = userinfo.split(':').next().unwrap_or("");
+        let masked = if userinfo.contains(':') {
+            format!("{user}:***")
+        } else {
+            "***".to_string()
+        };
+        format!("{}{masked}{}", &self.0[..scheme_end], &rest[at..])
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Everything a `swarmd` process needs to know.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub nats: NatsSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub worker: WorkerSettings,
+}
+
+/// NATS connection and JetStream layout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL(s), comma separated; `nats://user:pass@host:4222` and `tls://` accepted.
+    /// Default `nats://127.0.0.1:4222`. Env: `SWARM_NATS_URL`.
+    pub url: SecretUrl,
+    /// Optional NATS credentials file (JWT + nkey). Env: `SWARM_NATS_CREDS`.
+    pub creds_file: Option<String>,
+    /// Optional NATS token. Env: `SWARM_NATS_TOKEN`.
+    pub token: Option<SecretUrl>,
+    /// Tasks stream name. Default `SWARM_TASKS`. Env: `SWARM_STREAM`.
+    pub stream: String,
+    /// First token of every subject. Default `swarm`. Env: `SWARM_SUBJECT_PREFIX`.
+    pub subject_prefix: String,
+    /// Prefix of the durable consumer names (`<group>-p<N>`). Default `workers`.
+    /// Env: `SWARM_CONSUMER_GROUP`.
+    pub consumer_group: String,
+    /// Seconds a delivered task may stay unacknowledged before JetStream hands it to another
+    /// worker. Default 30. Env: `SWARM_ACK_WAIT_SECS`.
+    pub ack_wait_secs: f64,
+    /// Seconds within which a re-published task id is dropped as a duplicate. Default 120.
+    pub duplicate_window_secs: u64,
+    /// Most unacknowledged deliveries per priority consumer, across all workers. Default 20000.
+    pub max_ack_pending: i64,
+    /// Stream replicas (1 on a single server, 3 in a cluster). Default 1.
+    pub replicas: usize,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("nats://127.0.0.1:4222"),
+            creds_file: None,
+            token: None,
+            stream: "SWARM_TASKS".into(),
+            subject_prefix: "swarm".into(),
+            consumer_group: "workers".into(),
+            ack_wait_secs: 30.0,
+            duplicate_window_secs: 120,
+            max_ack_pending: 20_000,
+            replicas: 1,
+        }
+    }
+}
+
+impl NatsSettings {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.ack_wait_secs)
+    }
+}
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Primary (write) database URL; `sslmode` and credentials accepted.
+    /// Default `postgres://postgres@127.0.0.1:5432/test`. Env: `SWARM_DATABASE_URL`.
+    pub url: SecretUrl,
+    /// Schema holding the fleet's tables (created if missing). Default `public`.
+    /// Env: `SWARM_DATABASE_SCHEMA`.
+    pub schema: String,
+    /// Most connections in the primary pool. Default 10. Env: `SWARM_DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// Seconds to wait for a free connection. Default 20.
+    pub acquire_timeout_secs: u64,
+    /// Apply the embedded migrations when a worker starts. Default true.
+    /// Env: `SWARM_MIGRATE_ON_START`.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/test"),
+            schema: "public".into(),
+            max_connections: 10,
+            acquire_timeout_secs: 20,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// Redis settings (the legacy queue mirror and the result cache).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Default `redis://127.0.0.1:6379`; `rediss://` for TLS. Env: `SWARM_REDIS_URL`.
+    pub url: SecretUrl,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("redis://127.0.0.1:6379"),
+        }
+    }
+}
+
+/// How a worker process pulls and commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Tasks run at once by one worker process. Default 64. Env: `SWARM_CONCURRENCY`.
+    pub concurrency: usize,
+    /// Most messages fetched by one pull request. Default 64.
+    pub fetch_batch: usize,
+    /// Most outcomes committed in one database transaction. Default 256.
+    pub commit_batch: usize,
+    /// Milliseconds an outcome may wait for others to share its commit. Default 2.
+    pub commit_linger_ms: u64,
+    /// Commit transactions that may run at once. Default 2.
+    pub commit_parallelism: usize,
+    /// Seconds a task may run when its envelope sets no `timeout`. Default 300 (the seed's).
+    pub default_timeout_secs: f64,
+    /// Seconds to let in-flight tasks finish after SIGTERM/ctrl-c. Default 25.
+    pub shutdown_grace_secs: f64,
+    /// Worker id written with each result. Default `<hostname>-<pid>`. Env: `SWARM_WORKER_ID`.
+    pub id: Option<String>,
+    /// Delay before the second attempt, in milliseconds. Default 2000 (the seed's 2 s).
+    /// Env: `SWARM_RETRY_BASE_MS`.
+    pub retry_base_ms: u64,
+    /// Each further attempt waits this many times longer. Default 2 (2, 4, 8 s).
+    pub retry_factor: f64,
+    /// Longest delay between attempts, in milliseconds. Default 300000.
+    pub retry_max_ms: u64,
+    /// Random spread of each delay, as a fraction (0.2 = +/-20 %). Default 0.2.
+    pub retry_jitter: f64,
+    /// Milliseconds between rescans of an idle worker, which find redeliveries (new publishes
+    /// wake it at once). Default 500.
+    pub idle_rescan_ms: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            fetch_batch: 64,
+            commit_batch: 256,
+            commit_linger_ms: 2,
+            commit_parallelism: 2,
+            default_timeout_secs: 300.0,
+            shutdown_grace_secs: 25.0,
+            id: None,
+            retry_base_ms: 2000,
+            retry_factor: 2.0,
+            retry_max_ms: 300_000,
+            retry_jitter: 0.2,
+            idle_rescan_ms: 500,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// The configured worker id, or one made from the host name and process id.
+    pub fn worker_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (TOML) if given, then the process environment.
+    ///
+    /// Fails when the file cannot be read or parsed, or an environment value is malformed.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut settings = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        settings.apply_env(|name| std::env::var(name).ok())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Overrides from `SWARM_*` variables, read through `lookup` so tests need no process env.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                reason: e.to_string(),
+                value,
+            })
+        }
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("SWARM_NATS_URL") {
+            self.nats.url = SecretUrl::new(v);
+        }
+        if let Some(v) = get("SWARM_NATS_CREDS") {
+            self.nats.creds_file = Some(v);
+        }
+        if let Some(v) = get("SWARM_NATS_TOKEN") {
+            self.nats.token = Some(SecretUrl::new(v));
+        }
+        if let Some(v) = get("SWARM_STREAM") {
+            self.nats.stream = v;
+        }
+        if let Some(v) = get("SWARM_SUBJECT_PREFIX") {
+            self.nats.subject_prefix = v;
+        }
+        if let Some(v) = get("SWARM_CONSUMER_GROUP") {
+            self.nats.consumer_group = v;
+        }
+        if let Some(v) = get("SWARM_ACK_WAIT_SECS") {
+            self.nats.ack_wait_secs = parsed("SWARM_ACK_WAIT_SECS", v)?;
+        }
+        if let Some(v) = get("SWARM_DATABASE_URL") {
+            self.database.url = SecretUrl::new(v);
+        }
+        if let Some(v) = get("SWARM_DATABASE_SCHEMA") {
+            self.database.schema = v;
+        }
+        if let Some(v) = get("SWARM_DATABASE_MAX_CONNECTIONS") {
+            self.database.max_connections = parsed("SWARM_DATABASE_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = get("SWARM_MIGRATE_ON_START") {
+            self.database.migrate_on_start = parsed("SWARM_MIGRATE_ON_START", v)?;
+        }
+        if let Some(v) = get("SWARM_REDIS_URL") {
+            self.redis.url = SecretUrl::new(v);
+        }
+        if let Some(v) = get("SWARM_CONCURRENCY") {
+            self.worker.concurrency = parsed("SWARM_CONCURRENCY", v)?;
+        }
+        if let Some(v) = get("SWARM_RETRY_BASE_MS") {
+            self.worker.retry_base_ms = parsed("SWARM_RETRY_BASE_MS", v)?;
+        }
+        if let Some(v) = get("SWARM_WORKER_ID") {
+            self.worker.id = Some(v);
+        }
+        Ok(())
+    }
+
+    /// Rejects settings that would make the fleet misbehave rather than fail loudly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let token_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !token_ok(&self.nats.stream) {
+            return Err(ConfigError::Invalid {
+                name: "nats.stream",
+                reason: format!("{:?} must be letters, digits, '_' or '-'", self.nats.stream),
+            });
+        }
+        if !token_ok(&self.nats.consumer_group) {
+            return Err(ConfigError::Invalid {
+                name: "nats.consumer_group",
+                reason: format!(
+                    "{:?} must be letters, digits, '_' or '-'",
+                    self.nats.consumer_group
+                ),
+            });
+        }
+        if self.nats.subject_prefix.is_empty()
+            || self
+                .nats
+                .subject_prefix
+                .split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
+        {
+            return Err(ConfigError::Invalid {
+                name: "nats.subject_prefix",
+                reason: format!(
+                    "{:?} must be dot-separated subject tokens without wildcards",
+                    self.nats.subject_prefix
+                ),
+            });
+        }
+        if !token_ok(&self.database.schema) {
+            return Err(ConfigError::Invalid {
+                name: "database.schema",
+                reason: format!("{:?} must be letters, digits or '_'", self.database.schema),
+            });
+        }
+        if self.worker.concurrency == 0 || self.worker.fetch_batch == 0 {
+            return Err(ConfigError::Invalid {
+                name: "worker.concurrency",
+                reason: "concurrency and fetch_batch must be at least 1".into(),
+            });
+        }
+        if !(self.nats.ack_wait_secs > 0.0) {
+            return Err(ConfigError::Invalid {
+                name: "nats.ack_wait_secs",
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_print_without_password() {
+        let url = SecretUrl::new("postgres://app:s3cret@db:5432/x?sslmode=require");
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:***@db:5432/x?sslmode=require"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(
+            SecretUrl::new("redis://127.0.0.1:6379").to_string(),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|name| match name {
+                "SWARM_STREAM" => Some("OTHER".into()),
+                "SWARM_CONCURRENCY" => Some("7".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(settings.nats.stream, "OTHER");
+        assert_eq!(settings.worker.concurrency, 7);
+    }
+
+    #[test]
+    fn malformed_environment_is_an_error() {
+        let err = Settings::default()
+            .apply_env(|name| (name == "SWARM_CONCURRENCY").then(|| "many".into()))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Env {
+                name: "SWARM_CONCURRENCY",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn file_settings_parse() {
+        let settings: Settings =
+            toml::from_str("[nats]\nstream = \"S\"\n[worker]\nconcurrency = 3\n").unwrap();
+        assert_eq!(settings.nats.stream, "S");
+        assert_eq!(settings.worker.concurrency, 3);
+        assert_eq!(settings.nats.subject_prefix, "swarm");
+    }
+}

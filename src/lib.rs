@@ -1,0 +1,23 @@
+//! SwarmDirector: a message-driven worker fleet over NATS JetStream.
+//!
+//! Producers publish task envelopes to priority-keyed JetStream subjects; stateless workers
+//! pull them highest priority first, run an agent on each, commit the result to PostgreSQL
+//! and only then acknowledge the message.
+//!
+//! # Layout
+//! - [`config`]: one typed settings tree (defaults, file, environment), secrets redacted.
+//! - [`task`]: the wire contract: the task envelope and its JSON / MessagePack codecs.
+//! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull.
+//! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
+//! - [`store`]: PostgreSQL pools, embedded migrations and the task queries.
+//! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
+//!   and the pull loop with graceful shutdown.
+//! - [`cli`]: one file per `swarmd` subcommand; `main.rs` only dispatches.
+
+pub mod agent;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod store;
+pub mod task;
+pub mod worker;

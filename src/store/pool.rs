@@ -1,0 +1,125 @@
+//! Connecting to PostgreSQL with the fleet's schema on the search path, and migrating it.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::DatabaseSettings;
+
+/// A database failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database URL {url}: {source}")]
+    Url { url: String, source: sqlx::Error },
+    #[error("cannot connect to PostgreSQL at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot migrate schema {schema}: {source}")]
+    Migrate {
+        schema: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database query failed while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn query(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Query { doing, source }
+    }
+}
+
+/// The fleet's database: the primary pool, scoped to one schema.
+#[derive(Clone)]
+pub struct Store {
+    pub(super) primary: PgPool,
+    schema: String,
+}
+
+impl Store {
+    /// Connects to the primary, creating the configured schema when it is missing.
+    ///
+    /// Fails when the URL is malformed or the server cannot be reached.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let url = settings.url.to_string();
+        let options = PgConnectOptions::from_str(settings.url.expose())
+            .map_err(|source| StoreError::Url {
+                url: url.clone(),
+                source,
+            })?
+            .application_name("swarmd");
+        let pool_options = || {
+            PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+                .test_before_acquire(true)
+                .max_lifetime(Duration::from_secs(1800))
+        };
+        if settings.schema != "public" {
+            let bootstrap = pool_options()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url: url.clone(),
+                    source,
+                })?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                settings.schema
+            )))
+            .execute(&bootstrap)
+            .await
+            .map_err(StoreError::query("creating the schema"))?;
+            bootstrap.close().await;
+        }
+        let primary = pool_options()
+            .connect_with(options.options([("search_path", settings.schema.as_str())]))
+            .await
+            .map_err(|source| StoreError::Connect { url, source })?;
+        Ok(Self {
+            primary,
+            schema: settings.schema.clone(),
+        })
+    }
+
+    /// Applies the migrations embedded from `schemas/migrations` (idempotent).
+    ///
+    /// Fails when a migration fails or the applied ones differ from the embedded ones.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./schemas/migrations")
+            .run(&self.primary)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                schema: self.schema.clone(),
+                source,
+            })
+    }
+
+    /// The pool that takes writes.
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Drops the schema with everything in it (tests and benchmarks clean up with this).
+    pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        // The schema name was checked to be letters, digits, '_' and '-' only.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        )))
+        .execute(&self.primary)
+        .await
+        .map_err(StoreError::query("dropping the schema"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,358 @@
+//! Task rows: claiming a batch of deliveries, settling a batch of outcomes, recording
+//! rejected messages, and the reads that status and tests need.
+//!
+//! Results are keyed by task id. A row that is `completed` or `dead` never changes again,
+//! so a redelivered task is recognised at claim time and a late result is fenced off at
+//! settle time.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::task::TaskEnvelope;
+
+/// Lifecycle of a task row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskStatus {
+    Queued,
+    Processing,
+    Completed,
+    /// The last attempt failed and another is scheduled.
+    Failed,
+    /// No attempt will follow: given up, or permanently invalid.
+    Dead,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Processing => "processing",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "queued" => TaskStatus::Queued,
+            "processing" => TaskStatus::Processing,
+            "completed" => TaskStatus::Completed,
+            "failed" => TaskStatus::Failed,
+            "dead" => TaskStatus::Dead,
+            other => return Err(format!("unknown task status {other:?}")),
+        })
+    }
+}
+
+/// One delivery about to run.
+pub struct Claim<'a> {
+    pub task: &'a TaskEnvelope,
+    /// JetStream's delivery count: 1 on the first delivery.
+    pub attempt: u32,
+}
+
+/// The final word of one attempt, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettledStatus {
+    Completed,
+    Failed,
+    Dead,
+}
+
+impl SettledStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            SettledStatus::Completed => TaskStatus::Completed.as_str(),
+            SettledStatus::Failed => TaskStatus::Failed.as_str(),
+            SettledStatus::Dead => TaskStatus::Dead.as_str(),
+        }
+    }
+}
+
+/// One attempt's outcome to store.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub status: SettledStatus,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// A message that never became a task, kept whole with the reason.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub stream: String,
+    pub stream_sequence: u64,
+    pub subject: String,
+    pub headers: Value,
+    pub body: Vec<u8>,
+    pub reason: String,
+}
+
+/// A task row as read back.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    pub agent_type: String,
+    pub priority: i16,
+    pub data: Value,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub errors: Value,
+    pub worker_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Marks a batch of deliveries `processing` (inserting rows for new tasks) in one
+    /// statement, and returns the ids that may run. An id left out is already `completed` or
+    /// `dead`: its delivery is a duplicate to acknowledge without running the agent.
+    ///
+    /// Each id must appear once in `claims`.
+    pub async fn claim(
+        &self,
+        claims: &[Claim<'_>],
+        worker_id: &str,
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        if claims.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.task.id).collect();
+        let agent_types: Vec<&str> = claims.iter().map(|c| c.task.agent_type.as_str()).collect();
+        let priorities: Vec<i16> = claims.iter().map(|c| i16::from(c.task.priority)).collect();
+        let data: Vec<&Value> = claims.iter().map(|c| &c.task.data).collect();
+        let attempts: Vec<i32> = claims.iter().map(|c| c.attempt as i32).collect();
+        let max_attempts: Vec<i32> = claims.iter().map(|c| c.task.max_attempts as i32).collect();
+        let keys: Vec<Option<&str>> = claims
+            .iter()
+            .map(|c| c.task.idempotency_key.as_deref())
+            .collect();
+        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.task.created_at).collect();
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
+                                idempotency_key, created_at, worker_id, started_at, updated_at)
+             SELECT t.id, t.agent_type, t.priority, t.data, 'processing', t.attempts,
+                    t.max_attempts, t.idempotency_key, t.created_at, $9, now(), now()
+             FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
+                         $6::int4[], $7::text[], $8::timestamptz[])
+                  AS t(id, agent_type, priority, data, attempts, max_attempts,
+                       idempotency_key, created_at)
+             ON CONFLICT (id) DO UPDATE
+                SET status = 'processing', attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
+                    worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
+                    updated_at = now()
+              WHERE tasks.status NOT IN ('completed', 'dead')
+             RETURNING id",
+        )
+        .bind(&ids)
+        .bind(&agent_types)
+        .bind(&priorities)
+        .bind(&data)
+        .bind(&attempts)
+        .bind(&max_attempts)
+        .bind(&keys)
+        .bind(&created)
+        .bind(worker_id)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("claiming tasks"))?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Stores a batch of outcomes in one statement and returns the ids it applied.
+    ///
+    /// An outcome is fenced off (not applied) when the row is already `completed` or `dead`,
+    /// or when a failure belongs to an older attempt than the row's latest claim: a late
+    /// worker never overwrites a newer one.
+    pub async fn settle(
+        &self,
+        outcomes: &[Settled],
+        worker_id: &str,
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        if outcomes.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<Uuid> = outcomes.iter().map(|o| o.id).collect();
+        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt as i32).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+        let results: Vec<Option<&Value>> = outcomes.iter().map(|o| o.result.as_ref()).collect();
+        let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "UPDATE tasks
+                SET status = t.status,
+                    attempts = GREATEST(tasks.attempts, t.attempt),
+                    result = t.result,
+                    last_error = COALESCE(t.error, tasks.last_error),
+                    errors = CASE WHEN t.error IS NULL THEN tasks.errors
+                             ELSE tasks.errors || jsonb_build_array(jsonb_build_object(
+                                  'attempt', t.attempt, 'error', t.error, 'at', now()))
+                             END,
+                    worker_id = $6,
+                    completed_at = CASE WHEN t.status IN ('completed', 'dead') THEN now() END,
+                    updated_at = now()
+               FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[])
+                    AS t(id, attempt, status, result, error)
+              WHERE tasks.id = t.id
+                AND tasks.status NOT IN ('completed', 'dead')
+                AND (t.status = 'completed' OR tasks.attempts <= t.attempt)
+             RETURNING tasks.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&statuses)
+        .bind(&results)
+        .bind(&errors)
+        .bind(worker_id)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("settling tasks"))?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Records messages that never became tasks. A redelivered rejection is stored once.
+    pub async fn record_rejected(&self, rejected: &[Rejected]) -> Result<(), StoreError> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let streams: Vec<&str> = rejected.iter().map(|r| r.stream.as_str()).collect();
+        let sequences: Vec<i64> = rejected.iter().map(|r| r.stream_sequence as i64).collect();
+        let subjects: Vec<&str> = rejected.iter().map(|r| r.subject.as_str()).collect();
+        let headers: Vec<&Value> = rejected.iter().map(|r| &r.headers).collect();
+        let bodies: Vec<&[u8]> = rejected.iter().map(|r| r.body.as_slice()).collect();
+        let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO rejected_messages (stream, stream_sequence, subject, headers, body, reason)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::jsonb[], $5::bytea[],
+                                  $6::text[])
+             ON CONFLICT (stream, stream_sequence) DO NOTHING",
+        )
+        .bind(&streams)
+        .bind(&sequences)
+        .bind(&subjects)
+        .bind(&headers)
+        .bind(&bodies)
+        .bind(&reasons)
+        .execute(&self.primary)
+        .await
+        .map_err(StoreError::query("recording rejected messages"))?;
+        Ok(())
+    }
+
+    /// One task by id.
+    pub async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        sqlx::query_as("SELECT * FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.primary)
+            .await
+            .map_err(StoreError::query("reading a task"))
+    }
+
+    /// Several tasks by id, in no particular order.
+    pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<TaskRecord>, StoreError> {
+        sqlx::query_as("SELECT * FROM tasks WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.primary)
+            .await
+            .map_err(StoreError::query("reading tasks"))
+    }
+
+    /// How many tasks are in each status.
+    pub async fn status_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.primary)
+                .await
+                .map_err(StoreError::query("counting tasks"))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Tasks finished in the last `minutes`, per agent type and status.
+    pub async fn recent_counts(
+        &self,
+        minutes: i32,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT agent_type, status, count(*) FROM tasks
+              WHERE completed_at > now() - make_interval(mins => $1)
+              GROUP BY agent_type, status ORDER BY agent_type, status",
+        )
+        .bind(minutes)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("counting recent tasks"))
+    }
+
+    /// Messages rejected so far, newest first.
+    pub async fn rejected(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT subject, stream_sequence, reason FROM rejected_messages
+              ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("reading rejected messages"))
+    }
+}
+
+/// Per-agent totals and latency (creation to commit) over a set of tasks.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AgentSummary {
+    pub agent_type: String,
+    pub completed: i64,
+    pub dead: i64,
+    pub unfinished: i64,
+    pub retried: i64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Store {
+    /// Totals and latency percentiles per agent type over `ids`.
+    pub async fn agent_summary(&self, ids: &[Uuid]) -> Result<Vec<AgentSummary>, StoreError> {
+        sqlx::query_as(
+            "SELECT agent_type,
+                    count(*) FILTER (WHERE status = 'completed') AS completed,
+                    count(*) FILTER (WHERE status = 'dead') AS dead,
+                    count(*) FILTER (WHERE status NOT IN ('completed', 'dead')) AS unfinished,
+                    count(*) FILTER (WHERE attempts > 1) AS retried,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY
+                        extract(epoch FROM completed_at - created_at))::float8 * 1000 AS p50_ms,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY
+                        extract(epoch FROM completed_at - created_at))::float8 * 1000 AS p99_ms
+               FROM tasks WHERE id = ANY($1)
+              GROUP BY agent_type ORDER BY agent_type",
+        )
+        .bind(ids)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("summarising tasks"))
+    }
+
+    /// How many of `ids` are `completed` or `dead`.
+    pub async fn count_finished(&self, ids: &[Uuid]) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status IN ('completed', 'dead')",
+        )
+        .bind(ids)
+        .fetch_one(&self.primary)
+        .await
+        .map_err(StoreError::query("counting finished tasks"))?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,11 @@
+//! The wire contract: what a task looks like on the broker, and how its bytes are read.
+//! `schemas/task-envelope.schema.json` is the same contract for other languages.
+
+mod codec;
+mod envelope;
+
+pub use codec::{Codec, DecodeError, EncodeError};
+pub use envelope::{
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EnvelopeError, MAX_PRIORITY, TaskEnvelope,
+    valid_agent_type,
+};

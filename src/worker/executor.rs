@@ -1,0 +1,140 @@
+//! Runs one task's agent under its deadline and classifies what happened. Pure of broker and
+//! database I/O, so tests drive it directly.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{Outcome, RetryPolicy};
+use crate::{
+    agent::{AgentContext, AgentError, AgentRegistry},
+    task::TaskEnvelope,
+};
+
+/// Runs agents and turns their results into [`Outcome`]s.
+#[derive(Clone)]
+pub struct Executor {
+    registry: Arc<AgentRegistry>,
+    retry: RetryPolicy,
+    default_timeout: Duration,
+}
+
+impl Executor {
+    pub fn new(registry: AgentRegistry, retry: RetryPolicy, default_timeout: Duration) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            retry,
+            default_timeout,
+        }
+    }
+
+    pub fn registry(&self) -> &AgentRegistry {
+        &self.registry
+    }
+
+    /// Runs delivery number `attempt` (1-based) of `task`.
+    ///
+    /// Unknown agents and permanent errors are dead at once; retryable errors and timeouts
+    /// are retried after the policy's delay until `max_attempts` is spent.
+    pub async fn execute(&self, task: &TaskEnvelope, attempt: u32) -> Outcome {
+        let Some(agent) = self.registry.get(&task.agent_type) else {
+            return Outcome::Dead {
+                error: format!("unknown agent type {:?}", task.agent_type),
+            };
+        };
+        let timeout = task
+            .timeout
+            .map(Duration::from_secs_f64)
+            .unwrap_or(self.default_timeout);
+        let context = AgentContext {
+            task_id: task.id,
+            attempt,
+            max_attempts: task.max_attempts,
+            deadline: Instant::now() + timeout,
+        };
+        let error = match tokio::time::timeout(timeout, agent.run(&task.data, &context)).await {
+            Ok(Ok(result)) => return Outcome::Completed(result),
+            Ok(Err(AgentError::Permanent(error))) => {
+                return Outcome::Dead {
+                    error: format!("permanent error: {error}"),
+                };
+            }
+            Ok(Err(AgentError::Retryable(error))) => error,
+            Err(_) => format!("timed out after {:.3} s", timeout.as_secs_f64()),
+        };
+        if attempt >= task.max_attempts {
+            Outcome::Dead {
+                error: format!("gave up after {attempt} attempts: {error}"),
+            }
+        } else {
+            Outcome::Retry {
+                error,
+                delay: self.retry.delay(attempt, rand::random()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn executor() -> Executor {
+        Executor::new(
+            AgentRegistry::with_builtins(),
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn outcomes_follow_error_classes() {
+        let executor = executor();
+        let echo = TaskEnvelope::new("echo", json!({"a": 1}));
+        assert_eq!(
+            executor.execute(&echo, 1).await,
+            Outcome::Completed(json!({"a": 1}))
+        );
+
+        let flaky = TaskEnvelope::new("fail", json!({"succeed_on_attempt": 2}));
+        assert!(matches!(
+            executor.execute(&flaky, 1).await,
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            executor.execute(&flaky, 2).await,
+            Outcome::Completed(_)
+        ));
+
+        let always = TaskEnvelope::new("fail", json!({}));
+        assert!(matches!(
+            executor.execute(&always, 3).await,
+            Outcome::Dead { .. }
+        ));
+
+        let permanent = TaskEnvelope::new("fail", json!({"permanent": true}));
+        assert!(matches!(
+            executor.execute(&permanent, 1).await,
+            Outcome::Dead { .. }
+        ));
+
+        let unknown = TaskEnvelope::new("nonesuch", json!({}));
+        let Outcome::Dead { error } = executor.execute(&unknown, 1).await else {
+            panic!("unknown agent must be dead");
+        };
+        assert!(error.contains("unknown agent type"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_attempt_times_out_and_retries() {
+        let mut slow = TaskEnvelope::new("sleep", json!({"ms": 2000}));
+        slow.timeout = Some(0.05);
+        let Outcome::Retry { error, .. } = executor().execute(&slow, 1).await else {
+            panic!("timeout must be retried");
+        };
+        assert!(error.contains("timed out"), "{error}");
+    }
+}

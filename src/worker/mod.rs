@@ -1,0 +1,21 @@
+//! The worker: turns deliveries into outcomes and outcomes into commits and acks.
+//!
+//! - [`delivery`]: a JetStream message becomes a task or a rejection.
+//! - [`executor`]: runs one task's agent to an [`Outcome`] (no I/O besides the agent).
+//! - [`outcome`]: what an outcome means for the database row and the broker, in one place.
+//! - [`retry`]: the exponential, jittered delay between attempts.
+//! - [`settler`]: commits outcomes in batches, then acknowledges each message.
+//! - [`runner`]: the pull loop and graceful shutdown around them.
+
+pub mod delivery;
+pub mod executor;
+pub mod outcome;
+pub mod retry;
+pub mod runner;
+pub mod settler;
+
+pub use executor::Executor;
+pub use outcome::Outcome;
+pub use retry::RetryPolicy;
+pub use runner::{Worker, WorkerError};
+pub use settler::WorkerCounts;

@@ -1,0 +1,393 @@
+//! The pull loop: take as many tasks as there are free slots, highest priority first, claim
+//! them in one statement, run each, and hand the outcomes to the settler. Idle, it sleeps on
+//! the doorbell. On shutdown it stops pulling, lets in-flight tasks finish within the grace
+//! period (handing back those that do not), and flushes pending commits.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, AckKind, message::Acker};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    task::JoinSet,
+};
+
+use super::{
+    Executor, Outcome, RetryPolicy,
+    delivery::{self, DeliveryInfo},
+    settler::{self, Record, Settlement, SettlerConfig, WorkerCounts},
+};
+use crate::{
+    agent::AgentRegistry,
+    broker::{Broker, BrokerError, PriorityPuller},
+    config::WorkerSettings,
+    store::{Claim, Store, StoreError},
+    task::{MAX_PRIORITY, TaskEnvelope},
+};
+
+/// Pause after a failed pull or claim before trying again.
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One worker process's loop over the shared consumers. Holds no state another worker needs.
+pub struct Worker {
+    broker: Broker,
+    store: Store,
+    executor: Executor,
+    settings: WorkerSettings,
+    worker_id: String,
+    counts: Arc<WorkerCounts>,
+}
+
+impl Worker {
+    pub fn new(
+        broker: Broker,
+        store: Store,
+        registry: AgentRegistry,
+        settings: WorkerSettings,
+    ) -> Self {
+        let executor = Executor::new(
+            registry,
+            RetryPolicy::from_settings(&settings),
+            Duration::from_secs_f64(settings.default_timeout_secs),
+        );
+        Self {
+            worker_id: settings.worker_id(),
+            broker,
+            store,
+            executor,
+            settings,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Totals of what this worker settled, readable while it runs.
+    pub fn counts(&self) -> Arc<WorkerCounts> {
+        self.counts.clone()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Pulls and runs tasks until `shutdown` completes, then drains and returns.
+    ///
+    /// Fails only when the consumers cannot be set up; failures while running are logged and
+    /// retried, since JetStream keeps every unacknowledged task.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        let puller = self.broker.priority_puller().await?;
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let (settle_tx, settler) = settler::spawn(
+            self.store.clone(),
+            self.worker_id.clone(),
+            SettlerConfig {
+                batch: self.settings.commit_batch,
+                linger: Duration::from_millis(self.settings.commit_linger_ms),
+                parallelism: self.settings.commit_parallelism,
+            },
+            self.counts.clone(),
+        );
+        let (abandon_tx, abandon_rx) = watch::channel(false);
+        let mut running = JoinSet::new();
+        let dispatch = Dispatch {
+            worker: &self,
+            settle_tx: &settle_tx,
+            abandon_rx: &abandon_rx,
+            heartbeat: self.broker.settings().ack_wait() / 2,
+        };
+        tracing::info!(worker_id = %self.worker_id, concurrency = self.settings.concurrency, "worker started");
+
+        tokio::pin!(shutdown);
+        let mut start_at = MAX_PRIORITY;
+        loop {
+            // Wait for a free slot, then ask for as many tasks as there are free slots.
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                slot = slots.acquire() => drop(slot),
+            }
+            while running.try_join_next().is_some() {}
+            let wanted = slots
+                .available_permits()
+                .min(self.settings.fetch_batch)
+                .max(1);
+            let messages = match puller.fetch_available(wanted, start_at).await {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%error, "pull failed; retrying");
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    continue;
+                }
+            };
+            start_at = MAX_PRIORITY;
+            if !messages.is_empty() {
+                dispatch.run(messages, &slots, &mut running).await;
+                continue;
+            }
+            match self.wait_for_work(&puller, wanted, &mut shutdown).await {
+                Idle::Woken(priority) => start_at = priority,
+                Idle::Found(messages) => dispatch.run(messages, &slots, &mut running).await,
+                Idle::Shutdown => break,
+            }
+        }
+
+        tracing::info!(in_flight = running.len(), "worker stopping: no more pulls");
+        let grace = Duration::from_secs_f64(self.settings.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = running.len(),
+                "grace period over: handing tasks back"
+            );
+            let _ = abandon_tx.send(true);
+            while running.join_next().await.is_some() {}
+        }
+        drop(dispatch);
+        drop(settle_tx);
+        let _ = settler.await;
+        let _ = self.broker.client().flush().await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// Sleeps until a publish rings the doorbell, the backstop rescan is due, or shutdown.
+    async fn wait_for_work(
+        &self,
+        puller: &PriorityPuller,
+        wanted: usize,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Idle {
+        let mut doorbell = match puller.doorbell().await {
+            Ok(doorbell) => doorbell,
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to the doorbell");
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                return Idle::Woken(MAX_PRIORITY);
+            }
+        };
+        // Anything published before the subscription rang no bell: look once more.
+        match puller.fetch_available(wanted, MAX_PRIORITY).await {
+            Ok(messages) if !messages.is_empty() => return Idle::Found(messages),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "pull failed"),
+        }
+        let rescan = Duration::from_millis(self.settings.idle_rescan_ms);
+        tokio::select! {
+            biased;
+            _ = shutdown => Idle::Shutdown,
+            rung = doorbell.ring() => Idle::Woken(rung.unwrap_or(MAX_PRIORITY)),
+            _ = tokio::time::sleep(rescan) => Idle::Woken(MAX_PRIORITY),
+        }
+    }
+}
+
+enum Idle {
+    Woken(u8),
+    Found(Vec<jetstream::Message>),
+    Shutdown,
+}
+
+/// Turns one fetched batch into running tasks and settlements.
+struct Dispatch<'a> {
+    worker: &'a Worker,
+    settle_tx: &'a mpsc::Sender<Settlement>,
+    abandon_rx: &'a watch::Receiver<bool>,
+    heartbeat: Duration,
+}
+
+/// A decoded delivery waiting for its claim.
+struct Pending {
+    task: TaskEnvelope,
+    attempt: u32,
+    acker: Acker,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Dispatch<'_> {
+    async fn run(
+        &self,
+        messages: Vec<jetstream::Message>,
+        slots: &Arc<Semaphore>,
+        running: &mut JoinSet<()>,
+    ) {
+        let subjects = self.worker.broker.subjects();
+        let mut pending: Vec<Pending> = Vec::with_capacity(messages.len());
+        let mut seen = HashSet::with_capacity(messages.len());
+        for message in messages {
+            // The loop only fetches as many messages as there are free slots.
+            let slot = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("fetched no more messages than free slots");
+            let info = DeliveryInfo::of(&message);
+            let decoded = delivery::decode(
+                subjects,
+                &info.subject,
+                delivery::content_type(&message),
+                &message.payload,
+            );
+            match decoded {
+                Err(reason) => {
+                    tracing::warn!(subject = %info.subject, seq = info.stream_sequence, %reason, "rejected message");
+                    let record = Record::Rejected(delivery::rejection(&info, &message, reason));
+                    let (_, acker) = message.split();
+                    self.settle(acker, record, AckKind::Term, "rejected", slot)
+                        .await;
+                }
+                Ok(task) if !seen.insert(task.id) => {
+                    // The same task twice in one batch (re-published after the duplicate
+                    // window): run one copy; the other comes back later as a duplicate.
+                    let (_, acker) = message.split();
+                    let later = AckKind::Nak(Some(Duration::from_secs(1)));
+                    self.settle(acker, Record::Nothing, later, "requeued", slot)
+                        .await;
+                }
+                Ok(task) => pending.push(Pending {
+                    task,
+                    attempt: info.delivered,
+                    acker: message.split().1,
+                    slot,
+                }),
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let claims: Vec<Claim> = pending
+            .iter()
+            .map(|p| Claim {
+                task: &p.task,
+                attempt: p.attempt,
+            })
+            .collect();
+        let runnable = match self
+            .worker
+            .store
+            .claim(&claims, &self.worker.worker_id)
+            .await
+        {
+            Ok(runnable) => runnable,
+            Err(error) => {
+                tracing::error!(%error, "claim failed; handing the batch back");
+                for p in pending {
+                    let later = AckKind::Nak(Some(ERROR_BACKOFF));
+                    self.settle(p.acker, Record::Nothing, later, "requeued", p.slot)
+                        .await;
+                }
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                return;
+            }
+        };
+        for p in pending {
+            if !runnable.contains(&p.task.id) {
+                let outcome = Outcome::Duplicate;
+                self.settle(
+                    p.acker,
+                    Record::Nothing,
+                    outcome.ack_kind(),
+                    outcome.label(),
+                    p.slot,
+                )
+                .await;
+                continue;
+            }
+            running.spawn(run_one(
+                self.worker.executor.clone(),
+                p,
+                self.settle_tx.clone(),
+                self.abandon_rx.clone(),
+                self.heartbeat,
+            ));
+        }
+    }
+
+    async fn settle(
+        &self,
+        acker: Acker,
+        record: Record,
+        ack: AckKind,
+        label: &'static str,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let settlement = Settlement {
+            acker,
+            record,
+            ack,
+            label,
+            slot: Some(slot),
+        };
+        if self.settle_tx.send(settlement).await.is_err() {
+            tracing::error!("settler stopped; the message will be redelivered");
+        }
+    }
+}
+
+/// Runs one claimed task, keeping its lease alive, and sends its settlement.
+async fn run_one(
+    executor: Executor,
+    pending: Pending,
+    settle_tx: mpsc::Sender<Settlement>,
+    mut abandon: watch::Receiver<bool>,
+    heartbeat: Duration,
+) {
+    let Pending {
+        task,
+        attempt,
+        acker,
+        slot,
+    } = pending;
+    let started = Instant::now();
+    let outcome = {
+        let run = executor.execute(&task, attempt);
+        tokio::pin!(run);
+        let mut beat = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat,
+            heartbeat.max(Duration::from_millis(100)),
+        );
+        loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                _ = beat.tick() => {
+                    // Still working: renew the lease so no second worker gets the task.
+                    let _ = acker.ack_with(AckKind::Progress).await;
+                }
+                _ = abandoned(&mut abandon) => break Outcome::Abandoned,
+            }
+        }
+    };
+    tracing::debug!(task_id = %task.id, agent = %task.agent_type, attempt, outcome = outcome.label(),
+        elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
+    let record = outcome
+        .settled(task.id, attempt)
+        .map_or(Record::Nothing, Record::Task);
+    let settlement = Settlement {
+        acker,
+        record,
+        ack: outcome.ack_kind(),
+        label: outcome.label(),
+        slot: Some(slot),
+    };
+    if settle_tx.send(settlement).await.is_err() {
+        tracing::error!(task_id = %task.id, "settler stopped; the task will be redelivered");
+    }
+}
+
+/// Completes once the runner asks in-flight tasks to hand themselves back.
+async fn abandoned(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}
