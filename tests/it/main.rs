@@ -1,1 +1,10 @@
+//! Integration tests against the real NATS, PostgreSQL and Redis. Each test gets its own
+//! stream, subject prefix, consumer group and database schema, so tests run in parallel.
 
+mod support;
+
+mod bad_input;
+mod delivery;
+mod pipeline;
+mod priority;
+mod wire;

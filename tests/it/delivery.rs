@@ -1,0 +1,105 @@
+//! Delivery guarantees: de-duplication, exactly-once effect, and no loss when a worker
+//! process dies holding a task.
+
+use std::{process::Stdio, time::Duration};
+
+use async_nats::HeaderMap;
+use serde_json::json;
+use swarm_director::task::{Codec, TaskEnvelope};
+
+use crate::support::{TestEnv, count};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_id_is_stored_and_processed_once() {
+    let env = TestEnv::new().await;
+    let task = TaskEnvelope::new("echo", json!({"once": true}));
+    let first = env.broker.publish(&task, Codec::Json).await.unwrap();
+    let again = env.broker.publish(&task, Codec::MessagePack).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "JetStream must drop the re-publish");
+    assert_eq!(again.sequence, first.sequence);
+    assert_eq!(env.stream_messages().await, 1);
+
+    let worker = env.spawn(env.worker());
+    let rows = env.wait_finished(&[task.id], Duration::from_secs(10)).await;
+    assert_eq!(rows[0].attempts, 1);
+    let counts = worker.stop().await;
+    assert_eq!(count(&counts.completed), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_task_delivered_again_is_acked_without_running() {
+    let env = TestEnv::new().await;
+    let task = TaskEnvelope::new("sleep", json!({"ms": 1}));
+    env.broker.publish(&task, Codec::Json).await.unwrap();
+    let worker = env.spawn(env.worker());
+    let before = env.wait_finished(&[task.id], Duration::from_secs(10)).await;
+
+    // The same task arrives again after the duplicate window (a new message id), as after
+    // a producer retry much later.
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "late-copy");
+    headers.insert("Content-Type", "application/json");
+    let subject = env.broker.subjects().task(task.priority, &task.agent_type);
+    let body = Codec::Json.encode(&task).unwrap();
+    env.broker.publish_raw(subject, headers, body).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&worker.counts.duplicates) == 0 {
+        assert!(std::time::Instant::now() < deadline, "duplicate never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counts = worker.stop().await;
+    assert_eq!(count(&counts.completed), 1, "the agent ran once");
+    let after = env.store.task(task.id).await.unwrap().unwrap();
+    assert_eq!(after.completed_at, before[0].completed_at, "the row was not touched");
+    assert_eq!(env.stream_messages().await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_nothing() {
+    let env = TestEnv::new().await;
+    let slow = TaskEnvelope::new("sleep", json!({"ms": 3000}));
+    let quick: Vec<_> = (0..20).map(|n| TaskEnvelope::new("echo", json!({"n": n}))).collect();
+    env.broker.publish(&slow, Codec::Json).await.unwrap();
+
+    // A real worker process, killed with SIGKILL while it holds the slow task.
+    let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_swarmd"))
+        .arg("worker")
+        .envs(env.process_env())
+        .env("SWARM_ACK_WAIT_SECS", "1")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start swarmd worker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(row) = env.store.task(slow.id).await.unwrap() {
+            assert_eq!(row.status, "processing");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the process never took the task");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    process.start_kill().unwrap();
+    process.wait().await.unwrap();
+    for task in &quick {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+
+    // A second worker finishes everything, the orphaned task included.
+    let worker = env.spawn(env.worker());
+    let mut ids: Vec<_> = quick.iter().map(|t| t.id).collect();
+    ids.push(slow.id);
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    let counts = worker.stop().await;
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    let slow_row = rows.iter().find(|r| r.id == slow.id).unwrap();
+    assert_eq!(slow_row.attempts, 2, "the orphan came back as a second delivery");
+    assert_eq!(slow_row.result, Some(json!({"slept_ms": 3000})));
+    assert_eq!(count(&counts.completed), 21, "each committed result ran once here");
+    assert_eq!(env.stream_messages().await, 0);
+    env.cleanup().await;
+}

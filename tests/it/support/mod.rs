@@ -1,0 +1,165 @@
+//! A private fleet environment per test, and helpers to run workers and wait for results.
+
+use std::time::{Duration, Instant};
+
+use swarm_director::{
+    agent::AgentRegistry,
+    broker::Broker,
+    config::{SecretUrl, Settings},
+    store::{Store, TaskRecord},
+    worker::{Worker, WorkerCounts},
+};
+use tokio::{sync::watch, task::JoinHandle};
+use uuid::Uuid;
+
+/// One test's stream, subjects, consumers and schema on the shared services.
+pub struct TestEnv {
+    pub settings: Settings,
+    pub broker: Broker,
+    pub store: Store,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|name| std::env::var(name).ok())
+            .expect("valid SWARM_* environment");
+        settings.nats.stream = format!("TEST_{tag}");
+        settings.nats.subject_prefix = format!("test.{tag}");
+        settings.nats.ack_wait_secs = 5.0;
+        settings.database.schema = format!("test_{tag}");
+        settings.database.max_connections = 4;
+        settings.worker.concurrency = 16;
+        settings.worker.retry_base_ms = 100;
+        settings.worker.idle_rescan_ms = 100;
+        settings.worker.shutdown_grace_secs = 5.0;
+        settings.validate().expect("valid test settings");
+        let store = Store::connect(&settings.database)
+            .await
+            .expect("PostgreSQL is running (make services)");
+        store.migrate().await.expect("migrations apply");
+        let broker = Broker::connect(&settings.nats)
+            .await
+            .expect("NATS is running (make services)");
+        broker.ensure_stream().await.expect("stream is created");
+        Self {
+            settings,
+            broker,
+            store,
+        }
+    }
+
+    /// A worker with the built-in agents and this environment's settings.
+    pub fn worker(&self) -> Worker {
+        self.worker_with(|_| {})
+    }
+
+    pub fn worker_with(&self, adjust: impl FnOnce(&mut Settings)) -> Worker {
+        let mut settings = self.settings.clone();
+        adjust(&mut settings);
+        Worker::new(
+            self.broker.clone(),
+            self.store.clone(),
+            AgentRegistry::with_builtins(),
+            settings.worker,
+        )
+    }
+
+    /// Starts `worker` in the background; stop it with [`RunningWorker::stop`].
+    pub fn spawn(&self, worker: Worker) -> RunningWorker {
+        let counts = worker.counts();
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(async move {
+            worker
+                .run(async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                })
+                .await
+                .expect("worker runs");
+        });
+        RunningWorker {
+            stop_tx,
+            handle,
+            counts,
+        }
+    }
+
+    /// Waits until every id is `completed` or `dead`; panics after `timeout`.
+    pub async fn wait_finished(&self, ids: &[Uuid], timeout: Duration) -> Vec<TaskRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let finished = self.store.count_finished(ids).await.expect("count");
+            if finished as usize == ids.len() {
+                return self.store.tasks(ids).await.expect("read tasks");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {finished} of {} tasks finished within {timeout:?}",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Messages still stored in this test's stream.
+    pub async fn stream_messages(&self) -> u64 {
+        let mut stream = self
+            .broker
+            .jetstream()
+            .get_stream(&self.settings.nats.stream)
+            .await
+            .expect("stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+
+    /// Environment variables that point a `swarmd` process at this test's resources.
+    pub fn process_env(&self) -> Vec<(&'static str, String)> {
+        let s = &self.settings;
+        vec![
+            ("SWARM_NATS_URL", s.nats.url.expose().to_string()),
+            ("SWARM_DATABASE_URL", s.database.url.expose().to_string()),
+            ("SWARM_DATABASE_SCHEMA", s.database.schema.clone()),
+            ("SWARM_STREAM", s.nats.stream.clone()),
+            ("SWARM_SUBJECT_PREFIX", s.nats.subject_prefix.clone()),
+            ("SWARM_ACK_WAIT_SECS", s.nats.ack_wait_secs.to_string()),
+            ("SWARM_LOG", "warn".to_string()),
+        ]
+    }
+
+    /// Deletes the stream and drops the schema.
+    pub async fn cleanup(self) {
+        let _ = self.broker.delete_stream().await;
+        let _ = self.store.drop_schema().await;
+    }
+}
+
+/// A worker running in the background of a test.
+pub struct RunningWorker {
+    stop_tx: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+    pub counts: std::sync::Arc<WorkerCounts>,
+}
+
+impl RunningWorker {
+    /// Asks the worker to shut down and waits until it has.
+    pub async fn stop(self) -> std::sync::Arc<WorkerCounts> {
+        let _ = self.stop_tx.send(true);
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("worker stops within 30 s")
+            .expect("worker task did not panic");
+        self.counts
+    }
+}
+
+/// Reads a counter.
+pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[allow(dead_code)]
+pub fn secret(url: &str) -> SecretUrl {
+    SecretUrl::new(url)
+}
