@@ -390,7 +390,7 @@ impl Settings {
                 reason: "concurrency and fetch_batch must be at least 1".into(),
             });
         }
-        if !(self.nats.ack_wait_secs > 0.0) {
+        if self.nats.ack_wait_secs.is_nan() || self.nats.ack_wait_secs <= 0.0 {
             return Err(ConfigError::Invalid {
                 name: "nats.ack_wait_secs",
                 reason: "must be positive".into(),

@@ -131,7 +131,7 @@ fn demo_task(i: usize) -> TaskEnvelope {
         0 | 1 => (
             "email",
             json!({
-                "to": if i % 40 == 0 { "broken-address".to_string() } else { format!("{}@example.org", name.to_lowercase()) },
+                "to": if i.is_multiple_of(40) { "broken-address".to_string() } else { format!("{}@example.org", name.to_lowercase()) },
                 "subject": "Order {{order}} has shipped",
                 "template": "Dear {{name}},\nyour order {{order}} is on its way.\nThe team",
                 "variables": {"name": name, "order": 1000 + i},
@@ -141,8 +141,8 @@ fn demo_task(i: usize) -> TaskEnvelope {
         3 => (
             "review",
             json!({
-                "subject": if i % 3 == 0 { "" } else { "Welcome aboard" },
-                "body": if i % 2 == 0 { format!("Hello {name},\nwelcome to the team.") }
+                "subject": if i.is_multiple_of(3) { "" } else { "Welcome aboard" },
+                "body": if i.is_multiple_of(2) { format!("Hello {name},\nwelcome to the team.") }
                         else { "Dear [CUSTOMER], FREE OFFER!! http://deal.example".to_string() },
             }),
         ),

@@ -157,7 +157,7 @@ impl Worker {
             let _ = abandon_tx.send(true);
             while running.join_next().await.is_some() {}
         }
-        drop(dispatch);
+        // Every sender gone (the dispatcher's borrow ended above): the settler flushes.
         drop(settle_tx);
         let _ = settler.await;
         let _ = self.broker.client().flush().await;

@@ -43,17 +43,26 @@ async fn a_committed_task_delivered_again_is_acked_without_running() {
     headers.insert("Content-Type", "application/json");
     let subject = env.broker.subjects().task(task.priority, &task.agent_type);
     let body = Codec::Json.encode(&task).unwrap();
-    env.broker.publish_raw(subject, headers, body).await.unwrap();
+    env.broker
+        .publish_raw(subject, headers, body)
+        .await
+        .unwrap();
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while count(&worker.counts.duplicates) == 0 {
-        assert!(std::time::Instant::now() < deadline, "duplicate never settled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "duplicate never settled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let counts = worker.stop().await;
     assert_eq!(count(&counts.completed), 1, "the agent ran once");
     let after = env.store.task(task.id).await.unwrap().unwrap();
-    assert_eq!(after.completed_at, before[0].completed_at, "the row was not touched");
+    assert_eq!(
+        after.completed_at, before[0].completed_at,
+        "the row was not touched"
+    );
     assert_eq!(env.stream_messages().await, 0);
     env.cleanup().await;
 }
@@ -62,7 +71,9 @@ async fn a_committed_task_delivered_again_is_acked_without_running() {
 async fn a_killed_worker_loses_nothing() {
     let env = TestEnv::new().await;
     let slow = TaskEnvelope::new("sleep", json!({"ms": 3000}));
-    let quick: Vec<_> = (0..20).map(|n| TaskEnvelope::new("echo", json!({"n": n}))).collect();
+    let quick: Vec<_> = (0..20)
+        .map(|n| TaskEnvelope::new("echo", json!({"n": n})))
+        .collect();
     env.broker.publish(&slow, Codec::Json).await.unwrap();
 
     // A real worker process, killed with SIGKILL while it holds the slow task.
@@ -80,7 +91,10 @@ async fn a_killed_worker_loses_nothing() {
             assert_eq!(row.status, "processing");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the process never took the task");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process never took the task"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     process.start_kill().unwrap();
@@ -97,9 +111,16 @@ async fn a_killed_worker_loses_nothing() {
     let counts = worker.stop().await;
     assert!(rows.iter().all(|r| r.status == "completed"));
     let slow_row = rows.iter().find(|r| r.id == slow.id).unwrap();
-    assert_eq!(slow_row.attempts, 2, "the orphan came back as a second delivery");
+    assert_eq!(
+        slow_row.attempts, 2,
+        "the orphan came back as a second delivery"
+    );
     assert_eq!(slow_row.result, Some(json!({"slept_ms": 3000})));
-    assert_eq!(count(&counts.completed), 21, "each committed result ran once here");
+    assert_eq!(
+        count(&counts.completed),
+        21,
+        "each committed result ran once here"
+    );
     assert_eq!(env.stream_messages().await, 0);
     env.cleanup().await;
 }

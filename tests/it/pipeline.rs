@@ -30,7 +30,11 @@ async fn every_builtin_agent_commits_its_result() {
         ),
     ];
     for (n, task) in tasks.iter().enumerate() {
-        let codec = if n % 2 == 0 { Codec::Json } else { Codec::MessagePack };
+        let codec = if n % 2 == 0 {
+            Codec::Json
+        } else {
+            Codec::MessagePack
+        };
         env.broker.publish(task, codec).await.expect("publish");
     }
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
@@ -71,7 +75,10 @@ async fn retries_wait_then_succeed_or_end_dead() {
         env.broker.publish(task, Codec::Json).await.unwrap();
     }
     let rows = env
-        .wait_finished(&[flaky.id, hopeless.id, permanent.id], Duration::from_secs(20))
+        .wait_finished(
+            &[flaky.id, hopeless.id, permanent.id],
+            Duration::from_secs(20),
+        )
         .await;
     let row = |id| rows.iter().find(|r| r.id == id).unwrap();
 
@@ -82,16 +89,28 @@ async fn retries_wait_then_succeed_or_end_dead() {
     assert_eq!(errors.len(), 2, "one error per failed attempt: {errors:?}");
     // Base 100 ms, factor 2, jitter 20 %: at least 80 + 160 ms between first claim and end.
     let waited = flaky_row.completed_at.unwrap() - flaky_row.created_at;
-    assert!(waited.num_milliseconds() >= 240, "retries did not wait: {waited}");
+    assert!(
+        waited.num_milliseconds() >= 240,
+        "retries did not wait: {waited}"
+    );
 
     let hopeless_row = row(hopeless.id);
     assert_eq!(hopeless_row.status, "dead");
     assert_eq!(hopeless_row.attempts, 2);
-    assert!(hopeless_row.last_error.as_deref().unwrap().contains("gave up after 2 attempts"));
+    assert!(
+        hopeless_row
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 2 attempts")
+    );
 
     let permanent_row = row(permanent.id);
     assert_eq!(permanent_row.status, "dead");
-    assert_eq!(permanent_row.attempts, 1, "a permanent error is not retried");
+    assert_eq!(
+        permanent_row.attempts, 1,
+        "a permanent error is not retried"
+    );
 
     let counts = worker.stop().await;
     assert_eq!(count(&counts.retried), 3);
@@ -120,7 +139,11 @@ async fn shutdown_finishes_in_flight_tasks_first() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let counts = worker.stop().await;
-    assert_eq!(count(&counts.completed), 4, "in-flight tasks finish before exit");
+    assert_eq!(
+        count(&counts.completed),
+        4,
+        "in-flight tasks finish before exit"
+    );
     let rows = env.store.tasks(&ids).await.unwrap();
     assert!(rows.iter().all(|r| r.status == "completed"));
     assert_eq!(env.stream_messages().await, 0);

@@ -14,7 +14,9 @@ async fn a_backlog_drains_highest_priority_first() {
     let mut tasks = Vec::new();
     for priority in 0..=9u8 {
         for n in 0..3 {
-            tasks.push(TaskEnvelope::new("echo", json!({"p": priority, "n": n})).with_priority(priority));
+            tasks.push(
+                TaskEnvelope::new("echo", json!({"p": priority, "n": n})).with_priority(priority),
+            );
         }
     }
     for task in &tasks {

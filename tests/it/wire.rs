@@ -8,7 +8,9 @@ use swarm_director::task::{Codec, TaskEnvelope};
 use crate::support::TestEnv;
 
 fn validator(file: &str) -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(file);
     let schema: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("schema file")).expect("JSON");
     jsonschema::validator_for(&schema).expect("a valid JSON Schema")
@@ -19,7 +21,10 @@ fn assert_valid(validator: &jsonschema::Validator, instance: &Value) {
         .iter_errors(instance)
         .map(|e| format!("{} at {}", e, e.instance_path()))
         .collect();
-    assert!(errors.is_empty(), "{instance} breaks the schema: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "{instance} breaks the schema: {errors:?}"
+    );
 }
 
 #[tokio::test]
@@ -43,7 +48,10 @@ async fn published_envelopes_match_the_schema_in_both_codecs() {
             .await
             .unwrap();
         let stored = stream.get_raw_message(receipt.sequence).await.unwrap();
-        assert_eq!(stored.subject.as_str(), env.broker.subjects().task(7, "email"));
+        assert_eq!(
+            stored.subject.as_str(),
+            env.broker.subjects().task(7, "email")
+        );
         let header = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_string());
         assert_eq!(header("Nats-Msg-Id"), Some(task.id.to_string()));
         assert_eq!(header("Content-Type"), Some(content_type.to_string()));

@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both first make sure NATS with
+# JetStream, PostgreSQL and Redis run on loopback (installing Debian packages if needed).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+# A login that works whether PostgreSQL trusts loopback or asks for a password
+# (scripts/ensure-services.sh sets this password only when one is required).
+export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test
+export SWARM_NATS_URL ?= nats://127.0.0.1:4222
+export SWARM_REDIS_URL ?= redis://127.0.0.1:6379
+
+.PHONY: demo test services build release lint fmt
+
+## Run a demo fleet on the local services and print what it did.
+demo: services
+	$(CARGO) run --release --quiet -- demo
+
+## Run the whole test suite (unit and integration) against the local services.
+test: services
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+
+## Make sure NATS (JetStream), PostgreSQL and Redis are installed and running.
+services:
+	@bash scripts/ensure-services.sh
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
