@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     agent::AgentRegistry,
-    broker::{Broker, BrokerError, PriorityPuller},
+    broker::{Broker, BrokerError, Doorbell},
     config::WorkerSettings,
     store::{Claim, Store, StoreError},
     task::{MAX_PRIORITY, TaskEnvelope},
@@ -110,7 +110,11 @@ impl Worker {
         tracing::info!(worker_id = %self.worker_id, concurrency = self.settings.concurrency, "worker started");
 
         tokio::pin!(shutdown);
+        let rescan = Duration::from_millis(self.settings.idle_rescan_ms);
         let mut start_at = MAX_PRIORITY;
+        // Subscribed while the consumers are drained; dropped while a backlog keeps us busy,
+        // so a busy worker does not receive a copy of every publish.
+        let mut doorbell: Option<Doorbell> = None;
         loop {
             // Wait for a free slot, then ask for as many tasks as there are free slots.
             tokio::select! {
@@ -132,14 +136,34 @@ impl Worker {
                 }
             };
             start_at = MAX_PRIORITY;
+            let drained = messages.len() < wanted;
             if !messages.is_empty() {
                 dispatch.run(messages, &slots, &mut running).await;
+            }
+            if !drained {
+                doorbell = None;
                 continue;
             }
-            match self.wait_for_work(&puller, wanted, &mut shutdown).await {
-                Idle::Woken(priority) => start_at = priority,
-                Idle::Found(messages) => dispatch.run(messages, &slots, &mut running).await,
-                Idle::Shutdown => break,
+            let Some(bell) = doorbell.as_mut() else {
+                // Subscribe, then scan once more: a publish just before the subscription
+                // rang no bell.
+                match puller.doorbell().await {
+                    Ok(bell) => doorbell = Some(bell),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot subscribe to the doorbell");
+                        tokio::time::sleep(ERROR_BACKOFF).await;
+                    }
+                }
+                continue;
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                rung = bell.ring() => match rung {
+                    Some(priority) => start_at = priority,
+                    None => doorbell = None,
+                },
+                _ = tokio::time::sleep(rescan) => {}
             }
         }
 
@@ -164,42 +188,6 @@ impl Worker {
         tracing::info!("worker stopped");
         Ok(())
     }
-
-    /// Sleeps until a publish rings the doorbell, the backstop rescan is due, or shutdown.
-    async fn wait_for_work(
-        &self,
-        puller: &PriorityPuller,
-        wanted: usize,
-        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Idle {
-        let mut doorbell = match puller.doorbell().await {
-            Ok(doorbell) => doorbell,
-            Err(error) => {
-                tracing::warn!(%error, "cannot subscribe to the doorbell");
-                tokio::time::sleep(ERROR_BACKOFF).await;
-                return Idle::Woken(MAX_PRIORITY);
-            }
-        };
-        // Anything published before the subscription rang no bell: look once more.
-        match puller.fetch_available(wanted, MAX_PRIORITY).await {
-            Ok(messages) if !messages.is_empty() => return Idle::Found(messages),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "pull failed"),
-        }
-        let rescan = Duration::from_millis(self.settings.idle_rescan_ms);
-        tokio::select! {
-            biased;
-            _ = shutdown => Idle::Shutdown,
-            rung = doorbell.ring() => Idle::Woken(rung.unwrap_or(MAX_PRIORITY)),
-            _ = tokio::time::sleep(rescan) => Idle::Woken(MAX_PRIORITY),
-        }
-    }
-}
-
-enum Idle {
-    Woken(u8),
-    Found(Vec<jetstream::Message>),
-    Shutdown,
 }
 
 /// Turns one fetched batch into running tasks and settlements.
