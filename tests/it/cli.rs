@@ -1,0 +1,150 @@
+//! The `swarmd` binary as users run it: publishing from a file, and a clean exit on SIGTERM.
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::json;
+use swarm_director::task::{Codec, TaskEnvelope};
+use tokio::process::Command;
+
+use crate::support::TestEnv;
+
+fn swarmd(env: &TestEnv) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_swarmd"));
+    command
+        .envs(env.process_env())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_from_a_file_checks_every_line_first() {
+    let env = TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("swarmd-{}", env.settings.database.schema));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let good = dir.join("good.jsonl");
+    std::fs::write(
+        &good,
+        format!(
+            "{}\n\n{}\n{}\n",
+            json!({"agent_type": "echo", "data": {"n": 1}, "id": ids[0], "priority": 9}),
+            json!({"agent_type": "quality", "data": {"text": "Fine."}, "id": ids[1]}),
+            json!({"agent_type": "echo", "data": null, "id": ids[2], "max_attempts": 1}),
+        ),
+    )
+    .unwrap();
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"agent_type\": \"echo\", \"data\": 1}\n{\"agent_type\": \"echo\", \"data\": 1, \"priority\": 12}\nnot json\n",
+    )
+    .unwrap();
+
+    let refused = swarmd(&env)
+        .args(["publish", "--file"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was published"), "{stderr}");
+    assert_eq!(env.stream_messages().await, 0);
+
+    let published = swarmd(&env)
+        .args(["publish", "--file"])
+        .arg(&good)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&published.stdout);
+    assert!(
+        published.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    assert!(stdout.contains("published 3 tasks"), "{stdout}");
+    assert_eq!(env.stream_messages().await, 3);
+
+    let one = swarmd(&env)
+        .args([
+            "publish",
+            "--agent",
+            "echo",
+            "--priority",
+            "2",
+            "--data",
+            "{\"x\": 1}",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(one.status.success());
+    let id: uuid::Uuid = String::from_utf8_lossy(&one.stdout)
+        .trim()
+        .parse()
+        .expect("prints the id");
+
+    let worker = env.spawn(env.worker());
+    let mut all = ids.clone();
+    all.push(id);
+    let rows = env.wait_finished(&all, Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_tasks_finish_and_exits_zero() {
+    let env = TestEnv::new().await;
+    let tasks: Vec<_> = (0..3)
+        .map(|_| TaskEnvelope::new("sleep", json!({"ms": 800})))
+        .collect();
+    for task in &tasks {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+    let mut process = swarmd(&env)
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.store.tasks(&ids).await.unwrap().len() < ids.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never took the tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = process.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), process.wait())
+        .await
+        .expect("the worker exits within its grace period")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rows = env.store.tasks(&ids).await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.status == "completed"),
+        "in-flight tasks finished"
+    );
+    assert_eq!(
+        env.stream_messages().await,
+        0,
+        "and were acknowledged before exit"
+    );
+    env.cleanup().await;
+}
