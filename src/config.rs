@@ -114,6 +114,9 @@ pub struct NatsSettings {
     pub max_ack_pending: i64,
     /// Stream replicas (1 on a single server, 3 in a cluster). Default 1.
     pub replicas: usize,
+    /// The server stops delivering a message after this many deliveries: a last resort
+    /// behind the worker's own poison check (see `worker.crash_allowance`). Default 110.
+    pub max_deliver: i64,
 }
 
 impl Default for NatsSettings {
@@ -129,6 +132,7 @@ impl Default for NatsSettings {
             duplicate_window_secs: 120,
             max_ack_pending: 20_000,
             replicas: 1,
+            max_deliver: 110,
         }
     }
 }
@@ -215,6 +219,13 @@ pub struct WorkerSettings {
     pub retry_max_ms: u64,
     /// Random spread of each delay, as a fraction (0.2 = +/-20 %). Default 0.2.
     pub retry_jitter: f64,
+    /// Largest task body accepted, in bytes; bigger ones are dead-lettered. Default 1 MiB.
+    /// Env: `SWARM_MAX_PAYLOAD_BYTES`.
+    pub max_payload_bytes: usize,
+    /// Deliveries that may end without an outcome (the worker crashed or hung) before a
+    /// task is dead-lettered as poison: it is given up once delivered more than
+    /// `max_attempts + crash_allowance` times. Default 2. Env: `SWARM_CRASH_ALLOWANCE`.
+    pub crash_allowance: u32,
     /// Milliseconds between rescans of an idle worker, which find redeliveries (new publishes
     /// wake it at once). Default 500.
     pub idle_rescan_ms: u64,
@@ -236,6 +247,8 @@ impl Default for WorkerSettings {
             retry_max_ms: 300_000,
             retry_jitter: 0.2,
             idle_rescan_ms: 500,
+            max_payload_bytes: 1024 * 1024,
+            crash_allowance: 2,
         }
     }
 }
@@ -334,6 +347,15 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_RETRY_BASE_MS") {
             self.worker.retry_base_ms = parsed("SWARM_RETRY_BASE_MS", v)?;
+        }
+        if let Some(v) = get("SWARM_MAX_PAYLOAD_BYTES") {
+            self.worker.max_payload_bytes = parsed("SWARM_MAX_PAYLOAD_BYTES", v)?;
+        }
+        if let Some(v) = get("SWARM_CRASH_ALLOWANCE") {
+            self.worker.crash_allowance = parsed("SWARM_CRASH_ALLOWANCE", v)?;
+        }
+        if let Some(v) = get("SWARM_SHUTDOWN_GRACE_SECS") {
+            self.worker.shutdown_grace_secs = parsed("SWARM_SHUTDOWN_GRACE_SECS", v)?;
         }
         if let Some(v) = get("SWARM_WORKER_ID") {
             self.worker.id = Some(v);

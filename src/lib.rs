@@ -9,6 +9,7 @@
 //! - [`task`]: the wire contract: the task envelope and its JSON / MessagePack codecs.
 //! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull.
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
+//! - [`dlq`]: dead letters: the record, and the stream that keeps them for inspection and replay.
 //! - [`store`]: PostgreSQL pools, embedded migrations and the task queries.
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   and the pull loop with graceful shutdown.
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod store;
 pub mod task;
 pub mod worker;

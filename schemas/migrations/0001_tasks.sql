@@ -22,17 +22,3 @@ CREATE TABLE IF NOT EXISTS tasks (
 
 CREATE INDEX IF NOT EXISTS tasks_status_agent_idx ON tasks (status, agent_type);
 CREATE INDEX IF NOT EXISTS tasks_completed_at_idx ON tasks (completed_at);
-
--- Messages that never became a task: undecodable bodies, unknown content types, envelopes
--- that break the schema. Kept whole so nothing is silently lost.
-CREATE TABLE IF NOT EXISTS rejected_messages (
-    id              bigserial   PRIMARY KEY,
-    stream          text        NOT NULL,
-    stream_sequence bigint      NOT NULL,
-    subject         text        NOT NULL,
-    headers         jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    body            bytea       NOT NULL,
-    reason          text        NOT NULL,
-    received_at     timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (stream, stream_sequence)
-);

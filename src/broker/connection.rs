@@ -167,6 +167,7 @@ impl Broker {
             ack_wait: self.settings.ack_wait(),
             filter_subject: filter.clone(),
             max_ack_pending: self.settings.max_ack_pending,
+            max_deliver: self.settings.max_deliver,
             max_waiting: 4096,
             ..Default::default()
         };

@@ -34,6 +34,16 @@ impl Subjects {
         format!("{}.tasks.p{priority}.*", self.prefix)
     }
 
+    /// Where the dead letter of a task of this agent type goes.
+    pub fn dead_letter(&self, agent_type: &str) -> String {
+        format!("{}.dlq.{agent_type}", self.prefix)
+    }
+
+    /// Every dead-letter subject.
+    pub fn all_dead_letters(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
     /// Priority and agent type named by a task subject, if it is one of ours.
     pub fn parse_task<'a>(&self, subject: &'a str) -> Option<(u8, &'a str)> {
         let rest = subject

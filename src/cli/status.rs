@@ -1,8 +1,11 @@
 //! `swarmd status`: the backlog per priority, the consumers, and what finished recently.
 
 use anyhow::Context;
+use futures::StreamExt;
 
-use crate::{broker::Broker, config::Settings, store::Store, task::MAX_PRIORITY};
+use crate::{
+    broker::Broker, config::Settings, dlq::DeadLetterStream, store::Store, task::MAX_PRIORITY,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,12 +72,30 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     for (agent, status, count) in recent {
         println!("  {agent:<12} {status:<10} {count}");
     }
-    let rejected = store.rejected(5).await?;
-    if !rejected.is_empty() {
-        println!("\nlatest rejected messages:");
-        for (subject, sequence, reason) in rejected {
-            println!("  #{sequence} {subject}: {reason}");
+    let dead_letters = DeadLetterStream::of(&broker);
+    match broker.jetstream().get_stream(dead_letters.name()).await {
+        Ok(dlq) => {
+            let mut subjects = dlq
+                .info_with_subjects(broker.subjects().all_dead_letters())
+                .await
+                .context("reading dead-letter stream info")?;
+            let mut per_subject = Vec::new();
+            while let Some(entry) = subjects.next().await {
+                per_subject.push(entry.context("reading dead-letter subjects")?);
+            }
+            per_subject.sort();
+            println!("\ndead letters ({}):", dead_letters.name());
+            if per_subject.is_empty() {
+                println!("  (none)");
+            }
+            for (subject, count) in per_subject {
+                println!("  {subject:<40} {count}");
+            }
         }
+        Err(_) => println!(
+            "\ndead letters: stream {} not created yet",
+            dead_letters.name()
+        ),
     }
     Ok(())
 }

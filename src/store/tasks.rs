@@ -1,18 +1,18 @@
-//! Task rows: claiming a batch of deliveries, settling a batch of outcomes, recording
-//! rejected messages, and the reads that status and tests need.
+//! Task rows: claiming a batch of deliveries, settling a batch of outcomes, and the reads
+//! that status and tests need.
 //!
 //! Results are keyed by task id. A row that is `completed` or `dead` never changes again,
 //! so a redelivered task is recognised at claim time and a late result is fenced off at
 //! settle time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::task::TaskEnvelope;
+use crate::{dlq::AttemptError, task::TaskEnvelope};
 
 /// Lifecycle of a task row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,17 +87,6 @@ pub struct Settled {
     pub error: Option<String>,
 }
 
-/// A message that never became a task, kept whole with the reason.
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    pub stream: String,
-    pub stream_sequence: u64,
-    pub subject: String,
-    pub headers: Value,
-    pub body: Vec<u8>,
-    pub reason: String,
-}
-
 /// A task row as read back.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TaskRecord {
@@ -120,17 +109,18 @@ pub struct TaskRecord {
 
 impl Store {
     /// Marks a batch of deliveries `processing` (inserting rows for new tasks) in one
-    /// statement, and returns the ids that may run. An id left out is already `completed` or
-    /// `dead`: its delivery is a duplicate to acknowledge without running the agent.
+    /// statement, and returns the ids that may run with the errors of their earlier
+    /// attempts. An id left out is already `completed` or `dead`: its delivery is a
+    /// duplicate to acknowledge without running the agent.
     ///
     /// Each id must appear once in `claims`.
     pub async fn claim(
         &self,
         claims: &[Claim<'_>],
         worker_id: &str,
-    ) -> Result<HashSet<Uuid>, StoreError> {
+    ) -> Result<HashMap<Uuid, Vec<AttemptError>>, StoreError> {
         if claims.is_empty() {
-            return Ok(HashSet::new());
+            return Ok(HashMap::new());
         }
         let ids: Vec<Uuid> = claims.iter().map(|c| c.task.id).collect();
         let agent_types: Vec<&str> = claims.iter().map(|c| c.task.agent_type.as_str()).collect();
@@ -143,7 +133,7 @@ impl Store {
             .map(|c| c.task.idempotency_key.as_deref())
             .collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.task.created_at).collect();
-        let rows: Vec<(Uuid,)> = sqlx::query_as(
+        let rows: Vec<(Uuid, Value)> = sqlx::query_as(
             "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
                                 idempotency_key, created_at, worker_id, started_at, updated_at)
              SELECT t.id, t.agent_type, t.priority, t.data, 'processing', t.attempts,
@@ -157,7 +147,7 @@ impl Store {
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
                     updated_at = now()
               WHERE tasks.status NOT IN ('completed', 'dead')
-             RETURNING id",
+             RETURNING id, errors",
         )
         .bind(&ids)
         .bind(&agent_types)
@@ -171,7 +161,10 @@ impl Store {
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("claiming tasks"))?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, errors)| (id, serde_json::from_value(errors).unwrap_or_default()))
+            .collect())
     }
 
     /// Stores a batch of outcomes in one statement and returns the ids it applied.
@@ -224,35 +217,6 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Records messages that never became tasks. A redelivered rejection is stored once.
-    pub async fn record_rejected(&self, rejected: &[Rejected]) -> Result<(), StoreError> {
-        if rejected.is_empty() {
-            return Ok(());
-        }
-        let streams: Vec<&str> = rejected.iter().map(|r| r.stream.as_str()).collect();
-        let sequences: Vec<i64> = rejected.iter().map(|r| r.stream_sequence as i64).collect();
-        let subjects: Vec<&str> = rejected.iter().map(|r| r.subject.as_str()).collect();
-        let headers: Vec<&Value> = rejected.iter().map(|r| &r.headers).collect();
-        let bodies: Vec<&[u8]> = rejected.iter().map(|r| r.body.as_slice()).collect();
-        let reasons: Vec<&str> = rejected.iter().map(|r| r.reason.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO rejected_messages (stream, stream_sequence, subject, headers, body, reason)
-             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::jsonb[], $5::bytea[],
-                                  $6::text[])
-             ON CONFLICT (stream, stream_sequence) DO NOTHING",
-        )
-        .bind(&streams)
-        .bind(&sequences)
-        .bind(&subjects)
-        .bind(&headers)
-        .bind(&bodies)
-        .bind(&reasons)
-        .execute(&self.primary)
-        .await
-        .map_err(StoreError::query("recording rejected messages"))?;
-        Ok(())
-    }
-
     /// One task by id.
     pub async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         sqlx::query_as("SELECT * FROM tasks WHERE id = $1")
@@ -295,18 +259,6 @@ impl Store {
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("counting recent tasks"))
-    }
-
-    /// Messages rejected so far, newest first.
-    pub async fn rejected(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
-        sqlx::query_as(
-            "SELECT subject, stream_sequence, reason FROM rejected_messages
-              ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.primary)
-        .await
-        .map_err(StoreError::query("reading rejected messages"))
     }
 }
 

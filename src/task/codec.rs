@@ -19,9 +19,9 @@ pub enum DecodeError {
     #[error("unknown content type {0:?} (expected application/json or application/msgpack)")]
     ContentType(String),
     #[error("body is not a valid JSON task envelope: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(String),
     #[error("body is not a valid MessagePack task envelope: {0}")]
-    MessagePack(#[from] rmp_serde::decode::Error),
+    MessagePack(String),
 }
 
 /// Why an envelope could not become bytes.
@@ -83,14 +83,35 @@ impl Codec {
         }
     }
 
+    /// Whether `body` is a well-formed document in this encoding, whatever its shape.
+    pub fn is_well_formed(self, body: &[u8]) -> bool {
+        match self {
+            Codec::Json => serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok(),
+            Codec::MessagePack => rmp_serde::from_slice::<serde::de::IgnoredAny>(body).is_ok(),
+        }
+    }
+
+    /// Reads an envelope. The error names the offending field (`priority: invalid type ...`).
     pub fn decode(self, body: &[u8]) -> Result<TaskEnvelope, DecodeError> {
         match self {
-            Codec::Json => Ok(serde_json::from_slice(body)?),
+            Codec::Json => {
+                let mut de = serde_json::Deserializer::from_slice(body);
+                serde_path_to_error::deserialize(&mut de)
+                    .map_err(|e| DecodeError::Json(located(e.path(), e.inner())))
+            }
             Codec::MessagePack => {
                 let mut de = rmp_serde::Deserializer::from_read_ref(body).with_human_readable();
-                Ok(TaskEnvelope::deserialize(&mut de)?)
+                serde_path_to_error::deserialize(&mut de)
+                    .map_err(|e| DecodeError::MessagePack(located(e.path(), e.inner())))
             }
         }
+    }
+}
+
+fn located(path: &serde_path_to_error::Path, error: &impl std::fmt::Display) -> String {
+    match path.to_string().as_str() {
+        "." | "" => error.to_string(),
+        field => format!("{field}: {error}"),
     }
 }
 
@@ -123,6 +144,18 @@ mod tests {
         let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(value["id"], json!(task.id.to_string()));
         assert_eq!(value["agent_type"], json!("email"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["priority"] = json!("high");
+        let body = serde_json::to_vec(&value).unwrap();
+        let err = Codec::Json.decode(&body).unwrap_err().to_string();
+        assert!(err.contains("priority: invalid type"), "{err}");
+        let packed = rmp_serde::to_vec_named(&value).unwrap();
+        let err = Codec::MessagePack.decode(&packed).unwrap_err().to_string();
+        assert!(err.contains("priority"), "{err}");
     }
 
     #[test]

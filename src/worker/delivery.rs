@@ -1,4 +1,4 @@
-//! A JetStream message becomes either a valid task or a rejection with a clear reason,
+//! A JetStream message becomes either a valid task or a dead letter with a clear reason,
 //! keeping the raw bytes so nothing is lost.
 
 use std::collections::BTreeMap;
@@ -8,9 +8,65 @@ use serde_json::Value;
 
 use crate::{
     broker::{Subjects, headers},
-    store::Rejected,
-    task::{Codec, TaskEnvelope},
+    dlq::{AttemptError, DeadLetter, DeadReason, RawMessage, Source},
+    task::{Codec, TaskEnvelope, valid_agent_type},
 };
+
+/// Why a message cannot become a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: DeadReason,
+    pub error: String,
+}
+
+impl Rejection {
+    fn new(reason: DeadReason, error: impl Into<String>) -> Self {
+        Self {
+            reason,
+            error: error.into(),
+        }
+    }
+}
+
+/// A decoded task with what its delivery tells about it.
+#[derive(Debug, Clone)]
+pub struct TaskDelivery {
+    pub task: TaskEnvelope,
+    pub info: DeliveryInfo,
+    /// Errors of earlier attempts, as stored in its row.
+    pub previous_errors: Vec<AttemptError>,
+}
+
+impl TaskDelivery {
+    /// JetStream's delivery count: 1 on the first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.info.delivered
+    }
+
+    /// The dead letter of this task, with every attempt's error.
+    pub fn dead_letter(&self, reason: DeadReason, error: &str, worker_id: &str) -> DeadLetter {
+        let mut attempts = self.previous_errors.clone();
+        if !matches!(reason, DeadReason::MaxDeliveries) {
+            attempts.push(AttemptError {
+                attempt: self.attempt(),
+                error: error.to_string(),
+                at: chrono::Utc::now(),
+            });
+        }
+        DeadLetter {
+            id: self.task.id,
+            agent_type: self.task.agent_type.clone(),
+            reason,
+            error: error.to_string(),
+            attempts,
+            envelope: Some(self.task.clone()),
+            raw: None,
+            source: self.info.source(),
+            worker_id: worker_id.to_string(),
+            dead_at: chrono::Utc::now(),
+        }
+    }
+}
 
 /// Where a message came from, read off its JetStream metadata.
 #[derive(Debug, Clone)]
@@ -23,6 +79,15 @@ pub struct DeliveryInfo {
 }
 
 impl DeliveryInfo {
+    pub fn source(&self) -> Source {
+        Source {
+            stream: self.stream.clone(),
+            stream_sequence: self.stream_sequence,
+            subject: self.subject.clone(),
+            delivered: self.delivered,
+        }
+    }
+
     /// Reads the metadata JetStream puts in the reply subject.
     pub fn of(message: &jetstream::Message) -> Self {
         let subject = message.subject.to_string();
@@ -43,38 +108,73 @@ impl DeliveryInfo {
     }
 }
 
-/// Decodes and checks a message body against its headers and subject.
+/// Decodes and checks a message body against its headers, subject and size limit.
 ///
-/// Fails with a reason fit for an operator when the content type is unknown, the body does
-/// not decode, the envelope breaks the contract, or the subject disagrees with it.
+/// Fails with a reason code and words fit for an operator when the body is too large, the
+/// content type unknown, the body undecodable, the envelope against the contract, or the
+/// subject disagrees with it.
 pub fn decode(
     subjects: &Subjects,
     subject: &str,
     content_type: Option<&str>,
     body: &[u8],
-) -> Result<TaskEnvelope, String> {
-    let codec = Codec::for_message(content_type, body).map_err(|e| e.to_string())?;
-    let task = codec.decode(body).map_err(|e| e.to_string())?;
-    task.validate()
-        .map_err(|e| format!("envelope breaks the contract: {e}"))?;
+    max_payload_bytes: usize,
+) -> Result<TaskEnvelope, Rejection> {
+    if body.len() > max_payload_bytes {
+        return Err(Rejection::new(
+            DeadReason::PayloadTooLarge,
+            format!(
+                "body of {} bytes is over the {max_payload_bytes}-byte limit",
+                body.len()
+            ),
+        ));
+    }
+    let codec = Codec::for_message(content_type, body)
+        .map_err(|e| Rejection::new(DeadReason::UnknownContentType, e.to_string()))?;
+    let task = codec.decode(body).map_err(|e| {
+        // Only on this error path: is it a well-formed document with the wrong shape?
+        let reason = if codec.is_well_formed(body) {
+            DeadReason::SchemaViolation
+        } else {
+            DeadReason::Undecodable
+        };
+        Rejection::new(reason, e.to_string())
+    })?;
+    task.validate().map_err(|e| {
+        Rejection::new(
+            DeadReason::SchemaViolation,
+            format!("envelope breaks the contract: {e}"),
+        )
+    })?;
     match subjects.parse_task(subject) {
         Some((priority, agent_type))
             if priority == task.priority && agent_type == task.agent_type =>
         {
             Ok(task)
         }
-        _ => Err(format!(
-            "subject {subject:?} does not match the envelope (priority {}, agent_type {:?}); \
-             expected {:?}",
-            task.priority,
-            task.agent_type,
-            subjects.task(task.priority, &task.agent_type)
+        _ => Err(Rejection::new(
+            DeadReason::SubjectMismatch,
+            format!(
+                "subject {subject:?} does not match the envelope (priority {}, agent_type {:?}); \
+                 expected {:?}",
+                task.priority,
+                task.agent_type,
+                subjects.task(task.priority, &task.agent_type)
+            ),
         )),
     }
 }
 
-/// The record kept for a message that could not become a task.
-pub fn rejection(info: &DeliveryInfo, message: &jetstream::Message, reason: String) -> Rejected {
+/// The dead letter of a message that never became a task, keeping its bytes (cut to
+/// `max_body_bytes` if need be).
+pub fn rejected_letter(
+    subjects: &Subjects,
+    info: &DeliveryInfo,
+    message: &jetstream::Message,
+    rejection: Rejection,
+    worker_id: &str,
+    max_body_bytes: usize,
+) -> DeadLetter {
     let headers: BTreeMap<String, Value> = message
         .headers
         .iter()
@@ -84,13 +184,27 @@ pub fn rejection(info: &DeliveryInfo, message: &jetstream::Message, reason: Stri
             (name.to_string(), Value::from(values))
         })
         .collect();
-    Rejected {
-        stream: info.stream.clone(),
-        stream_sequence: info.stream_sequence,
-        subject: info.subject.clone(),
-        headers: serde_json::to_value(headers).unwrap_or_default(),
-        body: message.payload.to_vec(),
-        reason,
+    let agent_type = subjects
+        .parse_task(&info.subject)
+        .map(|(_, agent)| agent)
+        .filter(|agent| valid_agent_type(agent))
+        .unwrap_or("unknown")
+        .to_string();
+    DeadLetter {
+        id: uuid::Uuid::now_v7(),
+        agent_type,
+        reason: rejection.reason,
+        error: rejection.error,
+        attempts: Vec::new(),
+        envelope: None,
+        raw: Some(RawMessage::new(
+            serde_json::to_value(headers).unwrap_or_default(),
+            &message.payload,
+            max_body_bytes,
+        )),
+        source: info.source(),
+        worker_id: worker_id.to_string(),
+        dead_at: chrono::Utc::now(),
     }
 }
 
@@ -114,19 +228,27 @@ mod tests {
         let subjects = Subjects::new("swarm");
         let task = TaskEnvelope::new("echo", json!(1)).with_priority(3);
         let body = Codec::Json.encode(&task).unwrap();
-        assert!(decode(&subjects, "swarm.tasks.p3.echo", None, &body).is_ok());
-        let err = decode(&subjects, "swarm.tasks.p9.echo", None, &body).unwrap_err();
-        assert!(err.contains("does not match"), "{err}");
+        assert!(decode(&subjects, "swarm.tasks.p3.echo", None, &body, 1024).is_ok());
+        let err = decode(&subjects, "swarm.tasks.p9.echo", None, &body, 1024).unwrap_err();
+        assert_eq!(err.reason, DeadReason::SubjectMismatch);
+        assert!(err.error.contains("does not match"), "{err:?}");
+        let err = decode(&subjects, "swarm.tasks.p3.echo", None, &body, 10).unwrap_err();
+        assert_eq!(err.reason, DeadReason::PayloadTooLarge);
     }
 
     #[test]
     fn garbage_gets_a_reason() {
         let subjects = Subjects::new("swarm");
-        let err = decode(&subjects, "swarm.tasks.p5.echo", None, b"\xc1garbage").unwrap_err();
-        assert!(err.contains("MessagePack"), "{err}");
-        let err = decode(&subjects, "swarm.tasks.p5.echo", Some("text/csv"), b"a,b").unwrap_err();
-        assert!(err.contains("content type"), "{err}");
-        let err = decode(&subjects, "swarm.tasks.p5.echo", None, br#"{"id": 1}"#).unwrap_err();
-        assert!(err.contains("JSON"), "{err}");
+        let subject = "swarm.tasks.p5.echo";
+        let err = decode(&subjects, subject, None, b"\xc1garbage", 1024).unwrap_err();
+        assert_eq!(err.reason, DeadReason::Undecodable);
+        assert!(err.error.contains("MessagePack"), "{err:?}");
+        let err = decode(&subjects, subject, Some("text/csv"), b"a,b", 1024).unwrap_err();
+        assert_eq!(err.reason, DeadReason::UnknownContentType);
+        let err = decode(&subjects, subject, None, b"{not json", 1024).unwrap_err();
+        assert_eq!(err.reason, DeadReason::Undecodable);
+        let err = decode(&subjects, subject, None, br#"{"id": 1}"#, 1024).unwrap_err();
+        assert_eq!(err.reason, DeadReason::SchemaViolation);
+        assert!(err.error.contains("JSON"), "{err:?}");
     }
 }

@@ -9,6 +9,7 @@ use std::{
 use super::{Outcome, RetryPolicy};
 use crate::{
     agent::{AgentContext, AgentError, AgentRegistry},
+    dlq::DeadReason,
     task::TaskEnvelope,
 };
 
@@ -40,6 +41,7 @@ impl Executor {
     pub async fn execute(&self, task: &TaskEnvelope, attempt: u32) -> Outcome {
         let Some(agent) = self.registry.get(&task.agent_type) else {
             return Outcome::Dead {
+                reason: DeadReason::UnknownAgent,
                 error: format!("unknown agent type {:?}", task.agent_type),
             };
         };
@@ -57,6 +59,7 @@ impl Executor {
             Ok(Ok(result)) => return Outcome::Completed(result),
             Ok(Err(AgentError::Permanent(error))) => {
                 return Outcome::Dead {
+                    reason: DeadReason::PermanentError,
                     error: format!("permanent error: {error}"),
                 };
             }
@@ -65,6 +68,7 @@ impl Executor {
         };
         if attempt >= task.max_attempts {
             Outcome::Dead {
+                reason: DeadReason::AttemptsExhausted,
                 error: format!("gave up after {attempt} attempts: {error}"),
             }
         } else {
@@ -122,10 +126,11 @@ mod tests {
         ));
 
         let unknown = TaskEnvelope::new("nonesuch", json!({}));
-        let Outcome::Dead { error } = executor.execute(&unknown, 1).await else {
+        let Outcome::Dead { error, reason } = executor.execute(&unknown, 1).await else {
             panic!("unknown agent must be dead");
         };
         assert!(error.contains("unknown agent type"), "{error}");
+        assert_eq!(reason, DeadReason::UnknownAgent);
     }
 
     #[tokio::test]

@@ -1,13 +1,17 @@
-//! What happened to one delivery, and the single place where that decides the row's new
-//! state and the broker's action. Every path ends here: nothing acks on its own.
+//! What happened to one delivery, and the single place where that decides what is stored
+//! (row, dead letter) and what the broker is told. Every path ends here: nothing acks on its
+//! own.
 
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use serde_json::Value;
-use uuid::Uuid;
 
-use crate::store::{Settled, SettledStatus};
+use super::delivery::TaskDelivery;
+use crate::{
+    dlq::{DeadLetter, DeadReason},
+    store::{Settled, SettledStatus},
+};
 
 /// The result of running (or refusing to run) one delivery of a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,33 +20,52 @@ pub enum Outcome {
     Completed(Value),
     /// This attempt failed; the task runs again after `delay`.
     Retry { error: String, delay: Duration },
-    /// No attempt will follow: permanent error, attempts exhausted or unknown agent.
-    Dead { error: String },
+    /// No attempt will follow.
+    Dead { reason: DeadReason, error: String },
     /// The task's result was already committed: acknowledge without running the agent.
     Duplicate,
-    /// The worker stopped before the attempt finished: hand the task back untouched.
+    /// The worker stopped before the attempt finished: hand the task back at once.
     Abandoned,
 }
 
+/// What a settlement stores before the broker hears of it.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A row update.
+    Task(Settled),
+    /// A dead letter, then the row marked `dead`.
+    Dead(Settled, Box<DeadLetter>),
+    /// A dead letter of a message that never became a task (it has no row).
+    Rejected(Box<DeadLetter>),
+    Nothing,
+}
+
 impl Outcome {
-    /// The row update this outcome commits before the broker hears of it, if any.
-    pub fn settled(&self, id: Uuid, attempt: u32) -> Option<Settled> {
-        let (status, result, error) = match self {
-            Outcome::Completed(result) => (SettledStatus::Completed, Some(result.clone()), None),
-            Outcome::Retry { error, .. } => (SettledStatus::Failed, None, Some(error.clone())),
-            Outcome::Dead { error } => (SettledStatus::Dead, None, Some(error.clone())),
-            Outcome::Duplicate | Outcome::Abandoned => return None,
-        };
-        Some(Settled {
-            id,
-            attempt,
+    /// What to store for this outcome of `delivery`, before the broker is told.
+    pub fn record(&self, delivery: &TaskDelivery, worker_id: &str) -> Record {
+        let settled = |status, result: Option<&Value>, error: Option<&String>| Settled {
+            id: delivery.task.id,
+            attempt: delivery.attempt(),
             status,
-            result,
-            error,
-        })
+            result: result.cloned(),
+            error: error.cloned(),
+        };
+        match self {
+            Outcome::Completed(result) => {
+                Record::Task(settled(SettledStatus::Completed, Some(result), None))
+            }
+            Outcome::Retry { error, .. } => {
+                Record::Task(settled(SettledStatus::Failed, None, Some(error)))
+            }
+            Outcome::Dead { reason, error } => Record::Dead(
+                settled(SettledStatus::Dead, None, Some(error)),
+                Box::new(delivery.dead_letter(*reason, error, worker_id)),
+            ),
+            Outcome::Duplicate | Outcome::Abandoned => Record::Nothing,
+        }
     }
 
-    /// What the broker is told once the row is committed.
+    /// What the broker is told once the record is stored.
     pub fn ack_kind(&self) -> AckKind {
         match self {
             Outcome::Completed(_) | Outcome::Duplicate => AckKind::Ack,

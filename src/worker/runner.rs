@@ -17,16 +17,18 @@ use tokio::{
 };
 
 use super::{
-    Executor, Outcome, RetryPolicy,
-    delivery::{self, DeliveryInfo},
-    settler::{self, Record, Settlement, SettlerConfig, WorkerCounts},
+    Executor, Outcome, RetryPolicy, abandoned,
+    delivery::{self, DeliveryInfo, TaskDelivery},
+    outcome::Record,
+    settler::{self, Settlement, SettlerConfig, Sinks, WorkerCounts},
 };
 use crate::{
     agent::AgentRegistry,
     broker::{Broker, BrokerError, Doorbell},
     config::WorkerSettings,
+    dlq::{DeadLetterStream, DeadReason, DlqError},
     store::{Claim, Store, StoreError},
-    task::{MAX_PRIORITY, TaskEnvelope},
+    task::MAX_PRIORITY,
 };
 
 /// Pause after a failed pull or claim before trying again.
@@ -39,12 +41,15 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    DeadLetters(#[from] DlqError),
 }
 
 /// One worker process's loop over the shared consumers. Holds no state another worker needs.
 pub struct Worker {
     broker: Broker,
     store: Store,
+    dead_letters: DeadLetterStream,
     executor: Executor,
     settings: WorkerSettings,
     worker_id: String,
@@ -65,6 +70,7 @@ impl Worker {
         );
         Self {
             worker_id: settings.worker_id(),
+            dead_letters: DeadLetterStream::of(&broker),
             broker,
             store,
             executor,
@@ -88,24 +94,32 @@ impl Worker {
     /// retried, since JetStream keeps every unacknowledged task.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let puller = self.broker.priority_puller().await?;
+        self.dead_letters.ensure().await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let (abandon_tx, abandon_rx) = watch::channel(false);
         let (settle_tx, settler) = settler::spawn(
-            self.store.clone(),
-            self.worker_id.clone(),
+            Sinks {
+                store: self.store.clone(),
+                dead_letters: self.dead_letters.clone(),
+                worker_id: self.worker_id.as_str().into(),
+                counts: self.counts.clone(),
+                abandon: abandon_rx.clone(),
+            },
             SettlerConfig {
                 batch: self.settings.commit_batch,
                 linger: Duration::from_millis(self.settings.commit_linger_ms),
                 parallelism: self.settings.commit_parallelism,
             },
-            self.counts.clone(),
         );
-        let (abandon_tx, abandon_rx) = watch::channel(false);
         let mut running = JoinSet::new();
         let dispatch = Dispatch {
             worker: &self,
             settle_tx: &settle_tx,
             abandon_rx: &abandon_rx,
             heartbeat: self.broker.settings().ack_wait() / 2,
+            // Leave room for the record's other fields and headers.
+            max_dead_letter_body: (self.broker.client().server_info().max_payload)
+                .saturating_sub(16 * 1024),
         };
         tracing::info!(worker_id = %self.worker_id, concurrency = self.settings.concurrency, "worker started");
 
@@ -196,12 +210,13 @@ struct Dispatch<'a> {
     settle_tx: &'a mpsc::Sender<Settlement>,
     abandon_rx: &'a watch::Receiver<bool>,
     heartbeat: Duration,
+    /// Largest raw body kept in a dead letter: what fits in one NATS message.
+    max_dead_letter_body: usize,
 }
 
 /// A decoded delivery waiting for its claim.
 struct Pending {
-    task: TaskEnvelope,
-    attempt: u32,
+    delivery: TaskDelivery,
     acker: Acker,
     slot: OwnedSemaphorePermit,
 }
@@ -213,7 +228,8 @@ impl Dispatch<'_> {
         slots: &Arc<Semaphore>,
         running: &mut JoinSet<()>,
     ) {
-        let subjects = self.worker.broker.subjects();
+        let worker = self.worker;
+        let subjects = worker.broker.subjects();
         let mut pending: Vec<Pending> = Vec::with_capacity(messages.len());
         let mut seen = HashSet::with_capacity(messages.len());
         for message in messages {
@@ -228,12 +244,22 @@ impl Dispatch<'_> {
                 &info.subject,
                 delivery::content_type(&message),
                 &message.payload,
+                worker.settings.max_payload_bytes,
             );
             match decoded {
-                Err(reason) => {
-                    tracing::warn!(subject = %info.subject, seq = info.stream_sequence, %reason, "rejected message");
-                    let record = Record::Rejected(delivery::rejection(&info, &message, reason));
+                Err(rejection) => {
+                    tracing::warn!(subject = %info.subject, seq = info.stream_sequence,
+                        reason = %rejection.reason, error = %rejection.error, "dead-lettering a bad message");
+                    let letter = delivery::rejected_letter(
+                        subjects,
+                        &info,
+                        &message,
+                        rejection,
+                        &worker.worker_id,
+                        self.max_dead_letter_body,
+                    );
                     let (_, acker) = message.split();
+                    let record = Record::Rejected(Box::new(letter));
                     self.settle(acker, record, AckKind::Term, "rejected", slot)
                         .await;
                 }
@@ -246,8 +272,11 @@ impl Dispatch<'_> {
                         .await;
                 }
                 Ok(task) => pending.push(Pending {
-                    task,
-                    attempt: info.delivered,
+                    delivery: TaskDelivery {
+                        task,
+                        info,
+                        previous_errors: Vec::new(),
+                    },
                     acker: message.split().1,
                     slot,
                 }),
@@ -259,16 +288,11 @@ impl Dispatch<'_> {
         let claims: Vec<Claim> = pending
             .iter()
             .map(|p| Claim {
-                task: &p.task,
-                attempt: p.attempt,
+                task: &p.delivery.task,
+                attempt: p.delivery.attempt(),
             })
             .collect();
-        let runnable = match self
-            .worker
-            .store
-            .claim(&claims, &self.worker.worker_id)
-            .await
-        {
+        let mut runnable = match worker.store.claim(&claims, &worker.worker_id).await {
             Ok(runnable) => runnable,
             Err(error) => {
                 tracing::error!(%error, "claim failed; handing the batch back");
@@ -281,8 +305,8 @@ impl Dispatch<'_> {
                 return;
             }
         };
-        for p in pending {
-            if !runnable.contains(&p.task.id) {
+        for mut p in pending {
+            let Some(previous_errors) = runnable.remove(&p.delivery.task.id) else {
                 let outcome = Outcome::Duplicate;
                 self.settle(
                     p.acker,
@@ -293,13 +317,32 @@ impl Dispatch<'_> {
                 )
                 .await;
                 continue;
+            };
+            p.delivery.previous_errors = previous_errors;
+            let limit = p.delivery.task.max_attempts + worker.settings.crash_allowance;
+            if p.delivery.attempt() > limit {
+                // Delivered again and again without an outcome: it kills or hangs workers.
+                let outcome = Outcome::Dead {
+                    reason: DeadReason::MaxDeliveries,
+                    error: format!(
+                        "delivered {} times, {} of them without an outcome: the task crashes \
+                         or hangs the worker",
+                        p.delivery.attempt(),
+                        p.delivery.attempt() as usize - 1 - p.delivery.previous_errors.len()
+                    ),
+                };
+                let record = outcome.record(&p.delivery, &worker.worker_id);
+                self.settle(p.acker, record, outcome.ack_kind(), outcome.label(), p.slot)
+                    .await;
+                continue;
             }
             running.spawn(run_one(
-                self.worker.executor.clone(),
+                worker.executor.clone(),
                 p,
                 self.settle_tx.clone(),
                 self.abandon_rx.clone(),
                 self.heartbeat,
+                worker.worker_id.clone(),
             ));
         }
     }
@@ -332,16 +375,16 @@ async fn run_one(
     settle_tx: mpsc::Sender<Settlement>,
     mut abandon: watch::Receiver<bool>,
     heartbeat: Duration,
+    worker_id: String,
 ) {
     let Pending {
-        task,
-        attempt,
+        delivery,
         acker,
         slot,
     } = pending;
     let started = Instant::now();
     let outcome = {
-        let run = executor.execute(&task, attempt);
+        let run = executor.execute(&delivery.task, delivery.attempt());
         tokio::pin!(run);
         let mut beat = tokio::time::interval_at(
             tokio::time::Instant::now() + heartbeat,
@@ -358,24 +401,17 @@ async fn run_one(
             }
         }
     };
-    tracing::debug!(task_id = %task.id, agent = %task.agent_type, attempt, outcome = outcome.label(),
+    tracing::debug!(task_id = %delivery.task.id, agent = %delivery.task.agent_type,
+        attempt = delivery.attempt(), outcome = outcome.label(),
         elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
-    let record = outcome
-        .settled(task.id, attempt)
-        .map_or(Record::Nothing, Record::Task);
     let settlement = Settlement {
+        record: outcome.record(&delivery, &worker_id),
         acker,
-        record,
         ack: outcome.ack_kind(),
         label: outcome.label(),
         slot: Some(slot),
     };
     if settle_tx.send(settlement).await.is_err() {
-        tracing::error!(task_id = %task.id, "settler stopped; the task will be redelivered");
+        tracing::error!(task_id = %delivery.task.id, "settler stopped; the task will be redelivered");
     }
-}
-
-/// Completes once the runner asks in-flight tasks to hand themselves back.
-async fn abandoned(signal: &mut watch::Receiver<bool>) {
-    let _ = signal.wait_for(|stop| *stop).await;
 }

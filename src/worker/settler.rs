@@ -1,9 +1,13 @@
 //! Commits outcomes in batches and only then tells the broker.
 //!
 //! Outcomes arrive on a channel; the settler gathers up to `commit_batch` of them, waiting at
-//! most `commit_linger` for company, and commits each batch in one statement while earlier
-//! batches may still be in flight (up to `commit_parallelism`), so one slow commit does not
-//! stall the rest. A message is acknowledged only after the batch holding it committed.
+//! most `commit_linger` for company, and stores each batch while earlier batches may still be
+//! in flight (up to `commit_parallelism`), so one slow commit does not stall the rest.
+//! Storing a batch is: dead letters published (and confirmed) to the dead-letter stream,
+//! then every row updated in one statement. Only then is each message acknowledged, nak'd or
+//! terminated. If storing fails (PostgreSQL or NATS away), the batch is retried with growing
+//! pauses while its leases are kept alive, so nothing is acknowledged without its record and
+//! no finished work is thrown away; at shutdown a batch still failing is handed back.
 
 use std::{
     sync::{
@@ -15,14 +19,19 @@ use std::{
 
 use async_nats::jetstream::{AckKind, message::Acker};
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
 };
 
-use crate::store::{Rejected, Settled, Store};
+use super::{abandoned, outcome::Record};
+use crate::{
+    dlq::DeadLetterStream,
+    store::{Settled, Store},
+};
 
-/// How long a batch whose commit failed waits before JetStream redelivers it.
-const COMMIT_FAILURE_REDELIVERY: Duration = Duration::from_secs(1);
+/// First and longest pause between attempts to store a batch.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One delivery's settlement: what to store, then what to tell the broker.
 pub struct Settlement {
@@ -35,13 +44,6 @@ pub struct Settlement {
     pub slot: Option<OwnedSemaphorePermit>,
 }
 
-/// What a settlement stores before the ack.
-pub enum Record {
-    Task(Settled),
-    Rejected(Rejected),
-    Nothing,
-}
-
 /// Running totals of settled deliveries, by outcome.
 #[derive(Debug, Default)]
 pub struct WorkerCounts {
@@ -51,9 +53,11 @@ pub struct WorkerCounts {
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
     pub abandoned: AtomicU64,
-    /// Outcomes a newer attempt had already overtaken (not applied, not acked).
+    /// Late outcomes of an attempt that another worker overtook: the agent ran twice, the
+    /// first commit won and this one was not applied (duplicate executions).
     pub fenced: AtomicU64,
-    pub commit_failures: AtomicU64,
+    /// Failed attempts to store a batch (each retried).
+    pub store_failures: AtomicU64,
 }
 
 impl WorkerCounts {
@@ -69,13 +73,6 @@ impl WorkerCounts {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// Deliveries that reached a final state here (completed, dead or rejected).
-    pub fn finished(&self) -> u64 {
-        self.completed.load(Ordering::Relaxed)
-            + self.dead.load(Ordering::Relaxed)
-            + self.rejected.load(Ordering::Relaxed)
-    }
 }
 
 /// Batching knobs of the settler.
@@ -86,27 +83,29 @@ pub struct SettlerConfig {
     pub parallelism: usize,
 }
 
-/// Starts the settler; it runs until every sender is dropped and all batches committed.
+/// Where settlements are stored.
+#[derive(Clone)]
+pub struct Sinks {
+    pub store: Store,
+    pub dead_letters: DeadLetterStream,
+    pub worker_id: Arc<str>,
+    pub counts: Arc<WorkerCounts>,
+    /// Turns true when the grace period is over: stop retrying, hand everything back.
+    pub abandon: watch::Receiver<bool>,
+}
+
+/// Starts the settler; it runs until every sender is dropped and all batches are settled.
 pub fn spawn(
-    store: Store,
-    worker_id: String,
+    sinks: Sinks,
     config: SettlerConfig,
-    counts: Arc<WorkerCounts>,
 ) -> (mpsc::Sender<Settlement>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(config.batch.max(1) * 4);
-    let handle = tokio::spawn(run(rx, store, worker_id, config, counts));
+    let handle = tokio::spawn(run(rx, sinks, config));
     (tx, handle)
 }
 
-async fn run(
-    mut rx: mpsc::Receiver<Settlement>,
-    store: Store,
-    worker_id: String,
-    config: SettlerConfig,
-    counts: Arc<WorkerCounts>,
-) {
+async fn run(mut rx: mpsc::Receiver<Settlement>, sinks: Sinks, config: SettlerConfig) {
     let commits = Arc::new(Semaphore::new(config.parallelism.max(1)));
-    let worker_id: Arc<str> = worker_id.into();
     let mut running = JoinSet::new();
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::with_capacity(config.batch);
@@ -123,9 +122,9 @@ async fn run(
             .acquire_owned()
             .await
             .expect("the commit semaphore is never closed");
-        let (store, worker_id, counts) = (store.clone(), worker_id.clone(), counts.clone());
+        let sinks = sinks.clone();
         running.spawn(async move {
-            commit_then_ack(&store, &worker_id, batch, &counts).await;
+            settle_batch(&sinks, batch).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -133,53 +132,83 @@ async fn run(
     while running.join_next().await.is_some() {}
 }
 
-async fn commit_then_ack(
-    store: &Store,
-    worker_id: &str,
-    batch: Vec<Settlement>,
-    counts: &WorkerCounts,
-) {
-    let mut tasks = Vec::new();
-    let mut rejected = Vec::new();
+async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
+    let mut rows: Vec<Settled> = Vec::new();
+    let mut letters = Vec::new();
     for settlement in &batch {
         match &settlement.record {
-            Record::Task(settled) => tasks.push(settled.clone()),
-            Record::Rejected(r) => rejected.push(r.clone()),
+            Record::Task(settled) => rows.push(settled.clone()),
+            Record::Dead(settled, letter) => {
+                rows.push(settled.clone());
+                letters.push(letter.as_ref().clone());
+            }
+            Record::Rejected(letter) => letters.push(letter.as_ref().clone()),
             Record::Nothing => {}
         }
     }
-    let committed = async {
-        store.record_rejected(&rejected).await?;
-        store.settle(&tasks, worker_id).await
-    }
-    .await;
-    let applied = match committed {
-        Ok(applied) => applied,
-        Err(error) => {
-            counts.commit_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, size = batch.len(), "commit failed; the batch will be redelivered");
-            for settlement in batch {
-                let _ = settlement
-                    .acker
-                    .ack_with(AckKind::Nak(Some(COMMIT_FAILURE_REDELIVERY)))
-                    .await;
-            }
-            return;
+    let mut pause = STORE_RETRY_FIRST;
+    let mut abandon = sinks.abandon.clone();
+    let applied = loop {
+        let stored = async {
+            sinks.dead_letters.publish(&letters).await?;
+            sinks
+                .store
+                .settle(&rows, &sinks.worker_id)
+                .await
+                .map_err(StoreFailure::from)
         }
+        .await;
+        match stored {
+            Ok(applied) => break applied,
+            Err(error) => {
+                sinks.counts.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, size = batch.len(), retry_in_ms = pause.as_millis() as u64,
+                    "cannot store outcomes; holding the batch");
+            }
+        }
+        // Keep the leases while we wait, so no other worker takes these tasks meanwhile.
+        for settlement in &batch {
+            let _ = settlement.acker.ack_with(AckKind::Progress).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = abandoned(&mut abandon) => {
+                tracing::warn!(size = batch.len(), "shutting down: handing an unstored batch back");
+                for settlement in batch {
+                    let _ = settlement.acker.ack_with(AckKind::Nak(None)).await;
+                }
+                return;
+            }
+        }
+        pause = (pause * 2).min(STORE_RETRY_MAX);
     };
     for settlement in batch {
-        if let Record::Task(settled) = &settlement.record
+        let row = match &settlement.record {
+            Record::Task(settled) | Record::Dead(settled, _) => Some(settled),
+            _ => None,
+        };
+        if let Some(settled) = row
             && !applied.contains(&settled.id)
         {
-            // A newer attempt owns the row (or it is already final): leave this delivery
+            // A newer attempt owns the row, or it is already final: leave this delivery
             // alone; if nobody acks it, its redelivery is recognised as a duplicate at claim.
-            counts.fenced.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(task_id = %settled.id, attempt = settled.attempt, "late outcome fenced off");
+            sinks.counts.fenced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(task_id = %settled.id, attempt = settled.attempt,
+                "late outcome fenced off: another attempt committed first");
             continue;
         }
         if let Err(error) = settlement.acker.ack_with(settlement.ack).await {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");
         }
-        counts.count(settlement.label);
+        sinks.counts.count(settlement.label);
     }
+}
+
+/// Either half of storing a batch failed.
+#[derive(Debug, thiserror::Error)]
+enum StoreFailure {
+    #[error(transparent)]
+    DeadLetters(#[from] crate::dlq::DlqError),
+    #[error(transparent)]
+    Database(#[from] crate::store::StoreError),
 }

@@ -1,31 +1,12 @@
 //! What the fleet publishes obeys the JSON Schemas in `schemas/`, in both codecs.
 
-use std::path::Path;
-
 use serde_json::{Value, json};
 use swarm_director::task::{Codec, TaskEnvelope};
 
-use crate::support::TestEnv;
-
-fn validator(file: &str) -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("schemas")
-        .join(file);
-    let schema: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("schema file")).expect("JSON");
-    jsonschema::validator_for(&schema).expect("a valid JSON Schema")
-}
-
-fn assert_valid(validator: &jsonschema::Validator, instance: &Value) {
-    let errors: Vec<String> = validator
-        .iter_errors(instance)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{instance} breaks the schema: {errors:?}"
-    );
-}
+use crate::support::{
+    TestEnv,
+    schemas::{assert_valid, validator},
+};
 
 #[tokio::test]
 async fn published_envelopes_match_the_schema_in_both_codecs() {

@@ -1,11 +1,14 @@
 //! A private fleet environment per test, and helpers to run workers and wait for results.
 
+pub mod schemas;
+
 use std::time::{Duration, Instant};
 
 use swarm_director::{
     agent::AgentRegistry,
     broker::Broker,
-    config::{SecretUrl, Settings},
+    config::Settings,
+    dlq::{DeadLetterStream, Filter, StoredDeadLetter},
     store::{Store, TaskRecord},
     worker::{Worker, WorkerCounts},
 };
@@ -128,8 +131,32 @@ impl TestEnv {
         ]
     }
 
-    /// Deletes the stream and drops the schema.
+    /// This environment's dead-letter stream.
+    pub fn dead_letters(&self) -> DeadLetterStream {
+        DeadLetterStream::of(&self.broker)
+    }
+
+    /// Waits until the dead-letter stream holds `n` records and returns them.
+    pub async fn wait_dead_letters(&self, n: usize, timeout: Duration) -> Vec<StoredDeadLetter> {
+        let deadline = Instant::now() + timeout;
+        let dlq = self.dead_letters();
+        loop {
+            let letters = dlq.list(&Filter::default()).await.unwrap_or_default();
+            if letters.len() >= n {
+                return letters;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} dead letters within {timeout:?}",
+                letters.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Deletes the streams and drops the schema.
     pub async fn cleanup(self) {
+        let _ = self.dead_letters().delete_stream().await;
         let _ = self.broker.delete_stream().await;
         let _ = self.store.drop_schema().await;
     }
@@ -157,9 +184,4 @@ impl RunningWorker {
 /// Reads a counter.
 pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-#[allow(dead_code)]
-pub fn secret(url: &str) -> SecretUrl {
-    SecretUrl::new(url)
 }

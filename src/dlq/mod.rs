@@ -1,0 +1,8 @@
+//! Dead letters: tasks that will not run again and messages that never became tasks, kept
+//! in their own JetStream stream with everything needed to understand and replay them.
+
+mod record;
+mod stream;
+
+pub use record::{AttemptError, DeadLetter, DeadReason, RawMessage, Source};
+pub use stream::{DeadLetterStream, DlqError, Filter, StoredDeadLetter};

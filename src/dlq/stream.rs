@@ -1,0 +1,283 @@
+//! The dead-letter stream: its setup, publishing records, and reading, deleting and purging
+//! them for `swarmd dlq`. Its name and subjects follow the tasks stream's, so several fleets
+//! share one server.
+
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self,
+        consumer::{DeliverPolicy, pull::OrderedConfig},
+        stream::{DiscardPolicy, RetentionPolicy, StorageType},
+    },
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use uuid::Uuid;
+
+use super::{DeadLetter, DeadReason};
+use crate::broker::{Broker, Subjects, headers};
+
+/// How long dead letters are kept.
+const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A reader that hears nothing for this long has seen every record.
+const READ_IDLE: Duration = Duration::from_secs(2);
+
+/// A dead-letter stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("cannot set up dead-letter stream {stream}: {reason}")]
+    Setup { stream: String, reason: String },
+    #[error("cannot publish dead letter {id}: {reason}")]
+    Publish { id: Uuid, reason: String },
+    #[error("cannot read dead-letter stream {stream}: {reason}")]
+    Read { stream: String, reason: String },
+    #[error("dead letter #{sequence} is not a valid record: {reason}")]
+    Corrupt { sequence: u64, reason: String },
+}
+
+/// A dead letter with its place in the stream.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub sequence: u64,
+    pub letter: DeadLetter,
+}
+
+/// Which dead letters to read.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub agent_type: Option<String>,
+    pub reason: Option<DeadReason>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        self.reason.is_none_or(|r| r == letter.reason)
+            && self.since.is_none_or(|t| letter.dead_at >= t)
+            && self.until.is_none_or(|t| letter.dead_at <= t)
+    }
+}
+
+/// The dead-letter stream of one fleet.
+#[derive(Clone)]
+pub struct DeadLetterStream {
+    jetstream: jetstream::Context,
+    name: String,
+    subjects: Subjects,
+    replicas: usize,
+}
+
+impl DeadLetterStream {
+    /// The dead-letter stream beside `broker`'s tasks stream: `SWARM_TASKS` → `SWARM_DLQ`,
+    /// any other name `N` → `N_DLQ`.
+    pub fn of(broker: &Broker) -> Self {
+        let tasks = &broker.settings().stream;
+        let name = match tasks.strip_suffix("_TASKS") {
+            Some(base) => format!("{base}_DLQ"),
+            None => format!("{tasks}_DLQ"),
+        };
+        Self {
+            jetstream: broker.jetstream().clone(),
+            name,
+            subjects: broker.subjects().clone(),
+            replicas: broker.settings().replicas,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the stream, or updates it to our settings.
+    ///
+    /// Fails when JetStream refuses the configuration.
+    pub async fn ensure(&self) -> Result<(), DlqError> {
+        let config = jetstream::stream::Config {
+            name: self.name.clone(),
+            subjects: vec![self.subjects.all_dead_letters()],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            discard: DiscardPolicy::Old,
+            max_age: RETENTION,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: self.replicas,
+            description: Some("SwarmDirector dead letters".into()),
+            ..Default::default()
+        };
+        let setup_error = |reason: String| DlqError::Setup {
+            stream: self.name.clone(),
+            reason,
+        };
+        match self.jetstream.get_stream(&self.name).await {
+            Ok(_) => self
+                .jetstream
+                .update_stream(&config)
+                .await
+                .map(|_| ())
+                .map_err(|e| setup_error(e.to_string())),
+            Err(_) => match self.jetstream.create_stream(config).await {
+                Ok(_) => Ok(()),
+                // Another process may have created it meanwhile.
+                Err(create) => self
+                    .jetstream
+                    .get_stream(&self.name)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| setup_error(create.to_string())),
+            },
+        }
+    }
+
+    /// Publishes `letters` and waits until the stream stored every one.
+    ///
+    /// Fails on the first record the stream did not take; the caller must not acknowledge
+    /// the originals then.
+    pub async fn publish(&self, letters: &[DeadLetter]) -> Result<(), DlqError> {
+        let mut pending = Vec::with_capacity(letters.len());
+        for letter in letters {
+            let publish_error = |reason: String| DlqError::Publish {
+                id: letter.id,
+                reason,
+            };
+            let body = serde_json::to_vec(letter).map_err(|e| publish_error(e.to_string()))?;
+            let mut headers = HeaderMap::new();
+            headers.insert(headers::MSG_ID, letter.message_id().as_str());
+            headers.insert(headers::CONTENT_TYPE, "application/json");
+            let ack = self
+                .jetstream
+                .publish_with_headers(
+                    self.subjects.dead_letter(&letter.agent_type),
+                    headers,
+                    body.into(),
+                )
+                .await
+                .map_err(|e| publish_error(e.to_string()))?;
+            pending.push((letter.id, ack));
+        }
+        for (id, ack) in pending {
+            ack.await.map_err(|e| DlqError::Publish {
+                id,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads the dead letters that match `filter`, oldest first.
+    ///
+    /// Fails when the stream cannot be read or holds a record that is not a dead letter.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<StoredDeadLetter>, DlqError> {
+        let read_error = |reason: String| DlqError::Read {
+            stream: self.name.clone(),
+            reason,
+        };
+        let stream = self
+            .jetstream
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| read_error(e.to_string()))?;
+        if stream.cached_info().state.messages == 0 {
+            return Ok(Vec::new());
+        }
+        let filter_subject = match &filter.agent_type {
+            Some(agent) => self.subjects.dead_letter(agent),
+            None => self.subjects.all_dead_letters(),
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read_error(e.to_string()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| read_error(e.to_string()))?;
+        let mut found = Vec::new();
+        while let Ok(Some(message)) = tokio::time::timeout(READ_IDLE, messages.next()).await {
+            let message = message.map_err(|e| read_error(e.to_string()))?;
+            let info = message.info().map_err(|e| read_error(e.to_string()))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            let letter: DeadLetter =
+                serde_json::from_slice(&message.payload).map_err(|e| DlqError::Corrupt {
+                    sequence,
+                    reason: e.to_string(),
+                })?;
+            if filter.matches(&letter) {
+                found.push(StoredDeadLetter { sequence, letter });
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The newest dead letter of task (or record) `id`.
+    pub async fn find(&self, id: Uuid) -> Result<Option<StoredDeadLetter>, DlqError> {
+        Ok(self
+            .list(&Filter::default())
+            .await?
+            .into_iter()
+            .rfind(|stored| stored.letter.id == id))
+    }
+
+    /// Removes one record (after a successful replay).
+    pub async fn delete(&self, sequence: u64) -> Result<(), DlqError> {
+        let read_error = |reason: String| DlqError::Read {
+            stream: self.name.clone(),
+            reason,
+        };
+        let stream = self
+            .jetstream
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| read_error(e.to_string()))?;
+        stream
+            .delete_message(sequence)
+            .await
+            .map(|_| ())
+            .map_err(|e| read_error(e.to_string()))
+    }
+
+    /// Removes every record, or those of one agent type; returns how many.
+    pub async fn purge(&self, agent_type: Option<&str>) -> Result<u64, DlqError> {
+        let read_error = |reason: String| DlqError::Read {
+            stream: self.name.clone(),
+            reason,
+        };
+        let stream = self
+            .jetstream
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| read_error(e.to_string()))?;
+        let response = match agent_type {
+            Some(agent) => {
+                stream
+                    .purge()
+                    .filter(self.subjects.dead_letter(agent))
+                    .await
+            }
+            None => stream.purge().await,
+        }
+        .map_err(|e| read_error(e.to_string()))?;
+        Ok(response.purged)
+    }
+
+    /// Deletes the stream (tests and benchmarks).
+    pub async fn delete_stream(&self) -> Result<(), DlqError> {
+        self.jetstream
+            .delete_stream(&self.name)
+            .await
+            .map(|_| ())
+            .map_err(|e| DlqError::Setup {
+                stream: self.name.clone(),
+                reason: e.to_string(),
+            })
+    }
+}
