@@ -2,7 +2,7 @@
 //! `Content-Type` header so producers in any language can pick either.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::TaskEnvelope;
 
