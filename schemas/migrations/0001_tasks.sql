@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     errors          jsonb       NOT NULL DEFAULT '[]'::jsonb,
     worker_id       text,
     idempotency_key text,
+    -- Set when the task replays a dead letter: the id of the dead task.
+    replay_of       uuid,
     created_at      timestamptz NOT NULL,
     started_at      timestamptz,
     completed_at    timestamptz,

@@ -1,6 +1,7 @@
 //! `swarmd` subcommands, one per file, and the dispatcher.
 
 mod demo;
+mod dlq;
 mod migrate;
 mod publish;
 mod status;
@@ -49,6 +50,8 @@ pub enum Command {
     Status(status::Args),
     /// Start a small fleet, publish a mix of tasks and print a summary.
     Demo(demo::Args),
+    /// Inspect, replay and purge dead letters.
+    Dlq(dlq::Args),
     /// Apply the database migrations and exit.
     Migrate,
 }
@@ -75,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(settings, args).await,
         Command::Status(args) => status::run(settings, args).await,
         Command::Demo(args) => demo::run(settings, args).await,
+        Command::Dlq(args) => dlq::run(settings, args).await,
         Command::Migrate => migrate::run(settings).await,
     }
 }

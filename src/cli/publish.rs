@@ -87,6 +87,7 @@ impl TaskLine {
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             timeout: self.timeout,
             idempotency_key: self.idempotency_key,
+            replay_of: None,
         }
     }
 }

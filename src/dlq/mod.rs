@@ -2,7 +2,9 @@
 //! in their own JetStream stream with everything needed to understand and replay them.
 
 mod record;
+mod replay;
 mod stream;
 
 pub use record::{AttemptError, DeadLetter, DeadReason, RawMessage, Source};
+pub use replay::{ReplayError, replay, replay_envelope};
 pub use stream::{DeadLetterStream, DlqError, Filter, StoredDeadLetter};

@@ -102,6 +102,7 @@ pub struct TaskRecord {
     pub errors: Value,
     pub worker_id: Option<String>,
     pub idempotency_key: Option<String>,
+    pub replay_of: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -133,15 +134,17 @@ impl Store {
             .map(|c| c.task.idempotency_key.as_deref())
             .collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.task.created_at).collect();
+        let replay_of: Vec<Option<Uuid>> = claims.iter().map(|c| c.task.replay_of).collect();
         let rows: Vec<(Uuid, Value)> = sqlx::query_as(
             "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
-                                idempotency_key, created_at, worker_id, started_at, updated_at)
+                                idempotency_key, created_at, replay_of, worker_id, started_at,
+                                updated_at)
              SELECT t.id, t.agent_type, t.priority, t.data, 'processing', t.attempts,
-                    t.max_attempts, t.idempotency_key, t.created_at, $9, now(), now()
+                    t.max_attempts, t.idempotency_key, t.created_at, t.replay_of, $9, now(), now()
              FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
-                         $6::int4[], $7::text[], $8::timestamptz[])
+                         $6::int4[], $7::text[], $8::timestamptz[], $10::uuid[])
                   AS t(id, agent_type, priority, data, attempts, max_attempts,
-                       idempotency_key, created_at)
+                       idempotency_key, created_at, replay_of)
              ON CONFLICT (id) DO UPDATE
                 SET status = 'processing', attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
@@ -158,6 +161,7 @@ impl Store {
         .bind(&keys)
         .bind(&created)
         .bind(worker_id)
+        .bind(&replay_of)
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("claiming tasks"))?;

@@ -36,6 +36,9 @@ pub struct TaskEnvelope {
     /// A producer's own key for the task, stored with the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Set on a replay of a dead letter: the id of the task it replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<Uuid>,
 }
 
 fn default_priority() -> u8 {
@@ -81,6 +84,7 @@ impl TaskEnvelope {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout: None,
             idempotency_key: None,
+            replay_of: None,
         }
     }
 

@@ -9,12 +9,7 @@ use tokio::process::Command;
 use crate::support::TestEnv;
 
 fn swarmd(env: &TestEnv) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_swarmd"));
-    command
-        .envs(env.process_env())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
+    env.swarmd()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

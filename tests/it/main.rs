@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod dead_letters;
 mod delivery;
 mod pipeline;
 mod priority;

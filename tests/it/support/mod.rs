@@ -60,14 +60,32 @@ impl TestEnv {
     }
 
     pub fn worker_with(&self, adjust: impl FnOnce(&mut Settings)) -> Worker {
+        self.worker_with_agents(AgentRegistry::with_builtins(), adjust)
+    }
+
+    pub fn worker_with_agents(
+        &self,
+        registry: AgentRegistry,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Worker {
         let mut settings = self.settings.clone();
         adjust(&mut settings);
         Worker::new(
             self.broker.clone(),
             self.store.clone(),
-            AgentRegistry::with_builtins(),
+            registry,
             settings.worker,
         )
+    }
+
+    /// A `swarmd` command pointed at this environment.
+    pub fn swarmd(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_swarmd"));
+        command
+            .envs(self.process_env())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
     }
 
     /// Starts `worker` in the background; stop it with [`RunningWorker::stop`].

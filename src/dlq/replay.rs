@@ -1,0 +1,69 @@
+//! Replaying a dead letter: the same work as a new task with a fresh attempt budget, linked
+//! to the original by `replay_of`, and the record removed once the new task is stored.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{DeadLetterStream, DlqError, StoredDeadLetter};
+use crate::{
+    broker::{Broker, BrokerError},
+    task::{Codec, TaskEnvelope},
+};
+
+/// Why a dead letter could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("dead letter {0} never decoded into a task ({1}); there is nothing to replay")]
+    NoEnvelope(Uuid, String),
+    #[error("cannot publish the replay of {id}: {source}")]
+    Publish { id: Uuid, source: BrokerError },
+    #[error("replayed {id} as {new_id}, but could not remove the dead letter: {source}")]
+    Remove {
+        id: Uuid,
+        new_id: Uuid,
+        source: DlqError,
+    },
+}
+
+/// The task a replay publishes: the original's work and settings under a new id.
+pub fn replay_envelope(original: &TaskEnvelope) -> TaskEnvelope {
+    TaskEnvelope {
+        id: Uuid::now_v7(),
+        created_at: Utc::now(),
+        replay_of: Some(original.id),
+        ..original.clone()
+    }
+}
+
+/// Publishes the replay of `stored`, then deletes the dead letter; returns the new task id.
+///
+/// Fails when the record holds no envelope (the message never decoded), or when the publish
+/// or the delete fails; a failed publish leaves the dead letter in place.
+pub async fn replay(
+    broker: &Broker,
+    dead_letters: &DeadLetterStream,
+    stored: &StoredDeadLetter,
+) -> Result<Uuid, ReplayError> {
+    let letter = &stored.letter;
+    let original = letter
+        .envelope
+        .as_ref()
+        .ok_or_else(|| ReplayError::NoEnvelope(letter.id, letter.reason.to_string()))?;
+    let task = replay_envelope(original);
+    broker
+        .publish(&task, Codec::MessagePack)
+        .await
+        .map_err(|source| ReplayError::Publish {
+            id: letter.id,
+            source,
+        })?;
+    dead_letters
+        .delete(stored.sequence)
+        .await
+        .map_err(|source| ReplayError::Remove {
+            id: letter.id,
+            new_id: task.id,
+            source,
+        })?;
+    Ok(task.id)
+}
