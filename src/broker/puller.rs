@@ -8,7 +8,10 @@
 //! ran out, a lease that expired) are not publishes, so an idle worker also rescans on a slow
 //! backstop timer.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
@@ -16,8 +19,13 @@ use futures::{FutureExt, StreamExt};
 use super::{BrokerError, Subjects};
 use crate::task::MAX_PRIORITY;
 
-/// Longest a no-wait fetch may take before the worker stops waiting for its answer.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a no-wait fetch may take before the worker stops waiting for its answer. A
+/// healthy server answers in well under a millisecond; NATS 2.9 can hold a no-wait request
+/// for a long time when a consumer's pending count went stale (seen after the server was
+/// killed), so a consumer that does not answer is skipped for this scan instead of stalling
+/// it, and asked with a much shorter patience until it answers again.
+const FETCH_TIMEOUT: Duration = Duration::from_millis(500);
+const STUCK_FETCH_TIMEOUT: Duration = Duration::from_millis(25);
 
 /// Pulls from the per-priority consumers, highest priority first.
 pub struct PriorityPuller {
@@ -25,6 +33,8 @@ pub struct PriorityPuller {
     subjects: Subjects,
     /// Indexed by priority.
     consumers: Vec<PullConsumer>,
+    /// Consumers whose last no-wait fetch went unanswered, by priority.
+    stuck: Vec<AtomicBool>,
 }
 
 impl PriorityPuller {
@@ -36,52 +46,86 @@ impl PriorityPuller {
         Self {
             client,
             subjects,
+            stuck: consumers.iter().map(|_| AtomicBool::new(false)).collect(),
             consumers,
         }
     }
 
     /// Takes up to `max` waiting messages without waiting for new ones, from priority `from`
-    /// down to 0. Fewer than `max` means every consumer from `from` down was drained.
+    /// down to 0. Fewer than `max` means every consumer from `from` down was drained (or
+    /// skipped because it did not answer).
     ///
-    /// Fails when the server does not answer a pull request.
+    /// Fails only when no consumer could be asked at all (the connection is down).
     pub async fn fetch_available(
         &self,
         max: usize,
         from: u8,
     ) -> Result<Vec<jetstream::Message>, BrokerError> {
         let mut taken = Vec::with_capacity(max);
+        let mut last_error = None;
+        let mut answered = false;
         for priority in (0..=from.min(MAX_PRIORITY)).rev() {
             let wanted = max - taken.len();
             if wanted == 0 {
                 break;
             }
-            let consumer = &self.consumers[priority as usize];
-            let fetch_error = |reason: String| BrokerError::Fetch {
-                consumer: consumer.cached_info().name.clone(),
-                reason,
+            let stuck = &self.stuck[priority as usize];
+            let patience = if stuck.load(Ordering::Relaxed) {
+                STUCK_FETCH_TIMEOUT
+            } else {
+                FETCH_TIMEOUT
             };
-            let mut batch = consumer
-                .fetch()
-                .max_messages(wanted)
-                .messages()
-                .await
-                .map_err(|e| fetch_error(e.to_string()))?;
-            let drained = tokio::time::timeout(FETCH_TIMEOUT, async {
-                while let Some(message) = batch.next().await {
-                    match message {
-                        Ok(message) => taken.push(message),
-                        Err(e) => return Err(fetch_error(e.to_string())),
+            match self.fetch_one(priority, wanted, patience, &mut taken).await {
+                Ok(()) => {
+                    answered = true;
+                    if stuck.swap(false, Ordering::Relaxed) {
+                        tracing::info!(priority, "consumer answers again");
                     }
                 }
-                Ok(())
-            })
-            .await;
-            match drained {
-                Ok(result) => result?,
-                Err(_) => return Err(fetch_error("no answer to the pull request".into())),
+                Err(error) => {
+                    if !stuck.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%error, "skipping a consumer that does not answer");
+                    }
+                    last_error = Some(error);
+                }
             }
         }
-        Ok(taken)
+        match last_error {
+            Some(error) if !answered && taken.is_empty() => Err(error),
+            _ => Ok(taken),
+        }
+    }
+
+    /// One no-wait fetch of up to `wanted` messages from the consumer of `priority`.
+    async fn fetch_one(
+        &self,
+        priority: u8,
+        wanted: usize,
+        patience: Duration,
+        taken: &mut Vec<jetstream::Message>,
+    ) -> Result<(), BrokerError> {
+        let consumer = &self.consumers[priority as usize];
+        let fetch_error = |reason: String| BrokerError::Fetch {
+            consumer: consumer.cached_info().name.clone(),
+            reason,
+        };
+        let mut batch = consumer
+            .fetch()
+            .max_messages(wanted)
+            .messages()
+            .await
+            .map_err(|e| fetch_error(e.to_string()))?;
+        let drained = tokio::time::timeout(patience, async {
+            while let Some(message) = batch.next().await {
+                taken.push(message.map_err(|e| fetch_error(e.to_string()))?);
+            }
+            Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => Err(fetch_error("no answer to the pull request".into())),
+        }
     }
 
     /// Subscribes to the doorbell. Rescan after this returns: a publish that came before the

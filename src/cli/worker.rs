@@ -2,7 +2,13 @@
 
 use anyhow::Context;
 
-use crate::{agent::AgentRegistry, broker::Broker, config::Settings, store::Store, worker::Worker};
+use crate::{
+    agent::{AgentRegistry, builtin::CrashAgent},
+    broker::Broker,
+    config::Settings,
+    store::Store,
+    worker::Worker,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -12,6 +18,9 @@ pub struct Args {
     /// Do not apply migrations at start-up.
     #[arg(long)]
     no_migrate: bool,
+    /// Register the `crash` agent, which aborts this process: for fault drills only.
+    #[arg(long, env = "SWARM_ENABLE_CRASH_AGENT")]
+    enable_crash_agent: bool,
 }
 
 pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
@@ -31,12 +40,12 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         .ensure_stream()
         .await
         .context("setting up the tasks stream")?;
-    let worker = Worker::new(
-        broker,
-        store,
-        AgentRegistry::with_builtins(),
-        settings.worker,
-    );
+    let mut registry = AgentRegistry::with_builtins();
+    if args.enable_crash_agent {
+        tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
+        registry = registry.with(CrashAgent);
+    }
+    let worker = Worker::new(broker, store, registry, settings.worker);
     worker
         .run(super::shutdown_signal())
         .await

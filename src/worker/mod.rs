@@ -5,8 +5,10 @@
 //! - [`outcome`]: what an outcome means for the database row and the broker, in one place.
 //! - [`retry`]: the exponential, jittered delay between attempts.
 //! - [`settler`]: commits outcomes in batches, then acknowledges each message.
+//! - [`alarm`]: wakes an idle worker when a retry it scheduled is due.
 //! - [`runner`]: the pull loop and graceful shutdown around them.
 
+pub mod alarm;
 pub mod delivery;
 pub mod executor;
 pub mod outcome;

@@ -18,6 +18,7 @@ use tokio::{
 
 use super::{
     Executor, Outcome, RetryPolicy, abandoned,
+    alarm::RetryAlarms,
     delivery::{self, DeliveryInfo, TaskDelivery},
     outcome::Record,
     settler::{self, Settlement, SettlerConfig, Sinks, WorkerCounts},
@@ -97,6 +98,7 @@ impl Worker {
         self.dead_letters.ensure().await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (abandon_tx, abandon_rx) = watch::channel(false);
+        let alarms = RetryAlarms::default();
         let (settle_tx, settler) = settler::spawn(
             Sinks {
                 store: self.store.clone(),
@@ -104,6 +106,7 @@ impl Worker {
                 worker_id: self.worker_id.as_str().into(),
                 counts: self.counts.clone(),
                 abandon: abandon_rx.clone(),
+                alarms: alarms.clone(),
             },
             SettlerConfig {
                 batch: self.settings.commit_batch,
@@ -177,7 +180,7 @@ impl Worker {
                     Some(priority) => start_at = priority,
                     None => doorbell = None,
                 },
-                _ = tokio::time::sleep(rescan) => {}
+                _ = alarms.wait(rescan) => {}
             }
         }
 

@@ -23,7 +23,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{abandoned, outcome::Record};
+use super::{abandoned, alarm::RetryAlarms, outcome::Record};
 use crate::{
     dlq::DeadLetterStream,
     store::{Settled, Store},
@@ -92,6 +92,8 @@ pub struct Sinks {
     pub counts: Arc<WorkerCounts>,
     /// Turns true when the grace period is over: stop retrying, hand everything back.
     pub abandon: watch::Receiver<bool>,
+    /// Told of every delayed nak, so the worker wakes when the task is due again.
+    pub alarms: RetryAlarms,
 }
 
 /// Starts the settler; it runs until every sender is dropped and all batches are settled.
@@ -196,6 +198,9 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             tracing::warn!(task_id = %settled.id, attempt = settled.attempt,
                 "late outcome fenced off: another attempt committed first");
             continue;
+        }
+        if let AckKind::Nak(Some(delay)) = settlement.ack {
+            sinks.alarms.set(delay);
         }
         if let Err(error) = settlement.acker.ack_with(settlement.ack).await {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");

@@ -124,3 +124,92 @@ async fn a_killed_worker_loses_nothing() {
     assert_eq!(env.stream_messages().await, 0);
     env.cleanup().await;
 }
+
+/// Blocks its whole (single-threaded) runtime on the first attempt, like a stalled process:
+/// no lease renewals go out meanwhile.
+struct StallOnce;
+
+#[async_trait::async_trait]
+impl swarm_director::agent::Agent for StallOnce {
+    fn name(&self) -> &'static str {
+        "stall"
+    }
+    async fn run(
+        &self,
+        _: &serde_json::Value,
+        context: &swarm_director::agent::AgentContext,
+    ) -> Result<serde_json::Value, swarm_director::agent::AgentError> {
+        if context.attempt == 1 {
+            std::thread::sleep(Duration::from_millis(2500));
+        }
+        Ok(json!({ "attempt": context.attempt }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_workers_late_result_is_fenced_off() {
+    use swarm_director::{agent::AgentRegistry, broker::Broker, store::Store, worker::Worker};
+
+    let env = TestEnv::new().await;
+    let mut settings = env.settings.clone();
+    settings.nats.ack_wait_secs = 1.0;
+    let registry = || AgentRegistry::with_builtins().with(StallOnce);
+    let task = TaskEnvelope::new("stall", json!({}));
+    env.broker.publish(&task, Codec::Json).await.unwrap();
+
+    // Worker A runs alone on one thread, so the stall freezes everything it does.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (counts_tx, counts_rx) = std::sync::mpsc::channel();
+    let stalled_settings = settings.clone();
+    let stalled = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let broker = Broker::connect(&stalled_settings.nats).await.unwrap();
+            let store = Store::connect(&stalled_settings.database).await.unwrap();
+            let worker = Worker::new(broker, store, registry(), stalled_settings.worker);
+            counts_tx.send(worker.counts()).unwrap();
+            let mut stop = stop_rx;
+            worker
+                .run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    let stalled_counts = counts_rx.recv().unwrap();
+    while env.store.task(task.id).await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Worker B takes the redelivery once the lease lapses and commits first.
+    let healthy = env.spawn(env.worker_with_agents(registry(), |s| s.nats.ack_wait_secs = 1.0));
+    let rows = env.wait_finished(&[task.id], Duration::from_secs(10)).await;
+    assert_eq!(rows[0].result, Some(json!({"attempt": 2})));
+
+    // A wakes up, finishes attempt 1 and tries to commit: fenced off.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&stalled_counts.fenced) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late result was not fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = env.store.task(task.id).await.unwrap().unwrap();
+    assert_eq!(
+        after.result,
+        Some(json!({"attempt": 2})),
+        "the first commit wins"
+    );
+    assert_eq!(after.attempts, 2);
+    stop_tx.send(true).unwrap();
+    stalled.join().unwrap();
+    let healthy_counts = healthy.stop().await;
+    assert_eq!(count(&healthy_counts.completed), 1);
+    assert_eq!(count(&stalled_counts.completed), 0);
+    env.cleanup().await;
+}

@@ -67,7 +67,12 @@ async fn every_builtin_agent_commits_its_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_wait_then_succeed_or_end_dead() {
     let env = TestEnv::new().await;
-    let worker = env.spawn(env.worker());
+    // 200 ms, then 400 ms, each +/-20 %; a slow idle rescan, so only the retry alarm can
+    // explain an on-time retry.
+    let worker = env.spawn(env.worker_with(|s| {
+        s.worker.retry_base_ms = 200;
+        s.worker.idle_rescan_ms = 10_000;
+    }));
     let flaky = TaskEnvelope::new("fail", json!({"succeed_on_attempt": 3}));
     let hopeless = TaskEnvelope::new("fail", json!({})).with_max_attempts(2);
     let permanent = TaskEnvelope::new("fail", json!({"permanent": true}));

@@ -1,6 +1,8 @@
 //! A private fleet environment per test, and helpers to run workers and wait for results.
 
+pub mod nats_server;
 pub mod schemas;
+pub mod tcp_proxy;
 
 use std::time::{Duration, Instant};
 
@@ -24,11 +26,20 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
+        Self::on_nats(None).await
+    }
+
+    /// An environment whose broker is the NATS server at `nats_url` (a test's own server),
+    /// or the shared one.
+    pub async fn on_nats(nats_url: Option<String>) -> Self {
         let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut settings = Settings::default();
         settings
             .apply_env(|name| std::env::var(name).ok())
             .expect("valid SWARM_* environment");
+        if let Some(url) = nats_url {
+            settings.nats.url = swarm_director::config::SecretUrl::new(url);
+        }
         settings.nats.stream = format!("TEST_{tag}");
         settings.nats.subject_prefix = format!("test.{tag}");
         settings.nats.ack_wait_secs = 5.0;
@@ -71,7 +82,7 @@ impl TestEnv {
         let mut settings = self.settings.clone();
         adjust(&mut settings);
         Worker::new(
-            self.broker.clone(),
+            Broker::with_client(self.broker.client().clone(), &settings.nats),
             self.store.clone(),
             registry,
             settings.worker,
@@ -133,6 +144,26 @@ impl TestEnv {
             .await
             .expect("stream exists");
         stream.info().await.expect("stream info").state.messages
+    }
+
+    /// Messages waiting for delivery and delivered-but-unacknowledged, over all priority
+    /// consumers.
+    pub async fn consumer_backlog(&self) -> (u64, usize) {
+        let stream = self
+            .broker
+            .jetstream()
+            .get_stream(&self.settings.nats.stream)
+            .await
+            .expect("stream exists");
+        let (mut pending, mut unacked) = (0, 0);
+        for priority in 0..=9 {
+            let name = self.broker.consumer_name(priority);
+            if let Ok(info) = stream.consumer_info(&name).await {
+                pending += info.num_pending;
+                unacked += info.num_ack_pending;
+            }
+        }
+        (pending, unacked)
     }
 
     /// Environment variables that point a `swarmd` process at this test's resources.

@@ -1,0 +1,327 @@
+//! Fault tests with real processes: workers killed at random, the test's own NATS server
+//! restarted, PostgreSQL cut off, a task that aborts its worker, and a grace period that
+//! runs out. None of them touches the shared services.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use serde_json::json;
+use swarm_director::{
+    dlq::DeadReason,
+    task::{Codec, TaskEnvelope},
+};
+use tokio::process::Child;
+use uuid::Uuid;
+
+use crate::support::{TestEnv, count, nats_server::NatsServer, tcp_proxy::TcpProxy};
+
+/// A `swarmd worker` process with a short lease, so orphaned tasks come back quickly.
+fn spawn_worker(env: &TestEnv, extra: &[(&str, &str)]) -> Child {
+    env.swarmd()
+        .arg("worker")
+        .env("SWARM_ACK_WAIT_SECS", "1")
+        .env("SWARM_CONCURRENCY", "32")
+        .env("SWARM_SHUTDOWN_GRACE_SECS", "2")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(worker_log())
+        .spawn()
+        .expect("start swarmd worker")
+}
+
+/// Where a worker process logs: a file under `SWARM_TEST_LOG_DIR` when set, else nowhere.
+fn worker_log() -> Stdio {
+    match std::env::var_os("SWARM_TEST_LOG_DIR") {
+        Some(dir) => {
+            let path = std::path::Path::new(&dir).join(format!("worker-{}.log", Uuid::new_v4()));
+            std::fs::File::create(path).map_or_else(|_| Stdio::null(), Stdio::from)
+        }
+        None => Stdio::null(),
+    }
+}
+
+async fn publish_all(env: &TestEnv, tasks: &[TaskEnvelope]) -> Vec<Uuid> {
+    let results = env
+        .broker
+        .publish_many(tasks, Codec::MessagePack, 512, || {})
+        .await;
+    assert!(results.iter().all(Result::is_ok), "every task is accepted");
+    tasks.iter().map(|t| t.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_at_random_lose_nothing() {
+    let nats = NatsServer::start();
+    let env = TestEnv::on_nats(Some(nats.url())).await;
+    let tasks: Vec<_> = (0..5000)
+        .map(|n| TaskEnvelope::new("sleep", json!({"ms": 2})).with_priority((n % 10) as u8))
+        .collect();
+    let ids = publish_all(&env, &tasks).await;
+
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&env, &[])).collect();
+    let mut kills = 0;
+    let mut rng = rand::rng();
+    while kills < 5 && (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..500))).await;
+        let victim = kills % workers.len();
+        workers[victim].start_kill().unwrap();
+        workers[victim].wait().await.unwrap();
+        kills += 1;
+        workers[victim] = spawn_worker(&env, &[]);
+    }
+    let started = Instant::now();
+    let rows = env.wait_finished(&ids, Duration::from_secs(90)).await;
+    let redelivered = rows.iter().filter(|r| r.attempts > 1).count();
+    println!(
+        "{kills} SIGKILLs during 5,000 tasks: all completed, {redelivered} tasks delivered more \
+         than once (an upper bound on duplicate agent runs; none committed twice), last \
+         orphans finished {:.1} s after the last kill",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(rows.len(), ids.len(), "one row per task");
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    let (rows_total,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks")
+        .fetch_one(env.store.primary())
+        .await
+        .unwrap();
+    assert_eq!(rows_total, 5000);
+    assert_eq!(env.stream_messages().await, 0, "every message acknowledged");
+    for mut worker in workers {
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_run_loses_nothing() {
+    let mut nats = NatsServer::start();
+    let env = TestEnv::on_nats(Some(nats.url())).await;
+    let tasks: Vec<_> = (0..5000)
+        .map(|n| TaskEnvelope::new("sleep", json!({"ms": 2})).with_priority((n % 10) as u8))
+        .collect();
+    let ids = publish_all(&env, &tasks).await;
+    let mut workers: Vec<Child> = (0..2).map(|_| spawn_worker(&env, &[])).collect();
+
+    while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = env.store.count_finished(&ids).await.unwrap();
+    nats.restart();
+    let restarted = Instant::now();
+    let rows = env.wait_finished(&ids, Duration::from_secs(90)).await;
+    let finished = restarted.elapsed();
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    // NATS 2.9 may keep acknowledged work-queue messages after a SIGKILL (their deletion was
+    // not yet on disk); the consumers are past them, so they are never delivered again.
+    let consumers = env.consumer_backlog().await;
+    assert_eq!(consumers, (0, 0), "nothing pending or unacknowledged");
+    println!(
+        "NATS killed and restarted after {before} of 5,000 tasks: all 5,000 completed {:.2} s \
+         after the restart; {} acknowledged messages resurrected in the stream by the kill",
+        finished.as_secs_f64(),
+        env.stream_messages().await
+    );
+    for worker in &mut workers {
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
+    let env = TestEnv::new().await;
+    let upstream = {
+        let url = env.settings.database.url.expose();
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        format!("{}:{}", options.get_host(), options.get_port())
+    };
+    let proxy = TcpProxy::start(&upstream).await;
+    let mut proxied = env.settings.database.clone();
+    let url = env.settings.database.url.expose().replace(
+        &format!("{upstream}/"),
+        &format!("127.0.0.1:{}/", proxy.port()),
+    );
+    assert_ne!(
+        url,
+        env.settings.database.url.expose(),
+        "URL routed through the proxy"
+    );
+    proxied.url = swarm_director::config::SecretUrl::new(url);
+    proxied.acquire_timeout_secs = 1;
+    let store = swarm_director::store::Store::connect(&proxied)
+        .await
+        .unwrap();
+    let worker = swarm_director::worker::Worker::new(
+        env.broker.clone(),
+        store,
+        swarm_director::agent::AgentRegistry::with_builtins(),
+        env.settings.worker.clone(),
+    );
+    let worker = env.spawn(worker);
+
+    proxy.cut();
+    let tasks: Vec<_> = (0..200)
+        .map(|n| TaskEnvelope::new("echo", json!(n)))
+        .collect();
+    let ids = publish_all(&env, &tasks).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.stream_messages().await,
+        200,
+        "nothing acknowledged without its row"
+    );
+    assert_eq!(env.store.count_finished(&ids).await.unwrap(), 0);
+
+    proxy.restore();
+    let restored = Instant::now();
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    println!(
+        "PostgreSQL unreachable for 3 s: 0 acks meanwhile; all 200 done {:.2} s after it returned",
+        restored.elapsed().as_secs_f64()
+    );
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    let counts = worker.stop().await;
+    assert_eq!(count(&counts.completed), 200);
+    assert_eq!(env.stream_messages().await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_kills_its_worker_ends_in_the_dead_letter_stream() {
+    let env = TestEnv::new().await;
+    let poison = TaskEnvelope::new("crash", json!({}))
+        .with_priority(9)
+        .with_max_attempts(1);
+    env.broker.publish(&poison, Codec::Json).await.unwrap();
+    let extra = [
+        ("SWARM_ENABLE_CRASH_AGENT", "true"),
+        ("SWARM_CRASH_ALLOWANCE", "1"),
+        ("SWARM_CONCURRENCY", "1"),
+    ];
+    let mut workers: Vec<Child> = (0..2).map(|_| spawn_worker(&env, &extra)).collect();
+
+    // Other work keeps flowing meanwhile; a supervisor restarts workers that died.
+    let mut others = Vec::new();
+    let mut crashes = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let letters = loop {
+        let task = TaskEnvelope::new("echo", json!(others.len())).with_priority(1);
+        env.broker.publish(&task, Codec::Json).await.unwrap();
+        others.push(task.id);
+        for worker in &mut workers {
+            if worker.try_wait().unwrap().is_some() {
+                crashes += 1;
+                *worker = spawn_worker(&env, &extra);
+            }
+        }
+        let letters = env
+            .dead_letters()
+            .list(&Default::default())
+            .await
+            .unwrap_or_default();
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the poison task was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rows = env.wait_finished(&others, Duration::from_secs(30)).await;
+    assert!(
+        rows.iter().all(|r| r.status == "completed"),
+        "other tasks kept flowing"
+    );
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0].letter;
+    assert_eq!(letter.id, poison.id);
+    assert_eq!(letter.reason, DeadReason::MaxDeliveries, "{letter:?}");
+    assert_eq!(
+        letter.source.delivered, 3,
+        "max_attempts 1 + allowance 1, then given up"
+    );
+    assert!(
+        crashes >= 2,
+        "the poison task crashed a worker on each of its 2 runs"
+    );
+    let row = env.store.task(poison.id).await.unwrap().unwrap();
+    assert_eq!(row.status, "dead");
+    println!(
+        "poison task: {crashes} worker crashes, dead-lettered on delivery 3; {} other tasks done meanwhile",
+        others.len()
+    );
+    for worker in &mut workers {
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_longer_than_its_lease_runs_exactly_once() {
+    let env = TestEnv::new().await;
+    let short_lease = |s: &mut swarm_director::config::Settings| s.nats.ack_wait_secs = 1.0;
+    let first = env.spawn(env.worker_with(short_lease));
+    let second = env.spawn(env.worker_with(short_lease));
+    let long = TaskEnvelope::new("sleep", json!({"ms": 3000}));
+    env.broker.publish(&long, Codec::Json).await.unwrap();
+    let rows = env.wait_finished(&[long.id], Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (a, b) = (first.stop().await, second.stop().await);
+    assert_eq!(rows[0].status, "completed");
+    assert_eq!(rows[0].attempts, 1, "never handed to a second worker");
+    assert_eq!(count(&a.completed) + count(&b.completed), 1);
+    assert_eq!(count(&a.duplicates) + count(&b.duplicates), 0);
+    assert_eq!(count(&a.fenced) + count(&b.fenced), 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_outliving_the_grace_period_are_handed_back_at_once() {
+    let env = TestEnv::new().await;
+    let long = TaskEnvelope::new("sleep", json!({"ms": 4000}));
+    env.broker.publish(&long, Codec::Json).await.unwrap();
+    // A long lease: a quick pick-up afterwards can only come from the hand-back (nak).
+    let mut process = env
+        .swarmd()
+        .arg("worker")
+        .env("SWARM_ACK_WAIT_SECS", "30")
+        .env("SWARM_SHUTDOWN_GRACE_SECS", "0.5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while env.store.task(long.id).await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = process.id().unwrap().to_string();
+    let signalled = Instant::now();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = process.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "exit after the grace period"
+    );
+
+    let worker = env.spawn(env.worker_with(|s| s.nats.ack_wait_secs = 30.0));
+    let rows = env.wait_finished(&[long.id], Duration::from_secs(15)).await;
+    worker.stop().await;
+    assert_eq!(rows[0].status, "completed");
+    assert_eq!(rows[0].attempts, 2);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "taken at once, not after the 30 s lease"
+    );
+    env.cleanup().await;
+}
