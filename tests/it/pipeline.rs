@@ -92,11 +92,23 @@ async fn retries_wait_then_succeed_or_end_dead() {
     assert_eq!(flaky_row.attempts, 3);
     let errors = flaky_row.errors.as_array().unwrap();
     assert_eq!(errors.len(), 2, "one error per failed attempt: {errors:?}");
-    // Base 100 ms, factor 2, jitter 20 %: at least 80 + 160 ms between first claim and end.
-    let waited = flaky_row.completed_at.unwrap() - flaky_row.created_at;
+    let at = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(errors[i]["at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    // Between a failure's commit and the next failure's commit: the delay, plus a claim and
+    // a commit (a few ms). Bounds: the jitter band, plus 150 ms of slack.
+    let first_gap = (at(1) - at(0)).num_milliseconds();
+    let second_gap = (flaky_row.completed_at.unwrap() - at(1)).num_milliseconds();
+    println!("retry gaps: {first_gap} ms (expected 160-240), {second_gap} ms (expected 320-480)");
     assert!(
-        waited.num_milliseconds() >= 240,
-        "retries did not wait: {waited}"
+        (160..=390).contains(&first_gap),
+        "first retry after {first_gap} ms"
+    );
+    assert!(
+        (320..=630).contains(&second_gap),
+        "second retry after {second_gap} ms"
     );
 
     let hopeless_row = row(hopeless.id);
