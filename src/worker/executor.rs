@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::FutureExt;
+
 use super::{Outcome, RetryPolicy};
 use crate::{
     agent::{AgentContext, AgentError, AgentRegistry},
@@ -55,15 +57,18 @@ impl Executor {
             max_attempts: task.max_attempts,
             deadline: Instant::now() + timeout,
         };
-        let error = match tokio::time::timeout(timeout, agent.run(&task.data, &context)).await {
-            Ok(Ok(result)) => return Outcome::Completed(result),
-            Ok(Err(AgentError::Permanent(error))) => {
+        // A panicking agent is a failed attempt like any other, not a dead worker loop.
+        let run = std::panic::AssertUnwindSafe(agent.run(&task.data, &context)).catch_unwind();
+        let error = match tokio::time::timeout(timeout, run).await {
+            Ok(Err(panic)) => format!("agent panicked: {}", panic_message(&panic)),
+            Ok(Ok(Ok(result))) => return Outcome::Completed(result),
+            Ok(Ok(Err(AgentError::Permanent(error)))) => {
                 return Outcome::Dead {
                     reason: DeadReason::PermanentError,
                     error: format!("permanent error: {error}"),
                 };
             }
-            Ok(Err(AgentError::Retryable(error))) => error,
+            Ok(Ok(Err(AgentError::Retryable(error)))) => error,
             Err(_) => format!("timed out after {:.3} s", timeout.as_secs_f64()),
         };
         if attempt >= task.max_attempts {
@@ -78,6 +83,14 @@ impl Executor {
             }
         }
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 #[cfg(test)]
@@ -131,6 +144,36 @@ mod tests {
         };
         assert!(error.contains("unknown agent type"), "{error}");
         assert_eq!(reason, DeadReason::UnknownAgent);
+    }
+
+    struct Panicky;
+
+    #[async_trait::async_trait]
+    impl crate::agent::Agent for Panicky {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        async fn run(
+            &self,
+            _: &serde_json::Value,
+            _: &AgentContext,
+        ) -> Result<serde_json::Value, AgentError> {
+            panic!("index out of bounds");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_agent_is_a_retryable_failure() {
+        let executor = Executor::new(
+            AgentRegistry::new().with(Panicky),
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+        );
+        let task = TaskEnvelope::new("panicky", json!({}));
+        let Outcome::Retry { error, .. } = executor.execute(&task, 1).await else {
+            panic!("a panic must be retried");
+        };
+        assert_eq!(error, "agent panicked: index out of bounds");
     }
 
     #[tokio::test]
