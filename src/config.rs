@@ -174,18 +174,39 @@ impl Default for DatabaseSettings {
     }
 }
 
-/// Redis settings (the legacy queue mirror and the result cache).
+/// Redis settings (the legacy queue mirror, legacy intake and the result cache).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// Default `redis://127.0.0.1:6379`; `rediss://` for TLS. Env: `SWARM_REDIS_URL`.
     pub url: SecretUrl,
+    /// Prepended to every key (`agent_tasks` becomes `<prefix>agent_tasks`). Default empty:
+    /// the seed's names. Env: `SWARM_REDIS_PREFIX`.
+    pub key_prefix: String,
+    /// Keep the legacy keys (`agent_tasks`, `processing_tasks`, ...) up to date. Default
+    /// true. Env: `SWARM_MIRROR`.
+    pub mirror: bool,
+    /// Take in tasks that legacy producers `ZADD` to `agent_tasks`. Default true.
+    /// Env: `SWARM_LEGACY_INTAKE`.
+    pub intake: bool,
+    /// Milliseconds between looks for legacy tasks. Default 100.
+    pub intake_interval_ms: u64,
+    /// Cache the results of cacheable agents. Default true. Env: `SWARM_RESULT_CACHE`.
+    pub cache: bool,
+    /// Result-cache lifetime per agent type, in seconds, overriding the agent's own.
+    pub cache_ttl_secs: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: SecretUrl::new("redis://127.0.0.1:6379"),
+            key_prefix: String::new(),
+            mirror: true,
+            intake: true,
+            intake_interval_ms: 100,
+            cache: true,
+            cache_ttl_secs: Default::default(),
         }
     }
 }
@@ -341,6 +362,18 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_REDIS_URL") {
             self.redis.url = SecretUrl::new(v);
+        }
+        if let Some(v) = get("SWARM_REDIS_PREFIX") {
+            self.redis.key_prefix = v;
+        }
+        if let Some(v) = get("SWARM_MIRROR") {
+            self.redis.mirror = parsed("SWARM_MIRROR", v)?;
+        }
+        if let Some(v) = get("SWARM_LEGACY_INTAKE") {
+            self.redis.intake = parsed("SWARM_LEGACY_INTAKE", v)?;
+        }
+        if let Some(v) = get("SWARM_RESULT_CACHE") {
+            self.redis.cache = parsed("SWARM_RESULT_CACHE", v)?;
         }
         if let Some(v) = get("SWARM_CONCURRENCY") {
             self.worker.concurrency = parsed("SWARM_CONCURRENCY", v)?;

@@ -9,7 +9,10 @@
 //! - [`task`]: the wire contract: the task envelope and its JSON / MessagePack codecs.
 //! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull.
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
+//! - [`cache`]: the Redis result cache of deterministic agents.
 //! - [`dlq`]: dead letters: the record, and the stream that keeps them for inspection and replay.
+//! - [`mirror`]: the seed's Redis queue contract: mirror of every task's state, intake of
+//!   legacy producers, drift check and rebuild.
 //! - [`store`]: PostgreSQL pools, embedded migrations and the task queries.
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   and the pull loop with graceful shutdown.
@@ -17,9 +20,11 @@
 
 pub mod agent;
 pub mod broker;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod mirror;
 pub mod store;
 pub mod task;
 pub mod worker;

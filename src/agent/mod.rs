@@ -58,4 +58,10 @@ pub trait Agent: Send + Sync {
 
     /// Runs one task on `input` (the envelope's `data`) and returns its result.
     async fn run(&self, input: &Value, context: &AgentContext) -> Result<Value, AgentError>;
+
+    /// How long a result may be reused for the same input; `None` (the default) when the
+    /// agent must run every time (side effects, time-dependent output).
+    fn cache_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -14,7 +14,7 @@ use crate::{
     config::Settings,
     store::Store,
     task::{Codec, TaskEnvelope},
-    worker::Worker,
+    worker,
 };
 
 #[derive(Debug, clap::Args)]
@@ -64,21 +64,20 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut fleet = Vec::new();
     for n in 0..args.workers {
-        let mut worker_settings = settings.worker.clone();
-        worker_settings.id = Some(format!("demo-{}-{n}", std::process::id()));
-        let worker = Worker::new(
+        let mut fleet_settings = settings.clone();
+        fleet_settings.worker.id = Some(format!("demo-{}-{n}", std::process::id()));
+        let assembled = worker::assemble(
+            &fleet_settings,
             broker.clone(),
             store.clone(),
             AgentRegistry::with_builtins(),
-            worker_settings,
-        );
+        )?;
         let mut stop = stop_rx.clone();
         fleet.push(tokio::spawn(async move {
-            worker
-                .run(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            let stop = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            assembled.run(stop, Duration::from_secs(5)).await
         }));
     }
 

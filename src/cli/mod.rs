@@ -3,6 +3,7 @@
 mod demo;
 mod dlq;
 mod migrate;
+mod mirror;
 mod publish;
 mod status;
 mod worker;
@@ -54,6 +55,8 @@ pub enum Command {
     Dlq(dlq::Args),
     /// Apply the database migrations and exit.
     Migrate,
+    /// Check the legacy Redis keys against PostgreSQL, or rebuild them.
+    Mirror(mirror::Args),
 }
 
 /// Sets up logging from the command line; call once, before `run`.
@@ -80,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(settings, args).await,
         Command::Dlq(args) => dlq::run(settings, args).await,
         Command::Migrate => migrate::run(settings).await,
+        Command::Mirror(args) => mirror::run(settings, args).await,
     }
 }
 

@@ -1,5 +1,7 @@
 //! `swarmd worker`: run one worker process until ctrl-c or SIGTERM.
 
+use std::time::Duration;
+
 use anyhow::Context;
 
 use crate::{
@@ -7,7 +9,7 @@ use crate::{
     broker::Broker,
     config::Settings,
     store::Store,
-    worker::Worker,
+    worker,
 };
 
 #[derive(Debug, clap::Args)]
@@ -18,6 +20,15 @@ pub struct Args {
     /// Do not apply migrations at start-up.
     #[arg(long)]
     no_migrate: bool,
+    /// Do not keep the legacy Redis keys up to date.
+    #[arg(long)]
+    no_mirror: bool,
+    /// Do not take in tasks that legacy producers add to `agent_tasks`.
+    #[arg(long)]
+    no_intake: bool,
+    /// Do not use the Redis result cache.
+    #[arg(long)]
+    no_cache: bool,
     /// Register the `crash` agent, which aborts this process: for fault drills only.
     #[arg(long, env = "SWARM_ENABLE_CRASH_AGENT")]
     enable_crash_agent: bool,
@@ -45,9 +56,13 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
         registry = registry.with(CrashAgent);
     }
-    let worker = Worker::new(broker, store, registry, settings.worker);
-    worker
-        .run(super::shutdown_signal())
+    settings.redis.mirror &= !args.no_mirror;
+    settings.redis.intake &= !args.no_intake;
+    settings.redis.cache &= !args.no_cache;
+    let fleet = worker::assemble(&settings, broker, store, registry)
+        .context("setting up the legacy Redis side")?;
+    fleet
+        .run(super::shutdown_signal(), Duration::from_secs(5))
         .await
         .context("running the worker")?;
     Ok(())

@@ -5,4 +5,4 @@ mod pool;
 mod tasks;
 
 pub use pool::{Store, StoreError};
-pub use tasks::{AgentSummary, Claim, Settled, SettledStatus, TaskRecord, TaskStatus};
+pub use tasks::{AgentSummary, Claim, Claimed, Settled, SettledStatus, TaskRecord, TaskStatus};

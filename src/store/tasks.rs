@@ -59,6 +59,15 @@ pub struct Claim<'a> {
     pub attempt: u32,
 }
 
+/// What a claim tells about a task that may run.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Errors of its earlier attempts, oldest first.
+    pub previous_errors: Vec<AttemptError>,
+    /// When this claim was stored.
+    pub started_at: DateTime<Utc>,
+}
+
 /// The final word of one attempt, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettledStatus {
@@ -119,7 +128,7 @@ impl Store {
         &self,
         claims: &[Claim<'_>],
         worker_id: &str,
-    ) -> Result<HashMap<Uuid, Vec<AttemptError>>, StoreError> {
+    ) -> Result<HashMap<Uuid, Claimed>, StoreError> {
         if claims.is_empty() {
             return Ok(HashMap::new());
         }
@@ -135,7 +144,7 @@ impl Store {
             .collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.task.created_at).collect();
         let replay_of: Vec<Option<Uuid>> = claims.iter().map(|c| c.task.replay_of).collect();
-        let rows: Vec<(Uuid, Value)> = sqlx::query_as(
+        let rows: Vec<(Uuid, Value, DateTime<Utc>)> = sqlx::query_as(
             "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
                                 idempotency_key, created_at, replay_of, worker_id, started_at,
                                 updated_at)
@@ -150,7 +159,7 @@ impl Store {
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
                     updated_at = now()
               WHERE tasks.status NOT IN ('completed', 'dead')
-             RETURNING id, errors",
+             RETURNING id, errors, started_at",
         )
         .bind(&ids)
         .bind(&agent_types)
@@ -167,7 +176,13 @@ impl Store {
         .map_err(StoreError::query("claiming tasks"))?;
         Ok(rows
             .into_iter()
-            .map(|(id, errors)| (id, serde_json::from_value(errors).unwrap_or_default()))
+            .map(|(id, errors, started_at)| {
+                let claimed = Claimed {
+                    previous_errors: serde_json::from_value(errors).unwrap_or_default(),
+                    started_at,
+                };
+                (id, claimed)
+            })
             .collect())
     }
 
@@ -228,6 +243,32 @@ impl Store {
             .fetch_optional(&self.primary)
             .await
             .map_err(StoreError::query("reading a task"))
+    }
+
+    /// Rows changed at or after `since` (mirror catch-up).
+    pub async fn tasks_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        sqlx::query_as("SELECT * FROM tasks WHERE updated_at >= $1 ORDER BY updated_at")
+            .bind(since)
+            .fetch_all(&self.primary)
+            .await
+            .map_err(StoreError::query("reading changed tasks"))
+    }
+
+    /// Up to `limit` rows with ids after `after`, in id order: pages over every task.
+    pub async fn tasks_page(
+        &self,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        sqlx::query_as("SELECT * FROM tasks WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after.unwrap_or(Uuid::nil()))
+            .bind(limit)
+            .fetch_all(&self.primary)
+            .await
+            .map_err(StoreError::query("paging over tasks"))
     }
 
     /// Several tasks by id, in no particular order.

@@ -35,6 +35,8 @@ pub struct TaskDelivery {
     pub info: DeliveryInfo,
     /// Errors of earlier attempts, as stored in its row.
     pub previous_errors: Vec<AttemptError>,
+    /// When this delivery was claimed.
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl TaskDelivery {

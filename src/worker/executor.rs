@@ -11,6 +11,7 @@ use futures::FutureExt;
 use super::{Outcome, RetryPolicy};
 use crate::{
     agent::{AgentContext, AgentError, AgentRegistry},
+    cache::ResultCache,
     dlq::DeadReason,
     task::TaskEnvelope,
 };
@@ -21,6 +22,7 @@ pub struct Executor {
     registry: Arc<AgentRegistry>,
     retry: RetryPolicy,
     default_timeout: Duration,
+    cache: Option<Arc<ResultCache>>,
 }
 
 impl Executor {
@@ -29,7 +31,14 @@ impl Executor {
             registry: Arc::new(registry),
             retry,
             default_timeout,
+            cache: None,
         }
+    }
+
+    /// Looks results of cacheable agents up in `cache` before running them.
+    pub fn with_cache(mut self, cache: Arc<ResultCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     pub fn registry(&self) -> &AgentRegistry {
@@ -47,6 +56,15 @@ impl Executor {
                 error: format!("unknown agent type {:?}", task.agent_type),
             };
         };
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.ttl_for(agent.as_ref()).map(|ttl| (cache, ttl)));
+        if let Some((cache, _)) = cached
+            && let Some(result) = cache.get(&task.agent_type, &task.data).await
+        {
+            return Outcome::Completed(result);
+        }
         let timeout = task
             .timeout
             .map(Duration::from_secs_f64)
@@ -61,7 +79,12 @@ impl Executor {
         let run = std::panic::AssertUnwindSafe(agent.run(&task.data, &context)).catch_unwind();
         let error = match tokio::time::timeout(timeout, run).await {
             Ok(Err(panic)) => format!("agent panicked: {}", panic_message(&panic)),
-            Ok(Ok(Ok(result))) => return Outcome::Completed(result),
+            Ok(Ok(Ok(result))) => {
+                if let Some((cache, ttl)) = cached {
+                    cache.put(&task.agent_type, &task.data, &result, ttl).await;
+                }
+                return Outcome::Completed(result);
+            }
             Ok(Ok(Err(AgentError::Permanent(error)))) => {
                 return Outcome::Dead {
                     reason: DeadReason::PermanentError,

@@ -5,10 +5,12 @@
 //! - [`outcome`]: what an outcome means for the database row and the broker, in one place.
 //! - [`retry`]: the exponential, jittered delay between attempts.
 //! - [`settler`]: commits outcomes in batches, then acknowledges each message.
+//! - [`assembly`]: a worker with the mirror, intake and cache its settings enable.
 //! - [`alarm`]: wakes an idle worker when a retry it scheduled is due.
 //! - [`runner`]: the pull loop and graceful shutdown around them.
 
 pub mod alarm;
+pub mod assembly;
 pub mod delivery;
 pub mod executor;
 pub mod outcome;
@@ -16,6 +18,7 @@ pub mod retry;
 pub mod runner;
 pub mod settler;
 
+pub use assembly::{Assembled, assemble};
 pub use executor::Executor;
 pub use outcome::Outcome;
 pub use retry::RetryPolicy;

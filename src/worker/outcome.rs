@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::delivery::TaskDelivery;
 use crate::{
     dlq::{DeadLetter, DeadReason},
+    mirror::MirrorEvent,
     store::{Settled, SettledStatus},
 };
 
@@ -62,6 +63,23 @@ impl Outcome {
                 Box::new(delivery.dead_letter(*reason, error, worker_id)),
             ),
             Outcome::Duplicate | Outcome::Abandoned => Record::Nothing,
+        }
+    }
+
+    /// How the legacy Redis keys show this outcome, if it moves the task there.
+    pub fn mirror_event(&self, delivery: &TaskDelivery, worker_id: &str) -> Option<MirrorEvent> {
+        let started = delivery.started_at;
+        match self {
+            Outcome::Completed(result) => {
+                Some(MirrorEvent::completed(delivery, worker_id, started, result))
+            }
+            Outcome::Retry { error, .. } => Some(MirrorEvent::failed(
+                delivery, worker_id, started, error, false,
+            )),
+            Outcome::Dead { error, .. } => Some(MirrorEvent::failed(
+                delivery, worker_id, started, error, true,
+            )),
+            Outcome::Duplicate | Outcome::Abandoned => None,
         }
     }
 

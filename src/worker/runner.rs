@@ -26,8 +26,10 @@ use super::{
 use crate::{
     agent::AgentRegistry,
     broker::{Broker, BrokerError, Doorbell},
+    cache::ResultCache,
     config::WorkerSettings,
     dlq::{DeadLetterStream, DeadReason, DlqError},
+    mirror::{self, Intake, Mirror, MirrorEvent},
     store::{Claim, Store, StoreError},
     task::MAX_PRIORITY,
 };
@@ -44,6 +46,8 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     DeadLetters(#[from] DlqError),
+    #[error(transparent)]
+    Legacy(#[from] crate::mirror::MirrorError),
 }
 
 /// One worker process's loop over the shared consumers. Holds no state another worker needs.
@@ -55,6 +59,8 @@ pub struct Worker {
     settings: WorkerSettings,
     worker_id: String,
     counts: Arc<WorkerCounts>,
+    mirror: Option<Mirror>,
+    intake: Option<(Intake, Duration)>,
 }
 
 impl Worker {
@@ -77,7 +83,27 @@ impl Worker {
             executor,
             settings,
             counts: Arc::default(),
+            mirror: None,
+            intake: None,
         }
+    }
+
+    /// Keeps the legacy Redis keys up to date through `mirror`.
+    pub fn with_mirror(mut self, mirror: Mirror) -> Self {
+        self.mirror = Some(mirror);
+        self
+    }
+
+    /// Looks cacheable agents' results up in `cache`.
+    pub fn with_cache(mut self, cache: Arc<ResultCache>) -> Self {
+        self.executor = self.executor.with_cache(cache);
+        self
+    }
+
+    /// Takes in legacy producers' tasks every `every` while running.
+    pub fn with_intake(mut self, intake: Intake, every: Duration) -> Self {
+        self.intake = Some((intake, every));
+        self
     }
 
     /// Totals of what this worker settled, readable while it runs.
@@ -93,8 +119,24 @@ impl Worker {
     ///
     /// Fails only when the consumers cannot be set up; failures while running are logged and
     /// retried, since JetStream keeps every unacknowledged task.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let puller = self.broker.priority_puller().await?;
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut sidecars = JoinSet::new();
+        if let Some(mirror) = self.mirror.clone() {
+            let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));
+            sidecars.spawn(async move {
+                if let Err(error) = mirror::feeder::run(broker, mirror, stop).await {
+                    tracing::warn!(%error, "cannot mirror new tasks to the legacy keys");
+                }
+            });
+        }
+        if let Some((intake, every)) = self.intake.take() {
+            sidecars.spawn(intake.run(every, stopped(stopping_rx.clone())));
+        }
         self.dead_letters.ensure().await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (abandon_tx, abandon_rx) = watch::channel(false);
@@ -107,6 +149,7 @@ impl Worker {
                 counts: self.counts.clone(),
                 abandon: abandon_rx.clone(),
                 alarms: alarms.clone(),
+                mirror: self.mirror.clone(),
             },
             SettlerConfig {
                 batch: self.settings.commit_batch,
@@ -185,6 +228,8 @@ impl Worker {
         }
 
         tracing::info!(in_flight = running.len(), "worker stopping: no more pulls");
+        let _ = stopping_tx.send(true);
+        while sidecars.join_next().await.is_some() {}
         let grace = Duration::from_secs_f64(self.settings.shutdown_grace_secs);
         let drained = tokio::time::timeout(grace, async {
             while running.join_next().await.is_some() {}
@@ -279,6 +324,7 @@ impl Dispatch<'_> {
                         task,
                         info,
                         previous_errors: Vec::new(),
+                        started_at: chrono::Utc::now(),
                     },
                     acker: message.split().1,
                     slot,
@@ -309,7 +355,7 @@ impl Dispatch<'_> {
             }
         };
         for mut p in pending {
-            let Some(previous_errors) = runnable.remove(&p.delivery.task.id) else {
+            let Some(claimed) = runnable.remove(&p.delivery.task.id) else {
                 let outcome = Outcome::Duplicate;
                 self.settle(
                     p.acker,
@@ -321,7 +367,15 @@ impl Dispatch<'_> {
                 .await;
                 continue;
             };
-            p.delivery.previous_errors = previous_errors;
+            p.delivery.previous_errors = claimed.previous_errors;
+            p.delivery.started_at = claimed.started_at;
+            if let Some(mirror) = &worker.mirror {
+                mirror.record(MirrorEvent::processing(
+                    &p.delivery,
+                    &worker.worker_id,
+                    claimed.started_at,
+                ));
+            }
             let limit = p.delivery.task.max_attempts + worker.settings.crash_allowance;
             if p.delivery.attempt() > limit {
                 // Delivered again and again without an outcome: it kills or hangs workers.
@@ -335,8 +389,18 @@ impl Dispatch<'_> {
                     ),
                 };
                 let record = outcome.record(&p.delivery, &worker.worker_id);
-                self.settle(p.acker, record, outcome.ack_kind(), outcome.label(), p.slot)
-                    .await;
+                let event = outcome.mirror_event(&p.delivery, &worker.worker_id);
+                let settlement = Settlement {
+                    acker: p.acker,
+                    record,
+                    ack: outcome.ack_kind(),
+                    label: outcome.label(),
+                    slot: Some(p.slot),
+                    mirror: event,
+                };
+                if self.settle_tx.send(settlement).await.is_err() {
+                    tracing::error!("settler stopped; the message will be redelivered");
+                }
                 continue;
             }
             running.spawn(run_one(
@@ -364,6 +428,7 @@ impl Dispatch<'_> {
             ack,
             label,
             slot: Some(slot),
+            mirror: None,
         };
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!("settler stopped; the message will be redelivered");
@@ -409,6 +474,7 @@ async fn run_one(
         elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
     let settlement = Settlement {
         record: outcome.record(&delivery, &worker_id),
+        mirror: outcome.mirror_event(&delivery, &worker_id),
         acker,
         ack: outcome.ack_kind(),
         label: outcome.label(),

@@ -26,6 +26,7 @@ use tokio::{
 use super::{abandoned, alarm::RetryAlarms, outcome::Record};
 use crate::{
     dlq::DeadLetterStream,
+    mirror::{Mirror, MirrorEvent},
     store::{Settled, Store},
 };
 
@@ -42,6 +43,8 @@ pub struct Settlement {
     pub label: &'static str,
     /// The worker's in-flight slot, freed once the message is settled.
     pub slot: Option<OwnedSemaphorePermit>,
+    /// The legacy-key move to make once the record is stored.
+    pub mirror: Option<MirrorEvent>,
 }
 
 /// Running totals of settled deliveries, by outcome.
@@ -94,6 +97,8 @@ pub struct Sinks {
     pub abandon: watch::Receiver<bool>,
     /// Told of every delayed nak, so the worker wakes when the task is due again.
     pub alarms: RetryAlarms,
+    /// The legacy Redis mirror, when enabled.
+    pub mirror: Option<Mirror>,
 }
 
 /// Starts the settler; it runs until every sender is dropped and all batches are settled.
@@ -198,6 +203,9 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             tracing::warn!(task_id = %settled.id, attempt = settled.attempt,
                 "late outcome fenced off: another attempt committed first");
             continue;
+        }
+        if let (Some(mirror), Some(event)) = (&sinks.mirror, settlement.mirror) {
+            mirror.record(event);
         }
         if let AckKind::Nak(Some(delay)) = settlement.ack {
             sinks.alarms.set(delay);

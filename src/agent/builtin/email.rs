@@ -22,6 +22,11 @@ impl Agent for EmailAgent {
         "email"
     }
 
+    /// Deterministic: the same input always gives the same result.
+    fn cache_ttl(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(3600))
+    }
+
     async fn run(&self, input: &Value, _context: &AgentContext) -> Result<Value, AgentError> {
         let to = addresses(input.get("to"))
             .filter(|list| !list.is_empty())

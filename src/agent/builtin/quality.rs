@@ -21,6 +21,11 @@ impl Agent for QualityAgent {
         "quality"
     }
 
+    /// Deterministic: the same input always gives the same result.
+    fn cache_ttl(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(3600))
+    }
+
     async fn run(&self, input: &Value, _context: &AgentContext) -> Result<Value, AgentError> {
         let text = input
             .get("text")

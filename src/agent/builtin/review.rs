@@ -30,6 +30,11 @@ impl Agent for ReviewAgent {
         "review"
     }
 
+    /// Deterministic: the same input always gives the same result.
+    fn cache_ttl(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(3600))
+    }
+
     async fn run(&self, input: &Value, _context: &AgentContext) -> Result<Value, AgentError> {
         let body = input
             .get("body")

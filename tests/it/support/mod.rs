@@ -44,6 +44,7 @@ impl TestEnv {
         settings.nats.subject_prefix = format!("test.{tag}");
         settings.nats.ack_wait_secs = 5.0;
         settings.database.schema = format!("test_{tag}");
+        settings.redis.key_prefix = format!("test:{tag}:");
         settings.database.max_connections = 4;
         settings.worker.concurrency = 16;
         settings.worker.retry_base_ms = 100;
@@ -176,6 +177,8 @@ impl TestEnv {
             ("SWARM_STREAM", s.nats.stream.clone()),
             ("SWARM_SUBJECT_PREFIX", s.nats.subject_prefix.clone()),
             ("SWARM_ACK_WAIT_SECS", s.nats.ack_wait_secs.to_string()),
+            ("SWARM_REDIS_URL", s.redis.url.expose().to_string()),
+            ("SWARM_REDIS_PREFIX", s.redis.key_prefix.clone()),
             ("SWARM_LOG", "warn".to_string()),
         ]
     }
@@ -203,8 +206,31 @@ impl TestEnv {
         }
     }
 
-    /// Deletes the streams and drops the schema.
+    /// A Redis connection for driving and inspecting the legacy side.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.settings.redis.url.expose())
+            .expect("valid Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is running (make services)")
+    }
+
+    /// Deletes the streams, drops the schema and removes this test's Redis keys.
     pub async fn cleanup(self) {
+        if let Ok(client) = redis::Client::open(self.settings.redis.url.expose())
+            && let Ok(mut redis) = client.get_multiplexed_async_connection().await
+        {
+            let pattern = format!("{}*", self.settings.redis.key_prefix);
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(&keys).query_async(&mut redis).await;
+            }
+        }
         let _ = self.dead_letters().delete_stream().await;
         let _ = self.broker.delete_stream().await;
         let _ = self.store.drop_schema().await;

@@ -1,0 +1,145 @@
+//! The result cache (the seed's "caching strategies"): a cacheable agent's result is kept
+//! in Redis under `agent_result:<agent_type>:<sha256 of the canonical input>` for its TTL,
+//! as MessagePack (never pickle), and a hit skips the agent. Any cache failure is a miss:
+//! the agent runs.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use redis::{AsyncCommands, aio::ConnectionManager};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::agent::Agent;
+
+/// Longest a cache lookup or store may take before it counts as a miss.
+const PATIENCE: Duration = Duration::from_millis(250);
+
+/// Hits, misses and failures of the cache.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A Redis-backed cache of agent results.
+pub struct ResultCache {
+    redis: ConnectionManager,
+    key_prefix: String,
+    ttl_overrides: BTreeMap<String, u64>,
+    stats: CacheStats,
+}
+
+impl ResultCache {
+    pub fn new(
+        redis: ConnectionManager,
+        key_prefix: &str,
+        ttl_overrides: BTreeMap<String, u64>,
+    ) -> Self {
+        Self {
+            redis,
+            key_prefix: key_prefix.to_string(),
+            ttl_overrides,
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// How long `agent`'s results are kept, if they are cached at all (a configured 0
+    /// turns caching off for that agent).
+    pub fn ttl_for(&self, agent: &dyn Agent) -> Option<Duration> {
+        match self.ttl_overrides.get(agent.name()) {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(*secs)),
+            None => agent.cache_ttl(),
+        }
+    }
+
+    /// The cache key of `input` for `agent_type`.
+    pub fn key(&self, agent_type: &str, input: &Value) -> String {
+        let canonical = serde_json::to_vec(&canonical(input)).expect("JSON values serialise");
+        let digest = Sha256::digest(&canonical);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}agent_result:{agent_type}:{hex}", self.key_prefix)
+    }
+
+    /// The cached result, or `None` on a miss or any failure.
+    pub async fn get(&self, agent_type: &str, input: &Value) -> Option<Value> {
+        let key = self.key(agent_type, input);
+        let mut redis = self.redis.clone();
+        let found: Option<Vec<u8>> =
+            match tokio::time::timeout(PATIENCE, redis.get::<_, Option<Vec<u8>>>(&key)).await {
+                Ok(Ok(found)) => found,
+                _ => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+        match found.and_then(|bytes| rmp_serde::from_slice(&bytes).ok()) {
+            Some(value) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                Some(value)
+            }
+            None => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Stores `result` for `ttl`; failures are counted and otherwise ignored.
+    pub async fn put(&self, agent_type: &str, input: &Value, result: &Value, ttl: Duration) {
+        let Ok(bytes) = rmp_serde::to_vec(result) else {
+            return;
+        };
+        let key = self.key(agent_type, input);
+        let mut redis = self.redis.clone();
+        let stored = tokio::time::timeout(
+            PATIENCE,
+            redis.set_ex::<_, _, ()>(&key, bytes, ttl.as_secs().max(1)),
+        )
+        .await;
+        if !matches!(stored, Ok(Ok(()))) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `value` with every object's keys sorted, so equal inputs hash equally.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn key_order_does_not_change_the_hash() {
+        let a = serde_json::to_vec(&canonical(&json!({"b": 1, "a": {"y": 2, "x": 3}}))).unwrap();
+        let b = serde_json::to_vec(&canonical(&json!({"a": {"x": 3, "y": 2}, "b": 1}))).unwrap();
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,142 @@
+//! One move of one task in the legacy keys, built from what the worker knows (live) or
+//! from its PostgreSQL row (catch-up, rebuild, check).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::legacy_json::LegacyTask;
+use crate::{
+    dlq::AttemptError, store::TaskRecord, task::TaskEnvelope, worker::delivery::TaskDelivery,
+};
+
+/// Where a move puts the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// `agent_tasks`, scored by priority.
+    Waiting,
+    Processing,
+    Completed,
+    /// `failed_tasks`: given up.
+    Failed,
+}
+
+impl Place {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Place::Waiting => "waiting",
+            Place::Processing => "processing",
+            Place::Completed => "completed",
+            Place::Failed => "failed",
+        }
+    }
+}
+
+/// A task's new place and JSON. `rank` orders the states of one task (waiting before
+/// delivery d = 2d, processing delivery d = 2d + 1), so a late move never undoes a newer one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorEvent {
+    pub id: String,
+    pub place: Place,
+    pub rank: u64,
+    pub priority: i64,
+    pub json: String,
+    /// When the fleet made the move, for the mirror-lag measure.
+    pub at: DateTime<Utc>,
+}
+
+fn rank(delivery: u32, processing: bool) -> u64 {
+    u64::from(delivery) * 2 + u64::from(processing)
+}
+
+impl MirrorEvent {
+    fn new(place: Place, rank: u64, task: &LegacyTask) -> Self {
+        Self {
+            id: task.id.clone(),
+            place,
+            rank,
+            priority: task.priority,
+            json: task.to_python_json(),
+            at: Utc::now(),
+        }
+    }
+
+    /// A newly published task, waiting for its first delivery.
+    pub fn published(task: &TaskEnvelope) -> Self {
+        Self::new(Place::Waiting, rank(1, false), &LegacyTask::waiting(task))
+    }
+
+    fn taken(delivery: &TaskDelivery, worker_id: &str, started: DateTime<Utc>) -> LegacyTask {
+        LegacyTask::waiting(&delivery.task)
+            .with_history(&delivery.previous_errors)
+            .taken(worker_id, started)
+    }
+
+    /// A worker took delivery `d` of the task.
+    pub fn processing(delivery: &TaskDelivery, worker_id: &str, started: DateTime<Utc>) -> Self {
+        let task = Self::taken(delivery, worker_id, started);
+        Self::new(Place::Processing, rank(delivery.attempt(), true), &task)
+    }
+
+    /// The attempt succeeded.
+    pub fn completed(
+        delivery: &TaskDelivery,
+        worker_id: &str,
+        started: DateTime<Utc>,
+        result: &Value,
+    ) -> Self {
+        let task = Self::taken(delivery, worker_id, started).completed(result.clone(), Utc::now());
+        Self::new(Place::Completed, u64::MAX, &task)
+    }
+
+    /// The attempt failed: back to `agent_tasks` for the next delivery, or to
+    /// `failed_tasks` when `final_failure`.
+    pub fn failed(
+        delivery: &TaskDelivery,
+        worker_id: &str,
+        started: DateTime<Utc>,
+        error: &str,
+        final_failure: bool,
+    ) -> Self {
+        let task = Self::taken(delivery, worker_id, started).failed(error, Utc::now());
+        if final_failure {
+            Self::new(Place::Failed, u64::MAX, &task)
+        } else {
+            Self::new(Place::Waiting, rank(delivery.attempt() + 1, false), &task)
+        }
+    }
+
+    /// Where the row says the task is, or `None` for a status the mirror does not show
+    /// (`queued`).
+    pub fn from_row(row: &TaskRecord) -> Option<Self> {
+        let envelope = TaskEnvelope {
+            id: row.id,
+            agent_type: row.agent_type.clone(),
+            data: row.data.clone(),
+            priority: row.priority.clamp(0, 9) as u8,
+            created_at: row.created_at,
+            max_attempts: row.max_attempts.max(1) as u32,
+            timeout: None,
+            idempotency_key: row.idempotency_key.clone(),
+            replay_of: row.replay_of,
+        };
+        let errors: Vec<AttemptError> =
+            serde_json::from_value(row.errors.clone()).unwrap_or_default();
+        let delivery = row.attempts.max(1) as u32;
+        let mut task = LegacyTask::waiting(&envelope).with_history(&errors);
+        if let (Some(worker), Some(started)) = (&row.worker_id, row.started_at) {
+            task = task.taken(worker, started);
+        }
+        let (place, rank) = match row.status.as_str() {
+            "processing" => (Place::Processing, rank(delivery, true)),
+            "failed" => (Place::Waiting, rank(delivery + 1, false)),
+            "completed" => {
+                let at = row.completed_at.unwrap_or(row.created_at);
+                task = task.completed(row.result.clone().unwrap_or(Value::Null), at);
+                (Place::Completed, u64::MAX)
+            }
+            "dead" => (Place::Failed, u64::MAX),
+            _ => return None,
+        };
+        Some(Self::new(place, rank, &task))
+    }
+}

@@ -1,0 +1,49 @@
+//! Shows newly published tasks in `agent_tasks`. Producers publish straight to JetStream,
+//! so the fleet listens to the task subjects (a core NATS queue group: one worker process
+//! mirrors each publish) and queues a "waiting" move for each.
+
+use futures::StreamExt;
+
+use super::{Mirror, MirrorEvent};
+use crate::{
+    broker::{Broker, BrokerError, headers},
+    task::Codec,
+};
+
+/// Mirrors publishes until the subscription ends or `shutdown` completes.
+///
+/// Fails when the subscription cannot be made.
+pub async fn run(
+    broker: Broker,
+    mirror: Mirror,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    let group = format!("{}-mirror", broker.settings().consumer_group);
+    let mut subscription = broker
+        .client()
+        .queue_subscribe(broker.subjects().all_tasks(), group)
+        .await
+        .map_err(|e| BrokerError::Request(e.to_string()))?;
+    tokio::pin!(shutdown);
+    loop {
+        let message = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            message = subscription.next() => match message {
+                Some(message) => message,
+                None => return Ok(()),
+            },
+        };
+        let content_type = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::CONTENT_TYPE))
+            .map(|v| v.as_str().to_string());
+        // Bad messages are the dead-letter path's business, not the mirror's.
+        let Ok(codec) = Codec::for_message(content_type.as_deref(), &message.payload) else {
+            continue;
+        };
+        if let Ok(task) = codec.decode(&message.payload) {
+            mirror.record(MirrorEvent::published(&task));
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Intake of legacy producers: tasks that the seed's `enqueue_task` put in `agent_tasks`
+//! are claimed atomically (a Lua script, safe with many fleet processes), recorded in the
+//! intake hash, published to JetStream with their own id (so a re-publish is dropped), and
+//! only then forgotten. A process that dies in between leaves the record; any process
+//! publishes it again after [`RECLAIM_AFTER`].
+//!
+//! A legacy task names its agent in `data.agent_type` and its input in `data.data`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::{AsyncCommands, aio::ConnectionManager};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{LegacyKeys, LegacyTask, MirrorError, legacy_json, scripts};
+use crate::{
+    broker::Broker,
+    dlq::{DeadLetter, DeadLetterStream, DeadReason, RawMessage, Source},
+    task::{Codec, DEFAULT_MAX_ATTEMPTS, MAX_PRIORITY, TaskEnvelope, valid_agent_type},
+};
+
+/// A claimed legacy task not forgotten after this long was not published: publish again.
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(10);
+/// Members offered to one claim script run.
+const CLAIM_CHUNK: usize = 200;
+
+/// Takes legacy producers' tasks into the fleet.
+pub struct Intake {
+    redis: ConnectionManager,
+    keys: LegacyKeys,
+    broker: Broker,
+    dead_letters: DeadLetterStream,
+    worker_id: String,
+}
+
+impl Intake {
+    pub fn new(
+        redis: ConnectionManager,
+        keys: LegacyKeys,
+        broker: Broker,
+        worker_id: String,
+    ) -> Self {
+        Self {
+            redis,
+            keys,
+            dead_letters: DeadLetterStream::of(&broker),
+            broker,
+            worker_id,
+        }
+    }
+
+    /// Looks for legacy tasks every `interval` until `shutdown`.
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut failures = 0u32;
+        loop {
+            match self.poll_once().await {
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    if failures % 20 == 0 {
+                        tracing::warn!(%error, "legacy intake failed; retrying");
+                    }
+                    failures += 1;
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// Takes in every legacy task waiting now; returns how many were published.
+    ///
+    /// Fails when Redis or NATS does not answer; claimed tasks stay recorded then.
+    pub async fn poll_once(&mut self) -> Result<usize, MirrorError> {
+        let mut published = self.reclaim_stale().await?;
+        let (waiting, ours): (usize, usize) = redis::pipe()
+            .zcard(&self.keys.agent_tasks)
+            .hlen(&self.keys.mirrored_waiting)
+            .query_async(&mut self.redis)
+            .await?;
+        if waiting <= ours {
+            return Ok(published);
+        }
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
+                .arg(&self.keys.agent_tasks)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut self.redis)
+                .await?;
+            // ZSCAN returns member, score, member, score, ...
+            let members: Vec<String> = page.into_iter().step_by(2).collect();
+            for chunk in members.chunks(CLAIM_CHUNK) {
+                let taken: Vec<String> = scripts::CLAIM
+                    .key(&self.keys.agent_tasks)
+                    .key(&self.keys.mirrored_waiting)
+                    .key(&self.keys.intake)
+                    .arg(Utc::now().timestamp_millis())
+                    .arg(chunk)
+                    .invoke_async(&mut self.redis)
+                    .await?;
+                for member in taken {
+                    published += usize::from(self.take_in(&member).await?);
+                }
+            }
+            if next == 0 {
+                return Ok(published);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Publishes again what a process claimed but did not get to publish.
+    async fn reclaim_stale(&mut self) -> Result<usize, MirrorError> {
+        let records: Vec<(String, i64)> = self.redis.hgetall(&self.keys.intake).await?;
+        let cutoff = Utc::now().timestamp_millis() - RECLAIM_AFTER.as_millis() as i64;
+        let mut published = 0;
+        for (member, taken_at) in records {
+            if taken_at < cutoff {
+                tracing::info!("publishing a legacy task claimed by a process that stopped");
+                published += usize::from(self.take_in(&member).await?);
+            }
+        }
+        Ok(published)
+    }
+
+    /// Publishes one claimed member (or dead-letters it), then forgets the claim. Returns
+    /// whether a task was published.
+    async fn take_in(&mut self, member: &str) -> Result<bool, MirrorError> {
+        let published = match envelope_of(member) {
+            Ok(task) => {
+                self.broker
+                    .publish(&task, Codec::Json)
+                    .await
+                    .map_err(|e| MirrorError::Publish(e.to_string()))?;
+                true
+            }
+            Err((reason, error)) => {
+                self.reject(member, reason, &error).await?;
+                false
+            }
+        };
+        let _: () = self.redis.hdel(&self.keys.intake, member).await?;
+        Ok(published)
+    }
+
+    /// Dead-letters a legacy task that cannot become a task, and shows it in
+    /// `failed_tasks` as the seed would when it has an id.
+    async fn reject(
+        &mut self,
+        member: &str,
+        reason: DeadReason,
+        error: &str,
+    ) -> Result<(), MirrorError> {
+        tracing::warn!(%reason, %error, "dead-lettering a legacy task");
+        let parsed: Option<LegacyTask> = serde_json::from_str(member).ok();
+        let agent_type = parsed
+            .as_ref()
+            .and_then(|t| t.data.get("agent_type"))
+            .and_then(Value::as_str)
+            .filter(|a| valid_agent_type(a))
+            .unwrap_or("unknown")
+            .to_string();
+        let letter = DeadLetter {
+            id: Uuid::now_v7(),
+            agent_type,
+            reason,
+            error: error.to_string(),
+            attempts: Vec::new(),
+            envelope: None,
+            raw: Some(RawMessage::new(
+                serde_json::json!({ "source": [self.keys.agent_tasks.clone()] }),
+                member.as_bytes(),
+                512 * 1024,
+            )),
+            source: Source {
+                stream: format!("redis:{}", self.keys.agent_tasks),
+                stream_sequence: 0,
+                subject: self.keys.agent_tasks.clone(),
+                delivered: 1,
+            },
+            worker_id: self.worker_id.clone(),
+            dead_at: Utc::now(),
+        };
+        self.dead_letters
+            .publish(&[letter])
+            .await
+            .map_err(|e| MirrorError::Publish(e.to_string()))?;
+        if let Some(task) = parsed {
+            let id = task.id.clone();
+            let failed = task.failed(error, Utc::now());
+            let _: () = self
+                .redis
+                .hset(&self.keys.failed_tasks, id, failed.to_python_json())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The envelope of a legacy task, or why it cannot have one.
+pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
+    let value: Value = serde_json::from_str(member).map_err(|e| {
+        (
+            DeadReason::Undecodable,
+            format!("legacy task is not JSON: {e}"),
+        )
+    })?;
+    let schema = |message: String| (DeadReason::SchemaViolation, message);
+    let id = value
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| schema("legacy task has no string `id`".into()))?;
+    let id =
+        Uuid::parse_str(id).map_err(|_| schema(format!("legacy task id {id:?} is not a UUID")))?;
+    let data = value.get("data");
+    let agent_type = data
+        .and_then(|d| d.get("agent_type"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| schema("legacy task has no `data.agent_type` naming its agent".into()))?;
+    if !valid_agent_type(agent_type) {
+        return Err(schema(format!(
+            "legacy task's data.agent_type {agent_type:?} is not a valid agent name"
+        )));
+    }
+    let priority = value
+        .get("priority")
+        .and_then(Value::as_f64)
+        .map_or(f64::from(crate::task::DEFAULT_PRIORITY), |p| {
+            p.round().clamp(0.0, f64::from(MAX_PRIORITY))
+        }) as u8;
+    let created_at = value
+        .get("created_at")
+        .and_then(Value::as_str)
+        .and_then(legacy_json::parse_timestamp)
+        .unwrap_or_else(Utc::now);
+    let max_attempts = value
+        .get("max_attempts")
+        .and_then(Value::as_u64)
+        .map_or(DEFAULT_MAX_ATTEMPTS, |m| m.clamp(1, 100) as u32);
+    Ok(TaskEnvelope {
+        id,
+        agent_type: agent_type.to_string(),
+        data: data
+            .and_then(|d| d.get("data"))
+            .cloned()
+            .unwrap_or(Value::Null),
+        priority,
+        created_at,
+        max_attempts,
+        timeout: None,
+        idempotency_key: None,
+        replay_of: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_task_becomes_an_envelope() {
+        let member = r#"{"id": "7d2f1c3e-8a1b-4c5d-9e0f-123456789abc", "data": {"agent_type": "email", "data": {"to": "a@b.org"}}, "priority": 7, "created_at": "2026-11-27T06:10:00.123456", "attempts": 0, "max_attempts": 3}"#;
+        let task = envelope_of(member).unwrap();
+        assert_eq!(task.agent_type, "email");
+        assert_eq!(task.priority, 7);
+        assert_eq!(task.data, serde_json::json!({"to": "a@b.org"}));
+        assert_eq!(
+            legacy_json::python_timestamp(task.created_at),
+            "2026-11-27T06:10:00.123456"
+        );
+        // Round trip: the fleet's own waiting member is the producer's byte for byte.
+        assert_eq!(LegacyTask::waiting(&task).to_python_json(), member);
+    }
+
+    #[test]
+    fn bad_legacy_tasks_say_why() {
+        let no_agent =
+            r#"{"id": "7d2f1c3e-8a1b-4c5d-9e0f-123456789abc", "data": {"to": 1}, "priority": 5}"#;
+        let (reason, error) = envelope_of(no_agent).unwrap_err();
+        assert_eq!(reason, DeadReason::SchemaViolation);
+        assert!(error.contains("data.agent_type"), "{error}");
+        assert_eq!(
+            envelope_of("not json").unwrap_err().0,
+            DeadReason::Undecodable
+        );
+        let bad_id = r#"{"id": 12, "data": {"agent_type": "echo"}}"#;
+        assert!(envelope_of(bad_id).unwrap_err().1.contains("id"));
+    }
+}

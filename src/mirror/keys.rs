@@ -1,0 +1,49 @@
+//! Key names: the seed's four, plus the fleet's own bookkeeping beside them.
+
+/// The Redis keys of one fleet's legacy contract.
+#[derive(Debug, Clone)]
+pub struct LegacyKeys {
+    /// Sorted set: member = task JSON, score = priority (waiting tasks).
+    pub agent_tasks: String,
+    /// Hash: id -> task JSON (being processed).
+    pub processing_tasks: String,
+    /// Hash: id -> task JSON with `result`.
+    pub completed_tasks: String,
+    /// Hash: id -> task JSON with `last_error` (given up).
+    pub failed_tasks: String,
+    /// Hash: id -> the member the fleet wrote to `agent_tasks` for it. Tells our members
+    /// from a legacy producer's, and lets a task's member be moved without a scan.
+    pub mirrored_waiting: String,
+    /// Hash: id -> rank of the newest state written, so a late write never moves a task
+    /// back.
+    pub mirror_state: String,
+    /// Hash: member -> time taken, for legacy tasks claimed but not yet published.
+    pub intake: String,
+}
+
+impl LegacyKeys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            agent_tasks: format!("{prefix}agent_tasks"),
+            processing_tasks: format!("{prefix}processing_tasks"),
+            completed_tasks: format!("{prefix}completed_tasks"),
+            failed_tasks: format!("{prefix}failed_tasks"),
+            mirrored_waiting: format!("{prefix}swarm:mirror:waiting"),
+            mirror_state: format!("{prefix}swarm:mirror:state"),
+            intake: format!("{prefix}swarm:intake"),
+        }
+    }
+
+    /// Every key, for tests and `mirror rebuild`.
+    pub fn all(&self) -> [&str; 7] {
+        [
+            &self.agent_tasks,
+            &self.processing_tasks,
+            &self.completed_tasks,
+            &self.failed_tasks,
+            &self.mirrored_waiting,
+            &self.mirror_state,
+            &self.intake,
+        ]
+    }
+}

@@ -1,0 +1,57 @@
+//! The seed's Redis queue contract, kept alive beside JetStream and PostgreSQL.
+//!
+//! - [`legacy_json`]: the seed's task JSON, byte for byte.
+//! - [`keys`]: the legacy key names and the fleet's bookkeeping keys.
+//! - [`event`]: one task move (waiting, processing, completed, failed) and its JSON.
+//! - [`writer`]: batched, pipelined writes that never hold up a worker, with catch-up.
+//! - [`feeder`]: shows newly published tasks as waiting.
+//! - [`intake`]: takes in tasks that legacy producers `ZADD` to `agent_tasks`.
+//! - [`rebuild`]: `mirror check` (drift against PostgreSQL) and `mirror rebuild`.
+
+mod event;
+pub mod feeder;
+pub mod intake;
+mod keys;
+pub mod legacy_json;
+pub mod rebuild;
+mod scripts;
+mod writer;
+
+use std::time::Duration;
+
+pub use event::{MirrorEvent, Place};
+pub use intake::Intake;
+pub use keys::LegacyKeys;
+pub use legacy_json::LegacyTask;
+pub use writer::{Mirror, MirrorStats};
+
+use crate::config::RedisSettings;
+
+/// A legacy-contract operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot read the tasks stream: {0}")]
+    Stream(String),
+    #[error("cannot publish a legacy task: {0}")]
+    Publish(String),
+}
+
+/// A Redis connection that reconnects by itself and gives up on a request quickly, so a
+/// Redis outage slows nothing else down. It connects lazily: Redis may be down at start.
+///
+/// Fails only on a malformed URL.
+pub fn connect(settings: &RedisSettings) -> Result<redis::aio::ConnectionManager, MirrorError> {
+    let client = redis::Client::open(settings.url.expose())?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    Ok(redis::aio::ConnectionManager::new_lazy_with_config(
+        client, config,
+    )?)
+}

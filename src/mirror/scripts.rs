@@ -1,0 +1,77 @@
+//! The Lua scripts that make each legacy-key move atomic.
+
+use std::sync::LazyLock;
+
+/// Moves one task to its new place in the legacy keys, unless a newer state was written.
+///
+/// KEYS: agent_tasks, processing_tasks, completed_tasks, failed_tasks, mirrored_waiting,
+/// mirror_state. ARGV: id, kind (waiting | processing | completed | failed), rank, json,
+/// score, force ("1" ignores rank and finality: rebuilds).
+pub static TRANSITION: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(TRANSITION_CODE));
+
+/// The source of [`TRANSITION`], for `SCRIPT LOAD` after Redis lost its script cache.
+pub const TRANSITION_CODE: &str = r#"
+local id, kind, rank, json, score, force = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6] == '1'
+if not force then
+  if redis.call('HEXISTS', KEYS[3], id) == 1 or redis.call('HEXISTS', KEYS[4], id) == 1 then
+    return 0
+  end
+  local current = redis.call('HGET', KEYS[6], id)
+  if current and tonumber(current) >= rank then
+    return 0
+  end
+else
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+end
+local old = redis.call('HGET', KEYS[5], id)
+if old then
+  redis.call('ZREM', KEYS[1], old)
+  redis.call('HDEL', KEYS[5], id)
+end
+redis.call('HDEL', KEYS[2], id)
+if kind == 'waiting' then
+  redis.call('ZADD', KEYS[1], score, json)
+  redis.call('HSET', KEYS[5], id, json)
+  redis.call('HSET', KEYS[6], id, rank)
+elseif kind == 'processing' then
+  redis.call('HSET', KEYS[2], id, json)
+  redis.call('HSET', KEYS[6], id, rank)
+elseif kind == 'completed' then
+  redis.call('HSET', KEYS[3], id, json)
+  redis.call('HDEL', KEYS[6], id)
+else
+  redis.call('HSET', KEYS[4], id, json)
+  redis.call('HDEL', KEYS[6], id)
+end
+return 1
+"#;
+
+/// Claims legacy producers' members of `agent_tasks` atomically: each given member that is
+/// still there and was not written by the fleet is removed and recorded in the intake hash.
+/// Returns the claimed members.
+///
+/// KEYS: agent_tasks, mirrored_waiting, intake. ARGV: now (ms), members...
+pub static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local taken = {}
+for i = 2, #ARGV do
+  local member = ARGV[i]
+  if redis.call('ZSCORE', KEYS[1], member) then
+    local ok, task = pcall(cjson.decode, member)
+    local id = nil
+    if ok and type(task) == 'table' and task['id'] ~= nil then id = tostring(task['id']) end
+    local ours = id ~= nil and redis.call('HGET', KEYS[2], id) == member
+    if not ours then
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('HSET', KEYS[3], member, ARGV[1])
+      taken[#taken + 1] = member
+    end
+  end
+end
+return taken
+"#,
+    )
+});

@@ -1,0 +1,214 @@
+//! The mirror writer: task moves are queued without waiting and written to Redis in
+//! pipelined batches by a background task. Redis being slow or down never holds up a worker:
+//! a failed batch is retried with backoff while new moves queue up; if the queue overflows,
+//! moves are dropped and, once Redis answers again, everything PostgreSQL changed since the
+//! first drop is written again from the rows (catch-up).
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+
+use super::{LegacyKeys, MirrorEvent, scripts};
+use crate::store::Store;
+
+/// Moves waiting to be written; beyond this the mirror drops and catches up later.
+const QUEUE: usize = 100_000;
+const BATCH: usize = 512;
+const LINGER: Duration = Duration::from_millis(2);
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Counters of the mirror, readable while it runs.
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    /// Moves written to Redis.
+    pub written: AtomicU64,
+    /// Moves dropped because the queue was full (caught up from PostgreSQL later).
+    pub dropped: AtomicU64,
+    /// Batches that failed and were retried.
+    pub failures: AtomicU64,
+    /// Rows rewritten by catch-ups.
+    pub caught_up: AtomicU64,
+    /// Milliseconds between a move and its write, for the last batch written.
+    pub lag_ms: AtomicU64,
+}
+
+/// A handle to queue legacy-key moves; cheap to clone.
+#[derive(Clone)]
+pub struct Mirror {
+    tx: mpsc::Sender<MirrorEvent>,
+    stats: Arc<MirrorStats>,
+    /// Time of the first dropped move not yet caught up.
+    dropped_since: Arc<Mutex<Option<DateTime<Utc>>>>,
+}
+
+impl Mirror {
+    /// Starts the writer. It ends when every handle is dropped and the queue is written.
+    pub fn spawn(
+        redis: ConnectionManager,
+        keys: LegacyKeys,
+        store: Store,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mirror = Self {
+            tx,
+            stats: Arc::default(),
+            dropped_since: Arc::default(),
+        };
+        let writer = Writer {
+            redis,
+            keys,
+            store,
+            stats: mirror.stats.clone(),
+            dropped_since: mirror.dropped_since.clone(),
+        };
+        (mirror, tokio::spawn(writer.run(rx)))
+    }
+
+    /// Queues a move without waiting.
+    pub fn record(&self, event: MirrorEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            let mut since = self.dropped_since.lock().expect("mirror lock");
+            since.get_or_insert_with(|| Utc::now() - chrono::Duration::seconds(1));
+        }
+    }
+
+    pub fn stats(&self) -> &MirrorStats {
+        &self.stats
+    }
+}
+
+struct Writer {
+    redis: ConnectionManager,
+    keys: LegacyKeys,
+    store: Store,
+    stats: Arc<MirrorStats>,
+    dropped_since: Arc<Mutex<Option<DateTime<Utc>>>>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<MirrorEvent>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = Vec::with_capacity(BATCH);
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(event)) => batch.push(event),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.write_until_done(&batch).await;
+            let oldest = batch.iter().map(|e| e.at).min().unwrap_or_else(Utc::now);
+            let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
+            self.stats.lag_ms.store(lag, Ordering::Relaxed);
+            self.catch_up_if_needed().await;
+        }
+    }
+
+    async fn write_until_done(&mut self, batch: &[MirrorEvent]) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            match write(&mut self.redis, &self.keys, batch, false).await {
+                Ok(()) => {
+                    self.stats
+                        .written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+                Err(error) => {
+                    if self.stats.failures.fetch_add(1, Ordering::Relaxed) % 20 == 0 {
+                        tracing::warn!(%error, "legacy mirror cannot write to Redis; retrying");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// After drops, rewrites every row PostgreSQL changed since the first drop.
+    async fn catch_up_if_needed(&mut self) {
+        let Some(since) = *self.dropped_since.lock().expect("mirror lock") else {
+            return;
+        };
+        match super::rebuild::rows_changed_since(&self.store, since).await {
+            Ok(rows) => {
+                let events: Vec<MirrorEvent> =
+                    rows.iter().filter_map(MirrorEvent::from_row).collect();
+                for chunk in events.chunks(BATCH) {
+                    self.write_until_done(chunk).await;
+                }
+                self.stats
+                    .caught_up
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                let mut guard = self.dropped_since.lock().expect("mirror lock");
+                // Drops that happened during the catch-up need another one.
+                if *guard == Some(since) {
+                    *guard = None;
+                }
+                tracing::info!(
+                    rows = events.len(),
+                    "legacy mirror caught up from PostgreSQL"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "legacy mirror catch-up failed; will retry"),
+        }
+    }
+}
+
+/// Writes `events` in one pipeline. `force` ignores ranks and finality (rebuild).
+///
+/// Fails when Redis does not answer or refuses a script.
+pub async fn write(
+    redis: &mut ConnectionManager,
+    keys: &LegacyKeys,
+    events: &[MirrorEvent],
+    force: bool,
+) -> redis::RedisResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let script = &*scripts::TRANSITION;
+    let mut pipe = redis::pipe();
+    for event in events {
+        pipe.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(6)
+            .arg(&keys.agent_tasks)
+            .arg(&keys.processing_tasks)
+            .arg(&keys.completed_tasks)
+            .arg(&keys.failed_tasks)
+            .arg(&keys.mirrored_waiting)
+            .arg(&keys.mirror_state)
+            .arg(&event.id)
+            .arg(event.place.as_str())
+            .arg(event.rank)
+            .arg(&event.json)
+            .arg(event.priority)
+            .arg(if force { "1" } else { "0" })
+            .ignore();
+    }
+    match pipe.query_async::<()>(redis).await {
+        Err(error)
+            if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(scripts::TRANSITION_CODE)
+                .query_async::<String>(redis)
+                .await?;
+            pipe.query_async::<()>(redis).await
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,94 @@
+//! Putting a worker together from the settings: the broker, the store, and — when Redis
+//! is enabled — the legacy mirror, the legacy intake and the result cache.
+
+use std::{sync::Arc, time::Duration};
+
+use super::{Worker, WorkerError};
+use crate::{
+    agent::AgentRegistry,
+    broker::Broker,
+    cache::ResultCache,
+    config::Settings,
+    mirror::{self, Intake, LegacyKeys, Mirror, MirrorError},
+    store::Store,
+};
+
+/// A worker and the background writer of its legacy mirror.
+pub struct Assembled {
+    pub worker: Worker,
+    pub mirror: Option<Mirror>,
+    pub mirror_writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Assembled {
+    /// Runs the worker until `shutdown`, then lets the mirror write what it holds (for at
+    /// most `flush` when Redis is away; `swarmd mirror rebuild` repairs what is left).
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+        flush: Duration,
+    ) -> Result<(), WorkerError> {
+        let result = self.worker.run(shutdown).await;
+        drop(self.mirror);
+        if let Some(writer) = self.mirror_writer
+            && tokio::time::timeout(flush, writer).await.is_err()
+        {
+            tracing::warn!("legacy mirror not flushed (Redis away?): run `swarmd mirror rebuild`");
+        }
+        result
+    }
+}
+
+/// Builds a worker with everything the settings enable.
+///
+/// Fails only on a malformed Redis URL; Redis itself may be down (it is connected lazily).
+pub fn assemble(
+    settings: &Settings,
+    broker: Broker,
+    store: Store,
+    registry: AgentRegistry,
+) -> Result<Assembled, MirrorError> {
+    let mut worker = Worker::new(
+        broker.clone(),
+        store.clone(),
+        registry,
+        settings.worker.clone(),
+    );
+    let redis_settings = &settings.redis;
+    if !(redis_settings.mirror || redis_settings.intake || redis_settings.cache) {
+        return Ok(Assembled {
+            worker,
+            mirror: None,
+            mirror_writer: None,
+        });
+    }
+    let redis = mirror::connect(redis_settings)?;
+    let keys = LegacyKeys::new(&redis_settings.key_prefix);
+    let (mut mirror, mut mirror_writer) = (None, None);
+    if redis_settings.mirror {
+        let (handle, writer) = Mirror::spawn(redis.clone(), keys.clone(), store);
+        worker = worker.with_mirror(handle.clone());
+        mirror = Some(handle);
+        mirror_writer = Some(writer);
+    }
+    if redis_settings.intake {
+        let intake = Intake::new(redis.clone(), keys, broker, worker.id().to_string());
+        worker = worker.with_intake(
+            intake,
+            Duration::from_millis(redis_settings.intake_interval_ms),
+        );
+    }
+    if redis_settings.cache {
+        let cache = ResultCache::new(
+            redis,
+            &redis_settings.key_prefix,
+            redis_settings.cache_ttl_secs.clone(),
+        );
+        worker = worker.with_cache(Arc::new(cache));
+    }
+    Ok(Assembled {
+        worker,
+        mirror,
+        mirror_writer,
+    })
+}
