@@ -62,7 +62,7 @@ impl Intake {
             match self.poll_once().await {
                 Ok(_) => failures = 0,
                 Err(error) => {
-                    if failures % 20 == 0 {
+                    if failures.is_multiple_of(20) {
                         tracing::warn!(%error, "legacy intake failed; retrying");
                     }
                     failures += 1;

@@ -41,12 +41,12 @@ impl Drift {
     }
 }
 
-/// Where the legacy keys show task `id`, and its JSON there.
+/// Every place the legacy keys show task `id`, with its JSON there.
 async fn shown(
     redis: &mut ConnectionManager,
     keys: &LegacyKeys,
     id: &str,
-) -> redis::RedisResult<Option<(Place, String)>> {
+) -> redis::RedisResult<Vec<(Place, String)>> {
     let (completed, failed, processing, waiting): (
         Option<String>,
         Option<String>,
@@ -59,22 +59,23 @@ async fn shown(
         .hget(&keys.mirrored_waiting, id)
         .query_async(redis)
         .await?;
-    if let Some(json) = completed {
-        return Ok(Some((Place::Completed, json)));
-    }
-    if let Some(json) = failed {
-        return Ok(Some((Place::Failed, json)));
-    }
-    if let Some(json) = processing {
-        return Ok(Some((Place::Processing, json)));
+    let mut places = Vec::new();
+    for (place, json) in [
+        (Place::Completed, completed),
+        (Place::Failed, failed),
+        (Place::Processing, processing),
+    ] {
+        if let Some(json) = json {
+            places.push((place, json));
+        }
     }
     if let Some(member) = waiting {
         let score: Option<f64> = redis.zscore(&keys.agent_tasks, &member).await?;
         if score.is_some() {
-            return Ok(Some((Place::Waiting, member)));
+            places.push((Place::Waiting, member));
         }
     }
-    Ok(None)
+    Ok(places)
 }
 
 /// The fields a tool relies on; timestamps may differ by the moment they were taken.
@@ -114,21 +115,33 @@ pub async fn check(
             let Some(expected) = MirrorEvent::from_row(row) else {
                 continue;
             };
-            match shown(redis, keys, &expected.id).await? {
-                None => drift.missing.push(format!(
+            let places = shown(redis, keys, &expected.id).await?;
+            match places.as_slice() {
+                [] => drift.missing.push(format!(
                     "{} ({}) is not in the legacy keys",
                     row.id, row.status
                 )),
-                Some((place, _)) if place != expected.place => drift.stale.push(format!(
+                [(place, _)] if *place != expected.place => drift.stale.push(format!(
                     "{}: shown as {}, the database says {}",
                     row.id,
                     place.as_str(),
                     row.status
                 )),
-                Some((_, json)) if !same_task(&expected.json, &json) => drift
+                [(_, json)] if !same_task(&expected.json, json) => drift
                     .stale
                     .push(format!("{}: legacy JSON differs: {json}", row.id)),
-                Some(_) => {}
+                [_] => {}
+                several => drift.stale.push(format!(
+                    "{}: shown in {} places at once ({}), the database says {}",
+                    row.id,
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    row.status
+                )),
             }
         }
     }

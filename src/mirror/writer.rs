@@ -57,7 +57,17 @@ impl Mirror {
         keys: LegacyKeys,
         store: Store,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        Self::spawn_with_queue(redis, keys, store, QUEUE)
+    }
+
+    /// [`Mirror::spawn`] with room for `queue` unwritten moves.
+    pub fn spawn_with_queue(
+        redis: ConnectionManager,
+        keys: LegacyKeys,
+        store: Store,
+        queue: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
         let mirror = Self {
             tx,
             stats: Arc::default(),
@@ -126,7 +136,12 @@ impl Writer {
                     return;
                 }
                 Err(error) => {
-                    if self.stats.failures.fetch_add(1, Ordering::Relaxed) % 20 == 0 {
+                    if self
+                        .stats
+                        .failures
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(20)
+                    {
                         tracing::warn!(%error, "legacy mirror cannot write to Redis; retrying");
                     }
                     tokio::time::sleep(pause).await;

@@ -8,6 +8,7 @@ mod cli;
 mod dead_letters;
 mod delivery;
 mod faults;
+mod legacy;
 mod pipeline;
 mod priority;
 mod wire;

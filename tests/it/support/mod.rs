@@ -12,7 +12,7 @@ use swarm_director::{
     config::Settings,
     dlq::{DeadLetterStream, Filter, StoredDeadLetter},
     store::{Store, TaskRecord},
-    worker::{Worker, WorkerCounts},
+    worker::{self, Worker, WorkerCounts},
 };
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
@@ -109,6 +109,39 @@ impl TestEnv {
                 .run(async move {
                     let _ = stop_rx.wait_for(|stop| *stop).await;
                 })
+                .await
+                .expect("worker runs");
+        });
+        RunningWorker {
+            stop_tx,
+            handle,
+            counts,
+        }
+    }
+
+    /// A worker with the legacy mirror, intake and result cache (this test's key prefix).
+    pub fn legacy_worker(&self, adjust: impl FnOnce(&mut Settings)) -> worker::Assembled {
+        let mut settings = self.settings.clone();
+        adjust(&mut settings);
+        worker::assemble(
+            &settings,
+            Broker::with_client(self.broker.client().clone(), &settings.nats),
+            self.store.clone(),
+            AgentRegistry::with_builtins(),
+        )
+        .expect("valid Redis settings")
+    }
+
+    /// Starts an assembled worker in the background.
+    pub fn spawn_assembled(&self, assembled: worker::Assembled) -> RunningWorker {
+        let counts = assembled.worker.counts();
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            };
+            assembled
+                .run(stop, Duration::from_secs(5))
                 .await
                 .expect("worker runs");
         });

@@ -1,0 +1,608 @@
+//! The seed's Redis queue contract, driven with plain Redis commands exactly as the seed's
+//! Python `DistributedTaskQueue` issues them, each test under its own key prefix.
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use swarm_director::{
+    cache::ResultCache,
+    dlq::{DeadReason, Filter},
+    mirror::{self, LegacyKeys, Mirror, legacy_json::python_json, rebuild},
+    task::{Codec, TaskEnvelope},
+};
+use uuid::Uuid;
+
+use crate::support::{
+    TestEnv, count,
+    nats_server::spare_port,
+    schemas::{assert_valid, validator},
+};
+
+fn keys(env: &TestEnv) -> LegacyKeys {
+    LegacyKeys::new(&env.settings.redis.key_prefix)
+}
+
+/// What the seed's `enqueue_task` writes: `json.dumps` of its dict, scored by priority.
+async fn enqueue_task(env: &TestEnv, agent: &str, data: Value, priority: i64) -> Uuid {
+    let id = Uuid::new_v4();
+    let mut task = serde_json::Map::new();
+    task.insert("id".into(), json!(id.to_string()));
+    task.insert("data".into(), json!({"agent_type": agent, "data": data}));
+    task.insert("priority".into(), json!(priority));
+    task.insert("created_at".into(), json!("2026-11-27T06:10:00.123456"));
+    task.insert("attempts".into(), json!(0));
+    task.insert("max_attempts".into(), json!(3));
+    let member = python_json(&task);
+    let mut redis = env.redis().await;
+    let _: () = redis
+        .zadd(&keys(env).agent_tasks, member, priority)
+        .await
+        .unwrap();
+    id
+}
+
+/// Polls until `probe` returns something, or panics after `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn hash_entry(env: &TestEnv, key: &str, id: Uuid) -> Option<String> {
+    let mut redis = env.redis().await;
+    redis.hget(key, id.to_string()).await.unwrap()
+}
+
+async fn waiting_member(env: &TestEnv, id: Uuid) -> Option<(String, f64)> {
+    let mut redis = env.redis().await;
+    let members: Vec<(String, f64)> = redis
+        .zrange_withscores(&keys(env).agent_tasks, 0, -1)
+        .await
+        .unwrap();
+    members
+        .into_iter()
+        .find(|(m, _)| m.contains(&id.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_task_moves_through_the_legacy_keys_in_the_seeds_shape() {
+    let env = TestEnv::new().await;
+    let schema = validator("legacy-task.schema.json");
+    let k = keys(&env);
+    // One slot, kept busy, so the observed task is seen waiting first.
+    let fleet = env.spawn_assembled(env.legacy_worker(|s| {
+        s.worker.concurrency = 1;
+        s.worker.fetch_batch = 1;
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let blocker = TaskEnvelope::new("sleep", json!({"ms": 700})).with_priority(9);
+    env.broker.publish(&blocker, Codec::Json).await.unwrap();
+    let task = TaskEnvelope::new("sleep", json!({"ms": 300, "note": "é"})).with_priority(4);
+    env.broker.publish(&task, Codec::MessagePack).await.unwrap();
+
+    let (member, score) = eventually("the waiting entry", Duration::from_secs(5), || {
+        waiting_member(&env, task.id)
+    })
+    .await;
+    assert_eq!(score, 4.0);
+    println!("waiting    (agent_tasks):      {member}");
+    let waiting: Value = serde_json::from_str(&member).unwrap();
+    assert_valid(&schema, &waiting);
+    assert_eq!(waiting["attempts"], 0);
+    assert_eq!(
+        waiting["data"],
+        json!({"agent_type": "sleep", "data": {"ms": 300, "note": "é"}})
+    );
+    assert!(
+        member.contains(r#""note": "\u00e9""#),
+        "Python's ensure_ascii: {member}"
+    );
+    assert!(waiting.get("worker_id").is_none());
+
+    let processing = eventually("the processing entry", Duration::from_secs(5), || {
+        hash_entry(&env, &k.processing_tasks, task.id)
+    })
+    .await;
+    println!("processing (processing_tasks): {processing}");
+    let processing: Value = serde_json::from_str(&processing).unwrap();
+    assert_valid(&schema, &processing);
+    assert!(processing["worker_id"].is_string() && processing["processing_started"].is_string());
+    assert!(
+        waiting_member(&env, task.id).await.is_none(),
+        "moved out of agent_tasks"
+    );
+
+    let completed = eventually("the completed entry", Duration::from_secs(5), || {
+        hash_entry(&env, &k.completed_tasks, task.id)
+    })
+    .await;
+    println!("completed  (completed_tasks):  {completed}");
+    let completed_value: Value = serde_json::from_str(&completed).unwrap();
+    assert_valid(&schema, &completed_value);
+    assert_eq!(completed_value["result"], json!({"slept_ms": 300}));
+    let order: Vec<&str> = completed_value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "id",
+            "data",
+            "priority",
+            "created_at",
+            "attempts",
+            "max_attempts",
+            "worker_id",
+            "processing_started",
+            "result",
+            "completed_at"
+        ]
+    );
+    assert!(
+        hash_entry(&env, &k.processing_tasks, task.id)
+            .await
+            .is_none()
+    );
+
+    fleet.stop().await;
+    let mut redis = mirror::connect(&env.settings.redis).unwrap();
+    let drift = rebuild::check(&env.store, &mut redis, &k).await.unwrap();
+    assert!(drift.is_clean(), "{drift:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_task_is_processed_once_and_completed() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
+    let id = enqueue_task(&env, "echo", json!({"hello": "legacy"}), 7).await;
+    let completed = eventually("completed_tasks", Duration::from_secs(10), || {
+        hash_entry(&env, &k.completed_tasks, id)
+    })
+    .await;
+    let completed: Value = serde_json::from_str(&completed).unwrap();
+    assert_valid(&validator("legacy-task.schema.json"), &completed);
+    assert_eq!(completed["result"], json!({"hello": "legacy"}));
+    assert_eq!(
+        completed["created_at"], "2026-11-27T06:10:00.123456",
+        "the producer's own"
+    );
+    let counts = fleet.stop().await;
+    assert_eq!(count(&counts.completed), 1);
+    let row = env
+        .store
+        .task(id)
+        .await
+        .unwrap()
+        .expect("row keyed by the legacy id");
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.priority),
+        ("completed", 1, 7)
+    );
+    let mut redis = env.redis().await;
+    let (waiting, intake): (usize, usize) = redis::pipe()
+        .zcard(&k.agent_tasks)
+        .hlen(&k.intake)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        (waiting, intake),
+        (0, 0),
+        "nothing left behind or taken in twice"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_dead_tasks_look_as_the_seed_leaves_them() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    let fleet = env.spawn_assembled(env.legacy_worker(|s| s.worker.retry_base_ms = 1500));
+    let flaky = enqueue_task(&env, "fail", json!({"succeed_on_attempt": 2}), 5).await;
+    let permanent = TaskEnvelope::new("fail", json!({"permanent": true}));
+    env.broker.publish(&permanent, Codec::Json).await.unwrap();
+    let unknown = enqueue_task(&env, "translate", json!({"text": "hi"}), 5).await;
+    let no_agent = {
+        let id = Uuid::new_v4();
+        let member = format!(
+            r#"{{"id": "{id}", "data": {{"text": "no agent named"}}, "priority": 5, "created_at": "2026-11-27T06:10:00", "attempts": 0, "max_attempts": 3}}"#
+        );
+        let mut redis = env.redis().await;
+        let _: () = redis.zadd(&k.agent_tasks, member, 5).await.unwrap();
+        id
+    };
+
+    // After the first failure: back in agent_tasks with attempts, last_error, failed_at.
+    let (member, _) = eventually(
+        "the retry in agent_tasks",
+        Duration::from_secs(10),
+        || async {
+            waiting_member(&env, flaky)
+                .await
+                .filter(|(m, _)| m.contains("last_error"))
+        },
+    )
+    .await;
+    println!("retry      (agent_tasks):      {member}");
+    let retried: Value = serde_json::from_str(&member).unwrap();
+    assert_valid(&validator("legacy-task.schema.json"), &retried);
+    assert_eq!(retried["attempts"], 1);
+    assert_eq!(
+        retried["last_error"],
+        "fail agent: attempt 1 failed on purpose"
+    );
+    assert!(retried["failed_at"].is_string() && retried["worker_id"].is_string());
+
+    let completed = eventually(
+        "the retried task completed",
+        Duration::from_secs(10),
+        || hash_entry(&env, &k.completed_tasks, flaky),
+    )
+    .await;
+    let completed: Value = serde_json::from_str(&completed).unwrap();
+    assert_eq!(completed["attempts"], 1, "the seed counts failed attempts");
+    assert_eq!(completed["result"], json!({"succeeded_on_attempt": 2}));
+
+    for (id, words) in [
+        (permanent.id, "permanent error"),
+        (unknown, "unknown agent type \"translate\""),
+        (no_agent, "data.agent_type"),
+    ] {
+        let failed = eventually("failed_tasks", Duration::from_secs(10), || {
+            hash_entry(&env, &k.failed_tasks, id)
+        })
+        .await;
+        println!("failed     (failed_tasks):     {failed}");
+        let failed: Value = serde_json::from_str(&failed).unwrap();
+        assert!(
+            failed["last_error"].as_str().unwrap().contains(words),
+            "{failed}"
+        );
+        assert_eq!(failed["attempts"], 1);
+    }
+    let letters = env.wait_dead_letters(3, Duration::from_secs(10)).await;
+    let reasons: Vec<DeadReason> = letters.iter().map(|l| l.letter.reason).collect();
+    for reason in [
+        DeadReason::PermanentError,
+        DeadReason::UnknownAgent,
+        DeadReason::SchemaViolation,
+    ] {
+        assert!(reasons.contains(&reason), "{reasons:?}");
+    }
+    fleet.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fleet_processes_take_a_legacy_backlog_in_once() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        ids.push(enqueue_task(&env, "echo", json!({"n": n}), n % 10).await);
+    }
+    let spawn = || {
+        env.swarmd()
+            .arg("worker")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut workers = [spawn(), spawn()];
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "completed" && r.attempts == 1)
+    );
+    let mut redis = env.redis().await;
+    let completed = eventually("300 completed entries", Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        let key = k.completed_tasks.clone();
+        async move {
+            let n: usize = redis.hlen(&key).await.unwrap();
+            (n == 300).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(completed, 300);
+    let waiting: usize = redis.zcard(&k.agent_tasks).await.unwrap();
+    assert_eq!(waiting, 0);
+    assert!(
+        env.dead_letters()
+            .list(&Filter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(env.stream_messages().await, 0, "published once each");
+    for worker in &mut workers {
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+    }
+    env.cleanup().await;
+}
+
+/// A private `redis-server` with an append-only file, so a kill loses nothing it stored.
+struct RedisServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = spare_port();
+        let dir = std::env::temp_dir().join(format!("swarm-redis-{port}-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_mid_run_loses_nothing_and_the_mirror_catches_up() {
+    let mut server = RedisServer::start();
+    let mut env = TestEnv::new().await;
+    env.settings.redis.url = swarm_director::config::SecretUrl::new(server.url());
+    let k = keys(&env);
+    // A small queue, so the outage overflows it and the catch-up from PostgreSQL must run.
+    let redis = mirror::connect(&env.settings.redis).unwrap();
+    let (mirror, writer) =
+        Mirror::spawn_with_queue(redis.clone(), k.clone(), env.store.clone(), 50);
+    let worker = env.worker().with_mirror(mirror.clone());
+    let running = env.spawn(worker);
+
+    let first: Vec<_> = (0..200)
+        .map(|n| TaskEnvelope::new("echo", json!(n)))
+        .collect();
+    let second: Vec<_> = (0..300)
+        .map(|n| TaskEnvelope::new("echo", json!(n)))
+        .collect();
+    for task in &first {
+        env.broker.publish(task, Codec::MessagePack).await.unwrap();
+    }
+    let ids_first: Vec<_> = first.iter().map(|t| t.id).collect();
+    env.wait_finished(&ids_first, Duration::from_secs(20)).await;
+    server.kill();
+    let down = Instant::now();
+    for task in &second {
+        env.broker.publish(task, Codec::MessagePack).await.unwrap();
+    }
+    let ids_second: Vec<_> = second.iter().map(|t| t.id).collect();
+    let rows = env
+        .wait_finished(&ids_second, Duration::from_secs(20))
+        .await;
+    println!(
+        "Redis down: 300 tasks completed in {:.2} s regardless; {} mirror moves dropped",
+        down.elapsed().as_secs_f64(),
+        count(&mirror.stats().dropped)
+    );
+    assert!(
+        rows.iter().all(|r| r.status == "completed"),
+        "processing never stopped"
+    );
+    assert!(
+        count(&mirror.stats().dropped) > 0,
+        "the outage overflowed the queue"
+    );
+
+    server.launch();
+    let mut check_conn = mirror::connect(&env.settings.redis).unwrap();
+    let drift = eventually("a clean mirror check", Duration::from_secs(30), || {
+        let (store, keys) = (env.store.clone(), k.clone());
+        let mut conn = check_conn.clone();
+        async move {
+            let drift = rebuild::check(&store, &mut conn, &keys).await.ok()?;
+            drift.is_clean().then_some(drift)
+        }
+    })
+    .await;
+    assert!(drift.is_clean());
+    let completed: usize = check_conn.hlen(&k.completed_tasks).await.unwrap();
+    assert_eq!(completed, 500);
+    println!(
+        "mirror caught up: {} rows rewritten",
+        count(&mirror.stats().caught_up)
+    );
+    running.stop().await;
+    drop(mirror);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_rebuild_repairs_drift() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
+    let tasks: Vec<_> = (0..20)
+        .map(|n| TaskEnvelope::new("echo", json!(n)))
+        .collect();
+    for task in &tasks {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    env.wait_finished(&ids, Duration::from_secs(10)).await;
+    fleet.stop().await;
+
+    let mut redis = env.redis().await;
+    let _: () = redis
+        .hdel(&k.completed_tasks, ids[0].to_string())
+        .await
+        .unwrap();
+    let _: () = redis
+        .hset(&k.processing_tasks, ids[1].to_string(), "{}")
+        .await
+        .unwrap();
+    let (ok, stdout, _) = {
+        let out = env
+            .swarmd()
+            .args(["mirror", "check"])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            (),
+        )
+    };
+    assert!(!ok, "drift makes check fail");
+    assert!(stdout.contains(&format!("missing: {}", ids[0])), "{stdout}");
+    assert!(stdout.contains(&ids[1].to_string()), "{stdout}");
+
+    let rebuilt = env
+        .swarmd()
+        .args(["mirror", "rebuild"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let clean = env
+        .swarmd()
+        .args(["mirror", "check"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
+    let env = TestEnv::new().await;
+    let redis = mirror::connect(&env.settings.redis).unwrap();
+    let cache = std::sync::Arc::new(ResultCache::new(
+        redis,
+        &env.settings.redis.key_prefix,
+        Default::default(),
+    ));
+    let running = env.spawn(env.worker().with_cache(cache.clone()));
+    let input = json!({"text": "Short and clear. Easy to read."});
+    let first = TaskEnvelope::new("quality", input.clone());
+    env.broker.publish(&first, Codec::Json).await.unwrap();
+    env.wait_finished(&[first.id], Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (count(&cache.stats().hits), count(&cache.stats().misses)),
+        (0, 1)
+    );
+
+    // Same input, other key order: a hit.
+    let second = TaskEnvelope::new("quality", json!({"text": "Short and clear. Easy to read."}));
+    env.broker
+        .publish(&second, Codec::MessagePack)
+        .await
+        .unwrap();
+    let rows = env
+        .wait_finished(&[first.id, second.id], Duration::from_secs(10))
+        .await;
+    assert_eq!(count(&cache.stats().hits), 1);
+    assert_eq!(rows[0].result, rows[1].result);
+    let key = cache.key("quality", &input);
+    assert!(key.starts_with(&format!(
+        "{}agent_result:quality:",
+        env.settings.redis.key_prefix
+    )));
+    let mut conn = env.redis().await;
+    let ttl: i64 = conn.ttl(&key).await.unwrap();
+    assert!(ttl > 0 && ttl <= 3600, "cached with the agent's TTL: {ttl}");
+    let stored: Vec<u8> = conn.get(&key).await.unwrap();
+    let decoded: Value = rmp_serde::from_slice(&stored).expect("MessagePack, not pickle");
+    assert_eq!(Some(decoded), rows[0].result);
+
+    // Not cacheable: echo runs every time.
+    let echo = TaskEnvelope::new("echo", json!(1));
+    env.broker.publish(&echo, Codec::Json).await.unwrap();
+    env.wait_finished(&[echo.id], Duration::from_secs(10)).await;
+    assert_eq!(count(&cache.stats().hits) + count(&cache.stats().misses), 2);
+    running.stop().await;
+
+    // Redis away: the agent runs, the failure is counted.
+    let mut settings = env.settings.redis.clone();
+    settings.url =
+        swarm_director::config::SecretUrl::new(format!("redis://127.0.0.1:{}", spare_port()));
+    let dead = std::sync::Arc::new(ResultCache::new(
+        mirror::connect(&settings).unwrap(),
+        "",
+        Default::default(),
+    ));
+    let running = env.spawn(env.worker().with_cache(dead.clone()));
+    let third = TaskEnvelope::new("quality", json!({"text": "Another text to score."}));
+    env.broker.publish(&third, Codec::Json).await.unwrap();
+    let rows = env
+        .wait_finished(&[third.id], Duration::from_secs(10))
+        .await;
+    assert_eq!(rows[0].status, "completed");
+    assert!(count(&dead.stats().errors) >= 1);
+    running.stop().await;
+    env.cleanup().await;
+}
