@@ -1,5 +1,6 @@
 //! `swarmd` subcommands, one per file, and the dispatcher.
 
+mod bench;
 mod demo;
 mod dlq;
 mod migrate;
@@ -51,6 +52,8 @@ pub enum Command {
     Status(status::Args),
     /// Start a small fleet, publish a mix of tasks and print a summary.
     Demo(demo::Args),
+    /// Measure enqueue rate, burn-down rate, latency, CPU and memory of a worker fleet.
+    Bench(bench::Args),
     /// Inspect, replay and purge dead letters.
     Dlq(dlq::Args),
     /// Apply the database migrations and exit.
@@ -81,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(settings, args).await,
         Command::Status(args) => status::run(settings, args).await,
         Command::Demo(args) => demo::run(settings, args).await,
+        Command::Bench(args) => bench::run(settings, args).await,
         Command::Dlq(args) => dlq::run(settings, args).await,
         Command::Migrate => migrate::run(settings).await,
         Command::Mirror(args) => mirror::run(settings, args).await,

@@ -1,0 +1,305 @@
+//! `swarmd bench`: burn-down and steady-rate benchmarks on the configured services, in a
+//! private stream, schema and Redis prefix that are removed afterwards.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    broker::Broker,
+    config::Settings,
+    dlq::DeadLetterStream,
+    store::Store,
+    task::{Codec, TaskEnvelope},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tasks to burn down.
+    #[arg(long, short, default_value_t = 20_000)]
+    n: usize,
+    /// Agent of every task (`echo` costs nothing, so the fleet itself is measured).
+    #[arg(long, default_value = "echo")]
+    agent: String,
+    /// Worker processes (`swarmd worker`) to start.
+    #[arg(long, short, default_value_t = 2)]
+    workers: usize,
+    /// Tasks each worker runs at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Keep the legacy Redis mirror off.
+    #[arg(long)]
+    no_mirror: bool,
+    /// Steady-rate mode: publish this many tasks per second (for --duration) against
+    /// running workers and report the latency, instead of a burn-down.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Seconds of the steady-rate mode.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: &'static str,
+    tasks: usize,
+    agent: String,
+    workers: usize,
+    concurrency: usize,
+    mirror: bool,
+    enqueue_per_sec: f64,
+    burn_down_per_sec: f64,
+    latency_ms: Latency,
+    worker_cpu_ms_per_task: f64,
+    worker_peak_rss_mib: f64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Latency {
+    p50: Option<f64>,
+    p95: Option<f64>,
+    p99: Option<f64>,
+    max: Option<f64>,
+}
+
+pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
+    let tag = Uuid::new_v4().simple().to_string()[..10].to_string();
+    settings.nats.stream = format!("BENCH_{tag}");
+    settings.nats.subject_prefix = format!("bench.{tag}");
+    settings.database.schema = format!("bench_{tag}");
+    settings.redis.key_prefix = format!("bench:{tag}:");
+    settings.redis.mirror = !args.no_mirror;
+    let store = Store::connect(&settings.database).await?;
+    store.migrate().await?;
+    let broker = Broker::connect(&settings.nats).await?;
+    broker.ensure_stream().await?;
+    let outcome = bench(&settings, &args, &broker, &store).await;
+    cleanup(&settings, &broker, &store).await;
+    let report = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+async fn bench(
+    settings: &Settings,
+    args: &Args,
+    broker: &Broker,
+    store: &Store,
+) -> anyhow::Result<Report> {
+    let task = |n: usize| {
+        TaskEnvelope::new(args.agent.clone(), json!({ "n": n })).with_priority((n % 10) as u8)
+    };
+    let bar = indicatif::ProgressBar::new(args.n as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>10} {wide_bar} {pos}/{len} ({per_sec})")
+            .expect("static template"),
+    );
+    let (mode, tasks, enqueue_per_sec, mut workers, started) = match args.rate {
+        None => {
+            bar.set_message("publish");
+            let tasks: Vec<TaskEnvelope> = (0..args.n).map(task).collect();
+            let published = Instant::now();
+            let results = broker
+                .publish_many(&tasks, Codec::MessagePack, 1024, || bar.inc(1))
+                .await;
+            let enqueue = tasks.len() as f64 / published.elapsed().as_secs_f64();
+            if let Some(error) = results.into_iter().find_map(Result::err) {
+                bail!("publishing failed: {error}");
+            }
+            bar.reset();
+            bar.set_message("burn-down");
+            let started = Instant::now();
+            let workers = spawn_workers(settings, args)?;
+            (
+                "burn-down",
+                tasks.len(),
+                enqueue,
+                workers,
+                started,
+            )
+        }
+        Some(rate) => {
+            let workers = spawn_workers(settings, args)?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let total = rate as usize * args.duration as usize;
+            bar.set_length(total as u64);
+            bar.set_message("steady");
+            let started = Instant::now();
+            let mut ticker = tokio::time::interval(Duration::from_millis(10));
+            let per_tick = (rate as f64 / 100.0).max(0.01);
+            let mut sent = 0usize;
+            let mut owed = 0.0;
+            while sent < total {
+                ticker.tick().await;
+                owed += per_tick;
+                let now: Vec<TaskEnvelope> =
+                    (sent..(sent + owed as usize).min(total)).map(task).collect();
+                owed -= now.len() as f64;
+                sent += now.len();
+                broker
+                    .publish_many(&now, Codec::MessagePack, 256, || bar.inc(1))
+                    .await;
+            }
+            let enqueue = total as f64 / started.elapsed().as_secs_f64();
+            ("steady-rate", total, enqueue, workers, started)
+        }
+    };
+    loop {
+        let (done,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM tasks WHERE status IN ('completed', 'dead')",
+        )
+        .fetch_one(store.primary())
+        .await?;
+        bar.set_position(done as u64);
+        if done as usize >= tasks {
+            break;
+        }
+        if workers.iter_mut().any(|w| matches!(w.try_wait(), Ok(Some(_)))) {
+            bail!("a worker process exited during the benchmark");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let (cpu_ms, peak_rss_kib) = workers.iter().fold((0.0, 0u64), |(cpu, rss), w| {
+        let pid = w.id().unwrap_or(0);
+        (cpu + cpu_ms(pid), rss.max(peak_rss_kib(pid)))
+    });
+    for worker in &mut workers {
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+    }
+    let latency: Latency = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+                max(ms) AS max
+           FROM (SELECT extract(epoch FROM completed_at - created_at)::float8 * 1000 AS ms
+                   FROM tasks) AS t",
+    )
+    .fetch_one(store.primary())
+    .await?;
+    Ok(Report {
+        mode,
+        tasks,
+        agent: args.agent.clone(),
+        workers: args.workers,
+        concurrency: args.concurrency,
+        mirror: !args.no_mirror,
+        enqueue_per_sec,
+        burn_down_per_sec: tasks as f64 / elapsed,
+        latency_ms: latency,
+        worker_cpu_ms_per_task: cpu_ms / tasks as f64,
+        worker_peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+    })
+}
+
+/// Starts `swarmd worker` processes on the benchmark's private resources.
+fn spawn_workers(settings: &Settings, args: &Args) -> anyhow::Result<Vec<tokio::process::Child>> {
+    let exe = std::env::current_exe().context("locating the swarmd binary")?;
+    (0..args.workers)
+        .map(|_| {
+            tokio::process::Command::new(&exe)
+                .args(["worker", "--no-migrate", "--concurrency"])
+                .arg(args.concurrency.to_string())
+                .env("SWARM_NATS_URL", settings.nats.url.expose())
+                .env("SWARM_STREAM", &settings.nats.stream)
+                .env("SWARM_SUBJECT_PREFIX", &settings.nats.subject_prefix)
+                .env("SWARM_DATABASE_URL", settings.database.url.expose())
+                .env("SWARM_DATABASE_SCHEMA", &settings.database.schema)
+                .env("SWARM_REDIS_URL", settings.redis.url.expose())
+                .env("SWARM_REDIS_PREFIX", &settings.redis.key_prefix)
+                .env("SWARM_MIRROR", settings.redis.mirror.to_string())
+                .env("SWARM_LOG", "warn")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a worker process")
+        })
+        .collect()
+}
+
+/// User + system CPU time of a process so far, in milliseconds (Linux).
+fn cpu_ms(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    ticks * 1000.0 / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Peak resident set of a process, in KiB (Linux `VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn cleanup(settings: &Settings, broker: &Broker, store: &Store) {
+    let _ = DeadLetterStream::of(broker).delete_stream().await;
+    let _ = broker.delete_stream().await;
+    let _ = store.drop_schema().await;
+    if let Ok(mut redis) = crate::mirror::connect(&settings.redis) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", settings.redis.key_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut redis).await;
+        }
+    }
+}
+
+fn print_table(report: &Report) {
+    let l = &report.latency_ms;
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    println!(
+        "{} of {} `{}` tasks, {} worker processes x {} slots, mirror {}",
+        report.mode,
+        report.tasks,
+        report.agent,
+        report.workers,
+        report.concurrency,
+        if report.mirror { "on" } else { "off" }
+    );
+    println!("  enqueue            {:>10.0} tasks/s", report.enqueue_per_sec);
+    println!("  burn-down          {:>10.0} tasks/s (first pull to last commit)", report.burn_down_per_sec);
+    println!(
+        "  latency (ms)       p50 {}  p95 {}  p99 {}  max {}  (publish to commit)",
+        ms(l.p50),
+        ms(l.p95),
+        ms(l.p99),
+        ms(l.max)
+    );
+    println!("  worker CPU         {:>10.3} ms/task", report.worker_cpu_ms_per_task);
+    println!("  worker peak RSS    {:>10.1} MiB", report.worker_peak_rss_mib);
+}
