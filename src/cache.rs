@@ -13,7 +13,7 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::agent::Agent;
+use crate::{agent::Agent, metrics::Metrics};
 
 /// Longest a cache lookup or store may take before it counts as a miss.
 const PATIENCE: Duration = Duration::from_millis(250);
@@ -79,16 +79,19 @@ impl ResultCache {
                 Ok(Ok(found)) => found,
                 _ => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    Metrics::global().cache.with_label_values(&["error"]).inc();
                     None
                 }
             };
         match found.and_then(|bytes| rmp_serde::from_slice(&bytes).ok()) {
             Some(value) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                Metrics::global().cache.with_label_values(&["hit"]).inc();
                 Some(value)
             }
             None => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                Metrics::global().cache.with_label_values(&["miss"]).inc();
                 None
             }
         }

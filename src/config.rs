@@ -247,6 +247,9 @@ pub struct WorkerSettings {
     /// task is dead-lettered as poison: it is given up once delivered more than
     /// `max_attempts + crash_allowance` times. Default 2. Env: `SWARM_CRASH_ALLOWANCE`.
     pub crash_allowance: u32,
+    /// Where the worker serves `/metrics` and `/health`; empty turns it off. Default
+    /// `0.0.0.0:9464`. Env: `SWARM_METRICS_ADDR`.
+    pub metrics_addr: String,
     /// Milliseconds between rescans of an idle worker, which find redeliveries (new publishes
     /// wake it at once). Default 500.
     pub idle_rescan_ms: u64,
@@ -269,6 +272,7 @@ impl Default for WorkerSettings {
             retry_jitter: 0.2,
             idle_rescan_ms: 500,
             max_payload_bytes: 1024 * 1024,
+            metrics_addr: "0.0.0.0:9464".into(),
             crash_allowance: 2,
         }
     }
@@ -389,6 +393,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_SHUTDOWN_GRACE_SECS") {
             self.worker.shutdown_grace_secs = parsed("SWARM_SHUTDOWN_GRACE_SECS", v)?;
+        }
+        if let Some(v) = lookup("SWARM_METRICS_ADDR") {
+            self.worker.metrics_addr = v;
         }
         if let Some(v) = get("SWARM_WORKER_ID") {
             self.worker.id = Some(v);

@@ -13,6 +13,8 @@
 //! - [`dlq`]: dead letters: the record, and the stream that keeps them for inspection and replay.
 //! - [`mirror`]: the seed's Redis queue contract: mirror of every task's state, intake of
 //!   legacy producers, drift check and rebuild.
+//! - [`metrics`]: every Prometheus metric, in one place.
+//! - [`http`]: the HTTP side: metrics and health endpoints (and request metrics).
 //! - [`store`]: PostgreSQL pools, embedded migrations and the task queries.
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   and the pull loop with graceful shutdown.
@@ -24,6 +26,8 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod http;
+pub mod metrics;
 pub mod mirror;
 pub mod store;
 pub mod task;

@@ -100,6 +100,8 @@ impl Broker {
             duplicate_window: Duration::from_secs(self.settings.duplicate_window_secs),
             max_message_size: MAX_MESSAGE_BYTES,
             num_replicas: self.settings.replicas,
+            // Lets `swarmd status` and the backlog gauges read the oldest waiting task.
+            allow_direct: true,
             description: Some("SwarmDirector tasks, keyed by priority and agent type".into()),
             ..Default::default()
         };

@@ -123,13 +123,7 @@ async fn bench(
             bar.set_message("burn-down");
             let started = Instant::now();
             let workers = spawn_workers(settings, args)?;
-            (
-                "burn-down",
-                tasks.len(),
-                enqueue,
-                workers,
-                started,
-            )
+            ("burn-down", tasks.len(), enqueue, workers, started)
         }
         Some(rate) => {
             let workers = spawn_workers(settings, args)?;
@@ -145,8 +139,9 @@ async fn bench(
             while sent < total {
                 ticker.tick().await;
                 owed += per_tick;
-                let now: Vec<TaskEnvelope> =
-                    (sent..(sent + owed as usize).min(total)).map(task).collect();
+                let now: Vec<TaskEnvelope> = (sent..(sent + owed as usize).min(total))
+                    .map(task)
+                    .collect();
                 owed -= now.len() as f64;
                 sent += now.len();
                 broker
@@ -158,16 +153,18 @@ async fn bench(
         }
     };
     loop {
-        let (done,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM tasks WHERE status IN ('completed', 'dead')",
-        )
-        .fetch_one(store.primary())
-        .await?;
+        let (done,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM tasks WHERE status IN ('completed', 'dead')")
+                .fetch_one(store.primary())
+                .await?;
         bar.set_position(done as u64);
         if done as usize >= tasks {
             break;
         }
-        if workers.iter_mut().any(|w| matches!(w.try_wait(), Ok(Some(_)))) {
+        if workers
+            .iter_mut()
+            .any(|w| matches!(w.try_wait(), Ok(Some(_))))
+        {
             bail!("a worker process exited during the benchmark");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -224,6 +221,7 @@ fn spawn_workers(settings: &Settings, args: &Args) -> anyhow::Result<Vec<tokio::
                 .env("SWARM_REDIS_PREFIX", &settings.redis.key_prefix)
                 .env("SWARM_MIRROR", settings.redis.mirror.to_string())
                 .env("SWARM_LOG", "warn")
+                .env("SWARM_METRICS_ADDR", "")
                 .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
@@ -291,8 +289,14 @@ fn print_table(report: &Report) {
         report.concurrency,
         if report.mirror { "on" } else { "off" }
     );
-    println!("  enqueue            {:>10.0} tasks/s", report.enqueue_per_sec);
-    println!("  burn-down          {:>10.0} tasks/s (first pull to last commit)", report.burn_down_per_sec);
+    println!(
+        "  enqueue            {:>10.0} tasks/s",
+        report.enqueue_per_sec
+    );
+    println!(
+        "  burn-down          {:>10.0} tasks/s (first pull to last commit)",
+        report.burn_down_per_sec
+    );
     println!(
         "  latency (ms)       p50 {}  p95 {}  p99 {}  max {}  (publish to commit)",
         ms(l.p50),
@@ -300,6 +304,12 @@ fn print_table(report: &Report) {
         ms(l.p99),
         ms(l.max)
     );
-    println!("  worker CPU         {:>10.3} ms/task", report.worker_cpu_ms_per_task);
-    println!("  worker peak RSS    {:>10.1} MiB", report.worker_peak_rss_mib);
+    println!(
+        "  worker CPU         {:>10.3} ms/task",
+        report.worker_cpu_ms_per_task
+    );
+    println!(
+        "  worker peak RSS    {:>10.1} MiB",
+        report.worker_peak_rss_mib
+    );
 }

@@ -8,6 +8,7 @@ use crate::{
     agent::{AgentRegistry, builtin::CrashAgent},
     broker::Broker,
     config::Settings,
+    http,
     store::Store,
     worker,
 };
@@ -59,11 +60,25 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     settings.redis.mirror &= !args.no_mirror;
     settings.redis.intake &= !args.no_intake;
     settings.redis.cache &= !args.no_cache;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_addr = settings.worker.metrics_addr.clone();
+    if !metrics_addr.is_empty() {
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        match http::serve(&metrics_addr, http::metrics_router(), stopped).await {
+            Ok((bound, _)) => tracing::info!("metrics on http://{bound}/metrics"),
+            // Another worker on this machine may hold the port: work on without it.
+            Err(error) => tracing::warn!(%error, addr = %metrics_addr, "metrics endpoint off"),
+        }
+    }
     let fleet = worker::assemble(&settings, broker, store, registry)
         .context("setting up the legacy Redis side")?;
-    fleet
+    let ran = fleet
         .run(super::shutdown_signal(), Duration::from_secs(5))
         .await
-        .context("running the worker")?;
+        .context("running the worker");
+    let _ = stop_tx.send(true);
+    ran?;
     Ok(())
 }

@@ -142,6 +142,7 @@ impl Intake {
                     .publish(&task, Codec::Json)
                     .await
                     .map_err(|e| MirrorError::Publish(e.to_string()))?;
+                crate::metrics::Metrics::global().legacy_intake.inc();
                 true
             }
             Err((reason, error)) => {

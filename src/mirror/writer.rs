@@ -17,7 +17,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::{LegacyKeys, MirrorEvent, scripts};
-use crate::store::Store;
+use crate::{metrics::Metrics, store::Store};
 
 /// Moves waiting to be written; beyond this the mirror drops and catches up later.
 const QUEUE: usize = 100_000;
@@ -87,6 +87,7 @@ impl Mirror {
     pub fn record(&self, event: MirrorEvent) {
         if self.tx.try_send(event).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            Metrics::global().mirror_dropped.inc();
             let mut since = self.dropped_since.lock().expect("mirror lock");
             since.get_or_insert_with(|| Utc::now() - chrono::Duration::seconds(1));
         }
@@ -121,6 +122,7 @@ impl Writer {
             let oldest = batch.iter().map(|e| e.at).min().unwrap_or_else(Utc::now);
             let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
             self.stats.lag_ms.store(lag, Ordering::Relaxed);
+            Metrics::global().mirror_lag_ms.set(lag as i64);
             self.catch_up_if_needed().await;
         }
     }

@@ -6,6 +6,7 @@
 //! - [`retry`]: the exponential, jittered delay between attempts.
 //! - [`settler`]: commits outcomes in batches, then acknowledges each message.
 //! - [`assembly`]: a worker with the mirror, intake and cache its settings enable.
+//! - [`gauges`]: backlog, oldest waiting task and connection gauges.
 //! - [`alarm`]: wakes an idle worker when a retry it scheduled is due.
 //! - [`runner`]: the pull loop and graceful shutdown around them.
 
@@ -13,6 +14,7 @@ pub mod alarm;
 pub mod assembly;
 pub mod delivery;
 pub mod executor;
+pub mod gauges;
 pub mod outcome;
 pub mod retry;
 pub mod runner;

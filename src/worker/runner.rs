@@ -20,8 +20,9 @@ use super::{
     Executor, Outcome, RetryPolicy, abandoned,
     alarm::RetryAlarms,
     delivery::{self, DeliveryInfo, TaskDelivery},
+    gauges,
     outcome::Record,
-    settler::{self, Settlement, SettlerConfig, Sinks, WorkerCounts},
+    settler::{self, Settlement, SettlerConfig, Sinks, TaskMeta, WorkerCounts},
 };
 use crate::{
     agent::AgentRegistry,
@@ -29,10 +30,14 @@ use crate::{
     cache::ResultCache,
     config::WorkerSettings,
     dlq::{DeadLetterStream, DeadReason, DlqError},
+    metrics::Metrics,
     mirror::{self, Intake, Mirror, MirrorEvent},
     store::{Claim, Store, StoreError},
     task::MAX_PRIORITY,
 };
+
+/// How often the backlog and connection gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Pause after a failed pull or claim before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
@@ -137,6 +142,12 @@ impl Worker {
         if let Some((intake, every)) = self.intake.take() {
             sidecars.spawn(intake.run(every, stopped(stopping_rx.clone())));
         }
+        sidecars.spawn(gauges::run(
+            self.broker.clone(),
+            self.store.clone(),
+            GAUGE_INTERVAL,
+            stopped(stopping_rx.clone()),
+        ));
         self.dead_letters.ensure().await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (abandon_tx, abandon_rx) = watch::channel(false);
@@ -397,6 +408,7 @@ impl Dispatch<'_> {
                     label: outcome.label(),
                     slot: Some(p.slot),
                     mirror: event,
+                    meta: Some(TaskMeta::of(&p.delivery.task)),
                 };
                 if self.settle_tx.send(settlement).await.is_err() {
                     tracing::error!("settler stopped; the message will be redelivered");
@@ -429,6 +441,7 @@ impl Dispatch<'_> {
             label,
             slot: Some(slot),
             mirror: None,
+            meta: None,
         };
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!("settler stopped; the message will be redelivered");
@@ -451,6 +464,8 @@ async fn run_one(
         slot,
     } = pending;
     let started = Instant::now();
+    let metrics = Metrics::global();
+    metrics.in_flight.inc();
     let outcome = {
         let run = executor.execute(&delivery.task, delivery.attempt());
         tokio::pin!(run);
@@ -469,12 +484,18 @@ async fn run_one(
             }
         }
     };
+    metrics.in_flight.dec();
+    metrics
+        .agent_duration
+        .with_label_values(&[delivery.task.agent_type.as_str()])
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(task_id = %delivery.task.id, agent = %delivery.task.agent_type,
         attempt = delivery.attempt(), outcome = outcome.label(),
         elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
     let settlement = Settlement {
         record: outcome.record(&delivery, &worker_id),
         mirror: outcome.mirror_event(&delivery, &worker_id),
+        meta: Some(TaskMeta::of(&delivery.task)),
         acker,
         ack: outcome.ack_kind(),
         label: outcome.label(),

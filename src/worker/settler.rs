@@ -26,6 +26,7 @@ use tokio::{
 use super::{abandoned, alarm::RetryAlarms, outcome::Record};
 use crate::{
     dlq::DeadLetterStream,
+    metrics::Metrics,
     mirror::{Mirror, MirrorEvent},
     store::{Settled, Store},
 };
@@ -45,6 +46,26 @@ pub struct Settlement {
     pub slot: Option<OwnedSemaphorePermit>,
     /// The legacy-key move to make once the record is stored.
     pub mirror: Option<MirrorEvent>,
+    /// What the metrics need to know of the task, when it decoded.
+    pub meta: Option<TaskMeta>,
+}
+
+/// The labels and clock of a task, for its metrics.
+#[derive(Debug, Clone)]
+pub struct TaskMeta {
+    pub agent_type: String,
+    pub priority: u8,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl TaskMeta {
+    pub fn of(task: &crate::task::TaskEnvelope) -> Self {
+        Self {
+            agent_type: task.agent_type.clone(),
+            priority: task.priority,
+            created_at: task.created_at,
+        }
+    }
 }
 
 /// Running totals of settled deliveries, by outcome.
@@ -169,6 +190,7 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             Ok(applied) => break applied,
             Err(error) => {
                 sinks.counts.store_failures.fetch_add(1, Ordering::Relaxed);
+                Metrics::global().store_failures.inc();
                 tracing::error!(%error, size = batch.len(), retry_in_ms = pause.as_millis() as u64,
                     "cannot store outcomes; holding the batch");
             }
@@ -189,7 +211,7 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
         }
         pause = (pause * 2).min(STORE_RETRY_MAX);
     };
-    for settlement in batch {
+    for mut settlement in batch {
         let row = match &settlement.record {
             Record::Task(settled) | Record::Dead(settled, _) => Some(settled),
             _ => None,
@@ -200,11 +222,12 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             // A newer attempt owns the row, or it is already final: leave this delivery
             // alone; if nobody acks it, its redelivery is recognised as a duplicate at claim.
             sinks.counts.fenced.fetch_add(1, Ordering::Relaxed);
+            Metrics::global().duplicate_executions.inc();
             tracing::warn!(task_id = %settled.id, attempt = settled.attempt,
                 "late outcome fenced off: another attempt committed first");
             continue;
         }
-        if let (Some(mirror), Some(event)) = (&sinks.mirror, settlement.mirror) {
+        if let (Some(mirror), Some(event)) = (&sinks.mirror, settlement.mirror.take()) {
             mirror.record(event);
         }
         if let AckKind::Nak(Some(delay)) = settlement.ack {
@@ -214,8 +237,49 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");
         }
         sinks.counts.count(settlement.label);
+        record_metrics(&settlement);
     }
 }
+
+/// Counts one settled delivery: its outcome, its end-to-end time, its dead letter.
+fn record_metrics(settlement: &Settlement) {
+    let metrics = Metrics::global();
+    let letter = match &settlement.record {
+        Record::Dead(_, letter) | Record::Rejected(letter) => Some(letter),
+        _ => None,
+    };
+    if let Some(letter) = letter {
+        metrics
+            .dead_letters
+            .with_label_values(&[letter.agent_type.as_str(), letter.reason.as_str()])
+            .inc();
+    }
+    let agent_type = match (&settlement.meta, letter) {
+        (Some(meta), _) => meta.agent_type.as_str(),
+        (None, Some(letter)) => letter.agent_type.as_str(),
+        (None, None) => "unknown",
+    };
+    metrics
+        .agent_tasks
+        .with_label_values(&[agent_type, settlement.label])
+        .inc();
+    if let Some(meta) = &settlement.meta
+        && matches!(settlement.label, "completed" | "dead")
+    {
+        let elapsed = (chrono::Utc::now() - meta.created_at)
+            .num_microseconds()
+            .unwrap_or(0);
+        metrics
+            .end_to_end
+            .with_label_values(&[
+                agent_type,
+                PRIORITY_LABELS[usize::from(meta.priority.min(9))],
+            ])
+            .observe(elapsed.max(0) as f64 / 1e6);
+    }
+}
+
+const PRIORITY_LABELS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// Either half of storing a batch failed.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ mod dead_letters;
 mod delivery;
 mod faults;
 mod legacy;
+mod metrics;
 mod pipeline;
 mod priority;
 mod wire;

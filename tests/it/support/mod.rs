@@ -212,6 +212,7 @@ impl TestEnv {
             ("SWARM_ACK_WAIT_SECS", s.nats.ack_wait_secs.to_string()),
             ("SWARM_REDIS_URL", s.redis.url.expose().to_string()),
             ("SWARM_REDIS_PREFIX", s.redis.key_prefix.clone()),
+            ("SWARM_METRICS_ADDR", String::new()),
             ("SWARM_LOG", "warn".to_string()),
         ]
     }

@@ -1,0 +1,72 @@
+//! The HTTP side of a process: `/metrics` and `/health` for every worker, and the request
+//! metrics middleware that every route shares.
+
+use std::{net::SocketAddr, time::Instant};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::metrics::Metrics;
+
+/// `GET /metrics` (Prometheus text) and `GET /health`, with request metrics.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn(track))
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        Metrics::global().render(),
+    )
+}
+
+/// Counts and times every request by method, route template (never the raw path, so
+/// label values stay bounded) and status.
+pub async fn track(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = Metrics::global();
+    metrics
+        .http_requests
+        .with_label_values(&[&method, &endpoint, response.status().as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[&method, &endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves `router` on `addr` until `shutdown`; returns the bound address (port 0 picks one).
+///
+/// Fails when the address cannot be bound.
+pub async fn serve(
+    addr: &str,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(%error, "HTTP server stopped");
+        }
+    });
+    Ok((bound, handle))
+}

@@ -1,0 +1,229 @@
+//! Every metric of the fleet, in one place: names, labels and help. Label values are
+//! bounded (agent types, priorities, statuses, reasons): never task ids.
+//!
+//! The seed's names are kept (`http_requests_total`, `http_request_duration_seconds`,
+//! `agent_tasks_total`, `agent_processing_duration_seconds`, `active_database_connections`,
+//! `task_queue_size`); the rest follow Prometheus conventions.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests served, by method, route and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency, by method and route.
+    pub http_duration: HistogramVec,
+    /// Settled task deliveries, by agent type and outcome (completed, retry, dead,
+    /// duplicate, rejected, abandoned).
+    pub agent_tasks: IntCounterVec,
+    /// Time an agent took to run one attempt, by agent type.
+    pub agent_duration: HistogramVec,
+    /// Publish to committed outcome, by agent type and priority.
+    pub end_to_end: HistogramVec,
+    /// Dead letters written, by agent type and reason.
+    pub dead_letters: IntCounterVec,
+    /// Late outcomes fenced off: an agent ran twice for one committed result.
+    pub duplicate_executions: IntCounter,
+    /// Batches whose commit failed and was retried.
+    pub store_failures: IntCounter,
+    /// Database connections in use.
+    pub db_connections: IntGauge,
+    /// Messages waiting per queue (`p0`..`p9`: pending per priority; `in_flight`:
+    /// delivered, not yet acknowledged).
+    pub queue_size: IntGaugeVec,
+    /// Age of the oldest waiting task per priority, in seconds (0 when none waits).
+    pub oldest_pending: IntGaugeVec,
+    /// Result cache lookups, by result (hit, miss, error).
+    pub cache: IntCounterVec,
+    /// Milliseconds between a task move and its write to the legacy keys (last batch).
+    pub mirror_lag_ms: IntGauge,
+    /// Legacy-key moves dropped during a Redis outage (caught up later).
+    pub mirror_dropped: IntCounter,
+    /// Legacy tasks taken in from `agent_tasks`.
+    pub legacy_intake: IntCounter,
+    /// Tasks this process is running now.
+    pub in_flight: IntGauge,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+/// 1 ms to 5 min.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0,
+    ]
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    /// The process-wide metrics.
+    pub fn global() -> &'static Metrics {
+        &GLOBAL
+    }
+
+    fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            http_requests: counter_vec(
+                &r,
+                "http_requests_total",
+                "HTTP requests",
+                &["method", "endpoint", "status"],
+            ),
+            http_duration: histogram_vec(
+                &r,
+                "http_request_duration_seconds",
+                "HTTP request latency",
+                &["method", "endpoint"],
+                latency_buckets(),
+            ),
+            agent_tasks: counter_vec(
+                &r,
+                "agent_tasks_total",
+                "Settled task deliveries by outcome",
+                &["agent_type", "status"],
+            ),
+            agent_duration: histogram_vec(
+                &r,
+                "agent_processing_duration_seconds",
+                "Agent run time per attempt",
+                &["agent_type"],
+                latency_buckets(),
+            ),
+            end_to_end: histogram_vec(
+                &r,
+                "task_end_to_end_seconds",
+                "Task creation to committed outcome",
+                &["agent_type", "priority"],
+                latency_buckets(),
+            ),
+            dead_letters: counter_vec(
+                &r,
+                "task_dead_letters_total",
+                "Dead letters written",
+                &["agent_type", "reason"],
+            ),
+            duplicate_executions: counter(
+                &r,
+                "task_duplicate_executions_total",
+                "Late outcomes fenced off after another attempt committed",
+            ),
+            store_failures: counter(
+                &r,
+                "task_store_failures_total",
+                "Outcome batches whose commit failed and was retried",
+            ),
+            db_connections: gauge(
+                &r,
+                "active_database_connections",
+                "Database connections in use",
+            ),
+            queue_size: gauge_vec(
+                &r,
+                "task_queue_size",
+                "Tasks waiting per priority (p0-p9) and in flight",
+                &["queue_type"],
+            ),
+            oldest_pending: gauge_vec(
+                &r,
+                "task_backlog_oldest_age_seconds",
+                "Age of the oldest waiting task per priority",
+                &["priority"],
+            ),
+            cache: counter_vec(
+                &r,
+                "result_cache_requests_total",
+                "Result cache lookups",
+                &["result"],
+            ),
+            mirror_lag_ms: gauge(
+                &r,
+                "legacy_mirror_lag_milliseconds",
+                "Delay between a task move and its legacy-key write",
+            ),
+            mirror_dropped: counter(
+                &r,
+                "legacy_mirror_dropped_total",
+                "Legacy-key moves dropped while Redis was away",
+            ),
+            legacy_intake: counter(
+                &r,
+                "legacy_intake_total",
+                "Tasks taken in from legacy producers",
+            ),
+            in_flight: gauge(
+                &r,
+                "worker_tasks_in_flight",
+                "Tasks this process is running",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// Observes one duration in seconds.
+    pub fn observe(histogram: &Histogram, seconds: f64) {
+        histogram.observe(seconds.max(0.0));
+    }
+}
