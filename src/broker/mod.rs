@@ -10,5 +10,5 @@ mod subjects;
 pub use connection::Broker;
 pub use error::BrokerError;
 pub use publisher::{PublishReceipt, headers};
-pub use puller::{Doorbell, PriorityPuller};
+pub use puller::{Doorbell, Priorities, PriorityPuller};
 pub use subjects::Subjects;

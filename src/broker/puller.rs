@@ -4,7 +4,7 @@
 //! order, highest first, with no-wait fetches, so a backlog always drains from the top. When
 //! every consumer is empty the worker subscribes to the task subjects with plain core NATS
 //! (the *doorbell*): the next publish at any priority wakes it within a network round trip,
-//! and it fetches again starting at the priority that rang. Redeliveries (a retry delay that
+//! and it fetches again from just the priorities that rang, highest first. Redeliveries (a retry delay that
 //! ran out, a lease that expired) are not publishes, so an idle worker also rescans on a slow
 //! backstop timer.
 
@@ -26,6 +26,28 @@ use crate::task::MAX_PRIORITY;
 /// it, and asked with a much shorter patience until it answers again.
 const FETCH_TIMEOUT: Duration = Duration::from_millis(500);
 const STUCK_FETCH_TIMEOUT: Duration = Duration::from_millis(25);
+
+/// A set of priorities, bit `p` for priority `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priorities(u16);
+
+impl Priorities {
+    pub const ALL: Priorities = Priorities((1 << (MAX_PRIORITY + 1)) - 1);
+    pub const NONE: Priorities = Priorities(0);
+
+    pub fn with(self, priority: u8) -> Self {
+        Priorities(self.0 | 1 << priority.min(MAX_PRIORITY))
+    }
+
+    pub fn contains(self, priority: u8) -> bool {
+        self.0 & (1 << priority) != 0
+    }
+
+    /// Highest first.
+    pub fn descending(self) -> impl Iterator<Item = u8> {
+        (0..=MAX_PRIORITY).rev().filter(move |p| self.contains(*p))
+    }
+}
 
 /// Pulls from the per-priority consumers, highest priority first.
 pub struct PriorityPuller {
@@ -51,20 +73,20 @@ impl PriorityPuller {
         }
     }
 
-    /// Takes up to `max` waiting messages without waiting for new ones, from priority `from`
-    /// down to 0. Fewer than `max` means every consumer from `from` down was drained (or
+    /// Takes up to `max` waiting messages without waiting for new ones from the consumers of
+    /// `priorities`, highest first. Fewer than `max` means each of them was drained (or
     /// skipped because it did not answer).
     ///
     /// Fails only when no consumer could be asked at all (the connection is down).
     pub async fn fetch_available(
         &self,
         max: usize,
-        from: u8,
+        priorities: Priorities,
     ) -> Result<Vec<jetstream::Message>, BrokerError> {
         let mut taken = Vec::with_capacity(max);
         let mut last_error = None;
         let mut answered = false;
-        for priority in (0..=from.min(MAX_PRIORITY)).rev() {
+        for priority in priorities.descending() {
             let wanted = max - taken.len();
             if wanted == 0 {
                 break;
@@ -158,21 +180,23 @@ pub struct Doorbell {
 }
 
 impl Doorbell {
-    /// Waits for a publish, then returns the highest priority rung so far. `None` when the
+    /// Waits for a publish, then returns every priority that rang so far. `None` when the
     /// connection closed the subscription.
-    pub async fn ring(&mut self) -> Option<u8> {
+    pub async fn ring(&mut self) -> Option<Priorities> {
         let first = self.subscriber.next().await?;
-        let mut highest = self.priority_of(&first.subject);
+        let mut rung = self.priorities_of(&first.subject);
         while let Some(Some(more)) = self.subscriber.next().now_or_never() {
-            highest = highest.max(self.priority_of(&more.subject));
+            rung = Priorities(rung.0 | self.priorities_of(&more.subject).0);
         }
-        Some(highest)
+        Some(rung)
     }
 
-    fn priority_of(&self, subject: &str) -> u8 {
+    fn priorities_of(&self, subject: &str) -> Priorities {
         // A subject we cannot parse still rang: look everywhere.
         self.subjects
             .parse_task(subject)
-            .map_or(MAX_PRIORITY, |(priority, _)| priority)
+            .map_or(Priorities::ALL, |(priority, _)| {
+                Priorities::NONE.with(priority)
+            })
     }
 }

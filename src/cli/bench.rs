@@ -59,6 +59,8 @@ struct Report {
     enqueue_per_sec: f64,
     burn_down_per_sec: f64,
     latency_ms: Latency,
+    /// Publish to claim (queueing, pull, claim statement).
+    pickup_ms: Latency,
     worker_cpu_ms_per_task: f64,
     worker_peak_rss_mib: f64,
 }
@@ -179,16 +181,22 @@ async fn bench(
         let _ = worker.start_kill();
         let _ = worker.wait().await;
     }
-    let latency: Latency = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95,
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
-                max(ms) AS max
-           FROM (SELECT extract(epoch FROM completed_at - created_at)::float8 * 1000 AS ms
-                   FROM tasks) AS t",
-    )
-    .fetch_one(store.primary())
-    .await?;
+    let percentiles = |until: &str| {
+        format!(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+                    percentile_cont(0.95) WITHIN GROUP (ORDER BY ms) AS p95,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+                    max(ms) AS max
+               FROM (SELECT extract(epoch FROM {until} - created_at)::float8 * 1000 AS ms
+                       FROM tasks) AS t"
+        )
+    };
+    let latency: Latency = sqlx::query_as(sqlx::AssertSqlSafe(percentiles("completed_at")))
+        .fetch_one(store.primary())
+        .await?;
+    let pickup: Latency = sqlx::query_as(sqlx::AssertSqlSafe(percentiles("started_at")))
+        .fetch_one(store.primary())
+        .await?;
     Ok(Report {
         mode,
         tasks,
@@ -199,6 +207,7 @@ async fn bench(
         enqueue_per_sec,
         burn_down_per_sec: tasks as f64 / elapsed,
         latency_ms: latency,
+        pickup_ms: pickup,
         worker_cpu_ms_per_task: cpu_ms / tasks as f64,
         worker_peak_rss_mib: peak_rss_kib as f64 / 1024.0,
     })
@@ -303,6 +312,14 @@ fn print_table(report: &Report) {
         ms(l.p95),
         ms(l.p99),
         ms(l.max)
+    );
+    let p = &report.pickup_ms;
+    println!(
+        "  pick-up (ms)       p50 {}  p95 {}  p99 {}  max {}  (publish to claim)",
+        ms(p.p50),
+        ms(p.p95),
+        ms(p.p99),
+        ms(p.max)
     );
     println!(
         "  worker CPU         {:>10.3} ms/task",

@@ -26,14 +26,13 @@ use super::{
 };
 use crate::{
     agent::AgentRegistry,
-    broker::{Broker, BrokerError, Doorbell},
+    broker::{Broker, BrokerError, Doorbell, Priorities},
     cache::ResultCache,
     config::WorkerSettings,
     dlq::{DeadLetterStream, DeadReason, DlqError},
     metrics::Metrics,
     mirror::{self, Intake, Mirror, MirrorEvent},
     store::{Claim, Store, StoreError},
-    task::MAX_PRIORITY,
 };
 
 /// How often the backlog and connection gauges are refreshed.
@@ -182,7 +181,7 @@ impl Worker {
 
         tokio::pin!(shutdown);
         let rescan = Duration::from_millis(self.settings.idle_rescan_ms);
-        let mut start_at = MAX_PRIORITY;
+        let mut scan = Priorities::ALL;
         // Subscribed while the consumers are drained; dropped while a backlog keeps us busy,
         // so a busy worker does not receive a copy of every publish.
         let mut doorbell: Option<Doorbell> = None;
@@ -198,7 +197,7 @@ impl Worker {
                 .available_permits()
                 .min(self.settings.fetch_batch)
                 .max(1);
-            let messages = match puller.fetch_available(wanted, start_at).await {
+            let messages = match puller.fetch_available(wanted, scan).await {
                 Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(%error, "pull failed; retrying");
@@ -206,7 +205,7 @@ impl Worker {
                     continue;
                 }
             };
-            start_at = MAX_PRIORITY;
+            scan = Priorities::ALL;
             let drained = messages.len() < wanted;
             if !messages.is_empty() {
                 dispatch.run(messages, &slots, &mut running).await;
@@ -231,7 +230,7 @@ impl Worker {
                 biased;
                 _ = &mut shutdown => break,
                 rung = bell.ring() => match rung {
-                    Some(priority) => start_at = priority,
+                    Some(rung) => scan = rung,
                     None => doorbell = None,
                 },
                 _ = alarms.wait(rescan) => {}

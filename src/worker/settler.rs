@@ -1,8 +1,9 @@
 //! Commits outcomes in batches and only then tells the broker.
 //!
-//! Outcomes arrive on a channel; the settler gathers up to `commit_batch` of them, waiting at
-//! most `commit_linger` for company, and stores each batch while earlier batches may still be
-//! in flight (up to `commit_parallelism`), so one slow commit does not stall the rest.
+//! Outcomes arrive on a channel; the settler gathers up to `commit_batch` of them — waiting
+//! at most `commit_linger` for company, and only while another commit is in flight — and
+//! stores each batch while earlier batches may still be in flight (up to
+//! `commit_parallelism`), so one slow commit does not stall the rest.
 //! Storing a batch is: dead letters published (and confirmed) to the dead-letter stream,
 //! then every row updated in one statement. Only then is each message acknowledged, nak'd or
 //! terminated. If storing fails (PostgreSQL or NATS away), the batch is retried with growing
@@ -138,8 +139,17 @@ async fn run(mut rx: mpsc::Receiver<Settlement>, sinks: Sinks, config: SettlerCo
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::with_capacity(config.batch);
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.linger;
+        // Take what is already queued. Linger for more only while another commit is in
+        // flight (group commit): an idle settler commits at once, a busy one fills batches.
         while batch.len() < config.batch {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let busy = commits.available_permits() < config.parallelism.max(1);
+        let deadline = tokio::time::Instant::now() + config.linger;
+        while busy && batch.len() < config.batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(more)) => batch.push(more),
                 Ok(None) | Err(_) => break,
