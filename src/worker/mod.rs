@@ -27,7 +27,7 @@ pub use retry::RetryPolicy;
 pub use runner::{Worker, WorkerError};
 pub use settler::WorkerCounts;
 
-/// Completes once the runner says the grace period is over: in-flight work hands itself back.
-async fn abandoned(signal: &mut tokio::sync::watch::Receiver<bool>) {
+/// Completes once `signal` is raised (shutdown began, or the grace period is over).
+async fn raised(signal: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = signal.wait_for(|stop| *stop).await;
 }

@@ -17,11 +17,12 @@ use tokio::{
 };
 
 use super::{
-    Executor, Outcome, RetryPolicy, abandoned,
+    Executor, Outcome, RetryPolicy,
     alarm::RetryAlarms,
     delivery::{self, DeliveryInfo, TaskDelivery},
     gauges,
     outcome::Record,
+    raised,
     settler::{self, Settlement, SettlerConfig, Sinks, TaskMeta, WorkerCounts},
 };
 use crate::{
@@ -38,7 +39,11 @@ use crate::{
 /// How often the backlog and connection gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Pause after a failed pull or claim before trying again.
+/// First and longest pause between claims while the database is away.
+const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(100);
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Pause after a failed pull before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why a worker could not run.
@@ -168,10 +173,13 @@ impl Worker {
             },
         );
         let mut running = JoinSet::new();
+        // The shutdown signal as a flag every part of the loop can watch.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let dispatch = Dispatch {
             worker: &self,
             settle_tx: &settle_tx,
             abandon_rx: &abandon_rx,
+            shutdown_rx: shutdown_rx.clone(),
             heartbeat: self.broker.settings().ack_wait() / 2,
             // Leave room for the record's other fields and headers.
             max_dead_letter_body: (self.broker.client().server_info().max_payload)
@@ -179,61 +187,74 @@ impl Worker {
         };
         tracing::info!(worker_id = %self.worker_id, concurrency = self.settings.concurrency, "worker started");
 
-        tokio::pin!(shutdown);
         let rescan = Duration::from_millis(self.settings.idle_rescan_ms);
-        let mut scan = Priorities::ALL;
-        // Subscribed while the consumers are drained; dropped while a backlog keeps us busy,
-        // so a busy worker does not receive a copy of every publish.
-        let mut doorbell: Option<Doorbell> = None;
-        loop {
-            // Wait for a free slot, then ask for as many tasks as there are free slots.
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                slot = slots.acquire() => drop(slot),
-            }
-            while running.try_join_next().is_some() {}
-            let wanted = slots
-                .available_permits()
-                .min(self.settings.fetch_batch)
-                .max(1);
-            let messages = match puller.fetch_available(wanted, scan).await {
-                Ok(messages) => messages,
-                Err(error) => {
-                    tracing::warn!(%error, "pull failed; retrying");
-                    tokio::time::sleep(ERROR_BACKOFF).await;
+        let mut stop = shutdown_rx.clone();
+        let pull = async {
+            let mut scan = Priorities::ALL;
+            // Subscribed while the consumers are drained; dropped while a backlog keeps us busy,
+            // so a busy worker does not receive a copy of every publish.
+            let mut doorbell: Option<Doorbell> = None;
+            loop {
+                // Wait for a free slot, then ask for as many tasks as there are free slots.
+                tokio::select! {
+                    biased;
+                    _ = raised(&mut stop) => break,
+                    slot = slots.acquire() => drop(slot),
+                }
+                while running.try_join_next().is_some() {}
+                let wanted = slots
+                    .available_permits()
+                    .min(self.settings.fetch_batch)
+                    .max(1);
+                let messages = match puller.fetch_available(wanted, scan).await {
+                    Ok(messages) => messages,
+                    Err(error) => {
+                        tracing::warn!(%error, "pull failed; retrying");
+                        tokio::time::sleep(ERROR_BACKOFF).await;
+                        continue;
+                    }
+                };
+                scan = Priorities::ALL;
+                let drained = messages.len() < wanted;
+                if !messages.is_empty() {
+                    dispatch.run(messages, &slots, &mut running).await;
+                }
+                if !drained {
+                    doorbell = None;
                     continue;
                 }
-            };
-            scan = Priorities::ALL;
-            let drained = messages.len() < wanted;
-            if !messages.is_empty() {
-                dispatch.run(messages, &slots, &mut running).await;
-            }
-            if !drained {
-                doorbell = None;
-                continue;
-            }
-            let Some(bell) = doorbell.as_mut() else {
-                // Subscribe, then scan once more: a publish just before the subscription
-                // rang no bell.
-                match puller.doorbell().await {
-                    Ok(bell) => doorbell = Some(bell),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot subscribe to the doorbell");
-                        tokio::time::sleep(ERROR_BACKOFF).await;
+                let Some(bell) = doorbell.as_mut() else {
+                    // Subscribe, then scan once more: a publish just before the subscription
+                    // rang no bell.
+                    match puller.doorbell().await {
+                        Ok(bell) => doorbell = Some(bell),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot subscribe to the doorbell");
+                            tokio::time::sleep(ERROR_BACKOFF).await;
+                        }
                     }
+                    continue;
+                };
+                tokio::select! {
+                    biased;
+                    _ = raised(&mut stop) => break,
+                    rung = bell.ring() => match rung {
+                        Some(rung) => scan = rung,
+                        None => doorbell = None,
+                    },
+                    _ = alarms.wait(rescan) => {}
                 }
-                continue;
-            };
+            }
+        };
+        {
+            tokio::pin!(pull);
+            tokio::pin!(shutdown);
             tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                rung = bell.ring() => match rung {
-                    Some(rung) => scan = rung,
-                    None => doorbell = None,
-                },
-                _ = alarms.wait(rescan) => {}
+                _ = &mut pull => {}
+                _ = &mut shutdown => {
+                    let _ = shutdown_tx.send(true);
+                    pull.await;
+                }
             }
         }
 
@@ -267,6 +288,8 @@ struct Dispatch<'a> {
     worker: &'a Worker,
     settle_tx: &'a mpsc::Sender<Settlement>,
     abandon_rx: &'a watch::Receiver<bool>,
+    /// True once shutdown began: stop waiting for the database, hand tasks back.
+    shutdown_rx: watch::Receiver<bool>,
     heartbeat: Duration,
     /// Largest raw body kept in a dead letter: what fits in one NATS message.
     max_dead_letter_body: usize,
@@ -344,25 +367,39 @@ impl Dispatch<'_> {
         if pending.is_empty() {
             return;
         }
-        let claims: Vec<Claim> = pending
-            .iter()
-            .map(|p| Claim {
-                task: &p.delivery.task,
-                attempt: p.delivery.attempt(),
-            })
-            .collect();
-        let mut runnable = match worker.store.claim(&claims, &worker.worker_id).await {
-            Ok(runnable) => runnable,
-            Err(error) => {
-                tracing::error!(%error, "claim failed; handing the batch back");
-                for p in pending {
-                    let later = AckKind::Nak(Some(ERROR_BACKOFF));
-                    self.settle(p.acker, Record::Nothing, later, "requeued", p.slot)
-                        .await;
+        // The database may be away: hold the batch (renewing its leases, so deliveries are
+        // not used up) and retry, rather than hand it back to come round again and again.
+        let mut pause = CLAIM_RETRY_FIRST;
+        let mut stop = self.shutdown_rx.clone();
+        let mut runnable = loop {
+            let claims: Vec<Claim> = pending
+                .iter()
+                .map(|p| Claim {
+                    task: &p.delivery.task,
+                    attempt: p.delivery.attempt(),
+                })
+                .collect();
+            match worker.store.claim(&claims, &worker.worker_id).await {
+                Ok(runnable) => break runnable,
+                Err(error) => {
+                    tracing::error!(%error, retry_in_ms = pause.as_millis() as u64,
+                        "claim failed; holding the batch");
                 }
-                tokio::time::sleep(ERROR_BACKOFF).await;
-                return;
             }
+            for p in &pending {
+                let _ = p.acker.ack_with(AckKind::Progress).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = raised(&mut stop) => {
+                    for p in pending {
+                        self.settle(p.acker, Record::Nothing, AckKind::Nak(None), "requeued", p.slot)
+                            .await;
+                    }
+                    return;
+                }
+            }
+            pause = (pause * 2).min(CLAIM_RETRY_MAX);
         };
         for mut p in pending {
             let Some(claimed) = runnable.remove(&p.delivery.task.id) else {
@@ -479,7 +516,7 @@ async fn run_one(
                     // Still working: renew the lease so no second worker gets the task.
                     let _ = acker.ack_with(AckKind::Progress).await;
                 }
-                _ = abandoned(&mut abandon) => break Outcome::Abandoned,
+                _ = raised(&mut abandon) => break Outcome::Abandoned,
             }
         }
     };

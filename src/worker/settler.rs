@@ -24,7 +24,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{abandoned, alarm::RetryAlarms, outcome::Record};
+use super::{alarm::RetryAlarms, outcome::Record, raised};
 use crate::{
     dlq::DeadLetterStream,
     metrics::Metrics,
@@ -211,7 +211,7 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = abandoned(&mut abandon) => {
+            _ = raised(&mut abandon) => {
                 tracing::warn!(size = batch.len(), "shutting down: handing an unstored batch back");
                 for settlement in batch {
                     let _ = settlement.acker.ack_with(AckKind::Nak(None)).await;

@@ -185,6 +185,10 @@ async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
         restored.elapsed().as_secs_f64()
     );
     assert!(rows.iter().all(|r| r.status == "completed"));
+    assert!(
+        rows.iter().all(|r| r.attempts == 1),
+        "the outage used up no deliveries (held batches keep their leases)"
+    );
     let counts = worker.stop().await;
     assert_eq!(count(&counts.completed), 200);
     assert_eq!(env.stream_messages().await, 0);
