@@ -15,6 +15,7 @@
 //!   legacy producers, drift check and rebuild.
 //! - [`metrics`]: every Prometheus metric, in one place.
 //! - [`http`]: the HTTP side: metrics and health endpoints (and request metrics).
+//! - [`telemetry`]: logs, and traces carried in NATS headers and exported over OTLP.
 //! - [`store`]: PostgreSQL pools, embedded migrations and the task queries.
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   and the pull loop with graceful shutdown.
@@ -31,4 +32,5 @@ pub mod metrics;
 pub mod mirror;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 pub mod worker;

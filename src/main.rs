@@ -5,7 +5,13 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = swarm_director::cli::Cli::parse();
-    swarm_director::cli::init_logging(&cli);
+    let _telemetry = match swarm_director::cli::init_telemetry(&cli) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match swarm_director::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     idempotency_key text,
     -- Set when the task replays a dead letter: the id of the dead task.
     replay_of       uuid,
+    -- The OpenTelemetry trace the task belongs to (32 hex digits), when traced.
+    trace_id        text,
     created_at      timestamptz NOT NULL,
     started_at      timestamptz,
     completed_at    timestamptz,

@@ -95,6 +95,19 @@ impl Broker {
         let mut headers = HeaderMap::new();
         headers.insert(headers::MSG_ID, task.id.to_string().as_str());
         headers.insert(headers::CONTENT_TYPE, codec.content_type());
+        // The producer's span: the worker's spans for this task become its children.
+        let span = tracing::debug_span!(
+            "publish",
+            otel.name = %format_args!("publish {}", subject),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation = "publish",
+            messaging.destination.name = %subject,
+            messaging.message.id = %task.id,
+            task.id = %task.id,
+            agent_type = %task.agent_type,
+        );
+        crate::telemetry::inject(&span, &mut headers);
         self.jetstream()
             .publish_with_headers(subject.clone(), headers, body)
             .await

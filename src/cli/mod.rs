@@ -38,6 +38,9 @@ pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "SWARM_LOG_JSON")]
     pub log_json: bool,
+    /// Export traces over OTLP/HTTP to this base URL (e.g. http://localhost:4318).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,18 +65,11 @@ pub enum Command {
     Mirror(mirror::Args),
 }
 
-/// Sets up logging from the command line; call once, before `run`.
-pub fn init_logging(cli: &Cli) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Sets up logs and traces from the command line; call once, before `run`, inside the
+/// runtime. Keep the returned guard alive: dropping it flushes the spans.
+pub fn init_telemetry(cli: &Cli) -> anyhow::Result<crate::telemetry::Telemetry> {
+    crate::telemetry::init(&cli.log, cli.log_json, cli.otlp_endpoint.as_deref())
+        .context("setting up tracing")
 }
 
 /// Runs the chosen subcommand.

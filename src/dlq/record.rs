@@ -159,6 +159,12 @@ pub struct DeadLetter {
     pub source: Source,
     pub worker_id: String,
     pub dead_at: DateTime<Utc>,
+    /// The trace the task belongs to (32 hex digits), when it was traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The producer's W3C `traceparent`: a replay continues this trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl DeadLetter {

@@ -2,6 +2,8 @@
 //! to the original by `replay_of`, and the record removed once the new task is stored.
 
 use chrono::Utc;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{DeadLetterStream, DlqError, StoredDeadLetter};
@@ -50,8 +52,14 @@ pub async fn replay(
         .as_ref()
         .ok_or_else(|| ReplayError::NoEnvelope(letter.id, letter.reason.to_string()))?;
     let task = replay_envelope(original);
+    // The replay continues the dead task's trace.
+    let span = tracing::info_span!("replay", task.id = %letter.id, replay.id = %task.id);
+    if let Some(traceparent) = &letter.traceparent {
+        let _ = span.set_parent(crate::telemetry::from_traceparent(traceparent));
+    }
     broker
         .publish(&task, Codec::MessagePack)
+        .instrument(span)
         .await
         .map_err(|source| ReplayError::Publish {
             id: letter.id,

@@ -191,6 +191,8 @@ impl Intake {
             },
             worker_id: self.worker_id.clone(),
             dead_at: Utc::now(),
+            trace_id: None,
+            traceparent: None,
         };
         self.dead_letters
             .publish(&[letter])

@@ -57,6 +57,8 @@ pub struct Claim<'a> {
     pub task: &'a TaskEnvelope,
     /// JetStream's delivery count: 1 on the first delivery.
     pub attempt: u32,
+    /// The producer's trace id, when the task is traced.
+    pub trace_id: Option<String>,
 }
 
 /// What a claim tells about a task that may run.
@@ -112,6 +114,7 @@ pub struct TaskRecord {
     pub worker_id: Option<String>,
     pub idempotency_key: Option<String>,
     pub replay_of: Option<Uuid>,
+    pub trace_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -144,16 +147,18 @@ impl Store {
             .collect();
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.task.created_at).collect();
         let replay_of: Vec<Option<Uuid>> = claims.iter().map(|c| c.task.replay_of).collect();
+        let trace_ids: Vec<Option<&str>> = claims.iter().map(|c| c.trace_id.as_deref()).collect();
         let rows: Vec<(Uuid, Value, DateTime<Utc>)> = sqlx::query_as(
             "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
-                                idempotency_key, created_at, replay_of, worker_id, started_at,
-                                updated_at)
+                                idempotency_key, created_at, replay_of, trace_id, worker_id,
+                                started_at, updated_at)
              SELECT t.id, t.agent_type, t.priority, t.data, 'processing', t.attempts,
-                    t.max_attempts, t.idempotency_key, t.created_at, t.replay_of, $9, now(), now()
+                    t.max_attempts, t.idempotency_key, t.created_at, t.replay_of, t.trace_id, $9,
+                    now(), now()
              FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
-                         $6::int4[], $7::text[], $8::timestamptz[], $10::uuid[])
+                         $6::int4[], $7::text[], $8::timestamptz[], $10::uuid[], $11::text[])
                   AS t(id, agent_type, priority, data, attempts, max_attempts,
-                       idempotency_key, created_at, replay_of)
+                       idempotency_key, created_at, replay_of, trace_id)
              ON CONFLICT (id) DO UPDATE
                 SET status = 'processing', attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
@@ -171,6 +176,7 @@ impl Store {
         .bind(&created)
         .bind(worker_id)
         .bind(&replay_of)
+        .bind(&trace_ids)
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("claiming tasks"))?;

@@ -37,6 +37,8 @@ pub struct TaskDelivery {
     pub previous_errors: Vec<AttemptError>,
     /// When this delivery was claimed.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The producer's span context, from the message headers.
+    pub trace: opentelemetry::Context,
 }
 
 impl TaskDelivery {
@@ -66,6 +68,8 @@ impl TaskDelivery {
             source: self.info.source(),
             worker_id: worker_id.to_string(),
             dead_at: chrono::Utc::now(),
+            trace_id: crate::telemetry::trace_id(&self.trace),
+            traceparent: crate::telemetry::traceparent(&self.trace),
         }
     }
 }
@@ -207,6 +211,8 @@ pub fn rejected_letter(
         source: info.source(),
         worker_id: worker_id.to_string(),
         dead_at: chrono::Utc::now(),
+        trace_id: None,
+        traceparent: None,
     }
 }
 

@@ -15,6 +15,8 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
 };
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     Executor, Outcome, RetryPolicy,
@@ -355,6 +357,7 @@ impl Dispatch<'_> {
                 Ok(task) => pending.push(Pending {
                     delivery: TaskDelivery {
                         task,
+                        trace: crate::telemetry::extract(message.headers.as_ref()),
                         info,
                         previous_errors: Vec::new(),
                         started_at: chrono::Utc::now(),
@@ -377,6 +380,7 @@ impl Dispatch<'_> {
                 .map(|p| Claim {
                     task: &p.delivery.task,
                     attempt: p.delivery.attempt(),
+                    trace_id: crate::telemetry::trace_id(&p.delivery.trace),
                 })
                 .collect();
             match worker.store.claim(&claims, &worker.worker_id).await {
@@ -445,6 +449,7 @@ impl Dispatch<'_> {
                     slot: Some(p.slot),
                     mirror: event,
                     meta: Some(TaskMeta::of(&p.delivery.task)),
+                    span: tracing::Span::none(),
                 };
                 if self.settle_tx.send(settlement).await.is_err() {
                     tracing::error!("settler stopped; the message will be redelivered");
@@ -478,6 +483,7 @@ impl Dispatch<'_> {
             slot: Some(slot),
             mirror: None,
             meta: None,
+            span: tracing::Span::none(),
         };
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!("settler stopped; the message will be redelivered");
@@ -502,8 +508,27 @@ async fn run_one(
     let started = Instant::now();
     let metrics = Metrics::global();
     metrics.in_flight.inc();
+    // Continues the producer's trace (OpenTelemetry messaging conventions).
+    let trace_id = crate::telemetry::trace_id(&delivery.trace);
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {}", delivery.task.agent_type),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation = "process",
+        messaging.destination.name = %delivery.info.subject,
+        messaging.message.id = %delivery.task.id,
+        task.id = %delivery.task.id,
+        agent_type = %delivery.task.agent_type,
+        attempt = delivery.attempt(),
+        trace_id = trace_id.as_deref().unwrap_or(""),
+    );
+    let _ = span.set_parent(delivery.trace.clone());
     let outcome = {
-        let run = executor.execute(&delivery.task, delivery.attempt());
+        let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
+        let run = executor
+            .execute(&delivery.task, delivery.attempt())
+            .instrument(agent_span);
         tokio::pin!(run);
         let mut beat = tokio::time::interval_at(
             tokio::time::Instant::now() + heartbeat,
@@ -532,6 +557,7 @@ async fn run_one(
         record: outcome.record(&delivery, &worker_id),
         mirror: outcome.mirror_event(&delivery, &worker_id),
         meta: Some(TaskMeta::of(&delivery.task)),
+        span,
         acker,
         ack: outcome.ack_kind(),
         label: outcome.label(),

@@ -23,6 +23,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinSet,
 };
+use tracing::Instrument;
 
 use super::{alarm::RetryAlarms, outcome::Record, raised};
 use crate::{
@@ -49,6 +50,8 @@ pub struct Settlement {
     pub mirror: Option<MirrorEvent>,
     /// What the metrics need to know of the task, when it decoded.
     pub meta: Option<TaskMeta>,
+    /// The task's `process` span: parent of the commit, mirror and ack spans.
+    pub span: tracing::Span,
 }
 
 /// The labels and clock of a task, for its metrics.
@@ -184,6 +187,11 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             Record::Nothing => {}
         }
     }
+    // One commit span per task, all covering the shared batch commit.
+    let commit_spans: Vec<tracing::Span> = batch
+        .iter()
+        .map(|s| tracing::debug_span!(parent: &s.span, "db.commit", batch.size = batch.len()))
+        .collect();
     let mut pause = STORE_RETRY_FIRST;
     let mut abandon = sinks.abandon.clone();
     let applied = loop {
@@ -221,6 +229,7 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
         }
         pause = (pause * 2).min(STORE_RETRY_MAX);
     };
+    drop(commit_spans);
     for mut settlement in batch {
         let row = match &settlement.record {
             Record::Task(settled) | Record::Dead(settled, _) => Some(settled),
@@ -238,12 +247,14 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             continue;
         }
         if let (Some(mirror), Some(event)) = (&sinks.mirror, settlement.mirror.take()) {
+            let _mirror = tracing::debug_span!(parent: &settlement.span, "mirror.write").entered();
             mirror.record(event);
         }
         if let AckKind::Nak(Some(delay)) = settlement.ack {
             sinks.alarms.set(delay);
         }
-        if let Err(error) = settlement.acker.ack_with(settlement.ack).await {
+        let ack_span = tracing::debug_span!(parent: &settlement.span, "ack", kind = ?settlement.ack);
+        if let Err(error) = settlement.acker.ack_with(settlement.ack).instrument(ack_span).await {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");
         }
         sinks.counts.count(settlement.label);

@@ -1,0 +1,172 @@
+//! Logs and traces. Logs are structured (`tracing`), human-readable or JSON. Traces follow a
+//! task from its producer to the database: the producer's span context travels in the NATS
+//! headers (W3C `traceparent`/`tracestate`) and the worker's spans continue that trace.
+//! Spans are exported over OTLP/HTTP only when an endpoint is configured; without one no
+//! OpenTelemetry layer is installed and spans cost what a plain `tracing` span costs.
+
+use async_nats::HeaderMap;
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Why tracing could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
+    Exporter { endpoint: String, reason: String },
+}
+
+/// Keeps the exporter alive; dropping it flushes the spans still queued.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber: a log layer filtered by `filter`, and an OpenTelemetry
+/// layer exporting to `otlp_endpoint` (an OTLP/HTTP base URL such as `http://jaeger:4318`)
+/// when one is given.
+///
+/// Fails when the exporter cannot be built; call once, inside the Tokio runtime.
+pub fn init(
+    filter: &str,
+    json_logs: bool,
+    otlp_endpoint: Option<&str>,
+) -> Result<Telemetry, TelemetryError> {
+    let provider = otlp_endpoint
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(otlp_provider)
+        .transpose()?;
+    tracing_subscriber::registry()
+        .with(log_layer(filter, json_logs))
+        .with(provider.as_ref().map(|p| trace_layer(p.tracer("swarmd"))))
+        .init();
+    Ok(Telemetry { provider })
+}
+
+/// The log layer, filtered on its own so traces can hold finer spans than the logs show.
+pub fn log_layer<S>(filter: &str, json: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if json {
+        logs.json().with_filter(filter).boxed()
+    } else {
+        logs.with_filter(filter).boxed()
+    }
+}
+
+/// The OpenTelemetry layer: every fleet span (the per-task ones are at debug level, so they
+/// cost nothing when no exporter is set).
+pub fn trace_layer<S>(tracer: opentelemetry_sdk::trace::SdkTracer) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new("warn,swarm_director=debug"))
+        .boxed()
+}
+
+/// An OTLP/HTTP exporter of spans to `endpoint` with a batching processor.
+///
+/// Fails when the exporter cannot be built.
+pub fn otlp_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    // The hyper client (the `hyper-client` feature) runs on this Tokio runtime.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(&traces)
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: traces.clone(),
+            reason: e.to_string(),
+        })?;
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("swarmd")
+                .build(),
+        )
+        .build())
+}
+
+/// Writes the span context of `span` into NATS headers (`traceparent`, `tracestate`).
+/// Writes nothing when no trace is being recorded.
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    }
+}
+
+/// The producer's span context carried by a message's headers.
+pub fn extract(headers: Option<&HeaderMap>) -> Context {
+    match headers {
+        Some(headers) => TraceContextPropagator::new().extract(&HeaderExtractor(headers)),
+        None => Context::new(),
+    }
+}
+
+/// The trace id of a context, as 32 hex digits, when it carries a trace.
+pub fn trace_id(context: &Context) -> Option<String> {
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The W3C `traceparent` of a context, when it carries a trace.
+pub fn traceparent(context: &Context) -> Option<String> {
+    let mut headers = HeaderMap::new();
+    TraceContextPropagator::new().inject_context(context, &mut HeaderInjector(&mut headers));
+    headers.get("traceparent").map(|v| v.as_str().to_string())
+}
+
+/// A context continuing the trace of a stored `traceparent`.
+pub fn from_traceparent(traceparent: &str) -> Context {
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    extract(Some(&headers))
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
