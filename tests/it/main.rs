@@ -12,4 +12,5 @@ mod legacy;
 mod metrics;
 mod pipeline;
 mod priority;
+mod traces;
 mod wire;
