@@ -74,7 +74,9 @@ where
 
 /// The OpenTelemetry layer: every fleet span (the per-task ones are at debug level, so they
 /// cost nothing when no exporter is set).
-pub fn trace_layer<S>(tracer: opentelemetry_sdk::trace::SdkTracer) -> Box<dyn Layer<S> + Send + Sync>
+pub fn trace_layer<S>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {

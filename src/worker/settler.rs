@@ -253,8 +253,14 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
         if let AckKind::Nak(Some(delay)) = settlement.ack {
             sinks.alarms.set(delay);
         }
-        let ack_span = tracing::debug_span!(parent: &settlement.span, "ack", kind = ?settlement.ack);
-        if let Err(error) = settlement.acker.ack_with(settlement.ack).instrument(ack_span).await {
+        let ack_span =
+            tracing::debug_span!(parent: &settlement.span, "ack", kind = ?settlement.ack);
+        if let Err(error) = settlement
+            .acker
+            .ack_with(settlement.ack)
+            .instrument(ack_span)
+            .await
+        {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");
         }
         sinks.counts.count(settlement.label);

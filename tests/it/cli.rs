@@ -149,16 +149,36 @@ async fn bench_runs_and_prints_sane_figures() {
     let env = TestEnv::new().await;
     let out = env
         .swarmd()
-        .args(["bench", "--n", "2000", "--workers", "1", "--concurrency", "64", "--json"])
+        .args([
+            "bench",
+            "--n",
+            "2000",
+            "--workers",
+            "1",
+            "--concurrency",
+            "64",
+            "--json",
+        ])
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(report["tasks"], 2000);
-    for field in ["enqueue_per_sec", "burn_down_per_sec", "worker_peak_rss_mib"] {
-        assert!(report[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {report}");
+    for field in [
+        "enqueue_per_sec",
+        "burn_down_per_sec",
+        "worker_peak_rss_mib",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {report}"
+        );
     }
     let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
     let max = report["latency_ms"]["max"].as_f64().unwrap();

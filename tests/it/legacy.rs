@@ -159,7 +159,9 @@ async fn a_native_task_moves_through_the_legacy_keys_in_the_seeds_shape() {
 
     fleet.stop().await;
     assert_eq!(
-        swarm_director::metrics::Metrics::global().legacy_intake.get(),
+        swarm_director::metrics::Metrics::global()
+            .legacy_intake
+            .get(),
         0,
         "the intake did not take the fleet's own waiting entries back in"
     );
@@ -180,12 +182,18 @@ async fn a_legacy_task_claimed_by_a_process_that_died_is_still_processed() {
     let (member, _) = waiting_member(&env, id).await.unwrap();
     let claimed_long_ago = chrono::Utc::now().timestamp_millis() - 60_000;
     let _: () = redis.zrem(&k.agent_tasks, &member).await.unwrap();
-    let _: () = redis.hset(&k.intake, &member, claimed_long_ago).await.unwrap();
+    let _: () = redis
+        .hset(&k.intake, &member, claimed_long_ago)
+        .await
+        .unwrap();
 
     let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
     let rows = env.wait_finished(&[id], Duration::from_secs(20)).await;
     fleet.stop().await;
-    assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("completed", 1));
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].attempts),
+        ("completed", 1)
+    );
     let left: usize = redis.hlen(&k.intake).await.unwrap();
     assert_eq!(left, 0, "the claim record is cleared once published");
     env.cleanup().await;

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod dead_letters;
 mod delivery;
+mod deploy;
 mod faults;
 mod legacy;
 mod metrics;

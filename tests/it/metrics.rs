@@ -129,6 +129,7 @@ async fn a_worker_process_exposes_what_it_did() {
             "{name} missing from\n{metrics}"
         );
     }
+    assert_prometheus_text(&metrics);
     let again = get(port, "/metrics").await;
     assert!(
         value(
@@ -168,4 +169,36 @@ async fn backlog_gauges_show_depth_and_age_per_priority() {
     );
     assert_eq!(metrics.oldest_pending.with_label_values(&["4"]).get(), 0);
     env.cleanup().await;
+}
+
+/// Every line of the body is a comment or `name{labels} value` in the text format.
+fn assert_prometheus_text(response: &str) {
+    let body = response.split("\r\n\r\n").nth(1).expect("an HTTP body");
+    for line in body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "bad value in {line:?}"
+        );
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line:?}"
+            );
+        }
+    }
 }

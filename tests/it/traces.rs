@@ -53,7 +53,7 @@ fn spans_of(trace: TraceId) -> Vec<SpanData> {
         .collect()
 }
 
-fn children<'a>(spans: &'a [SpanData], parent: SpanId) -> Vec<&'a str> {
+fn children(spans: &[SpanData], parent: SpanId) -> Vec<&str> {
     spans
         .iter()
         .filter(|s| s.parent_span_id == parent)
@@ -75,27 +75,56 @@ async fn a_task_and_its_retry_form_one_trace_from_the_producer() {
         .get_finished_spans()
         .unwrap()
         .into_iter()
-        .find(|s| s.name.starts_with("publish ") && attribute(s, "task.id") == Some(task.id.to_string()))
+        .find(|s| {
+            s.name.starts_with("publish ") && attribute(s, "task.id") == Some(task.id.to_string())
+        })
         .expect("the producer's span");
     let trace = publish.span_context.trace_id();
-    assert_eq!(rows[0].trace_id, Some(trace.to_string()), "trace id stored with the row");
+    assert_eq!(
+        rows[0].trace_id,
+        Some(trace.to_string()),
+        "trace id stored with the row"
+    );
 
     let spans = spans_of(trace);
     let processes: Vec<&SpanData> = spans.iter().filter(|s| s.name == "process fail").collect();
-    assert_eq!(processes.len(), 2, "both attempts in the producer's trace: {:?}",
-        spans.iter().map(|s| s.name.as_ref()).collect::<Vec<_>>());
+    assert_eq!(
+        processes.len(),
+        2,
+        "both attempts in the producer's trace: {:?}",
+        spans.iter().map(|s| s.name.as_ref()).collect::<Vec<_>>()
+    );
     for process in &processes {
-        assert_eq!(process.parent_span_id, publish.span_context.span_id(), "child of the producer");
-        assert_eq!(attribute(process, "messaging.system").as_deref(), Some("nats"));
-        assert_eq!(attribute(process, "messaging.message.id"), Some(task.id.to_string()));
+        assert_eq!(
+            process.parent_span_id,
+            publish.span_context.span_id(),
+            "child of the producer"
+        );
+        assert_eq!(
+            attribute(process, "messaging.system").as_deref(),
+            Some("nats")
+        );
+        assert_eq!(
+            attribute(process, "messaging.message.id"),
+            Some(task.id.to_string())
+        );
         assert_eq!(attribute(process, "agent_type").as_deref(), Some("fail"));
         let kids = children(&spans, process.span_context.span_id());
         for expected in ["agent.run", "db.commit", "ack"] {
-            assert!(kids.contains(&expected), "{expected} missing under process: {kids:?}");
+            assert!(
+                kids.contains(&expected),
+                "{expected} missing under process: {kids:?}"
+            );
         }
     }
-    let attempts: Vec<String> = processes.iter().filter_map(|p| attribute(p, "attempt")).collect();
-    assert!(attempts.contains(&"1".to_string()) && attempts.contains(&"2".to_string()), "{attempts:?}");
+    let attempts: Vec<String> = processes
+        .iter()
+        .filter_map(|p| attribute(p, "attempt"))
+        .collect();
+    assert!(
+        attempts.contains(&"1".to_string()) && attempts.contains(&"2".to_string()),
+        "{attempts:?}"
+    );
     env.cleanup().await;
 }
 
@@ -108,15 +137,32 @@ async fn a_dead_letter_keeps_the_trace_and_its_replay_continues_it() {
     env.broker.publish(&task, Codec::Json).await.unwrap();
     let letters = env.wait_dead_letters(1, Duration::from_secs(10)).await;
     let letter = &letters[0];
-    let trace_id = letter.letter.trace_id.clone().expect("trace id in the dead letter");
-    assert!(letter.letter.traceparent.as_deref().unwrap().contains(&trace_id));
+    let trace_id = letter
+        .letter
+        .trace_id
+        .clone()
+        .expect("trace id in the dead letter");
+    assert!(
+        letter
+            .letter
+            .traceparent
+            .as_deref()
+            .unwrap()
+            .contains(&trace_id)
+    );
 
     let replayed = swarm_director::dlq::replay(&env.broker, &env.dead_letters(), letter)
         .await
         .unwrap();
-    let rows = env.wait_finished(&[replayed], Duration::from_secs(10)).await;
+    let rows = env
+        .wait_finished(&[replayed], Duration::from_secs(10))
+        .await;
     worker.stop().await;
-    assert_eq!(rows[0].trace_id.as_deref(), Some(trace_id.as_str()), "the replay joins the trace");
+    assert_eq!(
+        rows[0].trace_id.as_deref(),
+        Some(trace_id.as_str()),
+        "the replay joins the trace"
+    );
     env.cleanup().await;
 }
 
