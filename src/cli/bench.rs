@@ -274,15 +274,8 @@ async fn cleanup(settings: &Settings, broker: &Broker, store: &Store) {
     let _ = broker.delete_stream().await;
     let _ = store.drop_schema().await;
     if let Ok(mut redis) = crate::mirror::connect(&settings.redis) {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", settings.redis.key_prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> =
-                redis::cmd("DEL").arg(&keys).query_async(&mut redis).await;
-        }
+        let _ =
+            crate::mirror::delete_keys_with_prefix(&mut redis, &settings.redis.key_prefix).await;
     }
 }
 

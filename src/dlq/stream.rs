@@ -170,15 +170,8 @@ impl DeadLetterStream {
     ///
     /// Fails when the stream cannot be read or holds a record that is not a dead letter.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<StoredDeadLetter>, DlqError> {
-        let read_error = |reason: String| DlqError::Read {
-            stream: self.name.clone(),
-            reason,
-        };
-        let stream = self
-            .jetstream
-            .get_stream(&self.name)
-            .await
-            .map_err(|e| read_error(e.to_string()))?;
+        let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
+        let stream = self.stream().await?;
         if stream.cached_info().state.messages == 0 {
             return Ok(Vec::new());
         }
@@ -193,15 +186,12 @@ impl DeadLetterStream {
                 ..Default::default()
             })
             .await
-            .map_err(|e| read_error(e.to_string()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| read_error(e.to_string()))?;
+            .map_err(|e| read_error(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| read_error(&e))?;
         let mut found = Vec::new();
         while let Ok(Some(message)) = tokio::time::timeout(READ_IDLE, messages.next()).await {
-            let message = message.map_err(|e| read_error(e.to_string()))?;
-            let info = message.info().map_err(|e| read_error(e.to_string()))?;
+            let message = message.map_err(|e| read_error(&e))?;
+            let info = message.info().map_err(|e| read_error(&e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             let letter: DeadLetter =
                 serde_json::from_slice(&message.payload).map_err(|e| DlqError::Corrupt {
@@ -229,33 +219,18 @@ impl DeadLetterStream {
 
     /// Removes one record (after a successful replay).
     pub async fn delete(&self, sequence: u64) -> Result<(), DlqError> {
-        let read_error = |reason: String| DlqError::Read {
-            stream: self.name.clone(),
-            reason,
-        };
-        let stream = self
-            .jetstream
-            .get_stream(&self.name)
-            .await
-            .map_err(|e| read_error(e.to_string()))?;
-        stream
+        self.stream()
+            .await?
             .delete_message(sequence)
             .await
             .map(|_| ())
-            .map_err(|e| read_error(e.to_string()))
+            .map_err(|e| self.read_error(&e))
     }
 
     /// Removes every record, or those of one agent type; returns how many.
     pub async fn purge(&self, agent_type: Option<&str>) -> Result<u64, DlqError> {
-        let read_error = |reason: String| DlqError::Read {
-            stream: self.name.clone(),
-            reason,
-        };
-        let stream = self
-            .jetstream
-            .get_stream(&self.name)
-            .await
-            .map_err(|e| read_error(e.to_string()))?;
+        let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
+        let stream = self.stream().await?;
         let response = match agent_type {
             Some(agent) => {
                 stream
@@ -265,8 +240,22 @@ impl DeadLetterStream {
             }
             None => stream.purge().await,
         }
-        .map_err(|e| read_error(e.to_string()))?;
+        .map_err(|e| read_error(&e))?;
         Ok(response.purged)
+    }
+
+    async fn stream(&self) -> Result<jetstream::stream::Stream, DlqError> {
+        self.jetstream
+            .get_stream(&self.name)
+            .await
+            .map_err(|e| self.read_error(&e))
+    }
+
+    fn read_error(&self, error: &dyn std::fmt::Display) -> DlqError {
+        DlqError::Read {
+            stream: self.name.clone(),
+            reason: error.to_string(),
+        }
     }
 
     /// Deletes the stream (tests and benchmarks).

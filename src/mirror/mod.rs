@@ -55,3 +55,23 @@ pub fn connect(settings: &RedisSettings) -> Result<redis::aio::ConnectionManager
         client, config,
     )?)
 }
+
+/// Deletes every key starting with `prefix` (benchmarks and tests clean up with this).
+///
+/// Fails when Redis does not answer.
+pub async fn delete_keys_with_prefix(
+    redis: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+) -> Result<usize, MirrorError> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(redis)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(redis)
+            .await?;
+    }
+    Ok(keys.len())
+}

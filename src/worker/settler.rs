@@ -242,6 +242,8 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             // alone; if nobody acks it, its redelivery is recognised as a duplicate at claim.
             sinks.counts.fenced.fetch_add(1, Ordering::Relaxed);
             Metrics::global().duplicate_executions.inc();
+            // Logged in the task's span, so the line carries its trace id.
+            let _in_task = settlement.span.enter();
             tracing::warn!(task_id = %settled.id, attempt = settled.attempt,
                 "late outcome fenced off: another attempt committed first");
             continue;

@@ -254,16 +254,8 @@ impl TestEnv {
         if let Ok(client) = redis::Client::open(self.settings.redis.url.expose())
             && let Ok(mut redis) = client.get_multiplexed_async_connection().await
         {
-            let pattern = format!("{}*", self.settings.redis.key_prefix);
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query_async(&mut redis)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> =
-                    redis::cmd("DEL").arg(&keys).query_async(&mut redis).await;
-            }
+            let prefix = &self.settings.redis.key_prefix;
+            let _ = swarm_director::mirror::delete_keys_with_prefix(&mut redis, prefix).await;
         }
         let _ = self.dead_letters().delete_stream().await;
         let _ = self.broker.delete_stream().await;
