@@ -38,6 +38,10 @@ use crate::{
     store::{Claim, Store, StoreError},
 };
 
+/// A bell whose scan found nothing is followed up after 1, 4 and 16 ms.
+const BELL_FOLLOW_UP: Duration = Duration::from_millis(1);
+const BELL_FOLLOW_UPS: u32 = 3;
+
 /// How often the backlog and connection gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -193,6 +197,9 @@ impl Worker {
         let mut stop = shutdown_rx.clone();
         let pull = async {
             let mut scan = Priorities::ALL;
+            // Empty scans in a row after a bell: the doorbell can ring before JetStream has
+            // stored the message, so a bell that finds nothing is followed up shortly.
+            let mut bell_misses = 0u32;
             // Subscribed while the consumers are drained; dropped while a backlog keeps us busy,
             // so a busy worker does not receive a copy of every publish.
             let mut doorbell: Option<Doorbell> = None;
@@ -216,7 +223,15 @@ impl Worker {
                         continue;
                     }
                 };
+                let rung = scan;
                 scan = Priorities::ALL;
+                if messages.is_empty() && rung != Priorities::ALL && bell_misses < BELL_FOLLOW_UPS {
+                    tokio::time::sleep(BELL_FOLLOW_UP * 4u32.pow(bell_misses)).await;
+                    bell_misses += 1;
+                    scan = rung;
+                    continue;
+                }
+                bell_misses = 0;
                 let drained = messages.len() < wanted;
                 if !messages.is_empty() {
                     dispatch.run(messages, &slots, &mut running).await;
