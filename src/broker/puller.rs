@@ -39,6 +39,10 @@ impl Priorities {
         Priorities(self.0 | 1 << priority.min(MAX_PRIORITY))
     }
 
+    pub fn union(self, other: Priorities) -> Self {
+        Priorities(self.0 | other.0)
+    }
+
     pub fn contains(self, priority: u8) -> bool {
         self.0 & (1 << priority) != 0
     }
@@ -186,7 +190,7 @@ impl Doorbell {
         let first = self.subscriber.next().await?;
         let mut rung = self.priorities_of(&first.subject);
         while let Some(Some(more)) = self.subscriber.next().now_or_never() {
-            rung = Priorities(rung.0 | self.priorities_of(&more.subject).0);
+            rung = rung.union(self.priorities_of(&more.subject));
         }
         Some(rung)
     }

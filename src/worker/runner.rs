@@ -38,9 +38,9 @@ use crate::{
     store::{Claim, Store, StoreError},
 };
 
-/// A bell whose scan found nothing is followed up after 1, 4 and 16 ms.
+/// A bell whose scan found nothing is followed up after 1 and 4 ms.
 const BELL_FOLLOW_UP: Duration = Duration::from_millis(1);
-const BELL_FOLLOW_UPS: u32 = 3;
+const BELL_FOLLOW_UPS: u32 = 2;
 
 /// How often the backlog and connection gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -226,9 +226,17 @@ impl Worker {
                 let rung = scan;
                 scan = Priorities::ALL;
                 if messages.is_empty() && rung != Priorities::ALL && bell_misses < BELL_FOLLOW_UPS {
-                    tokio::time::sleep(BELL_FOLLOW_UP * 4u32.pow(bell_misses)).await;
+                    // Look again soon, or at once when another bell rings meanwhile.
                     bell_misses += 1;
                     scan = rung;
+                    let follow_up = tokio::time::sleep(BELL_FOLLOW_UP * 4u32.pow(bell_misses - 1));
+                    match doorbell.as_mut() {
+                        Some(bell) => tokio::select! {
+                            more = bell.ring() => scan = more.map_or(rung, |more| rung.union(more)),
+                            _ = follow_up => {}
+                        },
+                        None => follow_up.await,
+                    }
                     continue;
                 }
                 bell_misses = 0;

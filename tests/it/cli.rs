@@ -49,7 +49,7 @@ async fn publish_from_a_file_checks_every_line_first() {
         "{stderr}"
     );
     assert!(stderr.contains("nothing was published"), "{stderr}");
-    assert_eq!(env.stream_messages().await, 0);
+    env.assert_stream_drains("every message acknowledged").await;
 
     let published = swarmd(&env)
         .args(["publish", "--file"])
@@ -136,11 +136,8 @@ async fn sigterm_lets_in_flight_tasks_finish_and_exits_zero() {
         rows.iter().all(|r| r.status == "completed"),
         "in-flight tasks finished"
     );
-    assert_eq!(
-        env.stream_messages().await,
-        0,
-        "and were acknowledged before exit"
-    );
+    env.assert_stream_drains("and were acknowledged before exit")
+        .await;
     env.cleanup().await;
 }
 

@@ -63,7 +63,7 @@ async fn a_committed_task_delivered_again_is_acked_without_running() {
         after.completed_at, before[0].completed_at,
         "the row was not touched"
     );
-    assert_eq!(env.stream_messages().await, 0);
+    env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
 
@@ -121,7 +121,7 @@ async fn a_killed_worker_loses_nothing() {
         21,
         "each committed result ran once here"
     );
-    assert_eq!(env.stream_messages().await, 0);
+    env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
 

@@ -88,7 +88,7 @@ async fn workers_killed_at_random_lose_nothing() {
         .await
         .unwrap();
     assert_eq!(rows_total, 5000);
-    assert_eq!(env.stream_messages().await, 0, "every message acknowledged");
+    env.assert_stream_drains("every message acknowledged").await;
     for mut worker in workers {
         let _ = worker.start_kill();
         let _ = worker.wait().await;
@@ -197,7 +197,7 @@ async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
     );
     let counts = worker.stop().await;
     assert_eq!(count(&counts.completed), 200);
-    assert_eq!(env.stream_messages().await, 0);
+    env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
 

@@ -365,7 +365,7 @@ async fn two_fleet_processes_take_a_legacy_backlog_in_once() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(env.stream_messages().await, 0, "published once each");
+    env.assert_stream_drains("published once each").await;
     for worker in &mut workers {
         let _ = worker.start_kill();
         let _ = worker.wait().await;

@@ -60,7 +60,7 @@ async fn every_builtin_agent_commits_its_result() {
 
     let counts = worker.stop().await;
     assert_eq!(count(&counts.completed), 6);
-    assert_eq!(env.stream_messages().await, 0, "every message acknowledged");
+    env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
 
@@ -132,7 +132,7 @@ async fn retries_wait_then_succeed_or_end_dead() {
     let counts = worker.stop().await;
     assert_eq!(count(&counts.retried), 3);
     assert_eq!(count(&counts.dead), 2);
-    assert_eq!(env.stream_messages().await, 0);
+    env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
 
@@ -163,6 +163,6 @@ async fn shutdown_finishes_in_flight_tasks_first() {
     );
     let rows = env.store.tasks(&ids).await.unwrap();
     assert!(rows.iter().all(|r| r.status == "completed"));
-    assert_eq!(env.stream_messages().await, 0);
+    env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }

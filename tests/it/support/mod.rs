@@ -169,6 +169,22 @@ impl TestEnv {
         }
     }
 
+    /// Waits until the stream holds no message (acks follow commits by a moment).
+    pub async fn assert_stream_drains(&self, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.stream_messages().await;
+            if left == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} messages left in the stream: {why}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Messages still stored in this test's stream.
     pub async fn stream_messages(&self) -> u64 {
         let mut stream = self
