@@ -85,6 +85,26 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub worker: WorkerSettings,
+    pub api: ApiSettings,
+}
+
+/// The HTTP API (`swarmd api`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Listen address. Default `0.0.0.0:8080`. Env: `SWARM_API_ADDR`.
+    pub addr: String,
+    /// Bearer token required on writes; none means open. Env: `SWARM_API_TOKEN`.
+    pub token: Option<SecretUrl>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:8080".into(),
+            token: None,
+        }
+    }
 }
 
 /// NATS connection and JetStream layout.
@@ -396,6 +416,12 @@ impl Settings {
         }
         if let Some(v) = lookup("SWARM_METRICS_ADDR") {
             self.worker.metrics_addr = v;
+        }
+        if let Some(v) = get("SWARM_API_ADDR") {
+            self.api.addr = v;
+        }
+        if let Some(v) = get("SWARM_API_TOKEN") {
+            self.api.token = Some(SecretUrl::new(v));
         }
         if let Some(v) = get("SWARM_WORKER_ID") {
             self.worker.id = Some(v);

@@ -1,5 +1,6 @@
 //! `swarmd` subcommands, one per file, and the dispatcher.
 
+mod api;
 mod bench;
 mod demo;
 mod dlq;
@@ -49,6 +50,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker: pull tasks highest priority first, run agents, commit results.
     Worker(worker::Args),
+    /// Serve the HTTP API: publish tasks, read their status.
+    Api(api::Args),
     /// Publish one task, or many from a JSON-lines file.
     Publish(publish::Args),
     /// Show pending tasks per priority, consumers and recent results.
@@ -78,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(args) => worker::run(settings, args).await,
         Command::Publish(args) => publish::run(settings, args).await,
+        Command::Api(args) => api::run(settings, args).await,
         Command::Status(args) => status::run(settings, args).await,
         Command::Demo(args) => demo::run(settings, args).await,
         Command::Bench(args) => bench::run(settings, args).await,

@@ -1,5 +1,7 @@
-//! The HTTP side of a process: `/metrics` and `/health` for every worker, and the request
-//! metrics middleware that every route shares.
+//! The HTTP side of a process: `/metrics` and `/health` for every worker, the request
+//! metrics middleware that every route shares, and the publishers' API ([`api`]).
+
+pub mod api;
 
 use std::{net::SocketAddr, time::Instant};
 

@@ -192,6 +192,40 @@ impl Store {
             .collect())
     }
 
+    /// Records tasks accepted by the HTTP API as `queued` (one statement), so they can be
+    /// read before a worker claims them. Ids already known are left alone.
+    pub async fn record_queued(&self, tasks: &[TaskEnvelope]) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+        let agent_types: Vec<&str> = tasks.iter().map(|t| t.agent_type.as_str()).collect();
+        let priorities: Vec<i16> = tasks.iter().map(|t| i16::from(t.priority)).collect();
+        let data: Vec<&Value> = tasks.iter().map(|t| &t.data).collect();
+        let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts as i32).collect();
+        let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.idempotency_key.as_deref()).collect();
+        let created: Vec<DateTime<Utc>> = tasks.iter().map(|t| t.created_at).collect();
+        sqlx::query(
+            "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
+                                idempotency_key, created_at)
+             SELECT t.id, t.agent_type, t.priority, t.data, 'queued', t.max_attempts,
+                    t.idempotency_key, t.created_at
+               FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
+                           $6::text[], $7::timestamptz[])
+                    AS t(id, agent_type, priority, data, max_attempts, idempotency_key,
+                         created_at)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&agent_types)
+        .bind(&priorities)
+        .bind(&data)
+        .bind(&max_attempts)
+        .bind(&keys)
+        .bind(&created)
+        .execute(&self.primary)
+        .await
+        .map_err(StoreError::query("recording queued tasks"))?;
+        Ok(())
+    }
+
     /// Stores a batch of outcomes in one statement and returns the ids it applied.
     ///
     /// An outcome is fenced off (not applied) when the row is already `completed` or `dead`,

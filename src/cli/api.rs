@@ -1,0 +1,48 @@
+//! `swarmd api`: serve the HTTP API until ctrl-c or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::{
+    broker::Broker,
+    config::Settings,
+    http::{self, api},
+    store::Store,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Listen address (overrides SWARM_API_ADDR / api.addr).
+    #[arg(long)]
+    addr: Option<String>,
+}
+
+pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.database)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store.migrate().await.context("applying migrations")?;
+    let broker = Broker::connect(&settings.nats)
+        .await
+        .context("connecting to NATS")?;
+    broker
+        .ensure_stream()
+        .await
+        .context("setting up the tasks stream")?;
+    if settings.api.token.is_none() {
+        tracing::warn!("no SWARM_API_TOKEN: anyone who reaches the API can publish");
+    }
+    let state = Arc::new(api::ApiState {
+        broker,
+        store,
+        token: settings.api.token.clone(),
+    });
+    let addr = args.addr.unwrap_or(settings.api.addr);
+    let (bound, server) = http::serve(&addr, api::router(state), super::shutdown_signal())
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    tracing::info!("API on http://{bound}");
+    server.await.context("serving the API")?;
+    Ok(())
+}

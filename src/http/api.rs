@@ -1,0 +1,282 @@
+//! The HTTP front door for publishers in other systems: publish tasks, read a task, see the
+//! queues. Writes need the bearer token when one is configured; every error is JSON with a
+//! stable code, never an internal error text.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Path, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    broker::Broker,
+    config::SecretUrl,
+    store::Store,
+    task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
+};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most tasks in one batch request.
+pub const MAX_BATCH: usize = 1000;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub broker: Broker,
+    pub store: Store,
+    /// Required as `Authorization: Bearer <token>` on writes, when set.
+    pub token: Option<SecretUrl>,
+}
+
+/// The API routes, with request metrics, `/health` and `/metrics`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/tasks", post(publish))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/ready", get(ready))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(super::metrics_router())
+        .layer(middleware::from_fn(super::track))
+}
+
+/// An error as clients see it: a status, a stable code and a clear message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A failure of ours: logged in full, reported without internals.
+    fn internal(what: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "{what}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{what}; try again"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+/// One task as a client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTask {
+    agent_type: String,
+    #[serde(default)]
+    data: Value,
+    priority: Option<u8>,
+    max_attempts: Option<u32>,
+    id: Option<Uuid>,
+    timeout: Option<f64>,
+    idempotency_key: Option<String>,
+}
+
+/// The tasks of a body: one task, or `{"tasks": [...]}`; errors name the field.
+fn tasks_of(body: Value) -> Result<(Vec<NewTask>, bool), ApiError> {
+    let invalid = |e: serde_path_to_error::Error<serde_json::Error>| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("{}: {}", e.path(), e.inner()),
+        )
+    };
+    match body {
+        Value::Object(mut map) if map.contains_key("tasks") => {
+            let tasks = map.remove("tasks").unwrap_or_default();
+            let tasks: Vec<NewTask> = serde_path_to_error::deserialize(tasks).map_err(invalid)?;
+            Ok((tasks, true))
+        }
+        other => Ok((
+            vec![serde_path_to_error::deserialize(other).map_err(invalid)?],
+            false,
+        )),
+    }
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` header is required",
+        ))
+    }
+}
+
+/// Compares without stopping at the first difference, so timing tells nothing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, byte) in b.iter().enumerate() {
+        difference |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    difference == 0
+}
+
+async fn publish(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(body) = body?;
+    let (tasks, batch) = tasks_of(body)?;
+    if tasks.is_empty() || tasks.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+            format!("a batch holds 1 to {MAX_BATCH} tasks"),
+        ));
+    }
+    let mut envelopes = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.into_iter().enumerate() {
+        let envelope = TaskEnvelope {
+            id: task.id.unwrap_or_else(Uuid::now_v7),
+            agent_type: task.agent_type,
+            data: task.data,
+            priority: task.priority.unwrap_or(DEFAULT_PRIORITY),
+            created_at: Utc::now(),
+            max_attempts: task.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            timeout: task.timeout,
+            idempotency_key: task.idempotency_key,
+            replay_of: None,
+        };
+        envelope.validate().map_err(|e| {
+            let at = if batch {
+                format!("tasks[{index}]: ")
+            } else {
+                String::new()
+            };
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                format!("{at}{e}"),
+            )
+        })?;
+        envelopes.push(envelope);
+    }
+    // Recorded as `queued` first, so a read right after the publish finds the task.
+    state
+        .store
+        .record_queued(&envelopes)
+        .await
+        .map_err(|e| ApiError::internal("cannot record the tasks", e))?;
+    let results = state
+        .broker
+        .publish_many(&envelopes, Codec::MessagePack, 256, || {})
+        .await;
+    if let Some(error) = results.into_iter().find_map(Result::err) {
+        return Err(ApiError::internal("cannot publish the tasks", error));
+    }
+    let ids: Vec<Uuid> = envelopes.iter().map(|t| t.id).collect();
+    let body = if batch {
+        json!({ "ids": ids })
+    } else {
+        json!({ "id": ids[0] })
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn task(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{id:?} is not a task id"),
+        )
+    })?;
+    let record = state
+        .store
+        .task(id)
+        .await
+        .map_err(|e| ApiError::internal("cannot read the task", e))?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no task {id}"))
+        })?;
+    Ok(Json(json!({
+        "id": record.id,
+        "agent_type": record.agent_type,
+        "priority": record.priority,
+        "status": record.status,
+        "attempts": record.attempts,
+        "max_attempts": record.max_attempts,
+        "result": record.result,
+        "last_error": record.last_error,
+        "errors": record.errors,
+        "replay_of": record.replay_of,
+        "trace_id": record.trace_id,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "completed_at": record.completed_at,
+    }))
+    .into_response())
+}
+
+/// Ready when NATS is connected and the primary database answers.
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    let nats = matches!(
+        state.broker.client().connection_state(),
+        async_nats::connection::State::Connected
+    );
+    let database = sqlx::query("SELECT 1")
+        .execute(state.store.primary())
+        .await
+        .is_ok();
+    let status = if nats && database {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "nats": nats, "database": database }))).into_response()
+}

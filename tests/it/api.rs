@@ -1,0 +1,221 @@
+//! The HTTP API through its router (in process) and once over real TCP.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode},
+};
+use serde_json::{Value, json};
+use swarm_director::{
+    config::SecretUrl,
+    http::api::{self, ApiState},
+};
+use tower::ServiceExt;
+
+use crate::support::TestEnv;
+
+fn app(env: &TestEnv, token: Option<&str>) -> axum::Router {
+    api::router(Arc::new(ApiState {
+        broker: env.broker.clone(),
+        store: env.store.clone(),
+        token: token.map(SecretUrl::new),
+    }))
+}
+
+async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn post(body: impl Into<Body>, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/v1/tasks").header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(body.into()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_read_the_result() {
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("s3cret"));
+
+    let (status, body) = call(
+        &app,
+        post(
+            json!({"agent_type": "echo", "data": {"x": 1}}).to_string(),
+            Some("s3cret"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let (status, queued) = call(
+        &app,
+        Request::get(format!("/v1/tasks/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        queued["status"], "queued",
+        "readable right after the publish"
+    );
+
+    let batch = json!({"tasks": [
+        {"agent_type": "echo", "data": 1, "priority": 9},
+        {"agent_type": "quality", "data": {"text": "Fine words."}},
+    ]});
+    let (status, body) = call(&app, post(batch.to_string(), Some("s3cret"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["ids"].as_array().map(Vec::len), Some(2));
+
+    let worker = env.spawn(env.worker());
+    let mut ids: Vec<uuid::Uuid> = vec![id.parse().unwrap()];
+    ids.extend(
+        body["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().parse::<uuid::Uuid>().unwrap()),
+    );
+    env.wait_finished(&ids, Duration::from_secs(10)).await;
+    worker.stop().await;
+    let (status, done) = call(
+        &app,
+        Request::get(format!("/v1/tasks/{id}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["result"], json!({"x": 1}));
+    assert_eq!(done["attempts"], 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_with_stable_codes() {
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("s3cret"));
+    let task = json!({"agent_type": "echo", "data": 1}).to_string();
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            post(task.clone(), None),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            post(task.clone(), Some("wrong")),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            post("{not json", Some("s3cret")),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            post(
+                json!({"agent_type": "echo", "priority": 12}).to_string(),
+                Some("s3cret"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_task",
+        ),
+        (
+            post(
+                json!({"agent_type": "echo", "priority": "high"}).to_string(),
+                Some("s3cret"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            post(json!({"agent_type": "a.b"}).to_string(), Some("s3cret")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_task",
+        ),
+        (
+            post(json!({"tasks": []}).to_string(), Some("s3cret")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+        ),
+        (
+            post(vec![b'x'; api::MAX_BODY_BYTES + 10], Some("s3cret")),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            Request::get("/v1/tasks/nope").body(Body::empty()).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            Request::get(format!("/v1/tasks/{}", uuid::Uuid::new_v4()))
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (request, expected_status, expected_code) in cases {
+        let (status, body) = call(&app, request).await;
+        assert_eq!(status, expected_status, "{body}");
+        assert_eq!(body["error"]["code"], expected_code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    assert_eq!(env.stream_messages().await, 0, "nothing was published");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_over_tcp_with_health_ready_and_metrics() {
+    let env = TestEnv::new().await;
+    let (addr, server) =
+        swarm_director::http::serve("127.0.0.1:0", app(&env, None), std::future::pending())
+            .await
+            .unwrap();
+    let raw = |request: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    let body = json!({"agent_type": "echo", "data": "over tcp"}).to_string();
+    let published = raw(format!(
+        "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    assert!(published.starts_with("HTTP/1.1 202"), "{published}");
+    let ready = raw("GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.contains("\"database\":true"),
+        "{ready}"
+    );
+    let health = raw("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(health.starts_with("HTTP/1.1 200"));
+    let metrics = raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(
+        metrics
+            .contains(r#"http_requests_total{endpoint="/v1/tasks",method="POST",status="202"} 1"#),
+        "{metrics}"
+    );
+    server.abort();
+    env.cleanup().await;
+}
