@@ -170,13 +170,22 @@ pub struct DatabaseSettings {
     /// Primary (write) database URL; `sslmode` and credentials accepted.
     /// Default `postgres://postgres@127.0.0.1:5432/test`. Env: `SWARM_DATABASE_URL`.
     pub url: SecretUrl,
+    /// Read replicas (comma separated in the environment), chosen round-robin; reads fall
+    /// back to the primary when none answers. Default none. Env: `SWARM_REPLICA_URLS`.
+    pub replica_urls: Vec<SecretUrl>,
     /// Schema holding the fleet's tables (created if missing). Default `public`.
     /// Env: `SWARM_DATABASE_SCHEMA`.
     pub schema: String,
-    /// Most connections in the primary pool. Default 10. Env: `SWARM_DATABASE_MAX_CONNECTIONS`.
-    pub max_connections: u32,
-    /// Seconds to wait for a free connection. Default 20.
-    pub acquire_timeout_secs: u64,
+    /// Pool settings per environment, as the seed's `DatabaseConfig`: `development`
+    /// (5 + 10 overflow, 20 s timeout), `staging` (10 + 20, 30 s), `production` (20 + 40,
+    /// 60 s, recycled after 900 s). Default `development`. Env: `SWARM_ENVIRONMENT`.
+    pub profile: String,
+    /// Overrides the profile's most connections per pool. Env: `SWARM_DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: Option<u32>,
+    /// Overrides the profile's seconds to wait for a free connection.
+    pub acquire_timeout_secs: Option<u64>,
+    /// Overrides the profile's seconds after which a connection is recycled.
+    pub max_lifetime_secs: Option<u64>,
     /// Apply the embedded migrations when a worker starts. Default true.
     /// Env: `SWARM_MIGRATE_ON_START`.
     pub migrate_on_start: bool,
@@ -186,11 +195,63 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/test"),
+            replica_urls: Vec::new(),
             schema: "public".into(),
-            max_connections: 10,
-            acquire_timeout_secs: 20,
+            profile: "development".into(),
+            max_connections: None,
+            acquire_timeout_secs: None,
+            max_lifetime_secs: None,
             migrate_on_start: true,
         }
+    }
+}
+
+/// Pool sizes per environment, after the seed's `DatabaseConfig.get_engine_options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolProfile {
+    /// Connections kept open (`pool_size`).
+    pub pool_size: u32,
+    /// More opened under load (`max_overflow`).
+    pub max_overflow: u32,
+    /// Seconds to wait for a connection (`pool_timeout`).
+    pub timeout_secs: u64,
+    /// Seconds before a connection is replaced (`pool_recycle`).
+    pub recycle_secs: u64,
+}
+
+impl PoolProfile {
+    pub fn named(name: &str) -> Option<Self> {
+        let (pool_size, max_overflow, timeout_secs, recycle_secs) = match name {
+            "development" => (5, 10, 20, 1800),
+            "staging" => (10, 20, 30, 1800),
+            "production" => (20, 40, 60, 900),
+            _ => return None,
+        };
+        Some(Self {
+            pool_size,
+            max_overflow,
+            timeout_secs,
+            recycle_secs,
+        })
+    }
+}
+
+impl DatabaseSettings {
+    /// The effective pool settings: the profile's, with the overrides applied.
+    pub fn pool(&self) -> PoolProfile {
+        let mut profile = PoolProfile::named(&self.profile)
+            .unwrap_or_else(|| PoolProfile::named("development").expect("known profile"));
+        if let Some(max) = self.max_connections {
+            profile.pool_size = profile.pool_size.min(max);
+            profile.max_overflow = max - profile.pool_size;
+        }
+        if let Some(secs) = self.acquire_timeout_secs {
+            profile.timeout_secs = secs;
+        }
+        if let Some(secs) = self.max_lifetime_secs {
+            profile.recycle_secs = secs;
+        }
+        profile
     }
 }
 
@@ -379,7 +440,18 @@ impl Settings {
             self.database.schema = v;
         }
         if let Some(v) = get("SWARM_DATABASE_MAX_CONNECTIONS") {
-            self.database.max_connections = parsed("SWARM_DATABASE_MAX_CONNECTIONS", v)?;
+            self.database.max_connections = Some(parsed("SWARM_DATABASE_MAX_CONNECTIONS", v)?);
+        }
+        if let Some(v) = get("SWARM_REPLICA_URLS") {
+            self.database.replica_urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(SecretUrl::new)
+                .collect();
+        }
+        if let Some(v) = get("SWARM_ENVIRONMENT") {
+            self.database.profile = v;
         }
         if let Some(v) = get("SWARM_MIGRATE_ON_START") {
             self.database.migrate_on_start = parsed("SWARM_MIGRATE_ON_START", v)?;
@@ -472,6 +544,15 @@ impl Settings {
                 reason: format!("{:?} must be letters, digits or '_'", self.database.schema),
             });
         }
+        if PoolProfile::named(&self.database.profile).is_none() {
+            return Err(ConfigError::Invalid {
+                name: "database.profile",
+                reason: format!(
+                    "{:?} is not development, staging or production",
+                    self.database.profile
+                ),
+            });
+        }
         if self.worker.concurrency == 0 || self.worker.fetch_batch == 0 {
             return Err(ConfigError::Invalid {
                 name: "worker.concurrency",
@@ -532,6 +613,32 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn profiles_follow_the_seed_and_overrides_win() {
+        let mut database = DatabaseSettings::default();
+        assert_eq!(database.pool().pool_size + database.pool().max_overflow, 15);
+        database.profile = "production".into();
+        assert_eq!(
+            database.pool(),
+            PoolProfile {
+                pool_size: 20,
+                max_overflow: 40,
+                timeout_secs: 60,
+                recycle_secs: 900
+            }
+        );
+        database.max_connections = Some(8);
+        database.acquire_timeout_secs = Some(3);
+        let pool = database.pool();
+        assert_eq!(
+            (pool.pool_size + pool.max_overflow, pool.timeout_secs),
+            (8, 3)
+        );
+        let mut settings = Settings::default();
+        settings.database.profile = "qa".into();
+        assert!(settings.validate().is_err());
     }
 
     #[test]

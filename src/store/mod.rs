@@ -1,8 +1,11 @@
-//! PostgreSQL: the pool, the embedded migrations and the task queries. Writes go through the
-//! primary pool; every statement that touches many tasks is one round trip.
+//! PostgreSQL: the primary pool and read replicas (the seed's `DatabaseRouter`), the embedded
+//! migrations and the task queries. Writes go through the primary pool; every statement
+//! that touches many tasks is one round trip.
 
 mod pool;
+mod router;
 mod tasks;
 
 pub use pool::{Store, StoreError};
+pub use router::ReadFrom;
 pub use tasks::{AgentSummary, Claim, Claimed, Settled, SettledStatus, TaskRecord, TaskStatus};

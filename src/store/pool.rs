@@ -1,12 +1,13 @@
 //! Connecting to PostgreSQL with the fleet's schema on the search path, and migrating it.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+use super::router::{Replica, Replicas};
 use crate::config::DatabaseSettings;
 
 /// A database failure, with what was being done.
@@ -34,10 +35,12 @@ impl StoreError {
     }
 }
 
-/// The fleet's database: the primary pool, scoped to one schema.
+/// The fleet's database: the primary pool for writes and read replicas, scoped to one
+/// schema.
 #[derive(Clone)]
 pub struct Store {
     pub(super) primary: PgPool,
+    pub(super) replicas: Arc<Replicas>,
     schema: String,
 }
 
@@ -53,12 +56,20 @@ impl Store {
                 source,
             })?
             .application_name("swarmd");
+        let profile = settings.pool();
         let pool_options = || {
             PgPoolOptions::new()
-                .max_connections(settings.max_connections)
-                .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+                .max_connections((profile.pool_size + profile.max_overflow).max(1))
+                // Development opens connections as needed; other profiles keep pool_size open.
+                .min_connections(if settings.profile == "development" {
+                    0
+                } else {
+                    profile.pool_size
+                })
+                .acquire_timeout(Duration::from_secs(profile.timeout_secs))
+                // The seed's pool_pre_ping.
                 .test_before_acquire(true)
-                .max_lifetime(Duration::from_secs(1800))
+                .max_lifetime(Duration::from_secs(profile.recycle_secs))
         };
         if settings.schema != "public" {
             let bootstrap = pool_options()
@@ -82,8 +93,24 @@ impl Store {
             .connect_with(options.options([("search_path", settings.schema.as_str())]))
             .await
             .map_err(|source| StoreError::Connect { url, source })?;
+        let mut replicas = Vec::new();
+        for replica_url in &settings.replica_urls {
+            let options = PgConnectOptions::from_str(replica_url.expose())
+                .map_err(|source| StoreError::Url {
+                    url: replica_url.to_string(),
+                    source,
+                })?
+                .application_name("swarmd")
+                .options([("search_path", settings.schema.as_str())]);
+            // Lazily: a replica that is down at start is skipped, not fatal.
+            replicas.push(Replica::new(
+                pool_options().connect_lazy_with(options),
+                replica_url.to_string(),
+            ));
+        }
         Ok(Self {
             primary,
+            replicas: Arc::new(Replicas::new(replicas)),
             schema: settings.schema.clone(),
         })
     }

@@ -158,7 +158,7 @@ async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
         "URL routed through the proxy"
     );
     proxied.url = swarm_director::config::SecretUrl::new(url);
-    proxied.acquire_timeout_secs = 1;
+    proxied.acquire_timeout_secs = Some(1);
     let store = swarm_director::store::Store::connect(&proxied)
         .await
         .unwrap();

@@ -14,5 +14,6 @@ mod legacy;
 mod metrics;
 mod pipeline;
 mod priority;
+mod replicas;
 mod traces;
 mod wire;

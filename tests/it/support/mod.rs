@@ -1,6 +1,7 @@
 //! A private fleet environment per test, and helpers to run workers and wait for results.
 
 pub mod nats_server;
+pub mod pg_cluster;
 pub mod schemas;
 pub mod tcp_proxy;
 
@@ -45,7 +46,7 @@ impl TestEnv {
         settings.nats.ack_wait_secs = 5.0;
         settings.database.schema = format!("test_{tag}");
         settings.redis.key_prefix = format!("test:{tag}:");
-        settings.database.max_connections = 4;
+        settings.database.max_connections = Some(4);
         settings.worker.concurrency = 16;
         settings.worker.retry_base_ms = 100;
         settings.worker.idle_rescan_ms = 100;
