@@ -1,12 +1,14 @@
 //! JetStream, the fleet's source of work: subject names, stream and consumer setup,
 //! publishing envelopes, and pulling them highest priority first.
 
+mod backlog;
 mod connection;
 mod error;
 mod publisher;
 mod puller;
 mod subjects;
 
+pub use backlog::{Backlog, PriorityBacklog};
 pub use connection::Broker;
 pub use error::BrokerError;
 pub use publisher::{PublishReceipt, headers};

@@ -33,10 +33,16 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     if settings.api.token.is_none() {
         tracing::warn!("no SWARM_API_TOKEN: anyone who reaches the API can publish");
     }
+    let redis_used = settings.redis.mirror || settings.redis.intake || settings.redis.cache;
+    let redis = redis_used
+        .then(|| crate::mirror::connect(&settings.redis))
+        .transpose()
+        .context("connecting to Redis")?;
     let state = Arc::new(api::ApiState {
         broker,
         store,
         token: settings.api.token.clone(),
+        redis,
     });
     let addr = args.addr.unwrap_or(settings.api.addr);
     let (bound, server) = http::serve(&addr, api::router(state), super::shutdown_signal())

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Path, State, rejection::JsonRejection},
+    extract::{
+        DefaultBodyLimit, Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::{HeaderMap, StatusCode},
     middleware,
     response::{IntoResponse, Response},
@@ -20,6 +23,7 @@ use uuid::Uuid;
 use crate::{
     broker::Broker,
     config::SecretUrl,
+    dlq::{self, DeadLetter, DeadLetterStream, DeadReason, Filter, ReplayError},
     store::Store,
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
 };
@@ -35,6 +39,8 @@ pub struct ApiState {
     pub store: Store,
     /// Required as `Authorization: Bearer <token>` on writes, when set.
     pub token: Option<SecretUrl>,
+    /// Checked by `/ready` when the fleet uses Redis.
+    pub redis: Option<redis::aio::ConnectionManager>,
 }
 
 /// The API routes, with request metrics, `/health` and `/metrics`.
@@ -42,6 +48,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/tasks", post(publish))
         .route("/v1/tasks/{id}", get(task))
+        .route("/v1/queues", get(queues))
+        .route("/v1/dlq", get(dead_letters))
+        .route("/v1/dlq/{id}/replay", post(replay))
         .route("/ready", get(ready))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -263,8 +272,105 @@ async fn task(
     .into_response())
 }
 
-/// Ready when NATS is connected and the primary database answers.
+async fn queues(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let backlog = state
+        .broker
+        .backlog()
+        .await
+        .map_err(|e| ApiError::internal("cannot read the queues", e))?;
+    Ok(Json(backlog).into_response())
+}
+
+/// Filters of `GET /v1/dlq`, as in `swarmd dlq list`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterQuery {
+    agent_type: Option<String>,
+    reason: Option<DeadReason>,
+    since: Option<chrono::DateTime<Utc>>,
+    until: Option<chrono::DateTime<Utc>>,
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let filter = Filter {
+        agent_type: query.agent_type,
+        reason: query.reason,
+        since: query.since,
+        until: query.until,
+    };
+    let letters = DeadLetterStream::of(&state.broker)
+        .list(&filter)
+        .await
+        .map_err(|e| ApiError::internal("cannot read the dead letters", e))?;
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let shown: Vec<&DeadLetter> = letters
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|s| &s.letter)
+        .collect();
+    Ok(Json(json!({ "total": letters.len(), "dead_letters": shown })).into_response())
+}
+
+async fn replay(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{id:?} is not a dead letter id"),
+        )
+    })?;
+    let dead_letters = DeadLetterStream::of(&state.broker);
+    let stored = dead_letters
+        .find(id)
+        .await
+        .map_err(|e| ApiError::internal("cannot read the dead letters", e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dead letter {id}"),
+            )
+        })?;
+    match dlq::replay(&state.broker, &dead_letters, &stored).await {
+        Ok(new_id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": new_id, "replay_of": id })),
+        )
+            .into_response()),
+        Err(error @ ReplayError::NoEnvelope(..)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_replayable",
+            error.to_string(),
+        )),
+        Err(error) => Err(ApiError::internal("cannot replay the dead letter", error)),
+    }
+}
+
+/// Ready when NATS is connected and the primary database (and Redis, when used) answer.
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    let redis = match state.redis.clone() {
+        None => None,
+        Some(mut redis) => {
+            let ping = redis::cmd("PING");
+            let answer = ping.query_async::<String>(&mut redis);
+            Some(matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(1), answer).await,
+                Ok(Ok(_))
+            ))
+        }
+    };
     let nats = matches!(
         state.broker.client().connection_state(),
         async_nats::connection::State::Connected
@@ -273,10 +379,11 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
         .execute(state.store.primary())
         .await
         .is_ok();
-    let status = if nats && database {
+    let status = if nats && database && redis != Some(false) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "nats": nats, "database": database }))).into_response()
+    let body = json!({ "nats": nats, "database": database, "redis": redis });
+    (status, Json(body)).into_response()
 }

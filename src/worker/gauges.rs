@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-
-use crate::{broker::Broker, metrics::Metrics, store::Store, task::MAX_PRIORITY};
+use crate::{broker::Broker, metrics::Metrics, store::Store};
 
 const PRIORITIES: [&str; 10] = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"];
 
@@ -33,44 +31,20 @@ pub async fn refresh(broker: &Broker, store: &Store) {
     metrics
         .db_connections
         .set(i64::from(pool.size()) - pool.num_idle() as i64);
-    let Ok(stream) = broker
-        .jetstream()
-        .get_stream(&broker.settings().stream)
-        .await
-    else {
+    let Ok(backlog) = broker.backlog().await else {
         return;
     };
     let mut in_flight = 0;
-    for priority in 0..=MAX_PRIORITY {
-        let Ok(info) = stream.consumer_info(broker.consumer_name(priority)).await else {
-            continue;
-        };
-        in_flight += info.num_ack_pending as i64;
-        let label = PRIORITIES[usize::from(priority)];
+    for level in &backlog.priorities {
+        in_flight += level.in_flight as i64;
         metrics
             .queue_size
-            .with_label_values(&[label])
-            .set(info.num_pending as i64);
-        // The next message this consumer would deliver is its oldest waiting one.
-        let age = if info.num_pending == 0 {
-            0
-        } else {
-            stream
-                .direct_get_next_for_subject(
-                    broker.subjects().priority_filter(priority),
-                    Some(info.delivered.stream_sequence + 1),
-                )
-                .await
-                .map(|message| {
-                    let published = message.time.unix_timestamp();
-                    (Utc::now().timestamp() - published).max(0)
-                })
-                .unwrap_or(0)
-        };
+            .with_label_values(&[PRIORITIES[usize::from(level.priority)]])
+            .set(level.pending as i64);
         metrics
             .oldest_pending
-            .with_label_values(&[&priority.to_string()])
-            .set(age);
+            .with_label_values(&[&level.priority.to_string()])
+            .set(level.oldest_pending_secs);
     }
     metrics
         .queue_size

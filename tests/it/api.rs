@@ -20,6 +20,7 @@ fn app(env: &TestEnv, token: Option<&str>) -> axum::Router {
         broker: env.broker.clone(),
         store: env.store.clone(),
         token: token.map(SecretUrl::new),
+        redis: Some(swarm_director::mirror::connect(&env.settings.redis).unwrap()),
     }))
 }
 
@@ -205,7 +206,9 @@ async fn the_api_serves_over_tcp_with_health_ready_and_metrics() {
     assert!(published.starts_with("HTTP/1.1 202"), "{published}");
     let ready = raw("GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
     assert!(
-        ready.starts_with("HTTP/1.1 200") && ready.contains("\"database\":true"),
+        ready.starts_with("HTTP/1.1 200")
+            && ready.contains("\"database\":true")
+            && ready.contains("\"redis\":true"),
         "{ready}"
     );
     let health = raw("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
@@ -217,5 +220,93 @@ async fn the_api_serves_over_tcp_with_health_ready_and_metrics() {
         "{metrics}"
     );
     server.abort();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_show_a_backlog_and_dead_letters_can_be_listed_and_replayed() {
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("s3cret"));
+    env.broker.priority_puller().await.unwrap();
+    let backlog = json!({"tasks": [
+        {"agent_type": "echo", "data": 1, "priority": 7},
+        {"agent_type": "echo", "data": 2, "priority": 7},
+        {"agent_type": "quality", "data": {"text": "x"}, "priority": 2},
+    ]});
+    let (status, _) = call(&app, post(backlog.to_string(), Some("s3cret"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, queues) = call(
+        &app,
+        Request::get("/v1/queues").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let p7 = queues["priorities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["priority"] == 7)
+        .unwrap();
+    assert_eq!(p7["pending"], 2);
+    assert!(p7["oldest_pending_secs"].as_i64().unwrap() >= 1, "{queues}");
+    assert_eq!(queues["agent_types"], json!({"echo": 2, "quality": 1}));
+
+    // A task that fails for good, listed and replayed through the API.
+    let (_, body) = call(
+        &app,
+        post(
+            json!({"agent_type": "fail", "data": {"permanent": true}}).to_string(),
+            Some("s3cret"),
+        ),
+    )
+    .await;
+    let dead_id = body["id"].as_str().unwrap().to_string();
+    let worker = env.spawn(env.worker());
+    env.wait_dead_letters(1, Duration::from_secs(10)).await;
+    let (status, listed) = call(
+        &app,
+        Request::get("/v1/dlq?reason=permanent_error")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["dead_letters"][0]["id"], dead_id.as_str());
+    let (status, _) = call(
+        &app,
+        Request::get("/v1/dlq?reason=nonsense")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let replay = |token: Option<&str>| {
+        let mut request = Request::post(format!("/v1/dlq/{dead_id}/replay"));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let (status, _) = call(&app, replay(None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, replayed) = call(&app, replay(Some("s3cret"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
+    assert_eq!(replayed["replay_of"], dead_id.as_str());
+    let new_id: uuid::Uuid = replayed["id"].as_str().unwrap().parse().unwrap();
+    let rows = env.wait_finished(&[new_id], Duration::from_secs(10)).await;
+    assert_eq!(
+        rows[0].replay_of.map(|id| id.to_string()),
+        Some(dead_id.clone())
+    );
+    let (status, _) = call(&app, replay(Some("s3cret"))).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a replayed dead letter is gone"
+    );
+    worker.stop().await;
     env.cleanup().await;
 }

@@ -63,7 +63,11 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
     let fallback = Instant::now();
     let (found, from) = store.read_task(task.id).await.unwrap();
     assert!(found.is_some() && from == ReadFrom::Primary);
-    assert!(fallback.elapsed() < Duration::from_secs(2), "fell back in {:?}", fallback.elapsed());
+    assert!(
+        fallback.elapsed() < Duration::from_secs(2),
+        "fell back in {:?}",
+        fallback.elapsed()
+    );
     for _ in 0..3 {
         let (found, from) = store.read_task(task.id).await.unwrap();
         assert!(found.is_some());
