@@ -13,7 +13,7 @@ use swarm_director::{
 };
 use tower::ServiceExt;
 
-use crate::support::TestEnv;
+use crate::support::{TestEnv, schemas::assert_openapi_response};
 
 fn app(env: &TestEnv, token: Option<&str>) -> axum::Router {
     api::router(Arc::new(ApiState {
@@ -309,4 +309,15 @@ async fn queues_show_a_backlog_and_dead_letters_can_be_listed_and_replayed() {
     );
     worker.stop().await;
     env.cleanup().await;
+}
+
+#[test]
+#[should_panic(expected = "breaks the schema")]
+fn the_openapi_check_catches_a_wrong_response() {
+    assert_openapi_response(
+        "get",
+        "/v1/tasks/{id}",
+        200,
+        &json!({"id": 7, "status": "lost"}),
+    );
 }

@@ -49,3 +49,26 @@ pub fn assert_valid(validator: &jsonschema::Validator, instance: &Value) {
         "{instance} breaks the schema: {errors:?}"
     );
 }
+
+/// Panics unless `body` matches the OpenAPI document's response schema for `method`
+/// `path` (the route template) and `status`.
+pub fn assert_openapi_response(method: &str, path: &str, status: u16, body: &Value) {
+    let mut document = read("openapi.json");
+    let schema = document["paths"][path][method]["responses"][status.to_string()]["content"]
+        ["application/json"]["schema"]
+        .clone();
+    assert!(
+        !schema.is_null(),
+        "openapi.json documents no JSON {status} for {method} {path}"
+    );
+    // Validate against the document itself, so `#/components/...` references resolve.
+    let object = document.as_object_mut().expect("an object");
+    for (key, value) in schema.as_object().expect("a schema object") {
+        object.insert(key.clone(), value.clone());
+    }
+    let validator = jsonschema::options()
+        .with_retriever(LocalSchemas)
+        .build(&document)
+        .expect("a valid schema");
+    assert_valid(&validator, body);
+}
