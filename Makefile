@@ -6,7 +6,8 @@ CARGO ?= cargo
 
 # A login that works whether PostgreSQL trusts loopback or asks for a password
 # (scripts/ensure-services.sh sets this password only when one is required).
-export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test
+# Loopback needs no TLS; elsewhere use ?sslmode=require (or verify-full) in the URL.
+export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test?sslmode=disable
 export SWARM_NATS_URL ?= nats://127.0.0.1:4222
 export SWARM_REDIS_URL ?= redis://127.0.0.1:6379
 

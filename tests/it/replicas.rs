@@ -81,3 +81,28 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
     store.drop_schema().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_urls_with_sslmode_require_use_tls() {
+    let env = TestEnv::new().await;
+    let (ssl,): (String,) = sqlx::query_as("SHOW ssl")
+        .fetch_one(env.store.primary())
+        .await
+        .unwrap();
+    if ssl != "on" {
+        println!("the local PostgreSQL has ssl = {ssl}: nothing to check here");
+        env.cleanup().await;
+        return;
+    }
+    let mut settings = env.settings.database.clone();
+    let url = settings.url.expose().split('?').next().unwrap().to_string();
+    settings.url = SecretUrl::new(format!("{url}?sslmode=require"));
+    let store = Store::connect(&settings).await.expect("a TLS connection");
+    let (encrypted,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(store.primary())
+            .await
+            .unwrap();
+    assert!(encrypted, "the connection is encrypted");
+    env.cleanup().await;
+}
