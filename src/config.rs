@@ -133,6 +133,7 @@ pub struct NatsSettings {
     /// Most unacknowledged deliveries per priority consumer, across all workers. Default 20000.
     pub max_ack_pending: i64,
     /// Stream replicas (1 on a single server, 3 in a cluster). Default 1.
+    /// Env: `SWARM_NATS_REPLICAS`.
     pub replicas: usize,
     /// The server stops delivering a message after this many deliveries: a last resort
     /// behind the worker's own poison check (see `worker.crash_allowance`). Default 110.
@@ -429,6 +430,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_CONSUMER_GROUP") {
             self.nats.consumer_group = v;
+        }
+        if let Some(v) = get("SWARM_NATS_REPLICAS") {
+            self.nats.replicas = parsed("SWARM_NATS_REPLICAS", v)?;
         }
         if let Some(v) = get("SWARM_ACK_WAIT_SECS") {
             self.nats.ack_wait_secs = parsed("SWARM_ACK_WAIT_SECS", v)?;

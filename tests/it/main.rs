@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod bad_input;
 mod cli;
+mod cluster;
 mod dead_letters;
 mod delivery;
 mod deploy;

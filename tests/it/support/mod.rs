@@ -1,5 +1,6 @@
 //! A private fleet environment per test, and helpers to run workers and wait for results.
 
+pub mod nats_cluster;
 pub mod nats_server;
 pub mod pg_cluster;
 pub mod schemas;
@@ -33,6 +34,12 @@ impl TestEnv {
     /// An environment whose broker is the NATS server at `nats_url` (a test's own server),
     /// or the shared one.
     pub async fn on_nats(nats_url: Option<String>) -> Self {
+        Self::on_cluster(nats_url, 1).await
+    }
+
+    /// An environment on the NATS server(s) at `nats_url` (comma separated) with streams
+    /// of `replicas` replicas.
+    pub async fn on_cluster(nats_url: Option<String>, replicas: usize) -> Self {
         let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut settings = Settings::default();
         settings
@@ -44,6 +51,7 @@ impl TestEnv {
         settings.nats.stream = format!("TEST_{tag}");
         settings.nats.subject_prefix = format!("test.{tag}");
         settings.nats.ack_wait_secs = 5.0;
+        settings.nats.replicas = replicas;
         settings.database.schema = format!("test_{tag}");
         settings.redis.key_prefix = format!("test:{tag}:");
         settings.database.max_connections = Some(4);
@@ -59,7 +67,12 @@ impl TestEnv {
         let broker = Broker::connect(&settings.nats)
             .await
             .expect("NATS is running (make services)");
-        broker.ensure_stream().await.expect("stream is created");
+        // A fresh cluster may still be electing its JetStream leader: retry a little.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(error) = broker.ensure_stream().await {
+            assert!(Instant::now() < deadline, "stream is created: {error}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         Self {
             settings,
             broker,
@@ -227,6 +240,7 @@ impl TestEnv {
             ("SWARM_STREAM", s.nats.stream.clone()),
             ("SWARM_SUBJECT_PREFIX", s.nats.subject_prefix.clone()),
             ("SWARM_ACK_WAIT_SECS", s.nats.ack_wait_secs.to_string()),
+            ("SWARM_NATS_REPLICAS", s.nats.replicas.to_string()),
             ("SWARM_REDIS_URL", s.redis.url.expose().to_string()),
             ("SWARM_REDIS_PREFIX", s.redis.key_prefix.clone()),
             ("SWARM_METRICS_ADDR", String::new()),

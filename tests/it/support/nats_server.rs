@@ -14,7 +14,7 @@ pub struct NatsServer {
     child: Option<Child>,
 }
 
-fn binary() -> String {
+pub fn binary() -> String {
     [
         "/usr/sbin/nats-server",
         "/usr/bin/nats-server",

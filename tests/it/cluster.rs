@@ -1,0 +1,90 @@
+//! Horizontal scale on a real three-node JetStream cluster: an R3 stream survives the loss
+//! of its leader mid-run with nothing lost.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use swarm_director::task::{Codec, TaskEnvelope};
+use tokio::process::Child;
+
+use crate::support::{TestEnv, nats_cluster::NatsCluster};
+
+fn spawn_worker(env: &TestEnv) -> Child {
+    env.swarmd()
+        .arg("worker")
+        .env("SWARM_ACK_WAIT_SECS", "2")
+        .env("SWARM_CONCURRENCY", "32")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start swarmd worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_dies_and_nothing_is_lost() {
+    let mut cluster = NatsCluster::start();
+    let env = TestEnv::on_cluster(Some(cluster.urls()), 3).await;
+    let mut stream = env
+        .broker
+        .jetstream()
+        .get_stream(&env.settings.nats.stream)
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(info.config.num_replicas, 3, "an R3 stream");
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("a stream leader");
+
+    let tasks: Vec<_> = (0..5000)
+        .map(|n| TaskEnvelope::new("sleep", json!({"ms": 2})).with_priority((n % 10) as u8))
+        .collect();
+    let results = env
+        .broker
+        .publish_many(&tasks, Codec::MessagePack, 512, || {})
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let mut workers = [spawn_worker(&env), spawn_worker(&env)];
+
+    while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.kill(&leader);
+    let killed = Instant::now();
+    // The pause: how long until completions flow again.
+    let before = env.store.count_finished(&ids).await.unwrap();
+    let mut resumed = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = env.store.count_finished(&ids).await.unwrap();
+        if resumed.is_none() && done > before + 50 {
+            resumed = Some(killed.elapsed());
+        }
+        if done as usize == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of 5,000 done after the node died"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = env.store.tasks(&ids).await.unwrap();
+    assert_eq!(rows.len(), 5000);
+    assert!(rows.iter().all(|r| r.status == "completed"), "none lost");
+    println!(
+        "killed the stream leader {leader} after {before} of 5,000: work flowed again after {:.2} s, all done {:.2} s after the kill",
+        resumed.unwrap_or_default().as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    for worker in &mut workers {
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+    }
+    env.cleanup().await;
+}
