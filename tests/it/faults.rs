@@ -335,3 +335,72 @@ async fn tasks_outliving_the_grace_period_are_handed_back_at_once() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
+    let env = TestEnv::new().await;
+    let upstream = {
+        let options: sqlx::postgres::PgConnectOptions =
+            env.settings.database.url.expose().parse().unwrap();
+        format!("{}:{}", options.get_host(), options.get_port())
+    };
+    let proxy = TcpProxy::start(&upstream).await;
+    let mut proxied = env.settings.database.clone();
+    proxied.url =
+        swarm_director::config::SecretUrl::new(env.settings.database.url.expose().replace(
+            &format!("{upstream}/"),
+            &format!("127.0.0.1:{}/", proxy.port()),
+        ));
+    proxied.acquire_timeout_secs = Some(1);
+    let store = swarm_director::store::Store::connect(&proxied)
+        .await
+        .unwrap();
+    let worker = env.spawn(swarm_director::worker::Worker::new(
+        env.broker.clone(),
+        store,
+        swarm_director::agent::AgentRegistry::with_builtins(),
+        env.settings.worker.clone(),
+    ));
+    let tasks: Vec<_> = (0..12)
+        .map(|_| TaskEnvelope::new("sleep", json!({"ms": 800})))
+        .collect();
+    let ids = publish_all(&env, &tasks).await;
+    // Every task claimed (its row says processing), then the database goes away while the
+    // agents still run: their batch commit must fail.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.store.tasks(&ids).await.unwrap().len() < ids.len() {
+        assert!(Instant::now() < deadline, "the tasks were never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        env.stream_messages().await,
+        12,
+        "no ack without a committed row"
+    );
+    let rows = env.store.tasks(&ids).await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.status == "processing"),
+        "nothing committed meanwhile"
+    );
+    assert!(
+        count(&worker.counts.store_failures) >= 1,
+        "the commit was tried and failed"
+    );
+
+    proxy.restore();
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.status == "completed" && r.attempts == 1)
+    );
+    let counts = worker.stop().await;
+    assert_eq!(
+        count(&counts.completed),
+        12,
+        "the held batch was committed, not re-run"
+    );
+    env.assert_stream_drains("acked once committed").await;
+    env.cleanup().await;
+}
