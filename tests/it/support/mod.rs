@@ -67,6 +67,7 @@ impl TestEnv {
         let broker = Broker::connect(&settings.nats)
             .await
             .expect("NATS is running (make services)");
+        sweep_stale_streams(&broker).await;
         // A fresh cluster may still be electing its JetStream leader: retry a little.
         let deadline = Instant::now() + Duration::from_secs(20);
         while let Err(error) = broker.ensure_stream().await {
@@ -291,6 +292,23 @@ impl TestEnv {
         let _ = self.dead_letters().delete_stream().await;
         let _ = self.broker.delete_stream().await;
         let _ = self.store.drop_schema().await;
+    }
+}
+
+/// Deletes test streams left by runs that panicked before their cleanup (older than an
+/// hour, so no running test loses its stream).
+async fn sweep_stale_streams(broker: &Broker) {
+    use futures::StreamExt;
+    let cutoff = chrono::Utc::now().timestamp() - 3600;
+    let mut streams = broker.jetstream().streams();
+    let mut stale = Vec::new();
+    while let Some(Ok(info)) = streams.next().await {
+        if info.config.name.starts_with("TEST_") && info.created.unix_timestamp() < cutoff {
+            stale.push(info.config.name.clone());
+        }
+    }
+    for name in stale {
+        let _ = broker.jetstream().delete_stream(&name).await;
     }
 }
 
