@@ -8,11 +8,13 @@
 //! - [`assembly`]: a worker with the mirror, intake and cache its settings enable.
 //! - [`gauges`]: backlog, oldest waiting task and connection gauges.
 //! - [`alarm`]: wakes an idle worker when a retry it scheduled is due.
+//! - [`dispatch`]: a fetched batch becomes claimed, running tasks.
 //! - [`runner`]: the pull loop and graceful shutdown around them.
 
 pub mod alarm;
 pub mod assembly;
 pub mod delivery;
+mod dispatch;
 pub mod executor;
 pub mod gauges;
 pub mod outcome;
