@@ -88,3 +88,47 @@ async fn a_cluster_node_dies_and_nothing_is_lost() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_surviving_worker_finishes_everything() {
+    let env = TestEnv::new().await;
+    let tasks: Vec<_> = (0..2000)
+        .map(|n| TaskEnvelope::new("sleep", json!({"ms": 2})).with_priority((n % 10) as u8))
+        .collect();
+    let results = env
+        .broker
+        .publish_many(&tasks, Codec::MessagePack, 512, || {})
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let mut doomed = spawn_worker(&env);
+    let mut survivor = spawn_worker(&env);
+    while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    doomed.start_kill().unwrap();
+    doomed.wait().await.unwrap();
+    let rows = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if env.store.count_finished(&ids).await.unwrap() as usize == ids.len() {
+                break env.store.tasks(&ids).await.unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the survivor did not finish the work"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    let by_survivor = rows.iter().filter(|r| r.attempts > 1).count();
+    println!(
+        "one of two workers killed: the survivor finished all 2,000 ({by_survivor} redelivered from the dead one)"
+    );
+    env.assert_stream_drains("every task acknowledged by the survivor")
+        .await;
+    let _ = survivor.start_kill();
+    let _ = survivor.wait().await;
+    env.cleanup().await;
+}
