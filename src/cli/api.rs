@@ -5,10 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::{
-    broker::Broker,
     config::Settings,
     http::{self, api},
-    store::Store,
 };
 
 #[derive(Debug, clap::Args)]
@@ -19,17 +17,7 @@ pub struct Args {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
-    let store = Store::connect(&settings.database)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await.context("applying migrations")?;
-    let broker = Broker::connect(&settings.nats)
-        .await
-        .context("connecting to NATS")?;
-    broker
-        .ensure_stream()
-        .await
-        .context("setting up the tasks stream")?;
+    let (store, broker) = super::connect_fleet(&settings, true).await?;
     if settings.api.token.is_none() {
         tracing::warn!("no SWARM_API_TOKEN: anyone who reaches the API can publish");
     }

@@ -80,10 +80,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     settings.database.schema = format!("bench_{tag}");
     settings.redis.key_prefix = format!("bench:{tag}:");
     settings.redis.mirror = !args.no_mirror;
-    let store = Store::connect(&settings.database).await?;
-    store.migrate().await?;
-    let broker = Broker::connect(&settings.nats).await?;
-    broker.ensure_stream().await?;
+    let (store, broker) = super::connect_fleet(&settings, true).await?;
     let outcome = bench(&settings, &args, &broker, &store).await;
     cleanup(&settings, &broker, &store).await;
     let report = outcome?;

@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use crate::{
     agent::AgentRegistry,
-    broker::Broker,
     config::Settings,
     store::Store,
     task::{Codec, TaskEnvelope},
@@ -42,17 +41,7 @@ const TEXTS: [&str; 3] = [
 pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     // Quick retries so the demo shows a retried task finishing within seconds.
     settings.worker.retry_base_ms = settings.worker.retry_base_ms.min(250);
-    let store = Store::connect(&settings.database)
-        .await
-        .context("connecting to PostgreSQL")?;
-    store.migrate().await.context("applying migrations")?;
-    let broker = Broker::connect(&settings.nats)
-        .await
-        .context("connecting to NATS")?;
-    broker
-        .ensure_stream()
-        .await
-        .context("setting up the tasks stream")?;
+    let (store, broker) = super::connect_fleet(&settings, true).await?;
 
     println!(
         "SwarmDirector demo: {} workers (concurrency {} each) on stream {} / PostgreSQL schema {}",

@@ -91,6 +91,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The primary database (migrated when `migrate`) and the broker with its tasks stream.
+async fn connect_fleet(
+    settings: &Settings,
+    migrate: bool,
+) -> anyhow::Result<(crate::store::Store, crate::broker::Broker)> {
+    let store = crate::store::Store::connect(&settings.database)
+        .await
+        .context("connecting to PostgreSQL")?;
+    if migrate {
+        store.migrate().await.context("applying migrations")?;
+    }
+    Ok((store, connect_broker(settings).await?))
+}
+
+/// The broker, with the tasks stream created or brought to the settings.
+async fn connect_broker(settings: &Settings) -> anyhow::Result<crate::broker::Broker> {
+    let broker = crate::broker::Broker::connect(&settings.nats)
+        .await
+        .context("connecting to NATS")?;
+    broker
+        .ensure_stream()
+        .await
+        .context("setting up the tasks stream")?;
+    Ok(broker)
+}
+
 /// Completes on ctrl-c or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

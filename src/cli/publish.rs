@@ -8,7 +8,6 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
-    broker::Broker,
     config::Settings,
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
 };
@@ -98,13 +97,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         Some(path) => read_file(path)?,
         None => vec![single(&args)?],
     };
-    let broker = Broker::connect(&settings.nats)
-        .await
-        .context("connecting to NATS")?;
-    broker
-        .ensure_stream()
-        .await
-        .context("setting up the tasks stream")?;
+    let broker = super::connect_broker(&settings).await?;
 
     if args.file.is_none() {
         let receipt = broker.publish(&tasks[0], codec).await?;

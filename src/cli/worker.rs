@@ -6,11 +6,8 @@ use anyhow::Context;
 
 use crate::{
     agent::{AgentRegistry, builtin::CrashAgent},
-    broker::Broker,
     config::Settings,
-    http,
-    store::Store,
-    worker,
+    http, worker,
 };
 
 #[derive(Debug, clap::Args)]
@@ -39,19 +36,8 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     if let Some(concurrency) = args.concurrency {
         settings.worker.concurrency = concurrency.max(1);
     }
-    let store = Store::connect(&settings.database)
-        .await
-        .context("connecting to PostgreSQL")?;
-    if settings.database.migrate_on_start && !args.no_migrate {
-        store.migrate().await.context("applying migrations")?;
-    }
-    let broker = Broker::connect(&settings.nats)
-        .await
-        .context("connecting to NATS")?;
-    broker
-        .ensure_stream()
-        .await
-        .context("setting up the tasks stream")?;
+    let migrate = settings.database.migrate_on_start && !args.no_migrate;
+    let (store, broker) = super::connect_fleet(&settings, migrate).await?;
     let mut registry = AgentRegistry::with_builtins();
     if args.enable_crash_agent {
         tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
