@@ -86,6 +86,37 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub worker: WorkerSettings,
     pub api: ApiSettings,
+    pub scale: ScaleSettings,
+}
+
+/// When the scale signals recommend more or fewer workers (the seed's `ResourceManager`
+/// thresholds, plus the backlog).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScaleSettings {
+    /// CPU use (percent) above which to scale up; below half of it, down. Default 70.
+    /// Env: `SWARM_SCALE_CPU_PERCENT`.
+    pub cpu_percent: f64,
+    /// Memory use (percent) above which to scale up; below half of it, down. Default 80.
+    /// Env: `SWARM_SCALE_MEMORY_PERCENT`.
+    pub memory_percent: f64,
+    /// Waiting tasks per live worker above which to scale up; below half of it, down.
+    /// Default 1000. Env: `SWARM_SCALE_BACKLOG_PER_WORKER`.
+    pub backlog_per_worker: f64,
+    /// Age of the oldest waiting task (seconds) above which to scale up. Default 60.
+    /// Env: `SWARM_SCALE_OLDEST_PENDING_SECS`.
+    pub oldest_pending_secs: f64,
+}
+
+impl Default for ScaleSettings {
+    fn default() -> Self {
+        Self {
+            cpu_percent: 70.0,
+            memory_percent: 80.0,
+            backlog_per_worker: 1000.0,
+            oldest_pending_secs: 60.0,
+        }
+    }
 }
 
 /// The HTTP API (`swarmd api`).
@@ -297,8 +328,15 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Tasks run at once by one worker process. Default 64. Env: `SWARM_CONCURRENCY`.
+    /// Tasks run at once by one worker process, or `"auto"` to size it from the machine's
+    /// cores and memory. Default 64. Env: `SWARM_CONCURRENCY`.
+    #[serde(deserialize_with = "concurrency_setting")]
     pub concurrency: usize,
+    /// Agent types this worker takes, for a dedicated pool; empty takes all. Env:
+    /// `SWARM_WORKER_AGENTS` (comma-separated).
+    pub agents: Vec<String>,
+    /// Agent types this worker leaves to dedicated pools. Env: `SWARM_WORKER_EXCLUDE_AGENTS`.
+    pub exclude_agents: Vec<String>,
     /// Most messages fetched by one pull request. Default 64.
     pub fetch_batch: usize,
     /// Most outcomes committed in one database transaction. Default 256.
@@ -337,10 +375,45 @@ pub struct WorkerSettings {
     pub idle_rescan_ms: u64,
 }
 
+impl WorkerSettings {
+    /// The agent types this worker takes.
+    ///
+    /// Fails when both lists are given or a name cannot be an agent type.
+    pub fn agent_filter(&self) -> Result<crate::broker::AgentFilter, ConfigError> {
+        crate::broker::AgentFilter::from_lists(
+            &self.agents.join(","),
+            &self.exclude_agents.join(","),
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            name: "worker.agents",
+            reason,
+        })
+    }
+}
+
+/// A concurrency setting: a positive number, or "auto".
+fn concurrency_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Setting {
+        Fixed(usize),
+        Named(String),
+    }
+    match Setting::deserialize(d)? {
+        Setting::Fixed(n) => Ok(n),
+        Setting::Named(name) if name == "auto" => Ok(crate::scale::auto_concurrency()),
+        Setting::Named(other) => Err(serde::de::Error::custom(format!(
+            "concurrency must be a number or \"auto\", not {other:?}"
+        ))),
+    }
+}
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
             concurrency: 64,
+            agents: Vec::new(),
+            exclude_agents: Vec::new(),
             fetch_batch: 64,
             commit_batch: 256,
             commit_linger_ms: 2,
@@ -476,7 +549,17 @@ impl Settings {
             self.redis.cache = parsed("SWARM_RESULT_CACHE", v)?;
         }
         if let Some(v) = get("SWARM_CONCURRENCY") {
-            self.worker.concurrency = parsed("SWARM_CONCURRENCY", v)?;
+            self.worker.concurrency = match v.as_str() {
+                "auto" => crate::scale::auto_concurrency(),
+                _ => parsed("SWARM_CONCURRENCY", v)?,
+            };
+        }
+        let list = |v: String| v.split(',').map(|a| a.trim().to_string()).collect();
+        if let Some(v) = get("SWARM_WORKER_AGENTS") {
+            self.worker.agents = list(v);
+        }
+        if let Some(v) = get("SWARM_WORKER_EXCLUDE_AGENTS") {
+            self.worker.exclude_agents = list(v);
         }
         if let Some(v) = get("SWARM_RETRY_BASE_MS") {
             self.worker.retry_base_ms = parsed("SWARM_RETRY_BASE_MS", v)?;
@@ -498,6 +581,18 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_API_TOKEN") {
             self.api.token = Some(SecretUrl::new(v));
+        }
+        if let Some(v) = get("SWARM_SCALE_CPU_PERCENT") {
+            self.scale.cpu_percent = parsed("SWARM_SCALE_CPU_PERCENT", v)?;
+        }
+        if let Some(v) = get("SWARM_SCALE_MEMORY_PERCENT") {
+            self.scale.memory_percent = parsed("SWARM_SCALE_MEMORY_PERCENT", v)?;
+        }
+        if let Some(v) = get("SWARM_SCALE_BACKLOG_PER_WORKER") {
+            self.scale.backlog_per_worker = parsed("SWARM_SCALE_BACKLOG_PER_WORKER", v)?;
+        }
+        if let Some(v) = get("SWARM_SCALE_OLDEST_PENDING_SECS") {
+            self.scale.oldest_pending_secs = parsed("SWARM_SCALE_OLDEST_PENDING_SECS", v)?;
         }
         if let Some(v) = get("SWARM_WORKER_ID") {
             self.worker.id = Some(v);
@@ -561,6 +656,20 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 name: "worker.concurrency",
                 reason: "concurrency and fetch_batch must be at least 1".into(),
+            });
+        }
+        self.worker.agent_filter()?;
+        let scale = &self.scale;
+        if [scale.cpu_percent, scale.memory_percent]
+            .iter()
+            .any(|p| !(0.0..=100.0).contains(p))
+            || !(scale.backlog_per_worker > 0.0 && scale.oldest_pending_secs >= 0.0)
+        {
+            return Err(ConfigError::Invalid {
+                name: "scale",
+                reason: "percentages must be 0-100, backlog_per_worker positive, \
+                         oldest_pending_secs not negative"
+                    .into(),
             });
         }
         if self.nats.ack_wait_secs.is_nan() || self.nats.ack_wait_secs <= 0.0 {

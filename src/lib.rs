@@ -16,6 +16,7 @@
 //! - [`metrics`]: every Prometheus metric, in one place.
 //! - [`http`]: the HTTP side: metrics and health endpoints (and request metrics).
 //! - [`telemetry`]: logs, and traces carried in NATS headers and exported over OTLP.
+//! - [`scale`]: host readings, the workers' roll call, scale-up/down signals and sizing.
 //! - [`store`]: PostgreSQL pools, embedded migrations and the task queries.
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   and the pull loop with graceful shutdown.
@@ -30,6 +31,7 @@ pub mod dlq;
 pub mod http;
 pub mod metrics;
 pub mod mirror;
+pub mod scale;
 pub mod store;
 pub mod task;
 pub mod telemetry;

@@ -4,12 +4,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
     stream::{DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use super::{BrokerError, PriorityPuller, Subjects};
-use crate::{config::NatsSettings, task::MAX_PRIORITY};
+use super::{AgentFilter, BrokerError, PriorityPuller, Subjects};
+use crate::config::NatsSettings;
 
 /// Largest task message the stream accepts (bytes). Bigger bodies are refused at publish.
 pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
@@ -82,11 +81,6 @@ impl Broker {
         &self.settings
     }
 
-    /// Durable name of the consumer serving one priority.
-    pub fn consumer_name(&self, priority: u8) -> String {
-        format!("{}-p{priority}", self.settings.consumer_group)
-    }
-
     /// Creates the tasks stream, or updates it to the configured settings.
     ///
     /// Fails when JetStream is unavailable or refuses the configuration.
@@ -129,67 +123,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Creates (or updates) one durable pull consumer per priority and returns a puller
-    /// over them.
+    /// A puller over the lanes `filter` admits; their consumers are created as tasks show
+    /// up in them.
     ///
-    /// Fails when the stream is missing or the server drops the subject filter (an unfiltered
-    /// consumer would break priority order).
-    pub async fn priority_puller(&self) -> Result<PriorityPuller, BrokerError> {
-        let stream = self
-            .jetstream
-            .get_stream(&self.settings.stream)
-            .await
-            .map_err(|e| BrokerError::Stream {
-                stream: self.settings.stream.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut consumers = Vec::with_capacity(MAX_PRIORITY as usize + 1);
-        for priority in 0..=MAX_PRIORITY {
-            consumers.push(self.ensure_consumer(&stream, priority).await?);
-        }
-        Ok(PriorityPuller::new(
-            self.client.clone(),
-            self.subjects.clone(),
-            consumers,
-        ))
-    }
-
-    async fn ensure_consumer(
+    /// Fails when the stream is missing.
+    pub async fn priority_puller(
         &self,
-        stream: &jetstream::stream::Stream,
-        priority: u8,
-    ) -> Result<PullConsumer, BrokerError> {
-        let name = self.consumer_name(priority);
-        let filter = self.subjects.priority_filter(priority);
-        let config = pull::Config {
-            durable_name: Some(name.clone()),
-            description: Some(format!("SwarmDirector workers, priority {priority}")),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.settings.ack_wait(),
-            filter_subject: filter.clone(),
-            max_ack_pending: self.settings.max_ack_pending,
-            max_deliver: self.settings.max_deliver,
-            max_waiting: 4096,
-            ..Default::default()
-        };
-        let consumer_error = |reason: String| BrokerError::Consumer {
-            consumer: name.clone(),
-            reason,
-        };
-        // Creating an existing durable updates its editable settings (ack wait, limits).
-        let consumer: PullConsumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(|e| consumer_error(e.to_string()))?;
-        let info = consumer.cached_info();
-        if info.config.filter_subject != filter {
-            return Err(consumer_error(format!(
-                "server kept filter {:?} instead of {filter:?}",
-                info.config.filter_subject
-            )));
-        }
-        Ok(consumer)
+        filter: AgentFilter,
+    ) -> Result<PriorityPuller, BrokerError> {
+        PriorityPuller::new(self.clone(), filter).await
     }
 
     /// Deletes the tasks stream and its consumers (tests, benchmarks and cleanup).

@@ -4,13 +4,15 @@
 mod backlog;
 mod connection;
 mod error;
+mod lanes;
 mod publisher;
 mod puller;
 mod subjects;
 
-pub use backlog::{Backlog, PriorityBacklog};
+pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
 pub use connection::Broker;
 pub use error::BrokerError;
+pub use lanes::AgentFilter;
 pub use publisher::{PublishReceipt, headers};
 pub use puller::{Doorbell, Priorities, PriorityPuller};
 pub use subjects::Subjects;

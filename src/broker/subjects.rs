@@ -29,9 +29,19 @@ impl Subjects {
         format!("{}.tasks.>", self.prefix)
     }
 
-    /// The filter of the consumer that serves one priority.
+    /// Every priority of one agent type: a dedicated pool's doorbell.
+    pub fn any_priority(&self, agent_type: &str) -> String {
+        format!("{}.tasks.*.{agent_type}", self.prefix)
+    }
+
+    /// Every agent type of one priority (the per-priority consumers of earlier versions).
     pub fn priority_filter(&self, priority: u8) -> String {
         format!("{}.tasks.p{priority}.*", self.prefix)
+    }
+
+    /// Where workers answer roll calls.
+    pub fn roll_call(&self) -> String {
+        format!("{}.workers.roll", self.prefix)
     }
 
     /// Where the dead letter of a task of this agent type goes.

@@ -1,10 +1,15 @@
-//! `swarmd status`: the backlog per priority, the consumers, and what finished recently.
+//! `swarmd status`: the backlog per priority and lane, the workers answering the roll call,
+//! and what finished recently.
 
 use anyhow::Context;
 use futures::StreamExt;
 
 use crate::{
-    broker::Broker, config::Settings, dlq::DeadLetterStream, store::Store, task::MAX_PRIORITY,
+    broker::Broker,
+    config::Settings,
+    dlq::DeadLetterStream,
+    scale::{ROLL_CALL_WAIT, roll_call},
+    store::Store,
 };
 
 #[derive(Debug, clap::Args)]
@@ -31,29 +36,51 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         info.state.messages,
         info.state.bytes
     );
+    let backlog = broker.backlog().await.context("reading the backlog")?;
     println!(
-        "\n{:<10} {:<16} {:>9} {:>12} {:>11} {:>13}",
-        "priority", "consumer", "pending", "in flight", "redelivered", "waiting pulls"
+        "\n{:<9} {:>9} {:>10} {:>12}",
+        "priority", "pending", "in flight", "oldest (s)"
     );
-    for priority in (0..=MAX_PRIORITY).rev() {
-        let name = broker.consumer_name(priority);
-        match stream.consumer_info(&name).await {
-            Ok(c) => println!(
-                "{:<10} {:<16} {:>9} {:>12} {:>11} {:>13}",
-                format!("p{priority}"),
-                name,
-                c.num_pending,
-                c.num_ack_pending,
-                c.num_redelivered,
-                c.num_waiting
-            ),
-            Err(_) => println!(
-                "{:<10} {:<16} {:>9}",
-                format!("p{priority}"),
-                name,
-                "(none)"
-            ),
-        }
+    for level in backlog
+        .priorities
+        .iter()
+        .filter(|p| p.pending + p.in_flight > 0)
+    {
+        println!(
+            "{:<9} {:>9} {:>10} {:>12}",
+            format!("p{}", level.priority),
+            level.pending,
+            level.in_flight,
+            level.oldest_pending_secs
+        );
+    }
+    println!(
+        "\n{:<9} {:<16} {:<28} {:>9} {:>10} {:>12}",
+        "lane", "agent type", "consumer", "pending", "in flight", "redelivered"
+    );
+    if backlog.lanes.is_empty() {
+        println!("  (no task waits)");
+    }
+    for lane in &backlog.lanes {
+        println!(
+            "{:<9} {:<16} {:<28} {:>9} {:>10} {:>12}",
+            format!("p{}", lane.priority),
+            lane.agent_type,
+            lane.consumer.as_deref().unwrap_or("(not served yet)"),
+            lane.pending,
+            lane.in_flight,
+            lane.redelivered
+        );
+    }
+    let workers = roll_call(&broker, ROLL_CALL_WAIT)
+        .await
+        .context("calling the workers' roll")?;
+    println!("\nworkers answering ({}):", workers.len());
+    for worker in &workers {
+        println!(
+            "  {:<28} agents {:<24} {:>4}/{} busy",
+            worker.worker_id, worker.agents, worker.in_flight, worker.concurrency
+        );
     }
 
     let store = Store::connect(&settings.database)

@@ -6,15 +6,25 @@ use anyhow::Context;
 
 use crate::{
     agent::{AgentRegistry, builtin::CrashAgent},
+    broker::AgentFilter,
     config::Settings,
     http, worker,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Tasks run at once (overrides SWARM_CONCURRENCY / worker.concurrency).
-    #[arg(long)]
+    /// Tasks run at once, or `auto` to size from the cores and memory (overrides
+    /// SWARM_CONCURRENCY / worker.concurrency).
+    #[arg(long, value_parser = parse_concurrency)]
     concurrency: Option<usize>,
+    /// Take only these agent types (comma-separated): a dedicated pool. Overrides
+    /// SWARM_WORKER_AGENTS.
+    #[arg(long, value_delimiter = ',', conflicts_with = "exclude_agents")]
+    agents: Option<Vec<String>>,
+    /// Take every agent type but these, left to dedicated pools. Overrides
+    /// SWARM_WORKER_EXCLUDE_AGENTS.
+    #[arg(long, value_delimiter = ',')]
+    exclude_agents: Option<Vec<String>>,
     /// Do not apply migrations at start-up.
     #[arg(long)]
     no_migrate: bool,
@@ -34,15 +44,34 @@ pub struct Args {
 
 pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     if let Some(concurrency) = args.concurrency {
-        settings.worker.concurrency = concurrency.max(1);
+        settings.worker.concurrency = concurrency;
     }
-    let migrate = settings.database.migrate_on_start && !args.no_migrate;
-    let (store, broker) = super::connect_fleet(&settings, migrate).await?;
+    if let Some(agents) = args.agents {
+        (settings.worker.agents, settings.worker.exclude_agents) = (agents, Vec::new());
+    }
+    if let Some(excluded) = args.exclude_agents {
+        (settings.worker.agents, settings.worker.exclude_agents) = (Vec::new(), excluded);
+    }
+    let agents = settings.worker.agent_filter()?;
     let mut registry = AgentRegistry::with_builtins();
     if args.enable_crash_agent {
         tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
         registry = registry.with(CrashAgent);
     }
+    if let AgentFilter::Only(_) = &agents {
+        let unknown: Vec<&str> = agents
+            .named()
+            .filter(|a| registry.get(a).is_none())
+            .collect();
+        if !unknown.is_empty() {
+            let known: Vec<&str> = registry.names().collect();
+            anyhow::bail!(
+                "--agents names unknown agent types {unknown:?}; this build has {known:?}"
+            );
+        }
+    }
+    let migrate = settings.database.migrate_on_start && !args.no_migrate;
+    let (store, broker) = super::connect_fleet(&settings, migrate).await?;
     settings.redis.mirror &= !args.no_mirror;
     settings.redis.intake &= !args.no_intake;
     settings.redis.cache &= !args.no_cache;
@@ -67,4 +96,16 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     ran?;
     Ok(())
+}
+
+fn parse_concurrency(value: &str) -> Result<usize, String> {
+    match value {
+        "auto" => Ok(crate::scale::auto_concurrency()),
+        _ => match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "{value:?} is neither a positive number nor \"auto\""
+            )),
+        },
+    }
 }

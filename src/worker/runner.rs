@@ -24,6 +24,7 @@ use crate::{
     config::WorkerSettings,
     dlq::{DeadLetterStream, DlqError},
     mirror::{self, Intake, Mirror},
+    scale::{WorkerPresence, answer_roll_calls},
     store::{Store, StoreError},
 };
 
@@ -48,6 +49,8 @@ pub enum WorkerError {
     DeadLetters(#[from] DlqError),
     #[error(transparent)]
     Legacy(#[from] crate::mirror::MirrorError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// One worker process's loop over the shared consumers. Holds no state another worker needs.
@@ -120,7 +123,9 @@ impl Worker {
     /// Fails only when the consumers cannot be set up; failures while running are logged and
     /// retried, since JetStream keeps every unacknowledged task.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-        let puller = self.broker.priority_puller().await?;
+        let agents = self.settings.agent_filter()?;
+        let puller = self.broker.priority_puller(agents.clone()).await?;
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -143,8 +148,23 @@ impl Worker {
             GAUGE_INTERVAL,
             stopped(stopping_rx.clone()),
         ));
+        sidecars.spawn({
+            let (slots, concurrency) = (slots.clone(), self.settings.concurrency);
+            let (worker_id, agents) = (self.worker_id.clone(), agents.to_string());
+            let presence = move || WorkerPresence {
+                worker_id: worker_id.clone(),
+                agents: agents.clone(),
+                concurrency,
+                in_flight: concurrency.saturating_sub(slots.available_permits()),
+            };
+            let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));
+            async move {
+                if let Err(error) = answer_roll_calls(broker, presence, stop).await {
+                    tracing::warn!(%error, "cannot answer roll calls");
+                }
+            }
+        });
         self.dead_letters.ensure().await?;
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (abandon_tx, abandon_rx) = watch::channel(false);
         let alarms = RetryAlarms::default();
         let (settle_tx, settler) = settler::spawn(
@@ -176,7 +196,12 @@ impl Worker {
             max_dead_letter_body: (self.broker.client().server_info().max_payload)
                 .saturating_sub(16 * 1024),
         };
-        tracing::info!(worker_id = %self.worker_id, concurrency = self.settings.concurrency, "worker started");
+        tracing::info!(
+            worker_id = %self.worker_id,
+            concurrency = self.settings.concurrency,
+            %agents,
+            "worker started"
+        );
 
         let rescan = Duration::from_millis(self.settings.idle_rescan_ms);
         let mut stop = shutdown_rx.clone();

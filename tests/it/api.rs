@@ -227,7 +227,6 @@ async fn the_api_serves_over_tcp_with_health_ready_and_metrics() {
 async fn queues_show_a_backlog_and_dead_letters_can_be_listed_and_replayed() {
     let env = TestEnv::new().await;
     let app = app(&env, Some("s3cret"));
-    env.broker.priority_puller().await.unwrap();
     let backlog = json!({"tasks": [
         {"agent_type": "echo", "data": 1, "priority": 7},
         {"agent_type": "echo", "data": 2, "priority": 7},

@@ -152,7 +152,6 @@ async fn a_worker_process_exposes_what_it_did() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_gauges_show_depth_and_age_per_priority() {
     let env = TestEnv::new().await;
-    env.broker.priority_puller().await.unwrap();
     for _ in 0..7 {
         let task = TaskEnvelope::new("echo", json!(null)).with_priority(3);
         env.broker.publish(&task, Codec::Json).await.unwrap();

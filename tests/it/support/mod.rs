@@ -211,23 +211,15 @@ impl TestEnv {
         stream.info().await.expect("stream info").state.messages
     }
 
-    /// Messages waiting for delivery and delivered-but-unacknowledged, over all priority
-    /// consumers.
+    /// Messages waiting for delivery and delivered-but-unacknowledged, over all lanes.
     pub async fn consumer_backlog(&self) -> (u64, usize) {
-        let stream = self
-            .broker
-            .jetstream()
-            .get_stream(&self.settings.nats.stream)
-            .await
-            .expect("stream exists");
-        let (mut pending, mut unacked) = (0, 0);
-        for priority in 0..=9 {
-            let name = self.broker.consumer_name(priority);
-            if let Ok(info) = stream.consumer_info(&name).await {
-                pending += info.num_pending;
-                unacked += info.num_ack_pending;
-            }
-        }
+        let backlog = self.broker.backlog().await.expect("backlog");
+        let pending = backlog.lanes.iter().map(|lane| lane.pending).sum();
+        let unacked = backlog
+            .lanes
+            .iter()
+            .map(|lane| lane.in_flight as usize)
+            .sum();
         (pending, unacked)
     }
 

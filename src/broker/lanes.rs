@@ -1,0 +1,198 @@
+//! Lanes: one durable pull consumer per (priority, agent type).
+//!
+//! A work-queue stream refuses consumers whose filters overlap, and NATS 2.9 gives a consumer
+//! one filter, so "priority 5, every agent type but `email`" cannot be one consumer. Each
+//! subject `<prefix>.tasks.p<N>.<agent>` therefore gets its own consumer, shared by every
+//! worker that serves that agent type. A worker pool is then just the set of lanes it pulls
+//! from, and lanes for agent types nobody registered (garbage input) are still created by the
+//! general workers, which dead-letter what they find there.
+
+use std::collections::BTreeSet;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+};
+
+use super::{Broker, BrokerError};
+
+/// Which agent types a worker takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AgentFilter {
+    /// Every agent type, including ones no worker knows (those are dead-lettered).
+    #[default]
+    All,
+    /// Only these (a dedicated pool).
+    Only(BTreeSet<String>),
+    /// Every agent type except these (the general pool beside dedicated ones).
+    Except(BTreeSet<String>),
+}
+
+impl AgentFilter {
+    /// From the `--agents` and `--exclude-agents` lists (comma-separated; empty means none).
+    ///
+    /// Fails when both are given, or a name cannot be a subject token.
+    pub fn from_lists(only: &str, except: &str) -> Result<Self, String> {
+        let parse = |list: &str| -> Result<BTreeSet<String>, String> {
+            list.split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(|name| {
+                    if name.contains(['.', '*', '>', ' ']) {
+                        Err(format!("{name:?} is not an agent type name"))
+                    } else {
+                        Ok(name.to_string())
+                    }
+                })
+                .collect()
+        };
+        let (only, except) = (parse(only)?, parse(except)?);
+        match (only.is_empty(), except.is_empty()) {
+            (true, true) => Ok(Self::All),
+            (false, true) => Ok(Self::Only(only)),
+            (true, false) => Ok(Self::Except(except)),
+            (false, false) => Err("give either --agents or --exclude-agents, not both".into()),
+        }
+    }
+
+    pub fn admits(&self, agent_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(set) => set.contains(agent_type),
+            Self::Except(set) => !set.contains(agent_type),
+        }
+    }
+
+    /// The agent types named by the filter (to check they are registered).
+    pub fn named(&self) -> impl Iterator<Item = &str> {
+        let set = match self {
+            Self::All => None,
+            Self::Only(set) | Self::Except(set) => Some(set),
+        };
+        set.into_iter().flatten().map(String::as_str)
+    }
+}
+
+impl std::fmt::Display for AgentFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let join = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(",");
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Only(set) => write!(f, "only {}", join(set)),
+            Self::Except(set) => write!(f, "all but {}", join(set)),
+        }
+    }
+}
+
+/// Durable name of the consumer of one lane. Agent types are subject tokens, which may hold
+/// characters a consumer name may not (it becomes a directory name): those are replaced and a
+/// hash of the original keeps names apart.
+fn lane_name(group: &str, priority: u8, agent_type: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if agent_type.chars().all(safe) && agent_type.len() <= 64 {
+        return format!("{group}-p{priority}-{agent_type}");
+    }
+    let cleaned: String = agent_type
+        .chars()
+        .take(32)
+        .map(|c| if safe(c) { c } else { '_' })
+        .collect();
+    let hash = agent_type.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{group}-p{priority}-{cleaned}-{hash:016x}")
+}
+
+impl Broker {
+    /// Durable name of the consumer of one lane.
+    pub fn lane_name(&self, priority: u8, agent_type: &str) -> String {
+        lane_name(&self.settings().consumer_group, priority, agent_type)
+    }
+
+    /// Creates (or updates) the consumer of one lane.
+    ///
+    /// Fails when the stream is missing or the server drops the subject filter.
+    pub(super) async fn ensure_lane(
+        &self,
+        stream: &jetstream::stream::Stream,
+        priority: u8,
+        agent_type: &str,
+    ) -> Result<PullConsumer, BrokerError> {
+        let name = self.lane_name(priority, agent_type);
+        let filter = self.subjects().task(priority, agent_type);
+        let settings = self.settings();
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some(format!(
+                "SwarmDirector workers, priority {priority}, agent type {agent_type}"
+            )),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: settings.ack_wait(),
+            filter_subject: filter.clone(),
+            max_ack_pending: settings.max_ack_pending,
+            max_deliver: settings.max_deliver,
+            max_waiting: 4096,
+            ..Default::default()
+        };
+        let consumer_error = |reason: String| BrokerError::Consumer {
+            consumer: name.clone(),
+            reason,
+        };
+        // Creating an existing durable updates its editable settings (ack wait, limits).
+        let consumer: PullConsumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?;
+        let info = consumer.cached_info();
+        if info.config.filter_subject != filter {
+            return Err(consumer_error(format!(
+                "server kept filter {:?} instead of {filter:?}",
+                info.config.filter_subject
+            )));
+        }
+        Ok(consumer)
+    }
+
+    /// Removes the one-consumer-per-priority layout of earlier versions, whose wildcard
+    /// filters overlap every lane. Their unacknowledged tasks stay in the stream and are
+    /// delivered again by the lanes.
+    pub(super) async fn remove_priority_consumers(&self, stream: &jetstream::stream::Stream) {
+        for priority in 0..=crate::task::MAX_PRIORITY {
+            let name = format!("{}-p{priority}", self.settings().consumer_group);
+            let Ok(info) = stream.consumer_info(&name).await else {
+                continue;
+            };
+            if info.config.filter_subject == self.subjects().priority_filter(priority)
+                && stream.delete_consumer(&name).await.is_ok()
+            {
+                tracing::info!(consumer = %name, "removed a per-priority consumer of an earlier version");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_admit() {
+        assert_eq!(AgentFilter::from_lists("", " "), Ok(AgentFilter::All));
+        let only = AgentFilter::from_lists("email, quality", "").unwrap();
+        assert!(only.admits("email") && only.admits("quality") && !only.admits("echo"));
+        let except = AgentFilter::from_lists("", "email").unwrap();
+        assert!(!except.admits("email") && except.admits("anything"));
+        assert!(AgentFilter::from_lists("email", "quality").is_err());
+        assert!(AgentFilter::from_lists("a.b", "").is_err());
+        assert_eq!(only.to_string(), "only email,quality");
+    }
+
+    #[test]
+    fn lane_names_are_safe_and_distinct() {
+        assert_eq!(lane_name("workers", 5, "email"), "workers-p5-email");
+        let odd = lane_name("workers", 5, "a/b");
+        assert!(odd.starts_with("workers-p5-a_b-"), "{odd}");
+        assert_ne!(odd, lane_name("workers", 5, "a\\b"));
+    }
+}

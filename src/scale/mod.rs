@@ -1,0 +1,12 @@
+//! Scaling: what the host is doing, who is working, and whether to add or remove workers
+//! (the seed's `ResourceManager`), plus sizing a worker from its machine.
+
+mod host;
+mod roster;
+mod signals;
+mod sizing;
+
+pub use host::{HostSampler, HostUsage};
+pub use roster::{WorkerPresence, answer_roll_calls, roll_call};
+pub use signals::{ROLL_CALL_WAIT, ScaleSignals};
+pub use sizing::{auto_concurrency, available_cores, optimal_worker_processes};
