@@ -715,6 +715,36 @@ mod tests {
     }
 
     #[test]
+    fn pools_and_automatic_concurrency_come_from_the_environment_or_the_file() {
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|name| match name {
+                "SWARM_CONCURRENCY" => Some("auto".into()),
+                "SWARM_WORKER_AGENTS" => Some("email, quality".into()),
+                "SWARM_SCALE_CPU_PERCENT" => Some("60".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(settings.worker.concurrency, crate::scale::auto_concurrency());
+        assert_eq!(
+            settings.worker.agent_filter().unwrap().to_string(),
+            "only email,quality"
+        );
+        assert_eq!(settings.scale.cpu_percent, 60.0);
+        settings.validate().unwrap();
+        settings.worker.exclude_agents = vec!["echo".into()];
+        assert!(settings.validate().is_err(), "both lists at once");
+
+        let file: Settings = toml::from_str(
+            "[worker]\nconcurrency = \"auto\"\nexclude_agents = [\"email\"]\n[scale]\nbacklog_per_worker = 50\n",
+        )
+        .unwrap();
+        assert!(file.worker.concurrency >= 8);
+        assert_eq!(file.scale.backlog_per_worker, 50.0);
+        assert!(toml::from_str::<Settings>("[worker]\nconcurrency = \"lots\"\n").is_err());
+    }
+
+    #[test]
     fn malformed_environment_is_an_error() {
         let err = Settings::default()
             .apply_env(|name| (name == "SWARM_CONCURRENCY").then(|| "many".into()))

@@ -8,7 +8,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -49,6 +49,18 @@ pub struct Metrics {
     pub legacy_intake: IntCounter,
     /// Tasks this process is running now.
     pub in_flight: IntGauge,
+    /// Tasks waiting per agent type (all priorities): a dedicated pool's backlog.
+    pub agent_backlog: IntGaugeVec,
+    /// The host's CPU and memory use (percent of what this process may use) and load.
+    pub host_cpu: Gauge,
+    pub host_memory: Gauge,
+    pub host_load1: Gauge,
+    /// Workers that answered the last roll call.
+    pub fleet_workers: IntGauge,
+    /// Waiting tasks per live worker (-1 when none answers).
+    pub backlog_per_worker: Gauge,
+    /// 1 scale up, 0 hold, -1 scale down.
+    pub scale_recommendation: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -84,6 +96,14 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).expect("valid metric");
     registry
         .register(Box::new(metric.clone()))
         .expect("unique metric");
@@ -208,6 +228,26 @@ impl Metrics {
                 &r,
                 "worker_tasks_in_flight",
                 "Tasks this process is running",
+            ),
+            agent_backlog: gauge_vec(
+                &r,
+                "task_backlog_by_agent",
+                "Tasks waiting per agent type, all priorities",
+                &["agent_type"],
+            ),
+            host_cpu: float_gauge(&r, "host_cpu_percent", "CPU use of this host or pod"),
+            host_memory: float_gauge(&r, "host_memory_percent", "Memory use of this host or pod"),
+            host_load1: float_gauge(&r, "host_load_average_1m", "One-minute load average"),
+            fleet_workers: gauge(&r, "fleet_workers", "Workers answering the roll call"),
+            backlog_per_worker: float_gauge(
+                &r,
+                "task_backlog_per_worker",
+                "Waiting tasks per live worker (-1: no worker answers)",
+            ),
+            scale_recommendation: gauge(
+                &r,
+                "scale_recommendation",
+                "1 scale up, 0 hold, -1 scale down (thresholds in [scale])",
             ),
             registry: r,
         }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use crate::{
     config::Settings,
     http::{self, api},
+    scale::ScaleMeter,
 };
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +32,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         store,
         token: settings.api.token.clone(),
         redis,
+        meter: Arc::new(ScaleMeter::new(settings.scale.clone())),
     });
     let addr = args.addr.unwrap_or(settings.api.addr);
     let (bound, server) = http::serve(&addr, api::router(state), super::shutdown_signal())

@@ -75,20 +75,27 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     settings.redis.mirror &= !args.no_mirror;
     settings.redis.intake &= !args.no_intake;
     settings.redis.cache &= !args.no_cache;
+    let fleet = worker::assemble(&settings, broker.clone(), store.clone(), registry)
+        .context("setting up the legacy Redis side")?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let metrics_addr = settings.worker.metrics_addr.clone();
     if !metrics_addr.is_empty() {
         let stopped = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         };
-        match http::serve(&metrics_addr, http::metrics_router(), stopped).await {
-            Ok((bound, _)) => tracing::info!("metrics on http://{bound}/metrics"),
+        let probes = http::probes::Probes {
+            broker,
+            store,
+            // The mirror rides out Redis outages; a worker is ready without it.
+            redis: None,
+            meter: fleet.worker.scale_meter(),
+        };
+        match http::serve(&metrics_addr, http::probes::worker_router(probes), stopped).await {
+            Ok((bound, _)) => tracing::info!("metrics, /ready and /scale on http://{bound}"),
             // Another worker on this machine may hold the port: work on without it.
             Err(error) => tracing::warn!(%error, addr = %metrics_addr, "metrics endpoint off"),
         }
     }
-    let fleet = worker::assemble(&settings, broker, store, registry)
-        .context("setting up the legacy Redis side")?;
     let ran = fleet
         .run(super::shutdown_signal(), Duration::from_secs(5))
         .await

@@ -24,6 +24,8 @@ use crate::{
     broker::Broker,
     config::SecretUrl,
     dlq::{self, DeadLetter, DeadLetterStream, DeadReason, Filter, ReplayError},
+    http::probes::{self, Probes},
+    scale::ScaleMeter,
     store::Store,
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
 };
@@ -41,18 +43,29 @@ pub struct ApiState {
     pub token: Option<SecretUrl>,
     /// Checked by `/ready` when the fleet uses Redis.
     pub redis: Option<redis::aio::ConnectionManager>,
+    /// Serves `/v1/scale`.
+    pub meter: Arc<ScaleMeter>,
 }
 
 /// The API routes, with request metrics, `/health` and `/metrics`.
 pub fn router(state: Arc<ApiState>) -> Router {
+    let probes = Router::new()
+        .route("/ready", get(probes::ready))
+        .route("/v1/scale", get(probes::scale))
+        .with_state(Probes {
+            broker: state.broker.clone(),
+            store: state.store.clone(),
+            redis: state.redis.clone(),
+            meter: state.meter.clone(),
+        });
     Router::new()
         .route("/v1/tasks", post(publish))
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/queues", get(queues))
         .route("/v1/dlq", get(dead_letters))
         .route("/v1/dlq/{id}/replay", post(replay))
-        .route("/ready", get(ready))
         .with_state(state)
+        .merge(probes)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(super::metrics_router())
         .layer(middleware::from_fn(super::track))
@@ -356,34 +369,4 @@ async fn replay(
         )),
         Err(error) => Err(ApiError::internal("cannot replay the dead letter", error)),
     }
-}
-
-/// Ready when NATS is connected and the primary database (and Redis, when used) answer.
-async fn ready(State(state): State<Arc<ApiState>>) -> Response {
-    let redis = match state.redis.clone() {
-        None => None,
-        Some(mut redis) => {
-            let ping = redis::cmd("PING");
-            let answer = ping.query_async::<String>(&mut redis);
-            Some(matches!(
-                tokio::time::timeout(std::time::Duration::from_secs(1), answer).await,
-                Ok(Ok(_))
-            ))
-        }
-    };
-    let nats = matches!(
-        state.broker.client().connection_state(),
-        async_nats::connection::State::Connected
-    );
-    let database = sqlx::query("SELECT 1")
-        .execute(state.store.primary())
-        .await
-        .is_ok();
-    let status = if nats && database && redis != Some(false) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({ "nats": nats, "database": database, "redis": redis });
-    (status, Json(body)).into_response()
 }

@@ -1,7 +1,9 @@
 //! The HTTP side of a process: `/metrics` and `/health` for every worker, the request
-//! metrics middleware that every route shares, and the publishers' API ([`api`]).
+//! metrics middleware that every route shares, readiness and scale signals ([`probes`]), and
+//! the publishers' API ([`api`]).
 
 pub mod api;
+pub mod probes;
 
 use std::{net::SocketAddr, time::Instant};
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{HostSampler, HostUsage, roll_call, sizing};
 use crate::{
-    broker::{Broker, BrokerError},
+    broker::{Backlog, Broker, BrokerError},
     config::ScaleSettings,
 };
 
@@ -39,26 +39,43 @@ pub struct ScaleSignals {
     pub thresholds: ScaleSettings,
 }
 
-impl ScaleSignals {
-    /// Reads the host, the backlog and the roll call.
+/// Takes scale readings against fixed thresholds; keeps the host sampler between readings
+/// so CPU use covers the time since the previous one.
+#[derive(Default)]
+pub struct ScaleMeter {
+    sampler: HostSampler,
+    thresholds: ScaleSettings,
+}
+
+impl ScaleMeter {
+    pub fn new(thresholds: ScaleSettings) -> Self {
+        Self {
+            sampler: HostSampler::new(),
+            thresholds,
+        }
+    }
+
+    /// Reads the backlog and calls the roll, then decides.
     ///
     /// Fails when the stream cannot be read.
-    pub async fn measure(
-        broker: &Broker,
-        sampler: &HostSampler,
-        thresholds: &ScaleSettings,
-    ) -> Result<Self, BrokerError> {
+    pub async fn measure(&self, broker: &Broker) -> Result<ScaleSignals, BrokerError> {
         let (backlog, workers) = tokio::join!(broker.backlog(), roll_call(broker, ROLL_CALL_WAIT));
-        let (backlog, workers) = (backlog?, workers?.len());
-        Ok(Self::from_readings(
-            sampler.sample(),
+        Ok(self.decide(&backlog?, workers?.len()))
+    }
+
+    /// Decides from a backlog already read and the number of live workers.
+    pub fn decide(&self, backlog: &Backlog, workers: usize) -> ScaleSignals {
+        ScaleSignals::from_readings(
+            self.sampler.sample(),
             workers,
             backlog.pending(),
             backlog.oldest_pending_secs(),
-            thresholds,
-        ))
+            &self.thresholds,
+        )
     }
+}
 
+impl ScaleSignals {
     /// The decision for given readings.
     pub fn from_readings(
         host: HostUsage,

@@ -10,6 +10,7 @@ use crate::{
     cache::ResultCache,
     config::Settings,
     mirror::{self, Intake, LegacyKeys, Mirror, MirrorError},
+    scale::ScaleMeter,
     store::Store,
 };
 
@@ -53,7 +54,8 @@ pub fn assemble(
         store.clone(),
         registry,
         settings.worker.clone(),
-    );
+    )
+    .with_scale_meter(Arc::new(ScaleMeter::new(settings.scale.clone())));
     let redis_settings = &settings.redis;
     if !(redis_settings.mirror || redis_settings.intake || redis_settings.cache) {
         return Ok(Assembled {

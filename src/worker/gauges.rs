@@ -1,9 +1,15 @@
-//! Refreshes the gauges a scaler watches: backlog and oldest waiting task per priority,
-//! tasks in flight, database connections in use.
+//! Refreshes the gauges a scaler watches: backlog and oldest waiting task per priority and
+//! per agent type, tasks in flight, database connections in use, the host's CPU and memory,
+//! live workers and the scale recommendation.
 
 use std::time::Duration;
 
-use crate::{broker::Broker, metrics::Metrics, store::Store};
+use crate::{
+    broker::Broker,
+    metrics::Metrics,
+    scale::{ROLL_CALL_WAIT, ScaleMeter, roll_call},
+    store::Store,
+};
 
 const PRIORITIES: [&str; 10] = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"];
 
@@ -11,12 +17,13 @@ const PRIORITIES: [&str; 10] = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", 
 pub async fn run(
     broker: Broker,
     store: Store,
+    meter: std::sync::Arc<ScaleMeter>,
     every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
-        refresh(&broker, &store).await;
+        refresh(&broker, &store, &meter).await;
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(every) => {}
@@ -25,7 +32,7 @@ pub async fn run(
 }
 
 /// One refresh; a failed read leaves the previous value.
-pub async fn refresh(broker: &Broker, store: &Store) {
+pub async fn refresh(broker: &Broker, store: &Store, meter: &ScaleMeter) {
     let metrics = Metrics::global();
     let pool = store.primary();
     metrics
@@ -50,4 +57,26 @@ pub async fn refresh(broker: &Broker, store: &Store) {
         .queue_size
         .with_label_values(&["in_flight"])
         .set(in_flight);
+    // Agent types come from subjects producers chose: list only those waiting now, so a
+    // burst of garbage names does not stay in the exposition.
+    metrics.agent_backlog.reset();
+    for lane in &backlog.lanes {
+        metrics
+            .agent_backlog
+            .with_label_values(&[&lane.agent_type])
+            .add(lane.pending as i64);
+    }
+    // Last: the roll call waits for answers.
+    let Ok(workers) = roll_call(broker, ROLL_CALL_WAIT).await else {
+        return;
+    };
+    let signals = meter.decide(&backlog, workers.len());
+    metrics.host_cpu.set(signals.host.cpu_percent);
+    metrics.host_memory.set(signals.host.memory_percent);
+    metrics.host_load1.set(signals.host.load_average[0]);
+    metrics.fleet_workers.set(signals.workers as i64);
+    metrics
+        .backlog_per_worker
+        .set(signals.backlog_per_worker.unwrap_or(-1.0));
+    metrics.scale_recommendation.set(signals.recommendation());
 }

@@ -24,7 +24,7 @@ use crate::{
     config::WorkerSettings,
     dlq::{DeadLetterStream, DlqError},
     mirror::{self, Intake, Mirror},
-    scale::{WorkerPresence, answer_roll_calls},
+    scale::{ScaleMeter, WorkerPresence, answer_roll_calls},
     store::{Store, StoreError},
 };
 
@@ -64,6 +64,7 @@ pub struct Worker {
     counts: Arc<WorkerCounts>,
     pub(super) mirror: Option<Mirror>,
     intake: Option<(Intake, Duration)>,
+    meter: Arc<ScaleMeter>,
 }
 
 impl Worker {
@@ -88,6 +89,7 @@ impl Worker {
             counts: Arc::default(),
             mirror: None,
             intake: None,
+            meter: Arc::default(),
         }
     }
 
@@ -107,6 +109,16 @@ impl Worker {
     pub fn with_intake(mut self, intake: Intake, every: Duration) -> Self {
         self.intake = Some((intake, every));
         self
+    }
+
+    /// Reads the scale signals with `meter` (its thresholds) for the gauges.
+    pub fn with_scale_meter(mut self, meter: Arc<ScaleMeter>) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    pub fn scale_meter(&self) -> Arc<ScaleMeter> {
+        self.meter.clone()
     }
 
     /// Totals of what this worker settled, readable while it runs.
@@ -145,6 +157,7 @@ impl Worker {
         sidecars.spawn(gauges::run(
             self.broker.clone(),
             self.store.clone(),
+            self.meter.clone(),
             GAUGE_INTERVAL,
             stopped(stopping_rx.clone()),
         ));

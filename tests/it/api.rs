@@ -21,6 +21,7 @@ fn app(env: &TestEnv, token: Option<&str>) -> axum::Router {
         store: env.store.clone(),
         token: token.map(SecretUrl::new),
         redis: Some(swarm_director::mirror::connect(&env.settings.redis).unwrap()),
+        meter: Arc::default(),
     }))
 }
 

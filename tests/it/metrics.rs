@@ -157,7 +157,7 @@ async fn backlog_gauges_show_depth_and_age_per_priority() {
         env.broker.publish(&task, Codec::Json).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    gauges::refresh(&env.broker, &env.store).await;
+    gauges::refresh(&env.broker, &env.store, &Default::default()).await;
     let metrics = Metrics::global();
     assert_eq!(metrics.queue_size.with_label_values(&["p3"]).get(), 7);
     assert_eq!(metrics.queue_size.with_label_values(&["p4"]).get(), 0);
