@@ -725,7 +725,10 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(settings.worker.concurrency, crate::scale::auto_concurrency());
+        assert_eq!(
+            settings.worker.concurrency,
+            crate::scale::auto_concurrency()
+        );
         assert_eq!(
             settings.worker.agent_filter().unwrap().to_string(),
             "only email,quality"

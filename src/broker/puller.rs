@@ -1,8 +1,9 @@
 //! Strict-priority pulling without polling.
 //!
 //! One durable pull consumer serves each lane (priority and agent type, see `lanes`). A
-//! worker with free slots reads which of its lanes hold messages (one request: the stream's
-//! per-subject counts), then asks them in order, highest priority first, with no-wait
+//! worker knows which of its lanes hold messages from the stream's per-subject counts (read
+//! again every second while busy, and whenever a scan comes back short) and from the
+//! doorbell; with free slots it asks them in order, highest priority first, with no-wait
 //! fetches, so a backlog always drains from the top. When
 //! every consumer is empty the worker subscribes to the task subjects with plain core NATS
 //! (the *doorbell*): the next publish at any priority wakes it within a network round trip,
@@ -11,16 +12,17 @@
 //! backstop timer.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
 
 use super::{AgentFilter, Broker, BrokerError, Subjects};
 use crate::task::MAX_PRIORITY;
@@ -35,6 +37,18 @@ const STUCK_FETCH_TIMEOUT: Duration = Duration::from_millis(25);
 
 /// Longest the per-subject message counts may take before the scan gives up.
 const COUNTS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How old the per-subject counts may get while a backlog keeps the worker busy: a lane that
+/// was empty when they were read (a priority or agent type nobody published to yet) is
+/// found this much later at most. Idle workers hear of new lanes from the doorbell at once.
+const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a scan waits for a new lane's consumer before asking the other lanes.
+const CREATE_PATIENCE: Duration = Duration::from_millis(250);
+
+/// How long a scan that follows a short one waits for fresh counts before asking the lanes
+/// it knows (a healthy stream answers in a few milliseconds).
+const RECOUNT_PATIENCE: Duration = Duration::from_millis(250);
 
 /// A set of priorities, bit `p` for priority `p`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +82,113 @@ pub struct PriorityPuller {
     stream: jetstream::stream::Stream,
     filter: AgentFilter,
     /// Lanes this worker has pulled from, by subject; created when first found waiting.
-    lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    lanes: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
+    /// Lanes whose consumer is being created, and a counter bumped when one is ready.
+    creating: Arc<Mutex<HashSet<String>>>,
+    lanes_made: Arc<watch::Sender<u64>>,
+    /// Lanes believed to hold messages, shared with the doorbell.
+    active: Arc<Mutex<ActiveLanes>>,
+    counter: LaneCounter,
     /// Rotates which lane of a priority is asked first, so one agent type's backlog does not
     /// starve another's at the same priority.
     turn: AtomicUsize,
+}
+
+/// Reads which lanes hold messages in the background, one read at a time.
+#[derive(Clone)]
+struct LaneCounter {
+    stream: jetstream::stream::Stream,
+    subjects: Subjects,
+    /// The subject filter of the counts request.
+    filter_subject: String,
+    agents: AgentFilter,
+    running: Arc<AtomicBool>,
+}
+
+impl LaneCounter {
+    /// Starts a read unless one is running; its handle resolves when `active` is updated.
+    fn start(
+        &self,
+        active: Arc<Mutex<ActiveLanes>>,
+    ) -> Option<tokio::task::JoinHandle<Result<(), BrokerError>>> {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let counter = self.clone();
+        active.lock().expect("lanes lock").rung.clear();
+        Some(tokio::spawn(async move {
+            let counted = tokio::time::timeout(COUNTS_TIMEOUT, counter.count()).await;
+            counter.running.store(false, Ordering::Release);
+            let counted =
+                counted.unwrap_or_else(|_| Err(counter.error("no answer from the stream".into())));
+            let mut active = active.lock().expect("lanes lock");
+            match counted {
+                Ok(mut lanes) => {
+                    // Lanes the doorbell reported while the counts were on their way.
+                    lanes.append(&mut active.rung);
+                    active.lanes = lanes;
+                    active.read_at = Some(Instant::now());
+                    active.stale = false;
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "asking the lanes known so far");
+                    Err(error)
+                }
+            }
+        }))
+    }
+
+    /// One request to the stream, whatever the number of lanes: (priority, agent type) of
+    /// every lane this worker serves that holds messages (waiting or in flight).
+    async fn count(&self) -> Result<BTreeSet<(u8, String)>, BrokerError> {
+        let mut counts = self
+            .stream
+            .info_with_subjects(&self.filter_subject)
+            .await
+            .map_err(|e| self.error(e.to_string()))?;
+        let mut occupied = BTreeSet::new();
+        while let Some(entry) = counts.next().await {
+            let (subject, count) = entry.map_err(|e| self.error(e.to_string()))?;
+            if let Some((priority, agent)) = self.subjects.parse_task(&subject)
+                && count > 0
+                && self.agents.admits(agent)
+            {
+                occupied.insert((priority, agent.to_string()));
+            }
+        }
+        Ok(occupied)
+    }
+
+    fn error(&self, reason: String) -> BrokerError {
+        BrokerError::Fetch {
+            consumer: "(subject counts)".into(),
+            reason,
+        }
+    }
+}
+
+/// The lanes a scan asks: found by reading the stream's per-subject counts (a JetStream API
+/// request, answered by the stream leader: a few milliseconds in a cluster, so not on every
+/// pull), and added to at once by the doorbell.
+#[derive(Default)]
+struct ActiveLanes {
+    /// (priority, agent type).
+    lanes: BTreeSet<(u8, String)>,
+    /// Lanes the doorbell added since the running count started.
+    rung: BTreeSet<(u8, String)>,
+    read_at: Option<Instant>,
+    /// A scan came back short: the next full scan reads the counts again.
+    stale: bool,
+}
+
+impl ActiveLanes {
+    fn due(&self) -> bool {
+        self.stale
+            || self
+                .read_at
+                .is_none_or(|at| at.elapsed() >= RECOUNT_INTERVAL)
+    }
 }
 
 struct Lane {
@@ -92,11 +209,27 @@ impl PriorityPuller {
                 reason: e.to_string(),
             })?;
         broker.remove_priority_consumers(&stream).await;
+        let counter = LaneCounter {
+            stream: stream.clone(),
+            subjects: broker.subjects().clone(),
+            filter_subject: match &filter {
+                AgentFilter::Only(set) if set.len() == 1 => broker
+                    .subjects()
+                    .any_priority(set.first().expect("one agent")),
+                _ => broker.subjects().all_tasks(),
+            },
+            agents: filter.clone(),
+            running: Arc::default(),
+        };
         Ok(Self {
             broker,
             stream,
+            counter,
             filter,
-            lanes: Mutex::default(),
+            lanes: Arc::default(),
+            creating: Arc::default(),
+            lanes_made: Arc::new(watch::Sender::new(0)),
+            active: Arc::default(),
             turn: AtomicUsize::new(0),
         })
     }
@@ -115,72 +248,102 @@ impl PriorityPuller {
         }
     }
 
-    /// Lanes of `priorities` this worker serves that hold messages (waiting or in flight),
-    /// highest priority first; one request to the stream whatever the number of lanes.
-    async fn occupied_lanes(
-        &self,
-        priorities: Priorities,
-    ) -> Result<Vec<(u8, String)>, BrokerError> {
-        let subjects = self.broker.subjects();
-        let filter = match self.listened_subjects().as_slice() {
-            [one] => one.clone(),
-            _ => subjects.all_tasks(),
+    /// The lanes of `priorities` to ask, highest priority first, each priority's lanes
+    /// starting at a different one on every call. A full scan has the counts read again when
+    /// they are old or the last scan came back short, without waiting long for them: during a
+    /// stream leader election the request goes unanswered for seconds, and the lanes known
+    /// so far still serve. Fails only when the counts were never read.
+    async fn lanes_to_ask(&self, priorities: Priorities) -> Result<Vec<(u8, String)>, BrokerError> {
+        let (due, stale, never_read) = {
+            let active = self.active.lock().expect("lanes lock");
+            (active.due(), active.stale, active.read_at.is_none())
         };
-        let request_error = |reason: String| BrokerError::Fetch {
-            consumer: format!("{} (subject counts)", self.broker.settings().stream),
-            reason,
-        };
-        let read = async {
-            let mut counts = self
-                .stream
-                .info_with_subjects(filter)
-                .await
-                .map_err(|e| request_error(e.to_string()))?;
-            let mut occupied = Vec::new();
-            while let Some(entry) = counts.next().await {
-                let (subject, count) = entry.map_err(|e| request_error(e.to_string()))?;
-                if let Some((priority, agent)) = subjects.parse_task(&subject)
-                    && count > 0
-                    && priorities.contains(priority)
-                    && self.filter.admits(agent)
-                {
-                    occupied.push((priority, agent.to_string()));
+        if priorities == Priorities::ALL && due {
+            let patience = if never_read {
+                COUNTS_TIMEOUT
+            } else if stale {
+                RECOUNT_PATIENCE
+            } else {
+                Duration::ZERO
+            };
+            if let Some(recount) = self.counter.start(self.active.clone())
+                && !patience.is_zero()
+            {
+                match tokio::time::timeout(patience, recount).await {
+                    Ok(Ok(Err(error))) if never_read => return Err(error),
+                    _ => {}
                 }
             }
-            Ok::<_, BrokerError>(occupied)
+        }
+        let mut lanes: Vec<(u8, String)> = {
+            let active = self.active.lock().expect("lanes lock");
+            active
+                .lanes
+                .iter()
+                .filter(|(priority, _)| priorities.contains(*priority))
+                .cloned()
+                .collect()
         };
-        let mut occupied = tokio::time::timeout(COUNTS_TIMEOUT, read)
-            .await
-            .map_err(|_| request_error("no answer from the stream".into()))??;
-        occupied.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        // Within each priority, start at a different lane on every call.
+        lanes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        for level in occupied.chunk_by_mut(|a, b| a.0 == b.0) {
+        for level in lanes.chunk_by_mut(|a, b| a.0 == b.0) {
             let len = level.len();
             level.rotate_left(turn % len);
         }
-        Ok(occupied)
+        Ok(lanes)
     }
 
-    /// The lane of `(priority, agent_type)`, creating its consumer on first use.
-    async fn lane(&self, priority: u8, agent_type: &str) -> Result<Arc<Lane>, BrokerError> {
+    /// The lane of `(priority, agent_type)`. Its consumer is created (or its settings
+    /// updated) on first use in the background, waited for only briefly: creating a consumer
+    /// goes through the cluster's metadata leader, which can take seconds to answer after a
+    /// node died, and the other lanes must not wait for that. `None` while it is being made.
+    async fn lane(&self, priority: u8, agent_type: &str) -> Option<Arc<Lane>> {
         let subject = self.broker.subjects().task(priority, agent_type);
+        let mut changed = self.lanes_made.subscribe();
         if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
-            return Ok(lane.clone());
+            return Some(lane.clone());
         }
-        let consumer = self
-            .broker
-            .ensure_lane(&self.stream, priority, agent_type)
-            .await?;
-        let lane = Arc::new(Lane {
-            consumer,
-            stuck: AtomicBool::new(false),
-        });
-        self.lanes
+        if self
+            .creating
             .lock()
             .expect("lanes lock")
-            .insert(subject, lane.clone());
-        Ok(lane)
+            .insert(subject.clone())
+        {
+            let (broker, stream) = (self.broker.clone(), self.stream.clone());
+            let (lanes, creating, made) = (
+                self.lanes.clone(),
+                self.creating.clone(),
+                self.lanes_made.clone(),
+            );
+            let (agent_type, subject) = (agent_type.to_string(), subject.clone());
+            tokio::spawn(async move {
+                let created = broker.ensure_lane(&stream, priority, &agent_type).await;
+                match created {
+                    Ok(consumer) => {
+                        let lane = Arc::new(Lane {
+                            consumer,
+                            stuck: AtomicBool::new(false),
+                        });
+                        lanes
+                            .lock()
+                            .expect("lanes lock")
+                            .insert(subject.clone(), lane);
+                        made.send_modify(|n| *n += 1);
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot set up a lane; trying again"),
+                }
+                creating.lock().expect("lanes lock").remove(&subject);
+            });
+        }
+        let made = tokio::time::timeout(CREATE_PATIENCE, async {
+            loop {
+                if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
+                    return Some(lane.clone());
+                }
+                changed.changed().await.ok()?;
+            }
+        });
+        made.await.ok().flatten()
     }
 
     /// Takes up to `max` waiting messages without waiting for new ones from the lanes of
@@ -196,18 +359,13 @@ impl PriorityPuller {
         let mut taken = Vec::with_capacity(max);
         let mut last_error = None;
         let mut answered = false;
-        for (priority, agent_type) in self.occupied_lanes(priorities).await? {
+        for (priority, agent_type) in self.lanes_to_ask(priorities).await? {
             let wanted = max - taken.len();
             if wanted == 0 {
                 break;
             }
-            let lane = match self.lane(priority, &agent_type).await {
-                Ok(lane) => lane,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot set up a lane");
-                    last_error = Some(error);
-                    continue;
-                }
+            let Some(lane) = self.lane(priority, &agent_type).await else {
+                continue;
             };
             let patience = if lane.stuck.load(Ordering::Relaxed) {
                 STUCK_FETCH_TIMEOUT
@@ -229,10 +387,14 @@ impl PriorityPuller {
                         // Deleted behind our back: create it again next time.
                         let subject = self.broker.subjects().task(priority, &agent_type);
                         self.lanes.lock().expect("lanes lock").remove(&subject);
+                        // Recreated on the next scan.
                     }
                     last_error = Some(error);
                 }
             }
+        }
+        if taken.len() < max {
+            self.active.lock().expect("lanes lock").stale = true;
         }
         match last_error {
             Some(error) if !answered && taken.is_empty() => Err(error),
@@ -294,6 +456,8 @@ impl PriorityPuller {
         Ok(Doorbell {
             subscriber: futures::stream::select_all(subscribers),
             subjects: self.broker.subjects().clone(),
+            filter: self.filter.clone(),
+            active: self.active.clone(),
         })
     }
 }
@@ -302,6 +466,9 @@ impl PriorityPuller {
 pub struct Doorbell {
     subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
     subjects: Subjects,
+    filter: AgentFilter,
+    /// The puller's lanes: a ring adds the lane it came from.
+    active: Arc<Mutex<ActiveLanes>>,
 }
 
 impl Doorbell {
@@ -317,11 +484,17 @@ impl Doorbell {
     }
 
     fn priorities_of(&self, subject: &str) -> Priorities {
-        // A subject we cannot parse still rang: look everywhere.
-        self.subjects
-            .parse_task(subject)
-            .map_or(Priorities::ALL, |(priority, _)| {
+        match self.subjects.parse_task(subject) {
+            Some((priority, agent)) if self.filter.admits(agent) => {
+                let lane = (priority, agent.to_string());
+                let mut active = self.active.lock().expect("lanes lock");
+                active.rung.insert(lane.clone());
+                active.lanes.insert(lane);
                 Priorities::NONE.with(priority)
-            })
+            }
+            Some(_) => Priorities::NONE,
+            // A subject we cannot parse still rang: look everywhere.
+            None => Priorities::ALL,
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! A three-node NATS cluster with JetStream on spare loopback ports, whose nodes a test can
-//! kill. Removed on drop.
+//! A three-node NATS cluster with JetStream on spare loopback ports, started from the
+//! deployment's node configuration, whose nodes a test can kill. Removed on drop.
 
 use std::{
     net::TcpStream,
@@ -27,21 +27,23 @@ impl NatsCluster {
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
+        let config = deploy_config();
         let mut nodes = Vec::new();
         for i in 0..3 {
             let name = format!("node-{i}");
             let store = dir.join(&name);
+            // The deployment's node configuration, with this node's store and loopback ports.
+            let conf = dir.join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                config.replace("/data/jetstream", store.to_str().expect("UTF-8 path")),
+            )
+            .unwrap();
             let child = Command::new(binary())
-                .args([
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &client_ports[i].to_string(),
-                    "-js",
-                    "-sd",
-                ])
-                .arg(&store)
-                .args(["-n", &name, "--cluster_name", "swarm-test"])
+                .arg("-c")
+                .arg(&conf)
+                .args(["-a", "127.0.0.1", "-p", &client_ports[i].to_string()])
+                .args(["-m", &spare_port().to_string(), "-n", &name])
                 .args(["--cluster", &format!("nats://127.0.0.1:{}", route_ports[i])])
                 .args(["--routes", &routes])
                 .stdout(Stdio::null())
@@ -79,6 +81,29 @@ impl NatsCluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// `deploy/nats/cluster.conf` as this machine's server accepts it: NATS 2.9 does not know
+/// `sync_interval` (2.10 and later do) and refuses to start with it, so the line is left
+/// out there; every other setting is the deployment's.
+fn deploy_config() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/cluster.conf");
+    let config = std::fs::read_to_string(path).expect("deploy/nats/cluster.conf");
+    assert!(config.contains("sync_interval: always"));
+    let version = Command::new(binary())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    if version.contains("v2.9.") || version.contains("v2.8.") {
+        config
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("sync_interval"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        config
     }
 }
 
