@@ -87,7 +87,7 @@ impl std::fmt::Display for AgentFilter {
 /// Durable name of the consumer of one lane. Agent types are subject tokens, which may hold
 /// characters a consumer name may not (it becomes a directory name): those are replaced and a
 /// hash of the original keeps names apart.
-fn lane_name(group: &str, priority: u8, agent_type: &str) -> String {
+pub fn lane_name(group: &str, priority: u8, agent_type: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if agent_type.chars().all(safe) && agent_type.len() <= 64 {
         return format!("{group}-p{priority}-{agent_type}");

@@ -12,7 +12,7 @@ mod subjects;
 pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
 pub use connection::Broker;
 pub use error::BrokerError;
-pub use lanes::AgentFilter;
+pub use lanes::{AgentFilter, lane_name};
 pub use publisher::{PublishReceipt, headers};
 pub use puller::{Doorbell, Priorities, PriorityPuller};
 pub use subjects::Subjects;
