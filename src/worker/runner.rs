@@ -38,6 +38,30 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 /// Pause after a failed pull before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
+/// How long start-up keeps retrying a JetStream request that timed out: a cluster electing
+/// leaders, or busy starting many workers at once, answers late rather than never.
+const SET_UP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs one start-up step, retrying failures with a growing pause for [`SET_UP_PATIENCE`].
+async fn set_up<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+) -> Result<T, E> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(error) if started.elapsed() + pause < SET_UP_PATIENCE => {
+                tracing::warn!(%error, "cannot set up {what} yet; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -136,7 +160,7 @@ impl Worker {
     /// retried, since JetStream keeps every unacknowledged task.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let agents = self.settings.agent_filter()?;
-        let puller = self.broker.priority_puller(agents.clone()).await?;
+        let puller = set_up("the lanes", || self.broker.priority_puller(agents.clone())).await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -177,7 +201,7 @@ impl Worker {
                 }
             }
         });
-        self.dead_letters.ensure().await?;
+        set_up("the dead-letter stream", || self.dead_letters.ensure()).await?;
         let (abandon_tx, abandon_rx) = watch::channel(false);
         let alarms = RetryAlarms::default();
         let (settle_tx, settler) = settler::spawn(
