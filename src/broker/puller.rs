@@ -275,6 +275,15 @@ impl PriorityPuller {
                 }
             }
         }
+        // Every lane with messages gets its consumer ahead of need, so a scan that reaches a
+        // lower priority finds it ready.
+        let known: Vec<(u8, String)> = {
+            let active = self.active.lock().expect("lanes lock");
+            active.lanes.iter().cloned().collect()
+        };
+        for (priority, agent_type) in &known {
+            self.start_creating(*priority, agent_type);
+        }
         let mut lanes: Vec<(u8, String)> = {
             let active = self.active.lock().expect("lanes lock");
             active
@@ -303,38 +312,7 @@ impl PriorityPuller {
         if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
             return Some(lane.clone());
         }
-        if self
-            .creating
-            .lock()
-            .expect("lanes lock")
-            .insert(subject.clone())
-        {
-            let (broker, stream) = (self.broker.clone(), self.stream.clone());
-            let (lanes, creating, made) = (
-                self.lanes.clone(),
-                self.creating.clone(),
-                self.lanes_made.clone(),
-            );
-            let (agent_type, subject) = (agent_type.to_string(), subject.clone());
-            tokio::spawn(async move {
-                let created = broker.ensure_lane(&stream, priority, &agent_type).await;
-                match created {
-                    Ok(consumer) => {
-                        let lane = Arc::new(Lane {
-                            consumer,
-                            stuck: AtomicBool::new(false),
-                        });
-                        lanes
-                            .lock()
-                            .expect("lanes lock")
-                            .insert(subject.clone(), lane);
-                        made.send_modify(|n| *n += 1);
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot set up a lane; trying again"),
-                }
-                creating.lock().expect("lanes lock").remove(&subject);
-            });
-        }
+        self.start_creating(priority, agent_type);
         let made = tokio::time::timeout(CREATE_PATIENCE, async {
             loop {
                 if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
@@ -344,6 +322,49 @@ impl PriorityPuller {
             }
         });
         made.await.ok().flatten()
+    }
+
+    /// Creates the consumer of a lane in the background, unless it exists or is on its way.
+    fn start_creating(&self, priority: u8, agent_type: &str) {
+        let subject = self.broker.subjects().task(priority, agent_type);
+        if self
+            .lanes
+            .lock()
+            .expect("lanes lock")
+            .contains_key(&subject)
+            || !self
+                .creating
+                .lock()
+                .expect("lanes lock")
+                .insert(subject.clone())
+        {
+            return;
+        }
+        let (broker, stream) = (self.broker.clone(), self.stream.clone());
+        let (lanes, creating, made) = (
+            self.lanes.clone(),
+            self.creating.clone(),
+            self.lanes_made.clone(),
+        );
+        let (agent_type, subject) = (agent_type.to_string(), subject.clone());
+        tokio::spawn(async move {
+            let created = broker.ensure_lane(&stream, priority, &agent_type).await;
+            match created {
+                Ok(consumer) => {
+                    let lane = Arc::new(Lane {
+                        consumer,
+                        stuck: AtomicBool::new(false),
+                    });
+                    lanes
+                        .lock()
+                        .expect("lanes lock")
+                        .insert(subject.clone(), lane);
+                    made.send_modify(|n| *n += 1);
+                }
+                Err(error) => tracing::warn!(%error, "cannot set up a lane; trying again"),
+            }
+            creating.lock().expect("lanes lock").remove(&subject);
+        });
     }
 
     /// Takes up to `max` waiting messages without waiting for new ones from the lanes of
