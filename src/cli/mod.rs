@@ -6,6 +6,7 @@ mod demo;
 mod dlq;
 mod migrate;
 mod mirror;
+mod processes;
 mod publish;
 mod status;
 mod worker;

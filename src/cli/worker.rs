@@ -37,6 +37,10 @@ pub struct Args {
     /// Do not use the Redis result cache.
     #[arg(long)]
     no_cache: bool,
+    /// Run this many worker processes, or `auto`: one per two cores or 4 GiB of memory,
+    /// whichever is fewer (the seed's get_optimal_worker_count). Default 1: this process.
+    #[arg(long, env = "SWARM_WORKER_PROCESSES", value_parser = parse_processes)]
+    processes: Option<usize>,
     /// Register the `crash` agent, which aborts this process: for fault drills only.
     #[arg(long, env = "SWARM_ENABLE_CRASH_AGENT")]
     enable_crash_agent: bool,
@@ -53,6 +57,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         (settings.worker.agents, settings.worker.exclude_agents) = (Vec::new(), excluded);
     }
     let agents = settings.worker.agent_filter()?;
+
     let mut registry = AgentRegistry::with_builtins();
     if args.enable_crash_agent {
         tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
@@ -69,6 +74,9 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
                 "--agents names unknown agent types {unknown:?}; this build has {known:?}"
             );
         }
+    }
+    if let Some(processes) = args.processes.filter(|n| *n > 1) {
+        return super::processes::supervise(processes, &settings).await;
     }
     let migrate = settings.database.migrate_on_start && !args.no_migrate;
     let (store, broker) = super::connect_fleet(&settings, migrate).await?;
@@ -108,6 +116,21 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
 fn parse_concurrency(value: &str) -> Result<usize, String> {
     match value {
         "auto" => Ok(crate::scale::auto_concurrency()),
+        _ => match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "{value:?} is neither a positive number nor \"auto\""
+            )),
+        },
+    }
+}
+
+fn parse_processes(value: &str) -> Result<usize, String> {
+    match value {
+        "auto" => Ok(crate::scale::optimal_worker_processes(
+            crate::scale::available_cores(),
+            crate::scale::available_memory_bytes(),
+        )),
         _ => match value.parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!(

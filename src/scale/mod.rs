@@ -9,4 +9,6 @@ mod sizing;
 pub use host::{HostSampler, HostUsage};
 pub use roster::{WorkerPresence, answer_roll_calls, roll_call};
 pub use signals::{ROLL_CALL_WAIT, ScaleMeter, ScaleSignals};
-pub use sizing::{auto_concurrency, available_cores, optimal_worker_processes};
+pub use sizing::{
+    auto_concurrency, available_cores, available_memory_bytes, optimal_worker_processes,
+};

@@ -13,6 +13,8 @@ use crate::broker::{Broker, BrokerError};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerPresence {
     pub worker_id: String,
+    /// Operating-system process id, for an operator on that host.
+    pub pid: u32,
     /// The agent types it takes: `all`, `only a,b` or `all but a,b`.
     pub agents: String,
     pub concurrency: usize,

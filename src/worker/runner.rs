@@ -190,6 +190,7 @@ impl Worker {
             let (worker_id, agents) = (self.worker_id.clone(), agents.to_string());
             let presence = move || WorkerPresence {
                 worker_id: worker_id.clone(),
+                pid: std::process::id(),
                 agents: agents.clone(),
                 concurrency,
                 in_flight: concurrency.saturating_sub(slots.available_permits()),

@@ -1,6 +1,6 @@
 //! The `swarmd` binary as users run it: publishing from a file, and a clean exit on SIGTERM.
 
-use std::{process::Stdio, time::Duration};
+use std::{collections::BTreeSet, process::Stdio, time::Duration};
 
 use serde_json::json;
 use swarm_director::task::{Codec, TaskEnvelope};
@@ -180,5 +180,90 @@ async fn bench_runs_and_prints_sane_figures() {
     let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
     let max = report["latency_ms"]["max"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 <= max, "{report}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_command_runs_several_worker_processes_and_stops_them_all() {
+    let env = TestEnv::new().await;
+    let mut supervisor = swarmd(&env)
+        .args(["worker", "--processes", "2", "--concurrency", "4"])
+        .args(["--no-mirror", "--no-intake"])
+        .env("SWARM_WORKER_ID", "pair")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let present = loop {
+        let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if present.len() == 2 || std::time::Instant::now() > deadline {
+            break present;
+        }
+    };
+    let ids: Vec<&str> = present.iter().map(|p| p.worker_id.as_str()).collect();
+    assert_eq!(ids, ["pair-0", "pair-1"], "two processes, one id each");
+    assert!(present.iter().all(|p| p.concurrency == 4));
+
+    // A process that dies is started again under the same id.
+    let victim = present[0].pid.to_string();
+    let killed = Command::new("kill")
+        .args(["-KILL", &victim])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let restarted = present
+            .iter()
+            .any(|p| p.worker_id == "pair-0" && p.pid.to_string() != victim);
+        if restarted && present.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pair-0 was not restarted"
+        );
+    }
+
+    let tasks: Vec<_> = (0..200)
+        .map(|i| TaskEnvelope::new("sleep", json!({"ms": 5})).with_priority((i % 10) as u8))
+        .collect();
+    for task in &tasks {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    let workers: BTreeSet<_> = rows.iter().filter_map(|r| r.worker_id.clone()).collect();
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    assert!(
+        workers.iter().all(|w| w.starts_with("pair-")),
+        "{workers:?}"
+    );
+
+    let pid = supervisor.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), supervisor.wait())
+        .await
+        .expect("the supervisor exits once its processes drained")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let left = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "worker processes outlived the supervisor: {left:?}"
+    );
     env.cleanup().await;
 }

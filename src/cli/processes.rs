@@ -1,0 +1,158 @@
+//! `swarmd worker --processes N|auto`: one supervisor running N worker processes on this host,
+//! like Celery's prefork pool. `auto` is the seed's `get_optimal_worker_count` (one process
+//! per two cores or per 4 GiB, whichever is fewer). Each process gets its own worker id and
+//! metrics port; one that dies is started again; SIGTERM or ctrl-c reaches every process, and
+//! the supervisor returns once all have drained.
+
+use std::{
+    ffi::OsString,
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use tokio::{process::Command, task::JoinSet};
+
+use crate::config::Settings;
+
+/// A process that dies is started again after this pause.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// More restarts than this within [`RESTART_WINDOW`] means something is wrong with the setup
+/// rather than one task: the supervisor stops the rest and fails.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Runs `count` worker processes until ctrl-c or SIGTERM.
+///
+/// Fails when a process cannot be started, or they keep dying.
+pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the swarmd executable")?;
+    let args = without_processes_flag(std::env::args_os().skip(1));
+    let base_id = settings.worker.worker_id();
+    let start = |index: usize| {
+        let mut command = Command::new(&exe);
+        command
+            .args(&args)
+            .env("SWARM_WORKER_PROCESSES", "1")
+            .env("SWARM_WORKER_ID", format!("{base_id}-{index}"))
+            .env(
+                "SWARM_METRICS_ADDR",
+                shifted_port(&settings.worker.metrics_addr, index),
+            );
+        command
+            .spawn()
+            .with_context(|| format!("starting worker process {index}"))
+    };
+    tracing::info!(processes = count, "starting worker processes");
+    let mut pids = vec![None; count];
+    let mut running = JoinSet::new();
+    for (index, pid) in pids.iter_mut().enumerate() {
+        let mut child = start(index)?;
+        *pid = child.id();
+        running.spawn(async move { (index, child.wait().await) });
+    }
+    let mut restarts: Vec<Instant> = Vec::new();
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    let failure = loop {
+        let (index, status) = tokio::select! {
+            _ = &mut shutdown => break None,
+            Some(ended) = running.join_next() => ended.context("watching a worker process")?,
+        };
+        pids[index] = None;
+        let status: Option<ExitStatus> = status.ok();
+        tracing::warn!(index, ?status, "a worker process ended; starting it again");
+        restarts.retain(|at| at.elapsed() < RESTART_WINDOW);
+        restarts.push(Instant::now());
+        if restarts.len() > MAX_RESTARTS {
+            break Some(anyhow::anyhow!(
+                "worker processes ended {} times within {RESTART_WINDOW:?} (last: {status:?})",
+                restarts.len()
+            ));
+        }
+        tokio::time::sleep(RESTART_PAUSE).await;
+        let mut child = start(index)?;
+        pids[index] = child.id();
+        running.spawn(async move { (index, child.wait().await) });
+    };
+    for pid in pids.into_iter().flatten() {
+        terminate(pid);
+    }
+    // Each process drains within its own grace period.
+    while running.join_next().await.is_some() {}
+    tracing::info!("every worker process stopped");
+    failure.map_or(Ok(()), Err)
+}
+
+/// Asks a process to shut down gracefully.
+fn terminate(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) only sends a signal; `pid` is a child we started and have not reaped
+    // (its waiter is still in the join set), so the id cannot have been reused.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+/// The command line for a child: the supervisor's, without `--processes`.
+fn without_processes_flag(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut kept = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match arg.to_str() {
+            Some("--processes") => skip_value = true,
+            Some(flag) if flag.starts_with("--processes=") => {}
+            _ => kept.push(arg),
+        }
+    }
+    kept
+}
+
+/// `host:port` with the port moved up by `index`, so the processes' metrics endpoints do not
+/// collide; empty (off) and port 0 (any) stay as they are.
+fn shifted_port(addr: &str, index: usize) -> String {
+    match addr
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()))
+    {
+        Some((host, Ok(port))) if port != 0 => {
+            format!("{host}:{}", port.saturating_add(index as u16))
+        }
+        _ => addr.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_run_the_same_command_without_the_flag() {
+        let args = [
+            "worker",
+            "--processes",
+            "3",
+            "--agents",
+            "email",
+            "--processes=2",
+        ]
+        .map(OsString::from);
+        assert_eq!(
+            without_processes_flag(args.into_iter()),
+            ["worker", "--agents", "email"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn metrics_ports_move_up_per_process() {
+        assert_eq!(shifted_port("0.0.0.0:9464", 2), "0.0.0.0:9466");
+        assert_eq!(shifted_port("[::1]:9464", 1), "[::1]:9465");
+        assert_eq!(shifted_port("", 3), "");
+        assert_eq!(shifted_port("127.0.0.1:0", 3), "127.0.0.1:0");
+    }
+}
