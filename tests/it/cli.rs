@@ -12,6 +12,25 @@ fn swarmd(env: &TestEnv) -> Command {
     env.swarmd()
 }
 
+async fn signal(signal: &str, pid: &str) {
+    let sent = Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// SIGTERM, then the process must exit 0 within `within` (its grace period).
+async fn stop_cleanly(process: &mut tokio::process::Child, within: Duration, what: &str) {
+    signal("-TERM", &process.id().unwrap().to_string()).await;
+    let status = tokio::time::timeout(within, process.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within {within:?} of SIGTERM"))
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_from_a_file_checks_every_line_first() {
     let env = TestEnv::new().await;
@@ -119,18 +138,7 @@ async fn sigterm_lets_in_flight_tasks_finish_and_exits_zero() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let pid = process.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), process.wait())
-        .await
-        .expect("the worker exits within its grace period")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(&mut process, Duration::from_secs(20), "the worker").await;
     let rows = env.store.tasks(&ids).await.unwrap();
     assert!(
         rows.iter().all(|r| r.status == "completed"),
@@ -208,12 +216,7 @@ async fn one_command_runs_several_worker_processes_and_stops_them_all() {
 
     // A process that dies is started again under the same id.
     let victim = present[0].pid.to_string();
-    let killed = Command::new("kill")
-        .args(["-KILL", &victim])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    signal("-KILL", &victim).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
@@ -246,18 +249,7 @@ async fn one_command_runs_several_worker_processes_and_stops_them_all() {
         "{workers:?}"
     );
 
-    let pid = supervisor.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), supervisor.wait())
-        .await
-        .expect("the supervisor exits once its processes drained")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop_cleanly(&mut supervisor, Duration::from_secs(30), "the supervisor").await;
     let left = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(300))
         .await
         .unwrap();

@@ -27,12 +27,7 @@ fn spawn_worker(env: &TestEnv) -> Child {
 async fn a_cluster_node_dies_and_nothing_is_lost() {
     let mut cluster = NatsCluster::start();
     let env = TestEnv::on_cluster(Some(cluster.urls()), 3).await;
-    let mut stream = env
-        .broker
-        .jetstream()
-        .get_stream(&env.settings.nats.stream)
-        .await
-        .unwrap();
+    let mut stream = env.stream().await;
     let info = stream.info().await.unwrap().clone();
     assert_eq!(info.config.num_replicas, 3, "an R3 stream");
     let leader = info

@@ -150,12 +150,7 @@ async fn lanes_of_one_priority_take_turns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_of_the_per_priority_layout_give_way_to_lanes() {
     let env = TestEnv::new().await;
-    let stream = env
-        .broker
-        .jetstream()
-        .get_stream(&env.settings.nats.stream)
-        .await
-        .unwrap();
+    let stream = env.stream().await;
     let legacy = format!("{}-p4", env.settings.nats.consumer_group);
     stream
         .create_consumer(pull::Config {

@@ -22,12 +22,7 @@ async fn published_envelopes_match_the_schema_in_both_codecs() {
         task.idempotency_key = Some("order-17".into());
         let receipt = env.broker.publish(&task, codec).await.expect("publish");
 
-        let stream = env
-            .broker
-            .jetstream()
-            .get_stream(&env.settings.nats.stream)
-            .await
-            .unwrap();
+        let stream = env.stream().await;
         let stored = stream.get_raw_message(receipt.sequence).await.unwrap();
         assert_eq!(
             stored.subject.as_str(),

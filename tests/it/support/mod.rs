@@ -200,14 +200,18 @@ impl TestEnv {
         }
     }
 
-    /// Messages still stored in this test's stream.
-    pub async fn stream_messages(&self) -> u64 {
-        let mut stream = self
-            .broker
+    /// This test's tasks stream.
+    pub async fn stream(&self) -> async_nats::jetstream::stream::Stream {
+        self.broker
             .jetstream()
             .get_stream(&self.settings.nats.stream)
             .await
-            .expect("stream exists");
+            .expect("stream exists")
+    }
+
+    /// Messages still stored in this test's stream.
+    pub async fn stream_messages(&self) -> u64 {
+        let mut stream = self.stream().await;
         stream.info().await.expect("stream info").state.messages
     }
 
