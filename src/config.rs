@@ -161,8 +161,13 @@ pub struct NatsSettings {
     pub ack_wait_secs: f64,
     /// Seconds within which a re-published task id is dropped as a duplicate. Default 120.
     pub duplicate_window_secs: u64,
-    /// Most unacknowledged deliveries per priority consumer, across all workers. Default 20000.
+    /// Most unacknowledged deliveries per lane consumer, across all workers. Default 20000.
     pub max_ack_pending: i64,
+    /// The server deletes a lane's consumer after this many seconds without pulls (a lane
+    /// with no tasks is not pulled), so lanes of agent types that stopped coming, or of
+    /// garbage agent names, do not pile up; workers make it again when tasks return.
+    /// Default 3600. Env: `SWARM_LANE_EXPIRY_SECS`.
+    pub lane_expiry_secs: f64,
     /// Stream replicas (1 on a single server, 3 in a cluster). Default 1.
     /// Env: `SWARM_NATS_REPLICAS`.
     pub replicas: usize,
@@ -183,6 +188,7 @@ impl Default for NatsSettings {
             ack_wait_secs: 30.0,
             duplicate_window_secs: 120,
             max_ack_pending: 20_000,
+            lane_expiry_secs: 3600.0,
             replicas: 1,
             max_deliver: 110,
         }
@@ -192,6 +198,10 @@ impl Default for NatsSettings {
 impl NatsSettings {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs_f64(self.ack_wait_secs)
+    }
+
+    pub fn lane_expiry(&self) -> Duration {
+        Duration::from_secs_f64(self.lane_expiry_secs)
     }
 }
 
@@ -504,6 +514,9 @@ impl Settings {
         if let Some(v) = get("SWARM_CONSUMER_GROUP") {
             self.nats.consumer_group = v;
         }
+        if let Some(v) = get("SWARM_LANE_EXPIRY_SECS") {
+            self.nats.lane_expiry_secs = parsed("SWARM_LANE_EXPIRY_SECS", v)?;
+        }
         if let Some(v) = get("SWARM_NATS_REPLICAS") {
             self.nats.replicas = parsed("SWARM_NATS_REPLICAS", v)?;
         }
@@ -670,6 +683,12 @@ impl Settings {
                 reason: "percentages must be 0-100, backlog_per_worker positive, \
                          oldest_pending_secs not negative"
                     .into(),
+            });
+        }
+        if self.nats.lane_expiry_secs.is_nan() || self.nats.lane_expiry_secs < 1.0 {
+            return Err(ConfigError::Invalid {
+                name: "nats.lane_expiry_secs",
+                reason: "must be at least 1".into(),
             });
         }
         if self.nats.ack_wait_secs.is_nan() || self.nats.ack_wait_secs <= 0.0 {

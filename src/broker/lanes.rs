@@ -133,6 +133,7 @@ impl Broker {
             max_ack_pending: settings.max_ack_pending,
             max_deliver: settings.max_deliver,
             max_waiting: 4096,
+            inactive_threshold: settings.lane_expiry(),
             ..Default::default()
         };
         let consumer_error = |reason: String| BrokerError::Consumer {

@@ -103,6 +103,8 @@ struct LaneCounter {
     filter_subject: String,
     agents: AgentFilter,
     running: Arc<AtomicBool>,
+    /// Half the lane consumers' expiry.
+    forget_after: Duration,
 }
 
 impl LaneCounter {
@@ -110,6 +112,7 @@ impl LaneCounter {
     fn start(
         &self,
         active: Arc<Mutex<ActiveLanes>>,
+        known: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
     ) -> Option<tokio::task::JoinHandle<Result<(), BrokerError>>> {
         if self.running.swap(true, Ordering::AcqRel) {
             return None;
@@ -124,6 +127,7 @@ impl LaneCounter {
             let mut active = active.lock().expect("lanes lock");
             match counted {
                 Ok(mut lanes) => {
+                    counter.forget_idle(&lanes, &known);
                     // Lanes the doorbell reported while the counts were on their way.
                     lanes.append(&mut active.rung);
                     active.lanes = lanes;
@@ -158,6 +162,27 @@ impl LaneCounter {
             }
         }
         Ok(occupied)
+    }
+
+    /// Marks the lanes holding messages as seen, and drops the handles of lanes that held
+    /// none for half the consumers' expiry: the server may delete those consumers, and a
+    /// lane without a handle is made again when tasks return.
+    fn forget_idle(
+        &self,
+        occupied: &BTreeSet<(u8, String)>,
+        known: &Mutex<HashMap<String, Arc<Lane>>>,
+    ) {
+        known.lock().expect("lanes lock").retain(|subject, lane| {
+            let mut seen = lane.seen.lock().expect("lane lock");
+            let occupied_now = self
+                .subjects
+                .parse_task(subject)
+                .is_some_and(|(p, agent)| occupied.contains(&(p, agent.to_string())));
+            if occupied_now {
+                *seen = Instant::now();
+            }
+            seen.elapsed() < self.forget_after
+        });
     }
 
     fn error(&self, reason: String) -> BrokerError {
@@ -195,6 +220,8 @@ struct Lane {
     consumer: PullConsumer,
     /// The last no-wait fetch went unanswered.
     stuck: AtomicBool,
+    /// When the counts last showed messages in the lane.
+    seen: Mutex<Instant>,
 }
 
 impl PriorityPuller {
@@ -220,6 +247,7 @@ impl PriorityPuller {
             },
             agents: filter.clone(),
             running: Arc::default(),
+            forget_after: broker.settings().lane_expiry() / 2,
         };
         Ok(Self {
             broker,
@@ -266,7 +294,7 @@ impl PriorityPuller {
             } else {
                 Duration::ZERO
             };
-            if let Some(recount) = self.counter.start(self.active.clone())
+            if let Some(recount) = self.counter.start(self.active.clone(), self.lanes.clone())
                 && !patience.is_zero()
             {
                 match tokio::time::timeout(patience, recount).await {
@@ -282,7 +310,7 @@ impl PriorityPuller {
             active.lanes.iter().cloned().collect()
         };
         for (priority, agent_type) in &known {
-            self.start_creating(*priority, agent_type);
+            self.start_creating(*priority, agent_type, false);
         }
         let mut lanes: Vec<(u8, String)> = {
             let active = self.active.lock().expect("lanes lock");
@@ -312,7 +340,7 @@ impl PriorityPuller {
         if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
             return Some(lane.clone());
         }
-        self.start_creating(priority, agent_type);
+        self.start_creating(priority, agent_type, false);
         let made = tokio::time::timeout(CREATE_PATIENCE, async {
             loop {
                 if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
@@ -324,14 +352,16 @@ impl PriorityPuller {
         made.await.ok().flatten()
     }
 
-    /// Creates the consumer of a lane in the background, unless it exists or is on its way.
-    fn start_creating(&self, priority: u8, agent_type: &str) {
+    /// Creates the consumer of a lane in the background, unless it exists (or `again`: even
+    /// then, when the server may have dropped it) or is on its way.
+    fn start_creating(&self, priority: u8, agent_type: &str, again: bool) {
         let subject = self.broker.subjects().task(priority, agent_type);
-        if self
-            .lanes
-            .lock()
-            .expect("lanes lock")
-            .contains_key(&subject)
+        if (!again
+            && self
+                .lanes
+                .lock()
+                .expect("lanes lock")
+                .contains_key(&subject))
             || !self
                 .creating
                 .lock()
@@ -354,6 +384,7 @@ impl PriorityPuller {
                     let lane = Arc::new(Lane {
                         consumer,
                         stuck: AtomicBool::new(false),
+                        seen: Mutex::new(Instant::now()),
                     });
                     lanes
                         .lock()
@@ -403,6 +434,9 @@ impl PriorityPuller {
                 Err(error) => {
                     if !lane.stuck.swap(true, Ordering::Relaxed) {
                         tracing::warn!(%error, "skipping a consumer that does not answer");
+                        // A consumer that expired while idle does not answer either: make it
+                        // again (a no-op for one whose leader is only moving).
+                        self.start_creating(priority, &agent_type, true);
                     }
                     if error.to_string().contains("consumer not found") {
                         // Deleted behind our back: create it again next time.

@@ -176,3 +176,31 @@ async fn consumers_of_the_per_priority_layout_give_way_to_lanes() {
     assert_eq!(lane.num_pending + lane.num_ack_pending as u64, 0);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_of_agent_types_that_stop_coming_expire_and_come_back() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn(env.worker_with(|s| s.nats.lane_expiry_secs = 2.0));
+    publish(&env, "no-such-agent", json!("garbage"), 3).await;
+    env.wait_dead_letters(1, Duration::from_secs(10)).await;
+    let stream = env.stream().await;
+    let lane = env.broker.lane_name(3, "no-such-agent");
+    assert!(
+        stream.consumer_info(&lane).await.is_ok(),
+        "the lane served it"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while stream.consumer_info(&lane).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an idle lane's consumer stays forever"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The same agent type again: the worker makes the lane anew.
+    publish(&env, "no-such-agent", json!("more garbage"), 3).await;
+    env.wait_dead_letters(2, Duration::from_secs(10)).await;
+    worker.stop().await;
+    env.assert_stream_drains("both dead-lettered").await;
+    env.cleanup().await;
+}
