@@ -3,7 +3,9 @@
 
 mod backlog;
 mod connection;
+mod doorbell;
 mod error;
+mod lane_counts;
 mod lanes;
 mod publisher;
 mod puller;
@@ -11,8 +13,9 @@ mod subjects;
 
 pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
 pub use connection::Broker;
+pub use doorbell::Doorbell;
 pub use error::BrokerError;
 pub use lanes::{AgentFilter, lane_name};
 pub use publisher::{PublishReceipt, headers};
-pub use puller::{Doorbell, Priorities, PriorityPuller};
+pub use puller::{Priorities, PriorityPuller};
 pub use subjects::Subjects;

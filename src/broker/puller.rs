@@ -1,18 +1,14 @@
 //! Strict-priority pulling without polling.
 //!
 //! One durable pull consumer serves each lane (priority and agent type, see `lanes`). A
-//! worker knows which of its lanes hold messages from the stream's per-subject counts (read
-//! again every second while busy, and whenever a scan comes back short) and from the
-//! doorbell; with free slots it asks them in order, highest priority first, with no-wait
-//! fetches, so a backlog always drains from the top. When
-//! every consumer is empty the worker subscribes to the task subjects with plain core NATS
-//! (the *doorbell*): the next publish at any priority wakes it within a network round trip,
-//! and it fetches again from just the priorities that rang, highest first. Redeliveries (a retry delay that
-//! ran out, a lease that expired) are not publishes, so an idle worker also rescans on a slow
-//! backstop timer.
+//! worker knows which of its lanes hold messages (`lane_counts`, and the `doorbell` while it
+//! is idle); with free slots it asks them in order, highest priority first and the lanes of
+//! one priority in turn, with no-wait fetches, so a backlog always drains from the top.
+//! Redeliveries (a retry delay that ran out, a lease that expired) are not publishes, so an
+//! idle worker also rescans on a slow backstop timer.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -21,10 +17,13 @@ use std::{
 };
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{AgentFilter, Broker, BrokerError, Subjects};
+use super::{
+    AgentFilter, Broker, BrokerError, Doorbell,
+    lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter},
+};
 use crate::task::MAX_PRIORITY;
 
 /// Longest a no-wait fetch may take before the worker stops waiting for its answer. A
@@ -34,14 +33,6 @@ use crate::task::MAX_PRIORITY;
 /// it, and asked with a much shorter patience until it answers again.
 const FETCH_TIMEOUT: Duration = Duration::from_millis(500);
 const STUCK_FETCH_TIMEOUT: Duration = Duration::from_millis(25);
-
-/// Longest the per-subject message counts may take before the scan gives up.
-const COUNTS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How old the per-subject counts may get while a backlog keeps the worker busy: a lane that
-/// was empty when they were read (a priority or agent type nobody published to yet) is
-/// found this much later at most. Idle workers hear of new lanes from the doorbell at once.
-const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a scan waits for a new lane's consumer before asking the other lanes.
 const CREATE_PATIENCE: Duration = Duration::from_millis(250);
@@ -94,134 +85,12 @@ pub struct PriorityPuller {
     turn: AtomicUsize,
 }
 
-/// Reads which lanes hold messages in the background, one read at a time.
-#[derive(Clone)]
-struct LaneCounter {
-    stream: jetstream::stream::Stream,
-    subjects: Subjects,
-    /// The subject filter of the counts request.
-    filter_subject: String,
-    agents: AgentFilter,
-    running: Arc<AtomicBool>,
-    /// Half the lane consumers' expiry.
-    forget_after: Duration,
-}
-
-impl LaneCounter {
-    /// Starts a read unless one is running; its handle resolves when `active` is updated.
-    fn start(
-        &self,
-        active: Arc<Mutex<ActiveLanes>>,
-        known: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
-    ) -> Option<tokio::task::JoinHandle<Result<(), BrokerError>>> {
-        if self.running.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        let counter = self.clone();
-        active.lock().expect("lanes lock").rung.clear();
-        Some(tokio::spawn(async move {
-            let counted = tokio::time::timeout(COUNTS_TIMEOUT, counter.count()).await;
-            counter.running.store(false, Ordering::Release);
-            let counted =
-                counted.unwrap_or_else(|_| Err(counter.error("no answer from the stream".into())));
-            let mut active = active.lock().expect("lanes lock");
-            match counted {
-                Ok(mut lanes) => {
-                    counter.forget_idle(&lanes, &known);
-                    // Lanes the doorbell reported while the counts were on their way.
-                    lanes.append(&mut active.rung);
-                    active.lanes = lanes;
-                    active.read_at = Some(Instant::now());
-                    active.stale = false;
-                    Ok(())
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "asking the lanes known so far");
-                    Err(error)
-                }
-            }
-        }))
-    }
-
-    /// One request to the stream, whatever the number of lanes: (priority, agent type) of
-    /// every lane this worker serves that holds messages (waiting or in flight).
-    async fn count(&self) -> Result<BTreeSet<(u8, String)>, BrokerError> {
-        let mut counts = self
-            .stream
-            .info_with_subjects(&self.filter_subject)
-            .await
-            .map_err(|e| self.error(e.to_string()))?;
-        let mut occupied = BTreeSet::new();
-        while let Some(entry) = counts.next().await {
-            let (subject, count) = entry.map_err(|e| self.error(e.to_string()))?;
-            if let Some((priority, agent)) = self.subjects.parse_task(&subject)
-                && count > 0
-                && self.agents.admits(agent)
-            {
-                occupied.insert((priority, agent.to_string()));
-            }
-        }
-        Ok(occupied)
-    }
-
-    /// Marks the lanes holding messages as seen, and drops the handles of lanes that held
-    /// none for half the consumers' expiry: the server may delete those consumers, and a
-    /// lane without a handle is made again when tasks return.
-    fn forget_idle(
-        &self,
-        occupied: &BTreeSet<(u8, String)>,
-        known: &Mutex<HashMap<String, Arc<Lane>>>,
-    ) {
-        known.lock().expect("lanes lock").retain(|subject, lane| {
-            let mut seen = lane.seen.lock().expect("lane lock");
-            let occupied_now = self
-                .subjects
-                .parse_task(subject)
-                .is_some_and(|(p, agent)| occupied.contains(&(p, agent.to_string())));
-            if occupied_now {
-                *seen = Instant::now();
-            }
-            seen.elapsed() < self.forget_after
-        });
-    }
-
-    fn error(&self, reason: String) -> BrokerError {
-        BrokerError::Fetch {
-            consumer: "(subject counts)".into(),
-            reason,
-        }
-    }
-}
-
-/// The lanes a scan asks: found by reading the stream's per-subject counts (a JetStream API
-/// request, answered by the stream leader: a few milliseconds in a cluster, so not on every
-/// pull), and added to at once by the doorbell.
-#[derive(Default)]
-struct ActiveLanes {
-    /// (priority, agent type).
-    lanes: BTreeSet<(u8, String)>,
-    /// Lanes the doorbell added since the running count started.
-    rung: BTreeSet<(u8, String)>,
-    read_at: Option<Instant>,
-    /// A scan came back short: the next full scan reads the counts again.
-    stale: bool,
-}
-
-impl ActiveLanes {
-    fn due(&self) -> bool {
-        self.stale
-            || self
-                .read_at
-                .is_none_or(|at| at.elapsed() >= RECOUNT_INTERVAL)
-    }
-}
-
-struct Lane {
+pub(super) struct Lane {
     consumer: PullConsumer,
     /// The last no-wait fetch went unanswered.
     stuck: AtomicBool,
     /// When the counts last showed messages in the lane.
-    seen: Mutex<Instant>,
+    pub(super) seen: Mutex<Instant>,
 }
 
 impl PriorityPuller {
@@ -514,42 +383,5 @@ impl PriorityPuller {
             filter: self.filter.clone(),
             active: self.active.clone(),
         })
-    }
-}
-
-/// A live subscription to the task subjects that signals new publishes.
-pub struct Doorbell {
-    subscriber: futures::stream::SelectAll<async_nats::Subscriber>,
-    subjects: Subjects,
-    filter: AgentFilter,
-    /// The puller's lanes: a ring adds the lane it came from.
-    active: Arc<Mutex<ActiveLanes>>,
-}
-
-impl Doorbell {
-    /// Waits for a publish, then returns every priority that rang so far. `None` when the
-    /// connection closed the subscription.
-    pub async fn ring(&mut self) -> Option<Priorities> {
-        let first = self.subscriber.next().await?;
-        let mut rung = self.priorities_of(&first.subject);
-        while let Some(Some(more)) = self.subscriber.next().now_or_never() {
-            rung = rung.union(self.priorities_of(&more.subject));
-        }
-        Some(rung)
-    }
-
-    fn priorities_of(&self, subject: &str) -> Priorities {
-        match self.subjects.parse_task(subject) {
-            Some((priority, agent)) if self.filter.admits(agent) => {
-                let lane = (priority, agent.to_string());
-                let mut active = self.active.lock().expect("lanes lock");
-                active.rung.insert(lane.clone());
-                active.lanes.insert(lane);
-                Priorities::NONE.with(priority)
-            }
-            Some(_) => Priorities::NONE,
-            // A subject we cannot parse still rang: look everywhere.
-            None => Priorities::ALL,
-        }
     }
 }
