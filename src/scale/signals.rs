@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{HostSampler, HostUsage, roll_call, sizing};
+use super::{HostSampler, HostUsage, WorkerPresence, roll_call, sizing};
 use crate::{
-    broker::{Backlog, Broker, BrokerError},
+    broker::{AgentFilter, Backlog, Broker, BrokerError},
     config::ScaleSettings,
 };
 
@@ -19,6 +19,9 @@ pub const ROLL_CALL_WAIT: Duration = Duration::from_millis(250);
 /// One reading of everything a scaling decision needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleSignals {
+    /// The pool the reading is about (`only email`, `all but email`, `all`); `None`: the
+    /// whole fleet.
+    pub pool: Option<String>,
     /// The host this reading was taken on (the process serving it).
     pub host: HostUsage,
     /// Workers that answered the roll call.
@@ -45,6 +48,9 @@ pub struct ScaleSignals {
 pub struct ScaleMeter {
     sampler: HostSampler,
     thresholds: ScaleSettings,
+    /// A worker's own pool: its readings count the tasks of its lanes and the workers of its
+    /// pool only, so each pool's autoscaler sees its own backlog. `None`: the whole fleet.
+    pool: Option<AgentFilter>,
 }
 
 impl ScaleMeter {
@@ -52,7 +58,14 @@ impl ScaleMeter {
         Self {
             sampler: HostSampler::new(),
             thresholds,
+            pool: None,
         }
+    }
+
+    /// Readings for the pool of workers that take `agents`.
+    pub fn for_pool(mut self, agents: AgentFilter) -> Self {
+        self.pool = Some(agents);
+        self
     }
 
     /// Reads the backlog and calls the roll, then decides.
@@ -60,18 +73,35 @@ impl ScaleMeter {
     /// Fails when the stream cannot be read.
     pub async fn measure(&self, broker: &Broker) -> Result<ScaleSignals, BrokerError> {
         let (backlog, workers) = tokio::join!(broker.backlog(), roll_call(broker, ROLL_CALL_WAIT));
-        Ok(self.decide(&backlog?, workers?.len()))
+        Ok(self.decide(&backlog?, &workers?))
     }
 
-    /// Decides from a backlog already read and the number of live workers.
-    pub fn decide(&self, backlog: &Backlog, workers: usize) -> ScaleSignals {
-        ScaleSignals::from_readings(
+    /// Decides from a backlog already read and the roll call's answers.
+    pub fn decide(&self, backlog: &Backlog, present: &[WorkerPresence]) -> ScaleSignals {
+        let Some(pool) = &self.pool else {
+            return ScaleSignals::from_readings(
+                self.sampler.sample(),
+                present.len(),
+                backlog.pending(),
+                backlog.oldest_pending_secs(),
+                &self.thresholds,
+            );
+        };
+        let lanes = backlog.lanes.iter().filter(|l| pool.admits(&l.agent_type));
+        let (pending, oldest) = lanes.fold((0, 0), |(pending, oldest), lane| {
+            (pending + lane.pending, oldest.max(lane.oldest_pending_secs))
+        });
+        let name = pool.to_string();
+        let workers = present.iter().filter(|w| w.agents == name).count();
+        let mut signals = ScaleSignals::from_readings(
             self.sampler.sample(),
             workers,
-            backlog.pending(),
-            backlog.oldest_pending_secs(),
+            pending,
+            oldest,
             &self.thresholds,
-        )
+        );
+        signals.pool = Some(name);
+        signals
     }
 }
 
@@ -132,6 +162,7 @@ impl ScaleSignals {
             Vec::new()
         };
         Self {
+            pool: None,
             host,
             workers,
             pending,

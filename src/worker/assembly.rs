@@ -55,7 +55,12 @@ pub fn assemble(
         registry,
         settings.worker.clone(),
     )
-    .with_scale_meter(Arc::new(ScaleMeter::new(settings.scale.clone())));
+    .with_scale_meter(Arc::new(
+        // An invalid filter is refused when the settings load (and again when the worker
+        // starts), so the fallback is never a reading about the wrong pool.
+        ScaleMeter::new(settings.scale.clone())
+            .for_pool(settings.worker.agent_filter().unwrap_or_default()),
+    ));
     let redis_settings = &settings.redis;
     if !(redis_settings.mirror || redis_settings.intake || redis_settings.cache) {
         return Ok(Assembled {

@@ -70,7 +70,7 @@ pub async fn refresh(broker: &Broker, store: &Store, meter: &ScaleMeter) {
     let Ok(workers) = roll_call(broker, ROLL_CALL_WAIT).await else {
         return;
     };
-    let signals = meter.decide(&backlog, workers.len());
+    let signals = meter.decide(&backlog, &workers);
     metrics.host_cpu.set(signals.host.cpu_percent);
     metrics.host_memory.set(signals.host.memory_percent);
     metrics.host_load1.set(signals.host.load_average[0]);

@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{body::Body, http::Request};
 use serde_json::{Value, json};
 use swarm_director::{
+    broker::AgentFilter,
     config::ScaleSettings,
     http::{
         api::{self, ApiState},
@@ -90,6 +91,26 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
     assert!(reasons.contains("per worker"), "{reasons}");
     assert!(signals["recommended_worker_processes"].as_u64().unwrap() >= 1);
     assert!(signals["host"]["cores"].as_u64().unwrap() >= 1);
+
+    // The quality pool's own reading: the email backlog is not its work.
+    let pool = ScaleMeter::new(ScaleSettings {
+        backlog_per_worker: 10.0,
+        cpu_percent: 100.0,
+        memory_percent: 100.0,
+        ..ScaleSettings::default()
+    })
+    .for_pool(AgentFilter::Only(["quality".to_string()].into()));
+    let own = pool.measure(&env.broker).await.unwrap();
+    assert_eq!(own.pool.as_deref(), Some("only quality"));
+    assert_eq!((own.workers, own.pending), (1, 0));
+    assert!(!own.should_scale_up, "{:?}", own.reasons);
+    let email_pool = ScaleMeter::default().for_pool(AgentFilter::Only(["email".into()].into()));
+    let orphan = email_pool.measure(&env.broker).await.unwrap();
+    assert_eq!((orphan.workers, orphan.pending), (0, 30));
+    assert!(
+        orphan.should_scale_up,
+        "no email worker while email tasks wait"
+    );
 
     // The same reading as gauges, for an autoscaler that scrapes Prometheus.
     gauges::refresh(&env.broker, &env.store, &meter).await;
