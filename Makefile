@@ -11,7 +11,7 @@ export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test?ss
 export SWARM_NATS_URL ?= nats://127.0.0.1:4222
 export SWARM_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: demo test services build release lint fmt
+.PHONY: demo test services build release lint fmt validate-deploy
 
 ## Run a demo fleet on the local services and print what it did.
 demo: services
@@ -34,6 +34,10 @@ build:
 
 release:
 	$(CARGO) build --release
+
+## Validate deploy/ against the Kubernetes schemas and the Compose client (no cluster needed).
+validate-deploy:
+	@bash scripts/validate-deploy.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
