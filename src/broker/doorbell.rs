@@ -33,9 +33,7 @@ impl Doorbell {
         match self.subjects.parse_task(subject) {
             Some((priority, agent)) if self.filter.admits(agent) => {
                 let lane = (priority, agent.to_string());
-                let mut active = self.active.lock().expect("lanes lock");
-                active.rung.insert(lane.clone());
-                active.lanes.insert(lane);
+                self.active.lock().expect("lanes lock").ring(lane);
                 Priorities::NONE.with(priority)
             }
             Some(_) => Priorities::NONE,

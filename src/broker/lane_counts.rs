@@ -25,6 +25,9 @@ pub(super) const COUNTS_TIMEOUT: Duration = Duration::from_secs(2);
 /// later at most. Idle workers hear of new lanes from the doorbell at once.
 const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A lane: (priority, agent type).
+pub(super) type LaneKey = (u8, String);
+
 /// Reads which lanes hold messages in the background, one read at a time.
 #[derive(Clone)]
 pub(super) struct LaneCounter {
@@ -61,7 +64,10 @@ impl LaneCounter {
                     counter.forget_idle(&lanes, &known);
                     // Lanes the doorbell reported while the counts were on their way.
                     lanes.append(&mut active.rung);
-                    active.lanes = lanes;
+                    if active.lanes != lanes {
+                        active.lanes = lanes;
+                        active.version += 1;
+                    }
                     active.read_at = Some(Instant::now());
                     active.stale = false;
                     Ok(())
@@ -76,7 +82,7 @@ impl LaneCounter {
 
     /// One request to the stream, whatever the number of lanes: (priority, agent type) of
     /// every lane this worker serves that holds messages (waiting or in flight).
-    async fn count(&self) -> Result<BTreeSet<(u8, String)>, BrokerError> {
+    async fn count(&self) -> Result<BTreeSet<LaneKey>, BrokerError> {
         let mut counts = self
             .stream
             .info_with_subjects(&self.filter_subject)
@@ -98,11 +104,7 @@ impl LaneCounter {
     /// Marks the lanes holding messages as seen, and drops the handles of lanes that held
     /// none for half the consumers' expiry: the server may delete those consumers, and a
     /// lane without a handle is made again when tasks return.
-    fn forget_idle(
-        &self,
-        occupied: &BTreeSet<(u8, String)>,
-        known: &Mutex<HashMap<String, Arc<Lane>>>,
-    ) {
+    fn forget_idle(&self, occupied: &BTreeSet<LaneKey>, known: &Mutex<HashMap<String, Arc<Lane>>>) {
         known.lock().expect("lanes lock").retain(|subject, lane| {
             let mut seen = lane.seen.lock().expect("lane lock");
             let occupied_now = self
@@ -130,15 +132,25 @@ impl LaneCounter {
 #[derive(Default)]
 pub(super) struct ActiveLanes {
     /// (priority, agent type).
-    pub(super) lanes: BTreeSet<(u8, String)>,
+    pub(super) lanes: BTreeSet<LaneKey>,
     /// Lanes the doorbell added since the running count started.
-    pub(super) rung: BTreeSet<(u8, String)>,
+    pub(super) rung: BTreeSet<LaneKey>,
     pub(super) read_at: Option<Instant>,
     /// A scan came back short: the next full scan reads the counts again.
     pub(super) stale: bool,
+    /// Bumped whenever `lanes` changes.
+    pub(super) version: u64,
 }
 
 impl ActiveLanes {
+    /// Adds a lane the doorbell reported.
+    pub(super) fn ring(&mut self, lane: LaneKey) {
+        self.rung.insert(lane.clone());
+        if self.lanes.insert(lane) {
+            self.version += 1;
+        }
+    }
+
     pub(super) fn due(&self) -> bool {
         self.stale
             || self

@@ -11,7 +11,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::{
     AgentFilter, Broker, BrokerError, Doorbell,
-    lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter},
+    lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter, LaneKey},
 };
 use crate::task::MAX_PRIORITY;
 
@@ -60,11 +60,6 @@ impl Priorities {
     pub fn contains(self, priority: u8) -> bool {
         self.0 & (1 << priority) != 0
     }
-
-    /// Highest first.
-    pub fn descending(self) -> impl Iterator<Item = u8> {
-        (0..=MAX_PRIORITY).rev().filter(move |p| self.contains(*p))
-    }
 }
 
 /// Pulls from the lanes a worker serves, highest priority first.
@@ -79,6 +74,8 @@ pub struct PriorityPuller {
     lanes_made: Arc<watch::Sender<u64>>,
     /// Lanes believed to hold messages, shared with the doorbell.
     active: Arc<Mutex<ActiveLanes>>,
+    /// The `ActiveLanes::version` whose lanes were last given consumers ahead of need.
+    prepared: AtomicU64,
     counter: LaneCounter,
     /// Rotates which lane of a priority is asked first, so one agent type's backlog does not
     /// starve another's at the same priority.
@@ -127,12 +124,9 @@ impl PriorityPuller {
             creating: Arc::default(),
             lanes_made: Arc::new(watch::Sender::new(0)),
             active: Arc::default(),
+            prepared: AtomicU64::new(u64::MAX),
             turn: AtomicUsize::new(0),
         })
-    }
-
-    pub fn filter(&self) -> &AgentFilter {
-        &self.filter
     }
 
     /// The subjects this worker listens to: one per agent type for a dedicated pool, all
@@ -150,7 +144,7 @@ impl PriorityPuller {
     /// they are old or the last scan came back short, without waiting long for them: during a
     /// stream leader election the request goes unanswered for seconds, and the lanes known
     /// so far still serve. Fails only when the counts were never read.
-    async fn lanes_to_ask(&self, priorities: Priorities) -> Result<Vec<(u8, String)>, BrokerError> {
+    async fn lanes_to_ask(&self, priorities: Priorities) -> Result<Vec<LaneKey>, BrokerError> {
         let (due, stale, never_read) = {
             let active = self.active.lock().expect("lanes lock");
             (active.due(), active.stale, active.read_at.is_none())
@@ -172,24 +166,23 @@ impl PriorityPuller {
                 }
             }
         }
-        // Every lane with messages gets its consumer ahead of need, so a scan that reaches a
-        // lower priority finds it ready.
-        let known: Vec<(u8, String)> = {
+        let (mut lanes, changed): (Vec<LaneKey>, Option<Vec<LaneKey>>) = {
             let active = self.active.lock().expect("lanes lock");
-            active.lanes.iter().cloned().collect()
-        };
-        for (priority, agent_type) in &known {
-            self.start_creating(*priority, agent_type, false);
-        }
-        let mut lanes: Vec<(u8, String)> = {
-            let active = self.active.lock().expect("lanes lock");
-            active
+            let asked = active
                 .lanes
                 .iter()
                 .filter(|(priority, _)| priorities.contains(*priority))
                 .cloned()
-                .collect()
+                .collect();
+            let changed = (self.prepared.swap(active.version, Ordering::Relaxed) != active.version)
+                .then(|| active.lanes.iter().cloned().collect());
+            (asked, changed)
         };
+        // Every lane with messages gets its consumer ahead of need (once per change of the
+        // set), so a scan that reaches a lower priority finds it ready.
+        for (priority, agent_type) in changed.iter().flatten() {
+            self.start_creating(*priority, agent_type, false);
+        }
         lanes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         for level in lanes.chunk_by_mut(|a, b| a.0 == b.0) {
