@@ -10,13 +10,17 @@ use crate::support::TestEnv;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_highest_priority_first() {
     let env = TestEnv::new().await;
-    // Published lowest first, so arrival order is the opposite of priority order.
+    // Published lowest first, so arrival order is the opposite of priority order; two agent
+    // types per priority, so the order holds across lanes, not only within one.
     let mut tasks = Vec::new();
     for priority in 0..=9u8 {
-        for n in 0..3 {
-            tasks.push(
-                TaskEnvelope::new("echo", json!({"p": priority, "n": n})).with_priority(priority),
-            );
+        for n in 0..4 {
+            let task = if n % 2 == 0 {
+                TaskEnvelope::new("echo", json!({"p": priority, "n": n}))
+            } else {
+                TaskEnvelope::new("sleep", json!({"ms": 1}))
+            };
+            tasks.push(task.with_priority(priority));
         }
     }
     for task in &tasks {
