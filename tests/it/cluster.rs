@@ -23,6 +23,19 @@ fn spawn_worker(env: &TestEnv) -> Child {
         .expect("start swarmd worker")
 }
 
+/// `n` short sleep tasks over all priorities; their ids.
+async fn publish_sleeps(env: &TestEnv, n: usize) -> Vec<uuid::Uuid> {
+    let tasks: Vec<_> = (0..n)
+        .map(|n| TaskEnvelope::new("sleep", json!({"ms": 2})).with_priority((n % 10) as u8))
+        .collect();
+    let results = env
+        .broker
+        .publish_many(&tasks, Codec::MessagePack, 512, || {})
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    tasks.iter().map(|t| t.id).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_dies_and_nothing_is_lost() {
     let mut cluster = NatsCluster::start();
@@ -35,15 +48,7 @@ async fn a_cluster_node_dies_and_nothing_is_lost() {
         .and_then(|c| c.leader)
         .expect("a stream leader");
 
-    let tasks: Vec<_> = (0..5000)
-        .map(|n| TaskEnvelope::new("sleep", json!({"ms": 2})).with_priority((n % 10) as u8))
-        .collect();
-    let results = env
-        .broker
-        .publish_many(&tasks, Codec::MessagePack, 512, || {})
-        .await;
-    assert!(results.iter().all(Result::is_ok));
-    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let ids = publish_sleeps(&env, 5000).await;
     let mut workers = [spawn_worker(&env), spawn_worker(&env)];
 
     while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 4 {
@@ -87,15 +92,7 @@ async fn a_cluster_node_dies_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_surviving_worker_finishes_everything() {
     let env = TestEnv::new().await;
-    let tasks: Vec<_> = (0..2000)
-        .map(|n| TaskEnvelope::new("sleep", json!({"ms": 2})).with_priority((n % 10) as u8))
-        .collect();
-    let results = env
-        .broker
-        .publish_many(&tasks, Codec::MessagePack, 512, || {})
-        .await;
-    assert!(results.iter().all(Result::is_ok));
-    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let ids = publish_sleeps(&env, 2000).await;
     let mut doomed = spawn_worker(&env);
     let mut survivor = spawn_worker(&env);
     while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 5 {

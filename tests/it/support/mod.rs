@@ -118,20 +118,9 @@ impl TestEnv {
     /// Starts `worker` in the background; stop it with [`RunningWorker::stop`].
     pub fn spawn(&self, worker: Worker) -> RunningWorker {
         let counts = worker.counts();
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let handle = tokio::spawn(async move {
-            worker
-                .run(async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                })
-                .await
-                .expect("worker runs");
-        });
-        RunningWorker {
-            stop_tx,
-            handle,
-            counts,
-        }
+        run_in_background(counts, |stop| async move {
+            worker.run(stop).await.expect("worker runs");
+        })
     }
 
     /// A worker with the legacy mirror, intake and result cache (this test's key prefix).
@@ -150,21 +139,12 @@ impl TestEnv {
     /// Starts an assembled worker in the background.
     pub fn spawn_assembled(&self, assembled: worker::Assembled) -> RunningWorker {
         let counts = assembled.worker.counts();
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let handle = tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            };
+        run_in_background(counts, |stop| async move {
             assembled
                 .run(stop, Duration::from_secs(5))
                 .await
                 .expect("worker runs");
-        });
-        RunningWorker {
-            stop_tx,
-            handle,
-            counts,
-        }
+        })
     }
 
     /// Waits until every id is `completed` or `dead`; panics after `timeout`.
@@ -243,6 +223,12 @@ impl TestEnv {
             ("SWARM_METRICS_ADDR", String::new()),
             ("SWARM_LOG", "warn".to_string()),
         ]
+    }
+
+    /// Dead letters stored now.
+    pub async fn dead_letter_count(&self) -> usize {
+        let listed = self.dead_letters().list(&Filter::default()).await;
+        listed.expect("dead letters readable").len()
     }
 
     /// This environment's dead-letter stream.
@@ -330,4 +316,21 @@ impl RunningWorker {
 /// Reads a counter.
 pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Runs `run` on a task until the returned handle is told to stop.
+fn run_in_background<F, Fut>(counts: std::sync::Arc<WorkerCounts>, run: F) -> RunningWorker
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stop = Box::pin(async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
+    RunningWorker {
+        stop_tx,
+        handle: tokio::spawn(run(stop)),
+        counts,
+    }
 }
