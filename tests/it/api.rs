@@ -35,6 +35,10 @@ async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value)
     (status, body)
 }
 
+fn get(path: impl AsRef<str>) -> Request<Body> {
+    Request::get(path.as_ref()).body(Body::empty()).unwrap()
+}
+
 fn post(body: impl Into<Body>, token: Option<&str>) -> Request<Body> {
     let mut request = Request::post("/v1/tasks").header("content-type", "application/json");
     if let Some(token) = token {
@@ -58,13 +62,7 @@ async fn publish_then_read_the_result() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["id"].as_str().unwrap().to_string();
-    let (status, queued) = call(
-        &app,
-        Request::get(format!("/v1/tasks/{id}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, queued) = call(&app, get(format!("/v1/tasks/{id}"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         queued["status"], "queued",
@@ -90,13 +88,7 @@ async fn publish_then_read_the_result() {
     );
     env.wait_finished(&ids, Duration::from_secs(10)).await;
     worker.stop().await;
-    let (status, done) = call(
-        &app,
-        Request::get(format!("/v1/tasks/{id}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, done) = call(&app, get(format!("/v1/tasks/{id}"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(done["status"], "completed");
     assert_eq!(done["result"], json!({"x": 1}));
@@ -156,15 +148,9 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
         ),
+        (get("/v1/tasks/nope"), StatusCode::BAD_REQUEST, "invalid_id"),
         (
-            Request::get("/v1/tasks/nope").body(Body::empty()).unwrap(),
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-        ),
-        (
-            Request::get(format!("/v1/tasks/{}", uuid::Uuid::new_v4()))
-                .body(Body::empty())
-                .unwrap(),
+            get(format!("/v1/tasks/{}", uuid::Uuid::new_v4())),
             StatusCode::NOT_FOUND,
             "not_found",
         ),
@@ -236,11 +222,7 @@ async fn queues_show_a_backlog_and_dead_letters_can_be_listed_and_replayed() {
     let (status, _) = call(&app, post(backlog.to_string(), Some("s3cret"))).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, queues) = call(
-        &app,
-        Request::get("/v1/queues").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (status, queues) = call(&app, get("/v1/queues")).await;
     assert_eq!(status, StatusCode::OK);
     let p7 = queues["priorities"]
         .as_array()
@@ -264,23 +246,11 @@ async fn queues_show_a_backlog_and_dead_letters_can_be_listed_and_replayed() {
     let dead_id = body["id"].as_str().unwrap().to_string();
     let worker = env.spawn(env.worker());
     env.wait_dead_letters(1, Duration::from_secs(10)).await;
-    let (status, listed) = call(
-        &app,
-        Request::get("/v1/dlq?reason=permanent_error")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, listed) = call(&app, get("/v1/dlq?reason=permanent_error")).await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(listed["total"], 1);
     assert_eq!(listed["dead_letters"][0]["id"], dead_id.as_str());
-    let (status, _) = call(
-        &app,
-        Request::get("/v1/dlq?reason=nonsense")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = call(&app, get("/v1/dlq?reason=nonsense")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let replay = |token: Option<&str>| {
