@@ -14,6 +14,8 @@ use async_nats::jetstream::{
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
 };
 
+use futures::StreamExt;
+
 use super::{Broker, BrokerError};
 
 /// Which agent types a worker takes.
@@ -159,14 +161,21 @@ impl Broker {
     /// filters overlap every lane. Their unacknowledged tasks stay in the stream and are
     /// delivered again by the lanes.
     pub(super) async fn remove_priority_consumers(&self, stream: &jetstream::stream::Stream) {
-        for priority in 0..=crate::task::MAX_PRIORITY {
-            let name = format!("{}-p{priority}", self.settings().consumer_group);
-            let Ok(info) = stream.consumer_info(&name).await else {
-                continue;
-            };
-            if info.config.filter_subject == self.subjects().priority_filter(priority)
-                && stream.delete_consumer(&name).await.is_ok()
-            {
+        // One listing instead of a lookup per priority: this runs at every worker start.
+        let group = &self.settings().consumer_group;
+        let mut obsolete = Vec::new();
+        let mut listed = stream.consumers();
+        while let Some(Ok(info)) = listed.next().await {
+            let per_priority = (0..=crate::task::MAX_PRIORITY).any(|p| {
+                info.name == format!("{group}-p{p}")
+                    && info.config.filter_subject == self.subjects().priority_filter(p)
+            });
+            if per_priority {
+                obsolete.push(info.name);
+            }
+        }
+        for name in obsolete {
+            if stream.delete_consumer(&name).await.is_ok() {
                 tracing::info!(consumer = %name, "removed a per-priority consumer of an earlier version");
             }
         }
