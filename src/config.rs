@@ -383,6 +383,13 @@ pub struct WorkerSettings {
     /// Milliseconds between rescans of an idle worker, which find redeliveries (new publishes
     /// wake it at once). Default 500.
     pub idle_rescan_ms: u64,
+    /// Seconds a batch may be held through a transient fault, or the pull loop stand still
+    /// with free slots, before `/ready` reports the worker stalled (so an orchestrator
+    /// restarts it). Default 120. Env: `SWARM_STALL_AFTER_SECS`.
+    pub stall_after_secs: f64,
+    /// Largest agent result stored, in bytes of JSON; a bigger one fails the task for good.
+    /// Default 1 MiB. Env: `SWARM_MAX_RESULT_BYTES`.
+    pub max_result_bytes: usize,
 }
 
 impl WorkerSettings {
@@ -439,6 +446,8 @@ impl Default for WorkerSettings {
             max_payload_bytes: 1024 * 1024,
             metrics_addr: "0.0.0.0:9464".into(),
             crash_allowance: 2,
+            stall_after_secs: 120.0,
+            max_result_bytes: 1024 * 1024,
         }
     }
 }
@@ -582,6 +591,12 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_CRASH_ALLOWANCE") {
             self.worker.crash_allowance = parsed("SWARM_CRASH_ALLOWANCE", v)?;
+        }
+        if let Some(v) = get("SWARM_STALL_AFTER_SECS") {
+            self.worker.stall_after_secs = parsed("SWARM_STALL_AFTER_SECS", v)?;
+        }
+        if let Some(v) = get("SWARM_MAX_RESULT_BYTES") {
+            self.worker.max_result_bytes = parsed("SWARM_MAX_RESULT_BYTES", v)?;
         }
         if let Some(v) = get("SWARM_SHUTDOWN_GRACE_SECS") {
             self.worker.shutdown_grace_secs = parsed("SWARM_SHUTDOWN_GRACE_SECS", v)?;

@@ -10,6 +10,7 @@
 //! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull.
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
 //! - [`cache`]: the Redis result cache of deterministic agents.
+//! - [`fault`]: transient or permanent-for-one-message failures, and isolating the latter.
 //! - [`dlq`]: dead letters: the record, and the stream that keeps them for inspection and replay.
 //! - [`mirror`]: the seed's Redis queue contract: mirror of every task's state, intake of
 //!   legacy producers, drift check and rebuild.
@@ -28,6 +29,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod fault;
 pub mod http;
 pub mod metrics;
 pub mod mirror;

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub duplicate_executions: IntCounter,
     /// Batches whose commit failed and was retried.
     pub store_failures: IntCounter,
+    /// Dead letters the broker refused for good (their messages were terminated anyway).
+    pub dead_letters_refused: IntCounter,
+    /// Messages whose task or outcome the database refused for their values.
+    pub unstorable: IntCounter,
+    /// Seconds the oldest batch held through a transient fault has waited (0 when none).
+    pub held_batch_age: Gauge,
+    /// 1 while the worker counts as stalled (`/ready` answers 503), else 0.
+    pub worker_stalled: IntGauge,
     /// Database connections in use.
     pub db_connections: IntGauge,
     /// Messages waiting per queue (`p0`..`p9`: pending per priority; `in_flight`:
@@ -185,6 +193,26 @@ impl Metrics {
                 &r,
                 "task_store_failures_total",
                 "Outcome batches whose commit failed and was retried",
+            ),
+            dead_letters_refused: counter(
+                &r,
+                "task_dead_letters_refused_total",
+                "Dead letters the broker refused for good; their messages were terminated",
+            ),
+            unstorable: counter(
+                &r,
+                "task_unstorable_total",
+                "Tasks or outcomes the database refused for their values",
+            ),
+            held_batch_age: float_gauge(
+                &r,
+                "worker_held_batch_age_seconds",
+                "Age of the oldest batch held through a transient fault",
+            ),
+            worker_stalled: gauge(
+                &r,
+                "worker_stalled",
+                "1 while the worker holds work or stands still past its stall time",
             ),
             db_connections: gauge(
                 &r,

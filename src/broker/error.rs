@@ -19,8 +19,11 @@ pub enum BrokerError {
     Consumer { consumer: String, reason: String },
     #[error("NATS server {version} lacks {feature}")]
     Unsupported { version: String, feature: String },
-    #[error("cannot publish to {subject}: {reason}")]
-    Publish { subject: String, reason: String },
+    #[error("cannot publish to {subject}: {source}")]
+    Publish {
+        subject: String,
+        source: async_nats::jetstream::context::PublishError,
+    },
     #[error("cannot encode task: {0}")]
     Encode(#[from] crate::task::EncodeError),
     #[error("invalid task: {0}")]
@@ -29,4 +32,17 @@ pub enum BrokerError {
     Fetch { consumer: String, reason: String },
     #[error("NATS request failed: {0}")]
     Request(String),
+}
+
+impl crate::fault::Classify for BrokerError {
+    /// An envelope that breaks the contract, or a message the broker will never take, is
+    /// permanent; everything else (connection, timeouts, setup) is transient.
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::{Fault, publish_fault};
+        match self {
+            BrokerError::Envelope(_) | BrokerError::Encode(_) => Fault::Permanent,
+            BrokerError::Publish { source, .. } => publish_fault(source),
+            _ => Fault::Transient,
+        }
+    }
 }

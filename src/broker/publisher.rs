@@ -1,10 +1,7 @@
 //! Publishing envelopes: the right subject, the de-duplication id, the content type, and a
 //! publish acknowledgement before a task counts as accepted.
 
-use async_nats::{
-    HeaderMap,
-    jetstream::context::{PublishAckFuture, PublishErrorKind},
-};
+use async_nats::{HeaderMap, jetstream::context::PublishAckFuture};
 use bytes::Bytes;
 
 use super::{Broker, BrokerError};
@@ -77,9 +74,9 @@ impl Broker {
             .jetstream()
             .publish_with_headers(subject.clone(), headers, body)
             .await
-            .map_err(|e| BrokerError::Publish {
+            .map_err(|source| BrokerError::Publish {
                 subject: subject.clone(),
-                reason: e.to_string(),
+                source,
             })?;
         confirm(pending, &subject).await
     }
@@ -111,10 +108,7 @@ impl Broker {
         self.jetstream()
             .publish_with_headers(subject.clone(), headers, body)
             .await
-            .map_err(|e| BrokerError::Publish {
-                subject,
-                reason: e.to_string(),
-            })
+            .map_err(|source| BrokerError::Publish { subject, source })
     }
 }
 
@@ -126,12 +120,9 @@ async fn confirm_sent(
 }
 
 async fn confirm(pending: PublishAckFuture, subject: &str) -> Result<PublishReceipt, BrokerError> {
-    let ack = pending.await.map_err(|e| BrokerError::Publish {
+    let ack = pending.await.map_err(|source| BrokerError::Publish {
         subject: subject.to_string(),
-        reason: match e.kind() {
-            PublishErrorKind::StreamNotFound => "no stream takes this subject".into(),
-            _ => e.to_string(),
-        },
+        source,
     })?;
     Ok(PublishReceipt {
         sequence: ack.sequence,

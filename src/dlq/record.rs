@@ -1,5 +1,7 @@
 //! The dead-letter record (`schemas/dead-letter.schema.json`).
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,13 @@ pub enum DeadReason {
     SubjectMismatch,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
+    /// The task's content breaks the rules every entry applies (a NUL character, nesting
+    /// too deep).
+    BadInput,
+    /// The database refused to store the task or its outcome for the values it carries.
+    Unstorable,
+    /// The subject is not `<prefix>.tasks.p<N>.<agent_type>`, so no lane serves it.
+    BadSubject,
 }
 
 impl DeadReason {
@@ -44,6 +53,9 @@ impl DeadReason {
             DeadReason::SchemaViolation => "schema_violation",
             DeadReason::SubjectMismatch => "subject_mismatch",
             DeadReason::PayloadTooLarge => "payload_too_large",
+            DeadReason::BadInput => "bad_input",
+            DeadReason::Unstorable => "unstorable",
+            DeadReason::BadSubject => "bad_subject",
         }
     }
 }
@@ -165,9 +177,100 @@ pub struct DeadLetter {
     /// The producer's W3C `traceparent`: a replay continues this trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// True when parts of the record were cut to fit one broker message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The size in bytes of each part that was cut (`record`, `error`, `attempts`,
+    /// `envelope.data`, `raw.body`, `raw.headers`), before cutting.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub original_sizes: BTreeMap<String, usize>,
 }
 
+/// Room kept for the headers of a dead-letter message beside its body.
+pub const HEADER_ROOM: usize = 1024;
+
 impl DeadLetter {
+    /// The record as JSON, cut to at most `max_bytes`: first the texts (final error, each
+    /// attempt's error), the raw body (kept as base64, which JSON does not escape) and the
+    /// envelope's `data` (kept as the start of its JSON text) are cut to a budget that
+    /// halves until the record fits; as a last resort they are emptied. Marks the record
+    /// `truncated` with the original sizes. `None` only when even the emptied record is
+    /// larger than `max_bytes`.
+    pub fn encode_within(&mut self, max_bytes: usize) -> Option<Vec<u8>> {
+        let whole = serde_json::to_vec(self).ok()?;
+        if whole.len() <= max_bytes {
+            return Some(whole);
+        }
+        let original = self.clone();
+        let mut sizes = BTreeMap::from([("record".to_string(), whole.len())]);
+        let mut budget = max_bytes / 2;
+        loop {
+            *self = original.clone();
+            self.cut_to(budget, &mut sizes);
+            self.truncated = true;
+            self.original_sizes = sizes.clone();
+            let body = serde_json::to_vec(self).ok()?;
+            if body.len() <= max_bytes {
+                return Some(body);
+            }
+            if budget == 0 {
+                return None;
+            }
+            budget = if budget < 64 { 0 } else { budget / 2 };
+        }
+    }
+
+    /// Cuts every large part of the record to about `budget` bytes, noting original sizes.
+    fn cut_to(&mut self, budget: usize, sizes: &mut BTreeMap<String, usize>) {
+        let mut note = |part: &str, size: usize| {
+            sizes.insert(part.to_string(), size);
+        };
+        let error_budget = budget / 4;
+        if self.error.len() > error_budget {
+            note("error", self.error.len());
+            self.error = cut_text(&self.error, error_budget);
+        }
+        let attempts_size: usize = self.attempts.iter().map(|a| a.error.len()).sum();
+        let per_attempt = budget / 4 / self.attempts.len().max(1);
+        if attempts_size > budget / 4 {
+            note("attempts", attempts_size);
+            for attempt in &mut self.attempts {
+                attempt.error = cut_text(&attempt.error, per_attempt);
+            }
+            if budget == 0 {
+                self.attempts.clear();
+            }
+        }
+        if let Some(envelope) = &mut self.envelope {
+            let text = envelope.data.to_string();
+            if text.len() > budget / 2 {
+                note("envelope.data", text.len());
+                envelope.data = Value::String(cut_text(&text, budget / 2));
+            }
+        }
+        if let Some(raw) = &mut self.raw {
+            let kept = raw.bytes();
+            let encoded = raw.body.as_ref().or(raw.body_base64.as_ref());
+            if encoded.map_or(0, String::len) > budget / 2 || raw.truncated {
+                note("raw.body", raw.size);
+                let cut = &kept[..kept.len().min(budget / 2 / 4 * 3)];
+                raw.body = None;
+                raw.body_base64 = Some(base64::engine::general_purpose::STANDARD.encode(cut));
+                raw.truncated = true;
+            }
+            let headers = raw.headers.to_string().len();
+            if headers > budget / 4 {
+                note("raw.headers", headers);
+                raw.headers = Value::Object(Default::default());
+            }
+        }
+    }
+
+    /// Whether the original task can be rebuilt from this record.
+    pub fn envelope_is_whole(&self) -> bool {
+        self.envelope.is_some() && !self.original_sizes.contains_key("envelope.data")
+    }
+
     /// The de-duplication id: a redelivered message dead-lettered twice is stored once.
     pub fn message_id(&self) -> String {
         match &self.envelope {
@@ -175,6 +278,15 @@ impl DeadLetter {
             None => format!("dlq-{}-{}", self.source.stream, self.source.stream_sequence),
         }
     }
+}
+
+/// The first at most `max_bytes` of `text`, cut at a character boundary.
+fn cut_text(text: &str, max_bytes: usize) -> String {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 #[cfg(test)]

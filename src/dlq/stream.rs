@@ -29,12 +29,30 @@ const READ_IDLE: Duration = Duration::from_secs(2);
 pub enum DlqError {
     #[error("cannot set up dead-letter stream {stream}: {reason}")]
     Setup { stream: String, reason: String },
-    #[error("cannot publish dead letter {id}: {reason}")]
-    Publish { id: Uuid, reason: String },
+    #[error("cannot publish dead letter {id}: {source}")]
+    Publish {
+        id: Uuid,
+        source: async_nats::jetstream::context::PublishError,
+    },
+    #[error("dead letter {id} does not fit in one {max_bytes}-byte broker message even when cut")]
+    TooLarge { id: Uuid, max_bytes: usize },
     #[error("cannot read dead-letter stream {stream}: {reason}")]
     Read { stream: String, reason: String },
     #[error("dead letter #{sequence} is not a valid record: {reason}")]
     Corrupt { sequence: u64, reason: String },
+}
+
+impl crate::fault::Classify for DlqError {
+    /// A record the broker will never take is permanent; setup, reading and transport
+    /// failures are transient.
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::{Fault, publish_fault};
+        match self {
+            DlqError::Publish { source, .. } => publish_fault(source),
+            DlqError::TooLarge { .. } | DlqError::Corrupt { .. } => Fault::Permanent,
+            DlqError::Setup { .. } | DlqError::Read { .. } => Fault::Transient,
+        }
+    }
 }
 
 /// A dead letter with its place in the stream.
@@ -65,6 +83,8 @@ impl Filter {
 #[derive(Clone)]
 pub struct DeadLetterStream {
     jetstream: jetstream::Context,
+    /// Tells the server's `max_payload`, which records must fit.
+    client: async_nats::Client,
     name: String,
     subjects: Subjects,
     replicas: usize,
@@ -81,6 +101,7 @@ impl DeadLetterStream {
         };
         Self {
             jetstream: broker.jetstream().clone(),
+            client: broker.client().clone(),
             name,
             subjects: broker.subjects().clone(),
             replicas: broker.settings().replicas,
@@ -131,39 +152,71 @@ impl DeadLetterStream {
         }
     }
 
-    /// Publishes `letters` and waits until the stream stored every one.
+    /// Publishes `letters`, each cut to fit the server's `max_payload` (see
+    /// [`DeadLetter::encode_within`]), and waits until the stream stored every one it takes.
+    /// Returns the letters refused for good (with why): the broker will never take them, so
+    /// their originals must not wait for them.
     ///
-    /// Fails on the first record the stream did not take; the caller must not acknowledge
-    /// the originals then.
-    pub async fn publish(&self, letters: &[DeadLetter]) -> Result<(), DlqError> {
+    /// Fails on the first transient failure (a timeout, no connection); the caller must not
+    /// acknowledge the originals then, and may publish again (records are de-duplicated).
+    pub async fn publish(
+        &self,
+        letters: &mut [DeadLetter],
+    ) -> Result<Vec<(Uuid, DlqError)>, DlqError> {
+        use crate::fault::{Classify, Fault};
+        let max_bytes = self
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(super::record::HEADER_ROOM);
+        let mut refused = Vec::new();
         let mut pending = Vec::with_capacity(letters.len());
-        for letter in letters {
-            let publish_error = |reason: String| DlqError::Publish {
-                id: letter.id,
-                reason,
+        for letter in letters.iter_mut() {
+            let Some(body) = letter.encode_within(max_bytes) else {
+                refused.push((
+                    letter.id,
+                    DlqError::TooLarge {
+                        id: letter.id,
+                        max_bytes,
+                    },
+                ));
+                continue;
             };
-            let body = serde_json::to_vec(letter).map_err(|e| publish_error(e.to_string()))?;
             let mut headers = HeaderMap::new();
             headers.insert(headers::MSG_ID, letter.message_id().as_str());
             headers.insert(headers::CONTENT_TYPE, "application/json");
-            let ack = self
+            let sent = self
                 .jetstream
                 .publish_with_headers(
                     self.subjects.dead_letter(&letter.agent_type),
                     headers,
                     body.into(),
                 )
-                .await
-                .map_err(|e| publish_error(e.to_string()))?;
-            pending.push((letter.id, ack));
+                .await;
+            match sent {
+                Ok(ack) => pending.push((letter.id, ack)),
+                Err(source) => {
+                    let error = DlqError::Publish {
+                        id: letter.id,
+                        source,
+                    };
+                    match error.fault() {
+                        Fault::Permanent => refused.push((letter.id, error)),
+                        Fault::Transient => return Err(error),
+                    }
+                }
+            }
         }
         for (id, ack) in pending {
-            ack.await.map_err(|e| DlqError::Publish {
-                id,
-                reason: e.to_string(),
-            })?;
+            if let Err(source) = ack.await {
+                let error = DlqError::Publish { id, source };
+                match error.fault() {
+                    Fault::Permanent => refused.push((id, error)),
+                    Fault::Transient => return Err(error),
+                }
+            }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Reads the dead letters that match `filter`, oldest first.

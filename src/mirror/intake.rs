@@ -193,9 +193,11 @@ impl Intake {
             dead_at: Utc::now(),
             trace_id: None,
             traceparent: None,
+            truncated: false,
+            original_sizes: Default::default(),
         };
         self.dead_letters
-            .publish(&[letter])
+            .publish(&mut [letter])
             .await
             .map_err(|e| MirrorError::Publish(e.to_string()))?;
         if let Some(task) = parsed {

@@ -29,6 +29,24 @@ pub enum StoreError {
     },
 }
 
+impl crate::fault::Classify for StoreError {
+    /// Permanent only when PostgreSQL refused a statement for the values it carried
+    /// (SQLSTATE classes 22, 23, 54) or a value could not be encoded; the rest is transient.
+    fn fault(&self) -> crate::fault::Fault {
+        use crate::fault::{Fault, sqlstate_fault};
+        match self {
+            StoreError::Query { source, .. } => match source {
+                sqlx::Error::Database(error) => error
+                    .code()
+                    .map_or(Fault::Transient, |code| sqlstate_fault(&code)),
+                sqlx::Error::Encode(_) => Fault::Permanent,
+                _ => Fault::Transient,
+            },
+            _ => Fault::Transient,
+        }
+    }
+}
+
 impl StoreError {
     pub(crate) fn query(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
         move |source| Self::Query { doing, source }

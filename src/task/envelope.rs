@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Priority when a producer gives none (the seed's default).
@@ -12,6 +13,12 @@ pub const MAX_PRIORITY: u8 = 9;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Upper bound on `max_attempts`, so a typo cannot make a task retry for days.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest `timeout` a producer may ask for, in seconds (24 h).
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+/// Deepest nesting of arrays and objects allowed in `data`.
+pub const MAX_DATA_DEPTH: usize = 64;
+/// Longest `idempotency_key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// One unit of work, as published to `<prefix>.tasks.p<priority>.<agent_type>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,12 +30,15 @@ pub struct TaskEnvelope {
     /// The agent's input: any JSON value.
     pub data: serde_json::Value,
     /// 0..=9, higher first.
-    #[serde(default = "default_priority")]
+    #[serde(default = "default_priority", deserialize_with = "integral::de_u8")]
     pub priority: u8,
     /// When the producer created the task (UTC, RFC 3339).
     pub created_at: DateTime<Utc>,
     /// Attempts before the task is given up.
-    #[serde(default = "default_max_attempts")]
+    #[serde(
+        default = "default_max_attempts",
+        deserialize_with = "integral::de_u32"
+    )]
     pub max_attempts: u32,
     /// Seconds one attempt may run; the worker's default applies when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,10 +68,23 @@ pub enum EnvelopeError {
     Priority(u8),
     #[error("max_attempts {0} is outside 1..=100")]
     MaxAttempts(u32),
-    #[error("timeout {0} must be a positive number of seconds")]
+    #[error("timeout {0} must be a number of seconds above 0 and at most 86400 (24 h)")]
     Timeout(f64),
     #[error("idempotency_key is longer than 256 bytes")]
     IdempotencyKey,
+    /// PostgreSQL cannot store U+0000 in text or jsonb, so no task may carry one.
+    #[error("{0} holds a NUL character (\\u0000), which cannot be stored")]
+    Nul(String),
+    #[error("data nests arrays and objects deeper than {MAX_DATA_DEPTH} levels")]
+    TooDeep,
+}
+
+impl EnvelopeError {
+    /// True when the fault lies in the task's content (`data`, keys) rather than in one of
+    /// the envelope's own fields.
+    pub fn is_content(&self) -> bool {
+        matches!(self, EnvelopeError::Nul(_) | EnvelopeError::TooDeep)
+    }
 }
 
 /// Whether `name` can be an agent type, and so a subject token.
@@ -98,7 +121,11 @@ impl TaskEnvelope {
         self
     }
 
-    /// Checks the rules serde cannot: ranges and the agent type's spelling.
+    /// Checks the rules serde cannot: ranges, the agent type's spelling, and what `data`
+    /// may hold (no NUL in any string or key, nesting at most [`MAX_DATA_DEPTH`]). The same
+    /// rules hold at every entry: publishing, the HTTP API, a worker's decode, legacy intake.
+    ///
+    /// Fails with the first rule broken, naming the field.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         if !valid_agent_type(&self.agent_type) {
             return Err(EnvelopeError::AgentType(self.agent_type.clone()));
@@ -110,44 +137,281 @@ impl TaskEnvelope {
             return Err(EnvelopeError::MaxAttempts(self.max_attempts));
         }
         if let Some(timeout) = self.timeout
-            && !(timeout > 0.0 && timeout.is_finite())
+            && !(timeout > 0.0 && timeout <= MAX_TIMEOUT_SECS)
         {
             return Err(EnvelopeError::Timeout(timeout));
         }
-        if self.idempotency_key.as_ref().is_some_and(|k| k.len() > 256) {
-            return Err(EnvelopeError::IdempotencyKey);
+        if let Some(key) = &self.idempotency_key {
+            if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+                return Err(EnvelopeError::IdempotencyKey);
+            }
+            if key.contains('\0') {
+                return Err(EnvelopeError::Nul("idempotency_key".into()));
+            }
         }
-        Ok(())
+        check_data(&self.data)
+    }
+}
+
+/// Walks `data` without recursion (a hostile document may be deep): NUL in a string or a
+/// key, or nesting past [`MAX_DATA_DEPTH`], breaks the contract.
+fn check_data(data: &Value) -> Result<(), EnvelopeError> {
+    let mut stack: Vec<(&Value, usize)> = vec![(data, 0)];
+    while let Some((value, depth)) = stack.pop() {
+        match value {
+            Value::String(text) if text.contains('\0') => {
+                return Err(EnvelopeError::Nul("a string in data".into()));
+            }
+            Value::Array(items) => {
+                if depth >= MAX_DATA_DEPTH {
+                    return Err(EnvelopeError::TooDeep);
+                }
+                stack.extend(items.iter().map(|item| (item, depth + 1)));
+            }
+            Value::Object(fields) => {
+                if depth >= MAX_DATA_DEPTH {
+                    return Err(EnvelopeError::TooDeep);
+                }
+                for (key, item) in fields {
+                    if key.contains('\0') {
+                        return Err(EnvelopeError::Nul("a key in data".into()));
+                    }
+                    stack.push((item, depth + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Integer fields that also accept a JSON number with no fraction (`94.0`): JSON Schema's
+/// `integer` allows it, and so do producers in languages without an integer type.
+mod integral {
+    use serde::{Deserializer, de};
+
+    struct Integral<const MAX: u64>;
+
+    impl<const MAX: u64> de::Visitor<'_> for Integral<MAX> {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an integer from 0 to {MAX}")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            if v <= MAX {
+                Ok(v)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+            }
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.fract() == 0.0 && (0.0..=MAX as f64).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub fn de_u8<'de, D: Deserializer<'de>>(de: D) -> Result<u8, D::Error> {
+        de.deserialize_any(Integral::<{ u8::MAX as u64 }>)
+            .map(|v| v as u8)
+    }
+
+    pub fn de_u32<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
+        de.deserialize_any(Integral::<{ u32::MAX as u64 }>)
+            .map(|v| v as u32)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
-    #[test]
-    fn defaults_follow_the_seed() {
-        let task = TaskEnvelope::new("echo", serde_json::json!({}));
-        assert_eq!(task.priority, 5);
-        assert_eq!(task.max_attempts, 3);
-        assert_eq!(task.validate(), Ok(()));
+    fn task() -> TaskEnvelope {
+        TaskEnvelope::new("echo", json!({}))
+    }
+
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(json!(1), |inner, i| {
+            if i % 2 == 0 {
+                json!([inner])
+            } else {
+                json!({ "k": inner })
+            }
+        })
     }
 
     #[test]
-    fn out_of_range_fields_are_rejected() {
-        let task = TaskEnvelope::new("echo", serde_json::json!({}));
+    fn defaults_follow_the_seed() {
+        let task = task();
+        assert_eq!(task.priority, 5);
+        assert_eq!(task.max_attempts, 3);
+        assert_eq!(task.validate(), Ok(()));
+        let decoded: TaskEnvelope = serde_json::from_value(json!({
+            "id": task.id, "agent_type": "echo", "data": null,
+            "created_at": "2026-11-30T12:00:00Z"
+        }))
+        .unwrap();
+        assert_eq!((decoded.priority, decoded.max_attempts), (5, 3));
+        assert_eq!(default_priority(), DEFAULT_PRIORITY);
+        assert_eq!(default_max_attempts(), DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn priority_and_attempts_bounds() {
+        assert_eq!(task().with_priority(9).validate(), Ok(()));
+        assert_eq!(task().with_priority(0).validate(), Ok(()));
         assert_eq!(
-            task.clone().with_priority(10).validate(),
+            task().with_priority(10).validate(),
             Err(EnvelopeError::Priority(10))
         );
+        assert_eq!(task().with_max_attempts(1).validate(), Ok(()));
+        assert_eq!(task().with_max_attempts(100).validate(), Ok(()));
         assert_eq!(
-            task.clone().with_max_attempts(0).validate(),
+            task().with_max_attempts(0).validate(),
             Err(EnvelopeError::MaxAttempts(0))
         );
-        let bad_agent = TaskEnvelope::new("a.b", serde_json::json!({}));
-        assert!(matches!(
-            bad_agent.validate(),
-            Err(EnvelopeError::AgentType(_))
-        ));
+        assert_eq!(
+            task().with_max_attempts(101).validate(),
+            Err(EnvelopeError::MaxAttempts(101))
+        );
+    }
+
+    #[test]
+    fn agent_type_spelling() {
+        for good in ["a", "email", "A-b_9", &"x".repeat(64)] {
+            assert!(valid_agent_type(good), "{good}");
+        }
+        for bad in ["", "a.b", "a b", "a*", ">", "é", &"x".repeat(65)] {
+            assert!(!valid_agent_type(bad), "{bad}");
+            let task = TaskEnvelope::new(bad, json!({}));
+            assert_eq!(
+                task.validate(),
+                Err(EnvelopeError::AgentType(bad.to_string()))
+            );
+        }
+    }
+
+    #[test]
+    fn timeout_bounds() {
+        let with = |t: f64| TaskEnvelope {
+            timeout: Some(t),
+            ..task()
+        };
+        assert_eq!(with(0.001).validate(), Ok(()));
+        assert_eq!(with(MAX_TIMEOUT_SECS).validate(), Ok(()));
+        for bad in [
+            0.0,
+            -1.0,
+            MAX_TIMEOUT_SECS + 0.5,
+            1e20,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            assert!(
+                matches!(with(bad).validate(), Err(EnvelopeError::Timeout(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn idempotency_key_bounds() {
+        let with = |k: String| TaskEnvelope {
+            idempotency_key: Some(k),
+            ..task()
+        };
+        assert_eq!(with("k".repeat(256)).validate(), Ok(()));
+        assert_eq!(
+            with("k".repeat(257)).validate(),
+            Err(EnvelopeError::IdempotencyKey)
+        );
+        assert_eq!(
+            with("a\0b".into()).validate(),
+            Err(EnvelopeError::Nul("idempotency_key".into()))
+        );
+    }
+
+    #[test]
+    fn nul_anywhere_in_data_is_refused() {
+        let cases = [
+            (json!("a\u{0}b"), "a string in data"),
+            (json!({"s": "a\u{0}b"}), "a string in data"),
+            (json!([1, ["x", "\u{0}"]]), "a string in data"),
+            (json!({"a\u{0}": 1}), "a key in data"),
+            (json!({"ok": {"k\u{0}": null}}), "a key in data"),
+        ];
+        for (data, field) in cases {
+            let task = TaskEnvelope::new("echo", data.clone());
+            let error = task.validate().unwrap_err();
+            assert_eq!(error, EnvelopeError::Nul(field.into()), "{data}");
+            assert!(error.is_content());
+        }
+        let fine = TaskEnvelope::new("echo", json!({"s": "a\u{1}b", "k": ["\u{e9}"]}));
+        assert_eq!(fine.validate(), Ok(()));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let ok = TaskEnvelope::new("echo", nested(MAX_DATA_DEPTH));
+        assert_eq!(ok.validate(), Ok(()));
+        let deep = TaskEnvelope::new("echo", nested(MAX_DATA_DEPTH + 1));
+        assert_eq!(deep.validate(), Err(EnvelopeError::TooDeep));
+        let deep_object = TaskEnvelope::new("echo", nested(MAX_DATA_DEPTH + 2));
+        assert_eq!(deep_object.validate(), Err(EnvelopeError::TooDeep));
+        assert!(EnvelopeError::TooDeep.is_content());
+        assert!(!EnvelopeError::Priority(10).is_content());
+        assert!(!EnvelopeError::Timeout(0.0).is_content());
+    }
+
+    #[test]
+    fn integral_floats_are_integers() {
+        let id = uuid::Uuid::new_v4();
+        let read = |priority: Value, attempts: Value| {
+            serde_json::from_value::<TaskEnvelope>(json!({
+                "id": id, "agent_type": "echo", "data": 1, "priority": priority,
+                "max_attempts": attempts, "created_at": "2026-11-30T12:00:00Z"
+            }))
+        };
+        let task = read(json!(7.0), json!(94.0)).unwrap();
+        assert_eq!((task.priority, task.max_attempts), (7, 94));
+        let task = read(json!(255), json!(4294967295u64)).unwrap();
+        assert_eq!((task.priority, task.max_attempts), (255, u32::MAX));
+        for (priority, attempts) in [
+            (json!(7.5), json!(3)),
+            (json!(3), json!(2.25)),
+            (json!(-1), json!(3)),
+            (json!(256), json!(3)),
+            (json!(3), json!(4294967296u64)),
+            (json!(3), json!(-3.0)),
+            (json!(256.0), json!(3)),
+            (json!("5"), json!(3)),
+        ] {
+            assert!(
+                read(priority.clone(), attempts.clone()).is_err(),
+                "{priority} {attempts}"
+            );
+        }
+        let packed = rmp_serde::to_vec_named(&json!({
+            "id": id.to_string(), "agent_type": "echo", "data": 1, "priority": 2.0,
+            "max_attempts": 4, "created_at": "2026-11-30T12:00:00Z"
+        }))
+        .unwrap();
+        let mut de = rmp_serde::Deserializer::from_read_ref(&packed).with_human_readable();
+        let task = TaskEnvelope::deserialize(&mut de).unwrap();
+        assert_eq!((task.priority, task.max_attempts), (2, 4));
     }
 }

@@ -70,6 +70,8 @@ impl TaskDelivery {
             dead_at: chrono::Utc::now(),
             trace_id: crate::telemetry::trace_id(&self.trace),
             traceparent: crate::telemetry::traceparent(&self.trace),
+            truncated: false,
+            original_sizes: Default::default(),
         }
     }
 }
@@ -147,10 +149,12 @@ pub fn decode(
         Rejection::new(reason, e.to_string())
     })?;
     task.validate().map_err(|e| {
-        Rejection::new(
-            DeadReason::SchemaViolation,
-            format!("envelope breaks the contract: {e}"),
-        )
+        let reason = if e.is_content() {
+            DeadReason::BadInput
+        } else {
+            DeadReason::SchemaViolation
+        };
+        Rejection::new(reason, format!("envelope breaks the contract: {e}"))
     })?;
     match subjects.parse_task(subject) {
         Some((priority, agent_type))
@@ -213,6 +217,8 @@ pub fn rejected_letter(
         dead_at: chrono::Utc::now(),
         trace_id: None,
         traceparent: None,
+        truncated: false,
+        original_sizes: Default::default(),
     }
 }
 

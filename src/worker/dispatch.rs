@@ -4,7 +4,7 @@
 //! alive, handing every outcome to the settler.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,18 +17,23 @@ use tokio::{
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use uuid::Uuid;
+
 use super::{
     Executor, Outcome, Worker,
     delivery::{self, DeliveryInfo, TaskDelivery},
+    hold::Hold,
     outcome::Record,
     raised,
     settler::{Settlement, TaskMeta},
 };
-use crate::{dlq::DeadReason, metrics::Metrics, mirror::MirrorEvent, store::Claim};
-
-/// First and longest pause between claims while the database is away.
-const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(100);
-const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
+use crate::{
+    dlq::DeadReason,
+    fault::{Bisection, Classify, Fault},
+    metrics::Metrics,
+    mirror::MirrorEvent,
+    store::{Claim, Claimed, StoreError},
+};
 
 /// Turns one fetched batch into running tasks and settlements.
 pub(super) struct Dispatch<'a> {
@@ -115,40 +120,8 @@ impl Dispatch<'_> {
         if pending.is_empty() {
             return;
         }
-        // The database may be away: hold the batch (renewing its leases, so deliveries are
-        // not used up) and retry, rather than hand it back to come round again and again.
-        let mut pause = CLAIM_RETRY_FIRST;
-        let mut stop = self.shutdown_rx.clone();
-        let mut runnable = loop {
-            let claims: Vec<Claim> = pending
-                .iter()
-                .map(|p| Claim {
-                    task: &p.delivery.task,
-                    attempt: p.delivery.attempt(),
-                    trace_id: crate::telemetry::trace_id(&p.delivery.trace),
-                })
-                .collect();
-            match worker.store.claim(&claims, &worker.worker_id).await {
-                Ok(runnable) => break runnable,
-                Err(error) => {
-                    tracing::error!(%error, retry_in_ms = pause.as_millis() as u64,
-                        "claim failed; holding the batch");
-                }
-            }
-            for p in &pending {
-                let _ = p.acker.ack_with(AckKind::Progress).await;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = raised(&mut stop) => {
-                    for p in pending {
-                        self.settle(p.acker, Record::Nothing, AckKind::Nak(None), "requeued", p.slot)
-                            .await;
-                    }
-                    return;
-                }
-            }
-            pause = (pause * 2).min(CLAIM_RETRY_MAX);
+        let Some(mut runnable) = self.claim(&mut pending).await else {
+            return;
         };
         for mut p in pending {
             let Some(claimed) = runnable.remove(&p.delivery.task.id) else {
@@ -185,17 +158,12 @@ impl Dispatch<'_> {
                     ),
                 };
                 let record = outcome.record(&p.delivery, &worker.worker_id);
-                let event = outcome.mirror_event(&p.delivery, &worker.worker_id);
-                let settlement = Settlement {
-                    acker: p.acker,
-                    record,
-                    ack: outcome.ack_kind(),
-                    label: outcome.label(),
-                    slot: Some(p.slot),
-                    mirror: event,
-                    meta: Some(TaskMeta::of(&p.delivery.task)),
-                    span: tracing::Span::none(),
-                };
+                let mut settlement =
+                    Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
+                settlement.slot = Some(p.slot);
+                settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
+                settlement.meta = Some(TaskMeta::of(&p.delivery.task));
+                settlement.delivery = Some(Arc::new(p.delivery));
                 if self.settle_tx.send(settlement).await.is_err() {
                     tracing::error!("settler stopped; the message will be redelivered");
                 }
@@ -212,6 +180,87 @@ impl Dispatch<'_> {
         }
     }
 
+    /// Claims the batch, holding it (leases renewed) while the database is away and
+    /// splitting it around tasks the database refuses for their values: those become dead
+    /// letters (`unstorable`) and leave `pending`. Returns the tasks that may run; `None`
+    /// when shutdown began while holding (the batch was handed back).
+    async fn claim(&self, pending: &mut Vec<Pending>) -> Option<HashMap<Uuid, Claimed>> {
+        let worker = self.worker;
+        let mut hold = Hold::new(worker.held.clone());
+        let mut stop = self.shutdown_rx.clone();
+        let mut runnable = HashMap::with_capacity(pending.len());
+        let mut refused: Vec<(usize, StoreError)> = Vec::new();
+        let mut bisection = Bisection::new(pending.len());
+        while let Some(range) = bisection.next() {
+            let claims: Vec<Claim> = pending[range.clone()]
+                .iter()
+                .map(|p| Claim {
+                    task: &p.delivery.task,
+                    attempt: p.delivery.attempt(),
+                    trace_id: crate::telemetry::trace_id(&p.delivery.trace),
+                })
+                .collect();
+            match worker.store.claim(&claims, &worker.worker_id).await {
+                Ok(claimed) => {
+                    runnable.extend(claimed);
+                    bisection.succeeded();
+                    hold.recovered();
+                }
+                Err(error) if error.fault() == Fault::Permanent => {
+                    refused.extend(bisection.failed().map(|i| (i, error)));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "claim failed; holding the batch");
+                    let ackers: Vec<&Acker> = pending.iter().map(|p| &p.acker).collect();
+                    if !hold.wait(ackers, &mut stop).await {
+                        for p in pending.drain(..) {
+                            self.settle(
+                                p.acker,
+                                Record::Nothing,
+                                AckKind::Nak(None),
+                                "requeued",
+                                p.slot,
+                            )
+                            .await;
+                        }
+                        return None;
+                    }
+                }
+            }
+        }
+        // Highest index first, so the indices left to remove stay valid.
+        refused.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, error) in refused {
+            let p = pending.remove(i);
+            self.dead_letter_unstorable(p, &error).await;
+        }
+        Some(runnable)
+    }
+
+    /// A task the database will not store: its dead letter, its message terminated.
+    async fn dead_letter_unstorable(&self, p: Pending, error: &StoreError) {
+        let worker = self.worker;
+        tracing::error!(task_id = %p.delivery.task.id, %error,
+            "the database refuses this task; dead-lettering it");
+        Metrics::global().unstorable.inc();
+        let outcome = Outcome::Dead {
+            reason: DeadReason::Unstorable,
+            error: format!("the database refuses this task: {error}"),
+        };
+        // No row to mark: the task never got one.
+        let record = match outcome.record(&p.delivery, &worker.worker_id) {
+            Record::Dead(_, letter) => Record::Rejected(letter),
+            other => other,
+        };
+        let mut settlement = Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
+        settlement.slot = Some(p.slot);
+        settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
+        settlement.meta = Some(TaskMeta::of(&p.delivery.task));
+        if self.settle_tx.send(settlement).await.is_err() {
+            tracing::error!("settler stopped; the message will be redelivered");
+        }
+    }
+
     async fn settle(
         &self,
         acker: Acker,
@@ -220,16 +269,8 @@ impl Dispatch<'_> {
         label: &'static str,
         slot: OwnedSemaphorePermit,
     ) {
-        let settlement = Settlement {
-            acker,
-            record,
-            ack,
-            label,
-            slot: Some(slot),
-            mirror: None,
-            meta: None,
-            span: tracing::Span::none(),
-        };
+        let mut settlement = Settlement::new(acker, record, ack, label);
+        settlement.slot = Some(slot);
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!("settler stopped; the message will be redelivered");
         }
@@ -298,17 +339,15 @@ async fn run_one(
     tracing::debug!(task_id = %delivery.task.id, agent = %delivery.task.agent_type,
         attempt = delivery.attempt(), outcome = outcome.label(),
         elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
-    let settlement = Settlement {
-        record: outcome.record(&delivery, &worker_id),
-        mirror: outcome.mirror_event(&delivery, &worker_id),
-        meta: Some(TaskMeta::of(&delivery.task)),
-        span,
-        acker,
-        ack: outcome.ack_kind(),
-        label: outcome.label(),
-        slot: Some(slot),
-    };
+    let task_id = delivery.task.id;
+    let record = outcome.record(&delivery, &worker_id);
+    let mut settlement = Settlement::new(acker, record, outcome.ack_kind(), outcome.label());
+    settlement.mirror = outcome.mirror_event(&delivery, &worker_id);
+    settlement.meta = Some(TaskMeta::of(&delivery.task));
+    settlement.span = span;
+    settlement.slot = Some(slot);
+    settlement.delivery = Some(Arc::new(delivery));
     if settle_tx.send(settlement).await.is_err() {
-        tracing::error!(task_id = %delivery.task.id, "settler stopped; the task will be redelivered");
+        tracing::error!(%task_id, "settler stopped; the task will be redelivered");
     }
 }

@@ -8,6 +8,8 @@
 //! - [`assembly`]: a worker with the mirror, intake and cache its settings enable.
 //! - [`gauges`]: backlog, oldest waiting task and connection gauges.
 //! - [`alarm`]: wakes an idle worker when a retry it scheduled is due.
+//! - [`hold`]: holding a batch through a transient fault, and the board of held batches.
+//! - [`liveness`]: whether the worker still makes progress (`/ready`, stall gauges).
 //! - [`dispatch`]: a fetched batch becomes claimed, running tasks.
 //! - [`runner`]: the pull loop and graceful shutdown around them.
 
@@ -17,6 +19,8 @@ pub mod delivery;
 mod dispatch;
 pub mod executor;
 pub mod gauges;
+pub mod hold;
+pub mod liveness;
 pub mod outcome;
 pub mod retry;
 pub mod runner;

@@ -14,7 +14,10 @@ use super::{
     Executor, RetryPolicy,
     alarm::RetryAlarms,
     dispatch::Dispatch,
-    gauges, raised,
+    gauges,
+    hold::HeldBatches,
+    liveness::Liveness,
+    raised,
     settler::{self, SettlerConfig, Sinks, WorkerCounts},
 };
 use crate::{
@@ -89,6 +92,8 @@ pub struct Worker {
     pub(super) mirror: Option<Mirror>,
     intake: Option<(Intake, Duration)>,
     meter: Arc<ScaleMeter>,
+    pub(super) held: Arc<HeldBatches>,
+    liveness: Arc<Liveness>,
 }
 
 impl Worker {
@@ -103,7 +108,15 @@ impl Worker {
             RetryPolicy::from_settings(&settings),
             Duration::from_secs_f64(settings.default_timeout_secs),
         );
+        let held = Arc::new(HeldBatches::default());
+        let liveness = Arc::new(Liveness::new(
+            held.clone(),
+            Duration::try_from_secs_f64(settings.stall_after_secs)
+                .unwrap_or(Duration::from_secs(120)),
+        ));
         Self {
+            held,
+            liveness,
             worker_id: settings.worker_id(),
             dead_letters: DeadLetterStream::of(&broker),
             broker,
@@ -143,6 +156,11 @@ impl Worker {
 
     pub fn scale_meter(&self) -> Arc<ScaleMeter> {
         self.meter.clone()
+    }
+
+    /// Whether this worker still makes progress, for its probes.
+    pub fn liveness(&self) -> Arc<Liveness> {
+        self.liveness.clone()
     }
 
     /// Totals of what this worker settled, readable while it runs.
@@ -214,6 +232,8 @@ impl Worker {
                 abandon: abandon_rx.clone(),
                 alarms: alarms.clone(),
                 mirror: self.mirror.clone(),
+                held: self.held.clone(),
+                progress: self.liveness.clone(),
             },
             SettlerConfig {
                 batch: self.settings.commit_batch,
@@ -253,11 +273,13 @@ impl Worker {
             let mut doorbell: Option<Doorbell> = None;
             loop {
                 // Wait for a free slot, then ask for as many tasks as there are free slots.
+                self.liveness.waiting_for_slots(true);
                 tokio::select! {
                     biased;
                     _ = raised(&mut stop) => break,
                     slot = slots.acquire() => drop(slot),
                 }
+                self.liveness.waiting_for_slots(false);
                 while running.try_join_next().is_some() {}
                 let wanted = slots
                     .available_permits()
@@ -317,6 +339,7 @@ impl Worker {
                     },
                     _ = alarms.wait(rescan) => {}
                 }
+                self.liveness.turned();
             }
         };
         {
@@ -334,8 +357,13 @@ impl Worker {
         tracing::info!(in_flight = running.len(), "worker stopping: no more pulls");
         let _ = stopping_tx.send(true);
         while sidecars.join_next().await.is_some() {}
-        let grace = Duration::from_secs_f64(self.settings.shutdown_grace_secs);
-        let drained = tokio::time::timeout(grace, async {
+        // One grace period for everything: running tasks, then the settler's last commits.
+        // Whatever still holds work when it is over (a task that will not finish, a batch
+        // held through an outage) is handed back, so the process always exits.
+        let grace = Duration::try_from_secs_f64(self.settings.shutdown_grace_secs)
+            .unwrap_or(Duration::from_secs(25));
+        let deadline = tokio::time::Instant::now() + grace;
+        let drained = tokio::time::timeout_at(deadline, async {
             while running.join_next().await.is_some() {}
         })
         .await;
@@ -349,7 +377,15 @@ impl Worker {
         }
         // Every sender gone (the dispatcher's borrow ended above): the settler flushes.
         drop(settle_tx);
-        let _ = settler.await;
+        tokio::pin!(settler);
+        if tokio::time::timeout_at(deadline, &mut settler)
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: handing unstored outcomes back");
+            let _ = abandon_tx.send(true);
+            let _ = settler.await;
+        }
         let _ = self.broker.client().flush().await;
         tracing::info!("worker stopped");
         Ok(())

@@ -11,6 +11,7 @@
 //! no finished work is thrown away; at shutdown a batch still failing is handed back.
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -25,17 +26,23 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use super::{alarm::RetryAlarms, outcome::Record, raised};
+use uuid::Uuid;
+
+use super::{
+    Outcome,
+    alarm::RetryAlarms,
+    delivery::TaskDelivery,
+    hold::{HeldBatches, Hold},
+    liveness::Liveness,
+    outcome::Record,
+};
 use crate::{
-    dlq::DeadLetterStream,
+    dlq::{DeadLetter, DeadLetterStream, DeadReason},
+    fault::{Bisection, Classify, Fault},
     metrics::Metrics,
     mirror::{Mirror, MirrorEvent},
     store::{Settled, Store},
 };
-
-/// First and longest pause between attempts to store a batch.
-const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
-const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One delivery's settlement: what to store, then what to tell the broker.
 pub struct Settlement {
@@ -52,6 +59,54 @@ pub struct Settlement {
     pub meta: Option<TaskMeta>,
     /// The task's `process` span: parent of the commit, mirror and ack spans.
     pub span: tracing::Span,
+    /// The delivery, when it decoded: an outcome the database refuses becomes its dead
+    /// letter.
+    pub delivery: Option<Arc<TaskDelivery>>,
+    /// Why the database refused this outcome's row, when it did.
+    unstorable: Option<String>,
+    letter_published: bool,
+    row_stored: bool,
+}
+
+impl Settlement {
+    /// A settlement storing `record`, then telling the broker `ack`; counted as `label`.
+    pub fn new(acker: Acker, record: Record, ack: AckKind, label: &'static str) -> Self {
+        Self {
+            acker,
+            record,
+            ack,
+            label,
+            slot: None,
+            mirror: None,
+            meta: None,
+            span: tracing::Span::none(),
+            delivery: None,
+            unstorable: None,
+            letter_published: false,
+            row_stored: false,
+        }
+    }
+
+    /// The database refused this outcome: the task ends dead with reason `unstorable`, its
+    /// envelope and the refusal in a dead letter, and its message is terminated.
+    fn become_unstorable(&mut self, worker_id: &str) {
+        let refusal = self.unstorable.take().unwrap_or_default();
+        let outcome = Outcome::Dead {
+            reason: DeadReason::Unstorable,
+            error: format!("the database refuses this task's outcome: {refusal}"),
+        };
+        match &self.delivery {
+            Some(delivery) => {
+                self.record = outcome.record(delivery, worker_id);
+                self.mirror = outcome.mirror_event(delivery, worker_id);
+            }
+            None => self.record = Record::Nothing,
+        }
+        self.ack = outcome.ack_kind();
+        self.label = outcome.label();
+        self.letter_published = false;
+        self.row_stored = false;
+    }
 }
 
 /// The labels and clock of a task, for its metrics.
@@ -124,6 +179,10 @@ pub struct Sinks {
     pub alarms: RetryAlarms,
     /// The legacy Redis mirror, when enabled.
     pub mirror: Option<Mirror>,
+    /// Batches held through a transient fault.
+    pub held: Arc<HeldBatches>,
+    /// Told of every settled batch.
+    pub progress: Arc<Liveness>,
 }
 
 /// Starts the settler; it runs until every sender is dropped and all batches are settled.
@@ -173,62 +232,38 @@ async fn run(mut rx: mpsc::Receiver<Settlement>, sinks: Sinks, config: SettlerCo
     while running.join_next().await.is_some() {}
 }
 
-async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
-    let mut rows: Vec<Settled> = Vec::new();
-    let mut letters = Vec::new();
-    for settlement in &batch {
-        match &settlement.record {
-            Record::Task(settled) => rows.push(settled.clone()),
-            Record::Dead(settled, letter) => {
-                rows.push(settled.clone());
-                letters.push(letter.as_ref().clone());
-            }
-            Record::Rejected(letter) => letters.push(letter.as_ref().clone()),
-            Record::Nothing => {}
-        }
-    }
+async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
     // One commit span per task, all covering the shared batch commit.
     let commit_spans: Vec<tracing::Span> = batch
         .iter()
         .map(|s| tracing::debug_span!(parent: &s.span, "db.commit", batch.size = batch.len()))
         .collect();
-    let mut pause = STORE_RETRY_FIRST;
+    let mut hold = Hold::new(sinks.held.clone());
     let mut abandon = sinks.abandon.clone();
-    let applied = loop {
-        let stored = async {
-            sinks.dead_letters.publish(&letters).await?;
-            sinks
-                .store
-                .settle(&rows, &sinks.worker_id)
-                .await
-                .map_err(StoreFailure::from)
-        }
-        .await;
-        match stored {
-            Ok(applied) => break applied,
-            Err(error) => {
-                sinks.counts.store_failures.fetch_add(1, Ordering::Relaxed);
-                Metrics::global().store_failures.inc();
-                tracing::error!(%error, size = batch.len(), retry_in_ms = pause.as_millis() as u64,
-                    "cannot store outcomes; holding the batch");
-            }
-        }
-        // Keep the leases while we wait, so no other worker takes these tasks meanwhile.
-        for settlement in &batch {
-            let _ = settlement.acker.ack_with(AckKind::Progress).await;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = raised(&mut abandon) => {
-                tracing::warn!(size = batch.len(), "shutting down: handing an unstored batch back");
-                for settlement in batch {
-                    let _ = settlement.acker.ack_with(AckKind::Nak(None)).await;
-                }
-                return;
-            }
-        }
-        pause = (pause * 2).min(STORE_RETRY_MAX);
+    // Dead letters first, so a row marked dead always has its letter.
+    let Some(()) = publish_letters(sinks, &mut batch, &mut hold, &mut abandon).await else {
+        return hand_back(batch).await;
     };
+    let Some(mut applied) = store_rows(sinks, &mut batch, &mut hold, &mut abandon).await else {
+        return hand_back(batch).await;
+    };
+    // Outcomes the database refused for their values end as dead letters of their own.
+    let unstorable: Vec<usize> = (0..batch.len())
+        .filter(|&i| batch[i].unstorable.is_some())
+        .collect();
+    if !unstorable.is_empty() {
+        for &i in &unstorable {
+            batch[i].become_unstorable(&sinks.worker_id);
+        }
+        let Some(()) = publish_letters(sinks, &mut batch, &mut hold, &mut abandon).await else {
+            return hand_back(batch).await;
+        };
+        let Some(more) = store_rows(sinks, &mut batch, &mut hold, &mut abandon).await else {
+            return hand_back(batch).await;
+        };
+        applied.extend(more);
+    }
+    drop(hold);
     drop(commit_spans);
     for mut settlement in batch {
         let row = match &settlement.record {
@@ -236,6 +271,7 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
             _ => None,
         };
         if let Some(settled) = row
+            && settlement.unstorable.is_none()
             && !applied.contains(&settled.id)
         {
             // A newer attempt owns the row, or it is already final: leave this delivery
@@ -267,6 +303,128 @@ async fn settle_batch(sinks: &Sinks, batch: Vec<Settlement>) {
         }
         sinks.counts.count(settlement.label);
         record_metrics(&settlement);
+    }
+    sinks.progress.touch();
+}
+
+/// Publishes the batch's dead letters, holding the batch through transient faults. A letter
+/// the broker refuses for good is logged, counted and dropped: its message is still
+/// terminated, so it never holds the rest. `None` when told to stop while holding.
+async fn publish_letters(
+    sinks: &Sinks,
+    batch: &mut [Settlement],
+    hold: &mut Hold,
+    abandon: &mut watch::Receiver<bool>,
+) -> Option<()> {
+    let mut places: Vec<usize> = Vec::new();
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    for (i, settlement) in batch.iter_mut().enumerate() {
+        if settlement.letter_published {
+            continue;
+        }
+        if let Record::Dead(_, letter) | Record::Rejected(letter) = &settlement.record {
+            places.push(i);
+            letters.push(letter.as_ref().clone());
+        }
+    }
+    if letters.is_empty() {
+        return Some(());
+    }
+    let refused = loop {
+        match sinks.dead_letters.publish(&mut letters).await {
+            Ok(refused) => break refused,
+            Err(error) => {
+                note_store_failure(sinks, &error, batch.len());
+                let ackers: Vec<&Acker> = batch.iter().map(|s| &s.acker).collect();
+                if !hold.wait(ackers, abandon).await {
+                    return None;
+                }
+            }
+        }
+    };
+    hold.recovered();
+    for (id, error) in refused {
+        Metrics::global().dead_letters_refused.inc();
+        tracing::error!(task_id = %id, %error,
+            "the broker refuses this dead letter; terminating its message without it");
+    }
+    for i in places {
+        batch[i].letter_published = true;
+    }
+    Some(())
+}
+
+/// Stores the batch's rows not yet stored, splitting the batch around rows the database
+/// refuses for their values (marked `unstorable`) and holding it through transient faults.
+/// Returns the ids applied; `None` when told to stop while holding.
+async fn store_rows(
+    sinks: &Sinks,
+    batch: &mut [Settlement],
+    hold: &mut Hold,
+    abandon: &mut watch::Receiver<bool>,
+) -> Option<HashSet<Uuid>> {
+    let mut places: Vec<usize> = Vec::new();
+    let mut rows: Vec<Settled> = Vec::new();
+    for (i, settlement) in batch.iter_mut().enumerate() {
+        if settlement.row_stored || settlement.unstorable.is_some() {
+            continue;
+        }
+        if let Record::Task(settled) | Record::Dead(settled, _) = &settlement.record {
+            places.push(i);
+            rows.push(settled.clone());
+        }
+    }
+    let mut applied = HashSet::new();
+    let mut bisection = Bisection::new(rows.len());
+    while let Some(range) = bisection.next() {
+        match sinks
+            .store
+            .settle(&rows[range.clone()], &sinks.worker_id)
+            .await
+        {
+            Ok(ids) => {
+                applied.extend(ids);
+                bisection.succeeded();
+                hold.recovered();
+            }
+            Err(error) if error.fault() == Fault::Permanent => {
+                if let Some(i) = bisection.failed() {
+                    let settlement = &mut batch[places[i]];
+                    tracing::error!(task_id = %rows[i].id, %error,
+                        "the database refuses this outcome; dead-lettering the task");
+                    settlement.unstorable = Some(error.to_string());
+                    Metrics::global().unstorable.inc();
+                }
+            }
+            Err(error) => {
+                note_store_failure(sinks, &error, batch.len());
+                let ackers: Vec<&Acker> = batch.iter().map(|s| &s.acker).collect();
+                if !hold.wait(ackers, abandon).await {
+                    return None;
+                }
+            }
+        }
+    }
+    for i in places {
+        batch[i].row_stored = batch[i].unstorable.is_none();
+    }
+    Some(applied)
+}
+
+fn note_store_failure(sinks: &Sinks, error: &dyn std::fmt::Display, size: usize) {
+    sinks.counts.store_failures.fetch_add(1, Ordering::Relaxed);
+    Metrics::global().store_failures.inc();
+    tracing::error!(%error, size, "cannot store outcomes; holding the batch");
+}
+
+/// Shutting down with the batch unstored: every message goes back to the stream.
+async fn hand_back(batch: Vec<Settlement>) {
+    tracing::warn!(
+        size = batch.len(),
+        "shutting down: handing an unstored batch back"
+    );
+    for settlement in batch {
+        let _ = settlement.acker.ack_with(AckKind::Nak(None)).await;
     }
 }
 
@@ -309,12 +467,3 @@ fn record_metrics(settlement: &Settlement) {
 }
 
 const PRIORITY_LABELS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-
-/// Either half of storing a batch failed.
-#[derive(Debug, thiserror::Error)]
-enum StoreFailure {
-    #[error(transparent)]
-    DeadLetters(#[from] crate::dlq::DlqError),
-    #[error(transparent)]
-    Database(#[from] crate::store::StoreError),
-}

@@ -1,0 +1,193 @@
+//! Two kinds of failure on the hot path, told apart by type (SQLSTATE class, broker error
+//! kind, decode error), never by message text:
+//!
+//! - **transient**: a server down, a timeout, a connection lost. Retrying the same work
+//!   later succeeds; the work is held (leases renewed) and retried.
+//! - **permanent for one message**: a value the database refuses, a record the broker will
+//!   never take. Retrying cannot help and holding would stall everything behind it; the
+//!   batch is split ([`Bisection`]) until the one message is found, and that message alone
+//!   becomes a dead letter.
+
+use std::ops::Range;
+
+/// Whether retrying the same work can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Retry later: the same request will succeed once the server is back.
+    Transient,
+    /// The request can never succeed with this content: isolate the message that carries it.
+    Permanent,
+}
+
+/// An error that knows which kind of fault it is.
+pub trait Classify {
+    fn fault(&self) -> Fault;
+}
+
+/// SQLSTATE classes that a single row's values cause: data exceptions (`22`: a NUL in
+/// jsonb, a number out of range, bad encoding), integrity constraint violations (`23`) and
+/// program limits (`54`: a jsonb value too large). Anything else (connection, resources,
+/// shutdown, serialization) is transient.
+pub fn sqlstate_fault(code: &str) -> Fault {
+    match code.get(..2) {
+        Some("22" | "23" | "54") => Fault::Permanent,
+        _ => Fault::Transient,
+    }
+}
+
+/// A JetStream publish that can never succeed with this message: larger than the server's
+/// `max_payload`, or than the stream's largest message. Timeouts, a missing stream, a
+/// broken connection and the rest are transient.
+pub fn publish_fault(error: &async_nats::jetstream::context::PublishError) -> Fault {
+    use async_nats::jetstream::{ErrorCode, context::PublishErrorKind};
+    match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => Fault::Permanent,
+        PublishErrorKind::Other => {
+            let code = std::error::Error::source(error)
+                .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+                .map(|api| api.error_code());
+            match code {
+                Some(
+                    ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+                    | ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
+                ) => Fault::Permanent,
+                _ => Fault::Transient,
+            }
+        }
+        _ => Fault::Transient,
+    }
+}
+
+/// Finds the members of a batch that fail on their own: the whole batch is tried first;
+/// a range that fails permanently is split in halves, and a single member that still fails
+/// is isolated. Ranges that succeed are never tried again, so work already committed is
+/// not redone; a transient failure leaves the range to be tried again as it is.
+#[derive(Debug, Clone)]
+pub struct Bisection {
+    /// Ranges still to try; the next one is the last.
+    pending: Vec<Range<usize>>,
+}
+
+impl Bisection {
+    /// A bisection over `len` members (nothing to do when `len` is 0).
+    pub fn new(len: usize) -> Self {
+        let mut pending = Vec::new();
+        if len > 0 {
+            pending.push(0..len);
+        }
+        Self { pending }
+    }
+
+    /// The range to try next, or `None` when every member succeeded or was isolated.
+    pub fn next(&self) -> Option<Range<usize>> {
+        self.pending.last().cloned()
+    }
+
+    /// The range returned by [`next`](Self::next) succeeded.
+    pub fn succeeded(&mut self) {
+        self.pending.pop();
+    }
+
+    /// The range returned by [`next`](Self::next) failed permanently. Returns the member
+    /// it isolated when the range held one member; otherwise the range is split and both
+    /// halves will be tried (the lower first).
+    pub fn failed(&mut self) -> Option<usize> {
+        let range = self.pending.pop()?;
+        if range.len() == 1 {
+            return Some(range.start);
+        }
+        let middle = range.start + range.len() / 2;
+        self.pending.push(middle..range.end);
+        self.pending.push(range.start..middle);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a bisection where the members in `bad` fail any range that holds them.
+    fn isolate(len: usize, bad: &[usize]) -> (Vec<usize>, Vec<Range<usize>>, usize) {
+        let mut bisection = Bisection::new(len);
+        let (mut isolated, mut committed, mut tries) = (Vec::new(), Vec::new(), 0);
+        while let Some(range) = bisection.next() {
+            tries += 1;
+            if bad.iter().any(|b| range.contains(b)) {
+                isolated.extend(bisection.failed());
+            } else {
+                committed.push(range);
+                bisection.succeeded();
+            }
+        }
+        (isolated, committed, tries)
+    }
+
+    #[test]
+    fn a_clean_batch_is_one_try() {
+        let (isolated, committed, tries) = isolate(256, &[]);
+        assert!(isolated.is_empty());
+        assert_eq!(committed, vec![0..256]);
+        assert_eq!(tries, 1);
+        assert_eq!(Bisection::new(0).next(), None);
+    }
+
+    #[test]
+    fn one_bad_member_costs_two_tries_per_halving() {
+        let (isolated, committed, tries) = isolate(256, &[77]);
+        assert_eq!(isolated, vec![77]);
+        let covered: usize = committed.iter().map(|r| r.len()).sum();
+        assert_eq!(covered, 255, "every other member committed exactly once");
+        assert!(committed.iter().all(|r| !r.contains(&77)));
+        assert_eq!(tries, 1 + 2 * 8);
+    }
+
+    #[test]
+    fn every_bad_member_is_found_and_no_good_one_twice() {
+        for bad in [
+            vec![0],
+            vec![9],
+            vec![0, 9],
+            vec![3, 4, 5],
+            (0..10).collect(),
+        ] {
+            let (mut isolated, committed, _) = isolate(10, &bad);
+            isolated.sort();
+            assert_eq!(isolated, bad);
+            let mut seen: Vec<usize> = committed.into_iter().flatten().collect();
+            seen.sort();
+            let good: Vec<usize> = (0..10).filter(|i| !bad.contains(i)).collect();
+            assert_eq!(seen, good);
+        }
+    }
+
+    #[test]
+    fn a_single_member_fails_alone() {
+        let mut bisection = Bisection::new(1);
+        assert_eq!(bisection.next(), Some(0..1));
+        assert_eq!(bisection.failed(), Some(0));
+        assert_eq!(bisection.next(), None);
+        assert_eq!(bisection.failed(), None);
+    }
+
+    #[test]
+    fn lower_half_first() {
+        let mut bisection = Bisection::new(5);
+        assert_eq!(bisection.failed(), None);
+        assert_eq!(bisection.next(), Some(0..2));
+        bisection.succeeded();
+        assert_eq!(bisection.next(), Some(2..5));
+    }
+
+    #[test]
+    fn sqlstate_classes() {
+        for permanent in ["22P05", "22003", "22021", "23505", "54000"] {
+            assert_eq!(sqlstate_fault(permanent), Fault::Permanent, "{permanent}");
+        }
+        for transient in [
+            "08006", "57P01", "53300", "40001", "42P01", "XX000", "2", "",
+        ] {
+            assert_eq!(sqlstate_fault(transient), Fault::Transient, "{transient}");
+        }
+    }
+}

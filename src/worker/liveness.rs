@@ -1,0 +1,124 @@
+//! Does this worker still make progress? A worker can be connected to everything and still
+//! be stuck: a batch held for minutes, a pull loop that no longer turns. `/ready` turns
+//! unready (so an orchestrator restarts the worker) and a gauge says so, once either lasts
+//! longer than the configured stall time.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::hold::HeldBatches;
+
+/// What the worker's probes read about its progress.
+#[derive(Debug)]
+pub struct Liveness {
+    origin: Instant,
+    /// Milliseconds since `origin` when the pull loop last turned.
+    turned_ms: AtomicU64,
+    /// True while the pull loop waits for a slot to free (legitimately idle: its tasks run).
+    waiting_for_slots: AtomicBool,
+    /// Milliseconds since `origin` when a batch was last settled.
+    settled_ms: AtomicU64,
+    held: Arc<HeldBatches>,
+    stall_after: Duration,
+}
+
+impl Liveness {
+    /// Progress read against `stall_after`, with `held` the worker's held-batch board.
+    pub fn new(held: Arc<HeldBatches>, stall_after: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            turned_ms: AtomicU64::new(0),
+            waiting_for_slots: AtomicBool::new(false),
+            settled_ms: AtomicU64::new(0),
+            held,
+            stall_after,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// The pull loop turned (pulled, or heard the doorbell, or timed out waiting for it).
+    pub fn turned(&self) {
+        self.turned_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The pull loop starts (`true`) or stops (`false`) waiting for a free slot.
+    pub fn waiting_for_slots(&self, waiting: bool) {
+        self.waiting_for_slots.store(waiting, Ordering::Relaxed);
+        self.turned();
+    }
+
+    /// A batch was settled.
+    pub fn touch(&self) {
+        self.settled_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The batches held now.
+    pub fn held(&self) -> &HeldBatches {
+        &self.held
+    }
+
+    /// Why the worker counts as stalled, if it does: a batch held longer than the stall
+    /// time, or a pull loop that has not turned for that long while it had free slots.
+    pub fn stall(&self) -> Option<String> {
+        let held = self.held.oldest_age();
+        if held > self.stall_after {
+            return Some(format!(
+                "a batch has been held for {} s (transient fault not recovering)",
+                held.as_secs()
+            ));
+        }
+        let idle = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.turned_ms.load(Ordering::Relaxed)),
+        );
+        if !self.waiting_for_slots.load(Ordering::Relaxed) && idle > self.stall_after {
+            return Some(format!(
+                "the pull loop has not turned for {} s",
+                idle.as_secs()
+            ));
+        }
+        None
+    }
+
+    /// Seconds since a batch was last settled.
+    pub fn since_settled(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.settled_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_worker_is_not_stalled() {
+        let liveness = Liveness::new(Arc::default(), Duration::from_millis(50));
+        liveness.turned();
+        assert_eq!(liveness.stall(), None);
+        liveness.waiting_for_slots(true);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(
+            liveness.stall(),
+            None,
+            "its slots are busy with running tasks"
+        );
+        liveness.waiting_for_slots(false);
+        assert_eq!(liveness.stall(), None);
+        std::thread::sleep(Duration::from_millis(80));
+        let stall = liveness.stall().expect("the loop stopped turning");
+        assert!(stall.contains("pull loop"), "{stall}");
+        liveness.touch();
+        assert!(liveness.since_settled() < Duration::from_millis(50));
+    }
+}
