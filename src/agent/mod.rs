@@ -64,4 +64,11 @@ pub trait Agent: Send + Sync {
     fn cache_ttl(&self) -> Option<std::time::Duration> {
         None
     }
+
+    /// True when `run` computes without awaiting (text processing, parsing): the runtime
+    /// then runs it on the blocking pool, so its deadline can fire and the leases of other
+    /// tasks keep being renewed while it works.
+    fn cpu_bound(&self) -> bool {
+        false
+    }
 }

@@ -87,7 +87,7 @@ impl Broker {
     pub async fn ensure_stream(&self) -> Result<(), BrokerError> {
         let config = jetstream::stream::Config {
             name: self.settings.stream.clone(),
-            subjects: vec![self.subjects.all_tasks()],
+            subjects: vec![self.subjects.stream_subject()],
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
             discard: DiscardPolicy::Old,

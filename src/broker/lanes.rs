@@ -99,10 +99,15 @@ pub fn lane_name(group: &str, priority: u8, agent_type: &str) -> String {
         .take(32)
         .map(|c| if safe(c) { c } else { '_' })
         .collect();
-    let hash = agent_type.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = name_hash(agent_type);
     format!("{group}-p{priority}-{cleaned}-{hash:016x}")
+}
+
+/// A stable 64-bit hash (FNV-1a) that keeps consumer names of odd subjects apart.
+pub(super) fn name_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl Broker {

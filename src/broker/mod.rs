@@ -9,6 +9,7 @@ mod lane_counts;
 mod lanes;
 mod publisher;
 mod puller;
+mod strays;
 mod subjects;
 
 pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
@@ -18,4 +19,5 @@ pub use error::BrokerError;
 pub use lanes::{AgentFilter, lane_name};
 pub use publisher::{PublishReceipt, headers};
 pub use puller::{Priorities, PriorityPuller};
+pub use strays::STRAY_BATCH;
 pub use subjects::Subjects;

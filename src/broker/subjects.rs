@@ -1,6 +1,6 @@
 //! Subject names, derived from one configurable prefix so several fleets share a server.
 
-use crate::task::MAX_PRIORITY;
+use crate::task::{MAX_PRIORITY, valid_agent_type};
 
 /// The subjects of one fleet: `<prefix>.tasks.p<N>.<agent_type>`.
 #[derive(Debug, Clone)]
@@ -24,9 +24,15 @@ impl Subjects {
         format!("{}.tasks.p{priority}.{agent_type}", self.prefix)
     }
 
-    /// Every task subject: the stream's subject and the idle doorbell's.
+    /// Every task subject: the idle doorbell's and the counts' filter.
     pub fn all_tasks(&self) -> String {
         format!("{}.tasks.>", self.prefix)
+    }
+
+    /// What the tasks stream takes: exactly two tokens after `tasks`, so a subject with
+    /// extra tokens is refused at publish rather than stored where no lane reads it.
+    pub fn stream_subject(&self) -> String {
+        format!("{}.tasks.*.*", self.prefix)
     }
 
     /// Every priority of one agent type: a dedicated pool's doorbell.
@@ -60,9 +66,12 @@ impl Subjects {
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(".tasks.p")?;
         let (priority, agent_type) = rest.split_once('.')?;
-        let priority: u8 = priority.parse().ok()?;
-        (priority <= MAX_PRIORITY && !agent_type.is_empty() && !agent_type.contains('.'))
-            .then_some((priority, agent_type))
+        // Exactly one digit: `p05` would parse as 5 yet no lane's filter matches it.
+        let [digit] = priority.as_bytes() else {
+            return None;
+        };
+        let priority = digit.is_ascii_digit().then(|| digit - b'0')?;
+        (priority <= MAX_PRIORITY && valid_agent_type(agent_type)).then_some((priority, agent_type))
     }
 }
 
@@ -78,6 +87,24 @@ mod tests {
         assert_eq!(subjects.parse_task(&subject), Some((7, "email")));
         assert_eq!(subjects.parse_task("acme.swarm.tasks.p12.email"), None);
         assert_eq!(subjects.parse_task("other.tasks.p1.email"), None);
+        for stray in [
+            "acme.swarm.tasks.p05.email",
+            "acme.swarm.tasks.p5.email.extra",
+            "acme.swarm.tasks.px.email",
+            "acme.swarm.tasks.p.email",
+            "acme.swarm.tasks.5.email",
+            "acme.swarm.tasks.p5.",
+            "acme.swarm.tasks.p5.é",
+            "acme.swarm.tasks.p5",
+        ] {
+            assert_eq!(subjects.parse_task(stray), None, "{stray}");
+        }
+        assert_eq!(
+            subjects.parse_task("acme.swarm.tasks.p0.a-b_9"),
+            Some((0, "a-b_9"))
+        );
+        assert_eq!(subjects.parse_task("acme.swarm.tasks.p9.x"), Some((9, "x")));
+        assert_eq!(subjects.stream_subject(), "acme.swarm.tasks.*.*");
         assert_eq!(subjects.priority_filter(0), "acme.swarm.tasks.p0.*");
     }
 }

@@ -97,6 +97,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
             // The mirror rides out Redis outages; a worker is ready without it.
             redis: None,
             meter: fleet.worker.scale_meter(),
+            liveness: Some(fleet.worker.liveness()),
         };
         match http::serve(&metrics_addr, http::probes::worker_router(probes), stopped).await {
             Ok((bound, _)) => tracing::info!("metrics, /ready and /scale on http://{bound}"),

@@ -305,6 +305,115 @@ mod tests {
         assert_eq!((cut.size, cut.bytes().len()), (1000, 75));
     }
 
+    fn letter(data: Value, raw: Option<RawMessage>) -> DeadLetter {
+        let envelope = raw.is_none().then(|| TaskEnvelope::new("echo", data));
+        DeadLetter {
+            id: Uuid::new_v4(),
+            agent_type: "echo".into(),
+            reason: DeadReason::AttemptsExhausted,
+            error: "e".repeat(10_000),
+            attempts: (1..=3)
+                .map(|attempt| AttemptError {
+                    attempt,
+                    error: "x".repeat(5_000),
+                    at: Utc::now(),
+                })
+                .collect(),
+            envelope,
+            raw,
+            source: Source {
+                stream: "S".into(),
+                stream_sequence: 1,
+                subject: "swarm.tasks.p5.echo".into(),
+                delivered: 3,
+            },
+            worker_id: "w".into(),
+            dead_at: Utc::now(),
+            trace_id: None,
+            traceparent: None,
+            truncated: false,
+            original_sizes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_letter_that_fits_is_kept_whole() {
+        let mut small = letter(Value::from("data"), None);
+        let before = small.clone();
+        let body = small.encode_within(1 << 20).unwrap();
+        assert_eq!(small, before);
+        assert!(!small.truncated && small.original_sizes.is_empty());
+        assert_eq!(serde_json::from_slice::<DeadLetter>(&body).unwrap(), before);
+        assert!(small.envelope_is_whole());
+        // Exactly at the limit still fits.
+        let mut exact = before.clone();
+        assert!(exact.encode_within(body.len()).is_some());
+        assert!(!exact.truncated);
+    }
+
+    #[test]
+    fn an_envelope_too_large_is_cut_to_fit_and_says_so() {
+        let data = Value::from("d".repeat(200_000));
+        let mut big = letter(data, None);
+        let whole = serde_json::to_vec(&big).unwrap().len();
+        let body = big.encode_within(20_000).unwrap();
+        assert!(body.len() <= 20_000, "{}", body.len());
+        let read: DeadLetter = serde_json::from_slice(&body).unwrap();
+        assert!(read.truncated);
+        assert_eq!(read.original_sizes["record"], whole);
+        assert_eq!(read.original_sizes["envelope.data"], 200_002);
+        assert_eq!(read.original_sizes["error"], 10_000);
+        assert_eq!(read.original_sizes["attempts"], 15_000);
+        assert!(!read.envelope_is_whole());
+        assert_eq!(
+            read.attempts.len(),
+            3,
+            "every attempt is kept, its text cut"
+        );
+        assert!(read.error.starts_with("eee"));
+        let kept = read.envelope.unwrap().data;
+        assert!(kept.as_str().unwrap().starts_with("\"ddd"), "{kept}");
+    }
+
+    #[test]
+    fn control_characters_in_a_raw_body_cannot_blow_the_limit() {
+        // Every byte escapes to six in JSON: the body is kept as base64 instead.
+        let mut body = vec![b'{'];
+        body.extend(std::iter::repeat_n(1u8, 100_000));
+        let raw = RawMessage::new(Value::Null, &body, usize::MAX);
+        assert!(raw.body.is_some() && !raw.truncated);
+        let mut dead = letter(Value::Null, Some(raw));
+        let encoded = dead.encode_within(30_000).unwrap();
+        assert!(encoded.len() <= 30_000);
+        let raw = dead.raw.as_ref().unwrap();
+        assert!(raw.truncated && raw.body.is_none());
+        assert_eq!(raw.size, body.len());
+        assert!(body.starts_with(&raw.bytes()));
+        assert!(raw.bytes().len() > 1000, "keeps what fits, not nothing");
+        assert_eq!(dead.original_sizes["raw.body"], body.len());
+    }
+
+    #[test]
+    fn huge_headers_are_dropped_and_a_hopeless_limit_says_none() {
+        let headers = serde_json::json!({ "X-Big": ["h".repeat(50_000)] });
+        let raw = RawMessage::new(headers, b"body", usize::MAX);
+        let mut dead = letter(Value::Null, Some(raw));
+        let encoded = dead.encode_within(8_000).unwrap();
+        assert!(encoded.len() <= 8_000);
+        assert_eq!(dead.raw.as_ref().unwrap().headers, serde_json::json!({}));
+        assert!(dead.original_sizes["raw.headers"] > 50_000);
+        let mut hopeless = letter(Value::Null, None);
+        assert_eq!(hopeless.encode_within(10), None);
+    }
+
+    #[test]
+    fn cut_text_respects_characters() {
+        assert_eq!(cut_text("héllo", 2), "h");
+        assert_eq!(cut_text("héllo", 3), "hé");
+        assert_eq!(cut_text("abc", 10), "abc");
+        assert_eq!(cut_text("abc", 0), "");
+    }
+
     #[test]
     fn reasons_have_stable_codes() {
         assert_eq!(DeadReason::MaxDeliveries.as_str(), "max_deliveries");

@@ -17,6 +17,10 @@ use crate::{
 pub enum ReplayError {
     #[error("dead letter {0} never decoded into a task ({1}); there is nothing to replay")]
     NoEnvelope(Uuid, String),
+    #[error(
+        "dead letter {0} keeps only the start of the task's data (cut to fit the broker); it cannot be replayed"
+    )]
+    Truncated(Uuid),
     #[error("cannot publish the replay of {id}: {source}")]
     Publish { id: Uuid, source: BrokerError },
     #[error("replayed {id} as {new_id}, but could not remove the dead letter: {source}")]
@@ -37,6 +41,22 @@ pub fn replay_envelope(original: &TaskEnvelope) -> TaskEnvelope {
     }
 }
 
+/// The id of the replay of the dead letter stored at `sequence` for task `original`: the
+/// same for every replay of that record, so a client that retries a replay (a timeout, a
+/// double click) publishes the same task again — dropped by the broker's de-duplication,
+/// or acknowledged without running once its result is committed.
+pub fn replay_id(original: Uuid, sequence: u64) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"swarmd replay")
+        .chain_update(original.as_bytes())
+        .chain_update(sequence.to_be_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 /// Publishes the replay of `stored`, then deletes the dead letter; returns the new task id.
 ///
 /// Fails when the record holds no envelope (the message never decoded), or when the publish
@@ -51,7 +71,13 @@ pub async fn replay(
         .envelope
         .as_ref()
         .ok_or_else(|| ReplayError::NoEnvelope(letter.id, letter.reason.to_string()))?;
-    let task = replay_envelope(original);
+    if !letter.envelope_is_whole() {
+        return Err(ReplayError::Truncated(letter.id));
+    }
+    let task = TaskEnvelope {
+        id: replay_id(letter.id, stored.sequence),
+        ..replay_envelope(original)
+    };
     // The replay continues the dead task's trace.
     let span = tracing::info_span!("replay", task.id = %letter.id, replay.id = %task.id);
     if let Some(traceparent) = &letter.traceparent {
@@ -74,4 +100,19 @@ pub async fn replay(
             source,
         })?;
     Ok(task.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_id_is_stable_per_record() {
+        let task = Uuid::new_v4();
+        assert_eq!(replay_id(task, 7), replay_id(task, 7));
+        assert_ne!(replay_id(task, 7), replay_id(task, 8));
+        assert_ne!(replay_id(task, 7), replay_id(Uuid::new_v4(), 7));
+        assert_ne!(replay_id(task, 7), task);
+        assert_eq!(replay_id(task, 7).get_version_num(), 8);
+    }
 }

@@ -24,10 +24,11 @@ use crate::{
     broker::Broker,
     config::SecretUrl,
     dlq::{self, DeadLetter, DeadLetterStream, DeadReason, Filter, ReplayError},
+    fault::{Classify, Fault},
     http::probes::{self, Probes},
     scale::ScaleMeter,
     store::Store,
-    task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
+    task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope, integral},
 };
 
 /// Largest request body accepted.
@@ -57,6 +58,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             store: state.store.clone(),
             redis: state.redis.clone(),
             meter: state.meter.clone(),
+            liveness: None,
         });
     Router::new()
         .route("/v1/tasks", post(publish))
@@ -125,7 +127,9 @@ struct NewTask {
     agent_type: String,
     #[serde(default)]
     data: Value,
+    #[serde(default, deserialize_with = "integral::de_option_u8")]
     priority: Option<u8>,
+    #[serde(default, deserialize_with = "integral::de_option_u32")]
     max_attempts: Option<u32>,
     id: Option<Uuid>,
     timeout: Option<f64>,
@@ -226,17 +230,24 @@ async fn publish(
         envelopes.push(envelope);
     }
     // Recorded as `queued` first, so a read right after the publish finds the task.
-    state
-        .store
-        .record_queued(&envelopes)
-        .await
-        .map_err(|e| ApiError::internal("cannot record the tasks", e))?;
+    state.store.record_queued(&envelopes).await.map_err(|e| {
+        if e.fault() == Fault::Permanent {
+            // The database refuses a value of the request itself: retrying cannot help.
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                "the database refuses a value of these tasks",
+            )
+        } else {
+            ApiError::internal("cannot record the tasks", e)
+        }
+    })?;
     let results = state
         .broker
         .publish_many(&envelopes, Codec::MessagePack, 256, || {})
         .await;
-    if let Some(error) = results.into_iter().find_map(Result::err) {
-        return Err(ApiError::internal("cannot publish the tasks", error));
+    if results.iter().any(Result::is_err) {
+        return Ok(partly_published(&state, &envelopes, results).await);
     }
     let ids: Vec<Uuid> = envelopes.iter().map(|t| t.id).collect();
     let body = if batch {
@@ -245,6 +256,41 @@ async fn publish(
         json!({ "id": ids[0] })
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Some publishes of a request failed: their `queued` rows are removed (nothing would ever
+/// process them; a publish that did reach the stream puts its row back at claim), and the
+/// response says per task what happened, so the client retries only the failed ones.
+async fn partly_published(
+    state: &ApiState,
+    envelopes: &[TaskEnvelope],
+    results: Vec<Result<crate::broker::PublishReceipt, crate::broker::BrokerError>>,
+) -> Response {
+    let mut failed = Vec::new();
+    let mut tasks = Vec::with_capacity(envelopes.len());
+    for (task, result) in envelopes.iter().zip(results) {
+        match result {
+            Ok(_) => tasks.push(json!({ "id": task.id, "status": "accepted" })),
+            Err(error) => {
+                tracing::error!(task_id = %task.id, %error, "cannot publish a task");
+                failed.push(task.id);
+                tasks.push(json!({ "id": task.id, "status": "failed" }));
+            }
+        }
+    }
+    if let Err(error) = state.store.forget_queued(&failed).await {
+        tracing::error!(%error, "cannot remove the rows of unpublished tasks");
+    }
+    let message = format!(
+        "{} of {} tasks could not be published; retry those marked failed",
+        failed.len(),
+        envelopes.len()
+    );
+    let body = json!({
+        "error": { "code": "unavailable", "message": message },
+        "tasks": tasks,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn task(
@@ -362,11 +408,9 @@ async fn replay(
             Json(json!({ "id": new_id, "replay_of": id })),
         )
             .into_response()),
-        Err(error @ ReplayError::NoEnvelope(..)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_replayable",
-            error.to_string(),
-        )),
+        Err(error @ (ReplayError::NoEnvelope(..) | ReplayError::Truncated(_))) => Err(
+            ApiError::new(StatusCode::CONFLICT, "not_replayable", error.to_string()),
+        ),
         Err(error) => Err(ApiError::internal("cannot replay the dead letter", error)),
     }
 }

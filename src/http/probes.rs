@@ -13,7 +13,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{broker::Broker, scale::ScaleMeter, store::Store};
+use crate::{broker::Broker, scale::ScaleMeter, store::Store, worker::liveness::Liveness};
 
 /// What the probes look at.
 #[derive(Clone)]
@@ -23,6 +23,8 @@ pub struct Probes {
     /// Checked only where the process cannot work without Redis.
     pub redis: Option<redis::aio::ConnectionManager>,
     pub meter: Arc<ScaleMeter>,
+    /// A worker's own progress: it is unready while stalled.
+    pub liveness: Option<Arc<Liveness>>,
 }
 
 /// A worker's HTTP side: `/metrics`, `/health`, `/ready` and `/scale`.
@@ -34,8 +36,8 @@ pub fn worker_router(probes: Probes) -> Router {
         .merge(super::metrics_router())
 }
 
-/// 200 when NATS is connected and the database (and Redis, when checked) answer; 503 with
-/// which one does not, otherwise.
+/// 200 when NATS is connected, the database (and Redis, when checked) answer and a worker
+/// is not stalled; 503 with which one fails, otherwise.
 pub async fn ready(State(probes): State<Probes>) -> Response {
     let redis = match probes.redis.clone() {
         None => None,
@@ -60,12 +62,17 @@ pub async fn ready(State(probes): State<Probes>) -> Response {
         .await,
         Ok(Ok(_))
     );
-    let status = if nats && database && redis != Some(false) {
+    let stalled = probes.liveness.as_ref().and_then(|l| l.stall());
+    let status = if nats && database && redis != Some(false) && stalled.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "nats": nats, "database": database, "redis": redis });
+    let mut body = json!({ "nats": nats, "database": database, "redis": redis });
+    if let Some(liveness) = &probes.liveness {
+        body["stalled"] = json!(stalled);
+        body["held_batches"] = json!(liveness.held().count());
+    }
     (status, Json(body)).into_response()
 }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{LegacyKeys, LegacyTask, MirrorError, legacy_json, scripts};
+use crate::fault::{Classify, Fault};
 use crate::{
     broker::Broker,
     dlq::{DeadLetter, DeadLetterStream, DeadReason, RawMessage, Source},
@@ -137,14 +138,20 @@ impl Intake {
     /// whether a task was published.
     async fn take_in(&mut self, member: &str) -> Result<bool, MirrorError> {
         let published = match envelope_of(member) {
-            Ok(task) => {
-                self.broker
-                    .publish(&task, Codec::Json)
-                    .await
-                    .map_err(|e| MirrorError::Publish(e.to_string()))?;
-                crate::metrics::Metrics::global().legacy_intake.inc();
-                true
-            }
+            Ok(task) => match self.broker.publish(&task, Codec::Json).await {
+                Ok(_) => {
+                    crate::metrics::Metrics::global().legacy_intake.inc();
+                    true
+                }
+                // The broker will never take this one (too large): it must not block the
+                // intake of every legacy task behind it.
+                Err(error) if error.fault() == Fault::Permanent => {
+                    self.reject(member, DeadReason::PayloadTooLarge, &error.to_string())
+                        .await?;
+                    false
+                }
+                Err(error) => return Err(MirrorError::Publish(error.to_string())),
+            },
             Err((reason, error)) => {
                 self.reject(member, reason, &error).await?;
                 false
@@ -196,10 +203,15 @@ impl Intake {
             truncated: false,
             original_sizes: Default::default(),
         };
-        self.dead_letters
+        let refused = self
+            .dead_letters
             .publish(&mut [letter])
             .await
             .map_err(|e| MirrorError::Publish(e.to_string()))?;
+        for (id, error) in refused {
+            crate::metrics::Metrics::global().dead_letters_refused.inc();
+            tracing::error!(letter_id = %id, %error, "the broker refuses this legacy task's dead letter");
+        }
         if let Some(task) = parsed {
             let id = task.id.clone();
             let failed = task.failed(error, Utc::now());
@@ -252,7 +264,7 @@ pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
         .get("max_attempts")
         .and_then(Value::as_u64)
         .map_or(DEFAULT_MAX_ATTEMPTS, |m| m.clamp(1, 100) as u32);
-    Ok(TaskEnvelope {
+    let task = TaskEnvelope {
         id,
         agent_type: agent_type.to_string(),
         data: data
@@ -265,7 +277,18 @@ pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
         timeout: None,
         idempotency_key: None,
         replay_of: None,
-    })
+    };
+    // The same rules as every other entry: a NUL in the seed's JSON (Python writes
+    // "\u0000" for "\x00") never reaches the database.
+    task.validate().map_err(|e| {
+        let reason = if e.is_content() {
+            DeadReason::BadInput
+        } else {
+            DeadReason::SchemaViolation
+        };
+        (reason, format!("legacy task breaks the contract: {e}"))
+    })?;
+    Ok(task)
 }
 
 #[cfg(test)]

@@ -226,6 +226,20 @@ impl Store {
         Ok(())
     }
 
+    /// Removes rows still `queued` among `ids`: tasks recorded by the API whose publish
+    /// failed, so no row waits for work that nothing will do.
+    pub async fn forget_queued(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query("DELETE FROM tasks WHERE id = ANY($1) AND status = 'queued'")
+            .bind(ids)
+            .execute(&self.primary)
+            .await
+            .map_err(StoreError::query("removing unpublished tasks"))?;
+        Ok(done.rows_affected())
+    }
+
     /// Stores a batch of outcomes in one statement and returns the ids it applied.
     ///
     /// An outcome is fenced off (not applied) when the row is already `completed` or `dead`,

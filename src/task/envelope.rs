@@ -149,13 +149,16 @@ impl TaskEnvelope {
                 return Err(EnvelopeError::Nul("idempotency_key".into()));
             }
         }
-        check_data(&self.data)
+        check_value(&self.data)
     }
 }
 
-/// Walks `data` without recursion (a hostile document may be deep): NUL in a string or a
-/// key, or nesting past [`MAX_DATA_DEPTH`], breaks the contract.
-fn check_data(data: &Value) -> Result<(), EnvelopeError> {
+/// Checks a JSON value (task data, an agent's result) against what the fleet can store:
+/// no NUL in a string or a key, nesting at most [`MAX_DATA_DEPTH`]. Walks without recursion,
+/// since a hostile document may be deep.
+///
+/// Fails with the first rule broken.
+pub fn check_value(data: &Value) -> Result<(), EnvelopeError> {
     let mut stack: Vec<(&Value, usize)> = vec![(data, 0)];
     while let Some((value, depth)) = stack.pop() {
         match value {
@@ -187,8 +190,8 @@ fn check_data(data: &Value) -> Result<(), EnvelopeError> {
 
 /// Integer fields that also accept a JSON number with no fraction (`94.0`): JSON Schema's
 /// `integer` allows it, and so do producers in languages without an integer type.
-mod integral {
-    use serde::{Deserializer, de};
+pub mod integral {
+    use serde::{Deserialize, Deserializer, de};
 
     struct Integral<const MAX: u64>;
 
@@ -231,6 +234,20 @@ mod integral {
     pub fn de_u32<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
         de.deserialize_any(Integral::<{ u32::MAX as u64 }>)
             .map(|v| v as u32)
+    }
+
+    /// An optional field read like [`de_u8`]; `null` is `None`.
+    pub fn de_option_u8<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u8>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(deserialize_with = "de_u8")] u8);
+        Ok(Option::<Wrapped>::deserialize(de)?.map(|Wrapped(v)| v))
+    }
+
+    /// An optional field read like [`de_u32`]; `null` is `None`.
+    pub fn de_option_u32<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(deserialize_with = "de_u32")] u32);
+        Ok(Option::<Wrapped>::deserialize(de)?.map(|Wrapped(v)| v))
     }
 }
 

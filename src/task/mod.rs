@@ -6,6 +6,6 @@ mod envelope;
 
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use envelope::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EnvelopeError, MAX_PRIORITY, TaskEnvelope,
-    valid_agent_type,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EnvelopeError, MAX_DATA_DEPTH, MAX_PRIORITY,
+    MAX_TIMEOUT_SECS, TaskEnvelope, check_value, integral, valid_agent_type,
 };

@@ -162,7 +162,14 @@ pub fn decode(
         {
             Ok(task)
         }
-        _ => Err(Rejection::new(
+        None => Err(Rejection::new(
+            DeadReason::BadSubject,
+            format!(
+                "subject {subject:?} is not <prefix>.tasks.p<0-9>.<agent_type>; expected {:?}",
+                subjects.task(task.priority, &task.agent_type)
+            ),
+        )),
+        Some(_) => Err(Rejection::new(
             DeadReason::SubjectMismatch,
             format!(
                 "subject {subject:?} does not match the envelope (priority {}, agent_type {:?}); \

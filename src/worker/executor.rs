@@ -23,7 +23,11 @@ pub struct Executor {
     retry: RetryPolicy,
     default_timeout: Duration,
     cache: Option<Arc<ResultCache>>,
+    max_result_bytes: usize,
 }
+
+/// Largest result stored unless configured otherwise (`worker.max_result_bytes`).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
 
 impl Executor {
     pub fn new(registry: AgentRegistry, retry: RetryPolicy, default_timeout: Duration) -> Self {
@@ -32,7 +36,14 @@ impl Executor {
             retry,
             default_timeout,
             cache: None,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
+    }
+
+    /// Fails results larger than `bytes` of JSON, permanently.
+    pub fn with_max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = bytes;
+        self
     }
 
     /// Looks results of cacheable agents up in `cache` before running them.
@@ -65,9 +76,10 @@ impl Executor {
         {
             return Outcome::Completed(result);
         }
+        // Envelopes are validated on entry; a bound that slipped through still cannot panic.
         let timeout = task
             .timeout
-            .map(Duration::from_secs_f64)
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
             .unwrap_or(self.default_timeout);
         let context = AgentContext {
             task_id: task.id,
@@ -75,11 +87,33 @@ impl Executor {
             max_attempts: task.max_attempts,
             deadline: Instant::now() + timeout,
         };
-        // A panicking agent is a failed attempt like any other, not a dead worker loop.
-        let run = std::panic::AssertUnwindSafe(agent.run(&task.data, &context)).catch_unwind();
+        let run = async {
+            if agent.cpu_bound() {
+                // On the blocking pool: the deadline below can fire while it computes.
+                let (agent, data, context) = (agent.clone(), task.data.clone(), context.clone());
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || handle.block_on(agent.run(&data, &context)))
+                    .await
+                    .map_err(|joined| match joined.try_into_panic() {
+                        Ok(panic) => panic,
+                        Err(_) => Box::new("the agent's blocking task was cancelled"),
+                    })
+            } else {
+                // A panicking agent is a failed attempt like any other, not a dead worker loop.
+                std::panic::AssertUnwindSafe(agent.run(&task.data, &context))
+                    .catch_unwind()
+                    .await
+            }
+        };
         let error = match tokio::time::timeout(timeout, run).await {
             Ok(Err(panic)) => format!("agent panicked: {}", panic_message(&panic)),
             Ok(Ok(Ok(result))) => {
+                if let Err(error) = self.check_result(&result) {
+                    return Outcome::Dead {
+                        reason: DeadReason::PermanentError,
+                        error: format!("permanent error: {error}"),
+                    };
+                }
                 if let Some((cache, ttl)) = cached {
                     cache.put(&task.agent_type, &task.data, &result, ttl).await;
                 }
@@ -106,6 +140,37 @@ impl Executor {
             }
         }
     }
+}
+
+impl Executor {
+    /// A result must fit the size cap and hold no NUL (PostgreSQL cannot store one).
+    fn check_result(&self, result: &serde_json::Value) -> Result<(), String> {
+        let size = json_size(result);
+        if size > self.max_result_bytes {
+            return Err(format!(
+                "the result is {size} bytes of JSON, over the {}-byte limit",
+                self.max_result_bytes
+            ));
+        }
+        crate::task::check_value(result).map_err(|e| format!("the result breaks a rule: {e}"))
+    }
+}
+
+/// Bytes of `value` as compact JSON, counted without building the text.
+fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {

@@ -31,6 +31,33 @@ pub async fn run(
     }
 }
 
+/// Keeps the held-batch age and stall gauges current (every second) until `shutdown`.
+pub async fn watch_liveness(
+    liveness: std::sync::Arc<super::liveness::Liveness>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let metrics = Metrics::global();
+    let mut was_stalled = false;
+    loop {
+        metrics
+            .held_batch_age
+            .set(liveness.held().oldest_age().as_secs_f64());
+        let stall = liveness.stall();
+        metrics.worker_stalled.set(i64::from(stall.is_some()));
+        match (&stall, was_stalled) {
+            (Some(stall), false) => tracing::warn!(%stall, "worker stalled: /ready answers 503"),
+            (None, true) => tracing::info!("worker makes progress again"),
+            _ => {}
+        }
+        was_stalled = stall.is_some();
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// One refresh; a failed read leaves the previous value.
 pub async fn refresh(broker: &Broker, store: &Store, meter: &ScaleMeter) {
     let metrics = Metrics::global();

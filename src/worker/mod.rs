@@ -4,6 +4,7 @@
 //! - [`executor`]: runs one task's agent to an [`Outcome`] (no I/O besides the agent).
 //! - [`outcome`]: what an outcome means for the database row and the broker, in one place.
 //! - [`retry`]: the exponential, jittered delay between attempts.
+//! - [`strays`]: dead-letters messages on subjects no lane reads (`bad_subject`).
 //! - [`settler`]: commits outcomes in batches, then acknowledges each message.
 //! - [`assembly`]: a worker with the mirror, intake and cache its settings enable.
 //! - [`gauges`]: backlog, oldest waiting task and connection gauges.
@@ -25,6 +26,7 @@ pub mod outcome;
 pub mod retry;
 pub mod runner;
 pub mod settler;
+pub mod strays;
 
 pub use assembly::{Assembled, assemble};
 pub use executor::Executor;

@@ -41,6 +41,16 @@ pub enum Record {
     Nothing,
 }
 
+/// Error texts come from agents and remote services: a NUL in one would make PostgreSQL
+/// refuse the row, so it is replaced (U+FFFD) rather than lose the outcome.
+fn storable_text(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.to_string()
+    }
+}
+
 impl Outcome {
     /// What to store for this outcome of `delivery`, before the broker is told.
     pub fn record(&self, delivery: &TaskDelivery, worker_id: &str) -> Record {
@@ -49,7 +59,7 @@ impl Outcome {
             attempt: delivery.attempt(),
             status,
             result: result.cloned(),
-            error: error.cloned(),
+            error: error.map(|e| storable_text(e)),
         };
         match self {
             Outcome::Completed(result) => {

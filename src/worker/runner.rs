@@ -38,6 +38,9 @@ const BELL_FOLLOW_UPS: u32 = 2;
 /// How often the backlog and connection gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often a general worker looks for messages on subjects no lane reads.
+const STRAY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Pause after a failed pull before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -106,8 +109,10 @@ impl Worker {
         let executor = Executor::new(
             registry,
             RetryPolicy::from_settings(&settings),
-            Duration::from_secs_f64(settings.default_timeout_secs),
-        );
+            Duration::try_from_secs_f64(settings.default_timeout_secs)
+                .unwrap_or(Duration::from_secs(300)),
+        )
+        .with_max_result_bytes(settings.max_result_bytes);
         let held = Arc::new(HeldBatches::default());
         let liveness = Arc::new(Liveness::new(
             held.clone(),
@@ -196,6 +201,19 @@ impl Worker {
         if let Some((intake, every)) = self.intake.take() {
             sidecars.spawn(intake.run(every, stopped(stopping_rx.clone())));
         }
+        if !matches!(agents, crate::broker::AgentFilter::Only(_)) {
+            sidecars.spawn(super::strays::run(
+                self.broker.clone(),
+                self.dead_letters.clone(),
+                self.worker_id.clone(),
+                STRAY_SWEEP_INTERVAL,
+                stopped(stopping_rx.clone()),
+            ));
+        }
+        sidecars.spawn(gauges::watch_liveness(
+            self.liveness.clone(),
+            stopped(stopping_rx.clone()),
+        ));
         sidecars.spawn(gauges::run(
             self.broker.clone(),
             self.store.clone(),

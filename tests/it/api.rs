@@ -291,3 +291,85 @@ fn the_openapi_check_catches_a_wrong_response() {
         &json!({"id": 7, "status": "lost"}),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_get_a_422_naming_the_rule_and_leave_no_row() {
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("t"));
+    let cases = [
+        (
+            json!({"agent_type": "echo", "data": {"s": "a\u{0}b"}}),
+            "NUL",
+        ),
+        (
+            json!({"agent_type": "echo", "data": {"k\u{0}": 1}}),
+            "a key in data",
+        ),
+        (
+            json!({"agent_type": "echo", "data": 1, "timeout": 1e20}),
+            "timeout",
+        ),
+        (
+            json!({"agent_type": "echo", "data": 1, "priority": 10}),
+            "priority",
+        ),
+    ];
+    for (task, words) in cases {
+        let (status, body) = call(&app, post(task.to_string(), Some("t"))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{task}: {body}");
+        assert_openapi_response("post", "/v1/tasks", 422, &body);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{message} lacks {words}");
+    }
+    // An integer written as a float is an integer (JSON Schema agrees).
+    let task = json!({"agent_type": "echo", "data": 1, "max_attempts": 94.0, "priority": 3.0});
+    let (status, body) = call(&app, post(task.to_string(), Some("t"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let counts = env.store.status_counts().await.unwrap();
+    assert_eq!(
+        counts.values().sum::<i64>(),
+        1,
+        "only the good task has a row"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_published_part_way_says_which_tasks_failed_and_leaves_no_orphan() {
+    let env = TestEnv::new().await;
+    // The stream takes three more messages, then refuses new ones.
+    let mut stream = env.stream().await;
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_messages = 3;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    env.broker.jetstream().update_stream(&config).await.unwrap();
+    let app = app(&env, Some("t"));
+    let batch = json!({"tasks": (0..5).map(|i| json!({"agent_type": "echo", "data": i})).collect::<Vec<_>>()});
+    let (status, body) = call(&app, post(batch.to_string(), Some("t"))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_openapi_response("post", "/v1/tasks", 503, &body);
+    let tasks = body["tasks"].as_array().unwrap();
+    let with = |status: &str| -> Vec<uuid::Uuid> {
+        tasks
+            .iter()
+            .filter(|t| t["status"] == status)
+            .map(|t| t["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (accepted, failed) = (with("accepted"), with("failed"));
+    assert_eq!((accepted.len(), failed.len()), (3, 2), "{body}");
+    assert_eq!(
+        env.store.tasks(&failed).await.unwrap().len(),
+        0,
+        "no orphan rows"
+    );
+    let queued = env.store.tasks(&accepted).await.unwrap();
+    assert!(queued.iter().all(|row| row.status == "queued"));
+    assert_eq!(queued.len(), 3);
+
+    // The accepted ones run; nothing is left waiting.
+    let worker = env.spawn(env.worker());
+    env.wait_finished(&accepted, Duration::from_secs(10)).await;
+    worker.stop().await;
+    env.cleanup().await;
+}

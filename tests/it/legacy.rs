@@ -200,6 +200,34 @@ async fn a_legacy_task_claimed_by_a_process_that_died_is_still_processed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_task_with_a_nul_is_dead_lettered_and_the_rest_flows() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    // What Python's json.dumps writes for "\x00": the seed's producers can send it.
+    let poisoned = enqueue_task(&env, "echo", json!({"s": "a\u{0}b"}), 9).await;
+    let good = enqueue_task(&env, "echo", json!({"after": "the poison"}), 1).await;
+    let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
+    let failed = eventually("failed_tasks", Duration::from_secs(10), || {
+        hash_entry(&env, &k.failed_tasks, poisoned)
+    })
+    .await;
+    eventually("completed_tasks", Duration::from_secs(10), || {
+        hash_entry(&env, &k.completed_tasks, good)
+    })
+    .await;
+    let letters = env.wait_dead_letters(1, Duration::from_secs(10)).await;
+    fleet.stop().await;
+    let failed: Value = serde_json::from_str(&failed).unwrap();
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("NUL"),
+        "{failed}"
+    );
+    assert_eq!(letters[0].letter.reason, DeadReason::BadInput);
+    assert!(env.store.task(poisoned).await.unwrap().is_none());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_task_is_processed_once_and_completed() {
     let env = TestEnv::new().await;
     let k = keys(&env);

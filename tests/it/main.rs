@@ -11,6 +11,7 @@ mod dead_letters;
 mod delivery;
 mod deploy;
 mod faults;
+mod hostile;
 mod legacy;
 mod metrics;
 mod pipeline;

@@ -130,6 +130,7 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
         store: env.store.clone(),
         redis: None,
         meter,
+        liveness: None,
     });
     let (status, ready) = get_json(&worker_http, "/ready").await;
     assert_eq!(

@@ -13,6 +13,9 @@ use crate::agent::{Agent, AgentContext, AgentError};
 
 /// Longest subject that mail clients show whole.
 const MAX_SUBJECT_CHARS: usize = 78;
+/// Largest rendered subject or body: placeholders repeated over a large variable could
+/// otherwise render gigabytes from a small task.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
 
 pub struct EmailAgent;
 
@@ -25,6 +28,10 @@ impl Agent for EmailAgent {
     /// Deterministic: the same input always gives the same result.
     fn cache_ttl(&self) -> Option<std::time::Duration> {
         Some(std::time::Duration::from_secs(3600))
+    }
+
+    fn cpu_bound(&self) -> bool {
+        true
     }
 
     async fn run(&self, input: &Value, _context: &AgentContext) -> Result<Value, AgentError> {
@@ -50,8 +57,8 @@ impl Agent for EmailAgent {
         let from = input.get("from").and_then(Value::as_str);
 
         let mut problems = Vec::new();
-        let (subject, unfilled_subject) = render(subject_template, variables);
-        let (body, unfilled_body) = render(template, variables);
+        let (subject, unfilled_subject) = render(subject_template, variables)?;
+        let (body, unfilled_body) = render(template, variables)?;
         for name in unfilled_subject.iter().chain(&unfilled_body) {
             problems.push(format!("no value for placeholder {{{{{name}}}}}"));
         }
@@ -92,7 +99,17 @@ fn addresses(value: Option<&Value>) -> Option<Vec<&str>> {
 }
 
 /// Substitutes `{{ name }}` placeholders; returns the text and the names left unfilled.
-fn render(template: &str, variables: &Map<String, Value>) -> (String, Vec<String>) {
+///
+/// Fails (permanently) when the text would grow past [`MAX_RENDERED_BYTES`].
+fn render(
+    template: &str,
+    variables: &Map<String, Value>,
+) -> Result<(String, Vec<String>), AgentError> {
+    let too_large = || {
+        AgentError::permanent(format!(
+            "the rendered email would exceed {MAX_RENDERED_BYTES} bytes"
+        ))
+    };
     let mut out = String::with_capacity(template.len());
     let mut unfilled = Vec::new();
     let mut rest = template;
@@ -110,10 +127,16 @@ fn render(template: &str, variables: &Map<String, Value>) -> (String, Vec<String
             }
             Some(other) => out.push_str(&other.to_string()),
         }
+        if out.len() > MAX_RENDERED_BYTES {
+            return Err(too_large());
+        }
         rest = &rest[start + len + 4..];
     }
     out.push_str(rest);
-    (out, unfilled)
+    if out.len() > MAX_RENDERED_BYTES {
+        return Err(too_large());
+    }
+    Ok((out, unfilled))
 }
 
 /// A practical address check: `local@domain.tld` with sane characters in each part.

@@ -26,6 +26,10 @@ impl Agent for QualityAgent {
         Some(std::time::Duration::from_secs(3600))
     }
 
+    fn cpu_bound(&self) -> bool {
+        true
+    }
+
     async fn run(&self, input: &Value, _context: &AgentContext) -> Result<Value, AgentError> {
         let text = input
             .get("text")

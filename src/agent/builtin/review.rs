@@ -35,6 +35,10 @@ impl Agent for ReviewAgent {
         Some(std::time::Duration::from_secs(3600))
     }
 
+    fn cpu_bound(&self) -> bool {
+        true
+    }
+
     async fn run(&self, input: &Value, _context: &AgentContext) -> Result<Value, AgentError> {
         let body = input
             .get("body")
@@ -52,6 +56,9 @@ impl Agent for ReviewAgent {
         }))
     }
 }
+
+/// Most banned words one review checks.
+const MAX_BANNED_WORDS: usize = 1000;
 
 struct Rules {
     max_links: usize,
@@ -78,6 +85,12 @@ impl Rules {
                 ));
             }
         };
+        if banned_words.len() > MAX_BANNED_WORDS {
+            return Err(AgentError::invalid_input(
+                "rules.banned_words",
+                "a list of at most 1000 strings",
+            ));
+        }
         Ok(Self {
             max_links: get("max_links").and_then(Value::as_u64).unwrap_or(3) as usize,
             require_greeting: get("require_greeting")
@@ -167,9 +180,12 @@ fn review(subject: &str, body: &str, rules: &Rules) -> Vec<Finding> {
             ),
         );
     }
-    let lower_words: Vec<String> = words(&full).iter().map(|w| w.to_lowercase()).collect();
+    // One pass over the words and one lookup per rule: rules × words would let a large
+    // draft with many rules keep a worker busy for minutes.
+    let lower_words: std::collections::HashSet<String> =
+        words(&full).iter().map(|w| w.to_lowercase()).collect();
     for banned in &rules.banned_words {
-        if lower_words.iter().any(|w| w == banned) {
+        if lower_words.contains(banned) {
             add("banned_word", "error", format!("banned word {banned:?}"));
         }
     }

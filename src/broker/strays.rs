@@ -1,0 +1,98 @@
+//! Strays: messages stored on a subject that matches the stream (`<prefix>.tasks.*.*`) but
+//! names no lane — `p05`, `px`, an agent type that is not a valid name. No lane consumer
+//! filters on them, so without this they would wait forever. Each stray subject gets a
+//! short-lived consumer of its own, through which a worker drains it to the dead-letter
+//! stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+};
+use futures::StreamExt;
+
+use super::{Broker, BrokerError, lanes::name_hash};
+
+/// A stray subject's consumer is deleted by the server once unused this long.
+const STRAY_CONSUMER_EXPIRY: Duration = Duration::from_secs(120);
+/// Most messages taken from one stray subject per fetch.
+pub const STRAY_BATCH: usize = 64;
+
+impl Broker {
+    /// The stream's subjects that hold messages but name no lane.
+    ///
+    /// Fails when the stream cannot be read.
+    pub async fn stray_subjects(&self) -> Result<Vec<String>, BrokerError> {
+        let error = |reason: String| BrokerError::Fetch {
+            consumer: "(stray subjects)".into(),
+            reason,
+        };
+        let stream = self.tasks_stream().await?;
+        let mut counts = stream
+            .info_with_subjects(self.subjects().all_tasks())
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let mut strays = Vec::new();
+        while let Some(entry) = counts.next().await {
+            let (subject, count) = entry.map_err(|e| error(e.to_string()))?;
+            if count > 0 && self.subjects().parse_task(&subject).is_none() {
+                strays.push(subject);
+            }
+        }
+        Ok(strays)
+    }
+
+    /// Up to [`STRAY_BATCH`] messages waiting on stray `subject`, without waiting for more.
+    ///
+    /// Fails when the consumer cannot be made or the fetch fails.
+    pub async fn fetch_strays(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+        let name = format!(
+            "{}-stray-{:016x}",
+            self.settings().consumer_group,
+            name_hash(subject)
+        );
+        let consumer_error = |reason: String| BrokerError::Consumer {
+            consumer: name.clone(),
+            reason,
+        };
+        let stream = self.tasks_stream().await?;
+        let consumer: PullConsumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("SwarmDirector stray subject {subject}")),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: self.settings().ack_wait(),
+                filter_subject: subject.to_string(),
+                inactive_threshold: STRAY_CONSUMER_EXPIRY,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(STRAY_BATCH)
+            .messages()
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| consumer_error(e.to_string()))?);
+        }
+        Ok(messages)
+    }
+
+    async fn tasks_stream(&self) -> Result<jetstream::stream::Stream, BrokerError> {
+        self.jetstream()
+            .get_stream(&self.settings().stream)
+            .await
+            .map_err(|e| BrokerError::Stream {
+                stream: self.settings().stream.clone(),
+                reason: e.to_string(),
+            })
+    }
+}
