@@ -201,6 +201,100 @@ async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
     env.cleanup().await;
 }
 
+/// A store whose connections pass through a proxy the test can cut.
+async fn proxied_store(env: &TestEnv) -> (TcpProxy, swarm_director::store::Store) {
+    let upstream = {
+        let url = env.settings.database.url.expose();
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        format!("{}:{}", options.get_host(), options.get_port())
+    };
+    let proxy = TcpProxy::start(&upstream).await;
+    let mut proxied = env.settings.database.clone();
+    proxied.url =
+        swarm_director::config::SecretUrl::new(env.settings.database.url.expose().replace(
+            &format!("{upstream}/"),
+            &format!("127.0.0.1:{}/", proxy.port()),
+        ));
+    proxied.acquire_timeout_secs = Some(1);
+    let store = swarm_director::store::Store::connect(&proxied)
+        .await
+        .unwrap();
+    (proxy, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_holding_outcomes_through_an_outage_is_unready_and_still_stops_in_its_grace() {
+    let env = TestEnv::new().await;
+    let (proxy, store) = proxied_store(&env).await;
+    let mut settings = env.settings.worker.clone();
+    settings.stall_after_secs = 1.0;
+    settings.shutdown_grace_secs = 2.0;
+    settings.concurrency = 64;
+    let worker = swarm_director::worker::Worker::new(
+        env.broker.clone(),
+        store,
+        swarm_director::agent::AgentRegistry::with_builtins(),
+        settings,
+    );
+    let liveness = worker.liveness();
+    let running = env.spawn(worker);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| TaskEnvelope::new("sleep", json!({"ms": 700})))
+        .collect();
+    let ids = publish_all(&env, &tasks).await;
+    // Claimed while the database answers; their outcomes arrive while it does not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let claimed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'processing'")
+                .fetch_one(env.store.primary())
+                .await
+                .unwrap();
+        if claimed == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tasks are claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while liveness.stall().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a held batch makes the worker stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(liveness.held().count() > 0);
+    assert!(
+        liveness.stall().unwrap().contains("held"),
+        "{:?}",
+        liveness.stall()
+    );
+    assert_eq!(env.store.count_finished(&ids).await.unwrap(), 0);
+
+    let stopping = Instant::now();
+    running.stop().await;
+    let took = stopping.elapsed();
+    println!(
+        "stopped {:.2} s after SIGTERM while holding outcomes",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "bounded by the 2 s grace, took {took:?}"
+    );
+    assert_eq!(liveness.held().count(), 0, "nothing held after stopping");
+
+    // Everything it held was handed back: another worker finishes it.
+    proxy.restore();
+    let survivor = env.spawn(env.worker());
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    survivor.stop().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_kills_its_worker_ends_in_the_dead_letter_stream() {
     let env = TestEnv::new().await;
