@@ -168,6 +168,11 @@ pub struct NatsSettings {
     /// garbage agent names, do not pile up; workers make it again when tasks return.
     /// Default 3600. Env: `SWARM_LANE_EXPIRY_SECS`.
     pub lane_expiry_secs: f64,
+    /// Most lane consumers one worker creates: producers choose agent types, and each new
+    /// name would otherwise cost up to ten consumers. Past it, tasks of further lanes wait
+    /// (nothing is lost) until idle lanes expire, and a warning says so. Default 1000. Env:
+    /// `SWARM_MAX_LANES`.
+    pub max_lanes: usize,
     /// Stream replicas (1 on a single server, 3 in a cluster). Default 1.
     /// Env: `SWARM_NATS_REPLICAS`.
     pub replicas: usize,
@@ -189,6 +194,7 @@ impl Default for NatsSettings {
             duplicate_window_secs: 120,
             max_ack_pending: 20_000,
             lane_expiry_secs: 3600.0,
+            max_lanes: 1000,
             replicas: 1,
             max_deliver: 110,
         }
@@ -525,6 +531,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_LANE_EXPIRY_SECS") {
             self.nats.lane_expiry_secs = parsed("SWARM_LANE_EXPIRY_SECS", v)?;
+        }
+        if let Some(v) = get("SWARM_MAX_LANES") {
+            self.nats.max_lanes = parsed("SWARM_MAX_LANES", v)?;
         }
         if let Some(v) = get("SWARM_NATS_REPLICAS") {
             self.nats.replicas = parsed("SWARM_NATS_REPLICAS", v)?;

@@ -38,6 +38,14 @@ impl AgentRegistry {
         self.agents.get(agent_type)
     }
 
+    /// `agent_type` as a metric label: its registered name, or `unknown` for a name no agent
+    /// here serves (producers choose agent types, so labels must not follow them).
+    pub fn label(&self, agent_type: &str) -> &'static str {
+        self.agents
+            .get_key_value(agent_type)
+            .map_or("unknown", |(name, _)| name)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.agents.keys().copied()
     }

@@ -77,6 +77,8 @@ pub struct PriorityPuller {
     /// The `ActiveLanes::version` whose lanes were last given consumers ahead of need.
     prepared: AtomicU64,
     counter: LaneCounter,
+    /// Set once the lane cap refused a lane (so the warning is logged once per episode).
+    over_cap: AtomicBool,
     /// Rotates which lane of a priority is asked first, so one agent type's backlog does not
     /// starve another's at the same priority.
     turn: AtomicUsize,
@@ -126,6 +128,7 @@ impl PriorityPuller {
             active: Arc::default(),
             prepared: AtomicU64::new(u64::MAX),
             turn: AtomicUsize::new(0),
+            over_cap: AtomicBool::new(false),
         })
     }
 
@@ -180,7 +183,8 @@ impl PriorityPuller {
         };
         // Every lane with messages gets its consumer ahead of need (once per change of the
         // set), so a scan that reaches a lower priority finds it ready.
-        for (priority, agent_type) in changed.iter().flatten() {
+        // Highest priority first, so a lane cap leaves the lowest ones waiting.
+        for (priority, agent_type) in changed.iter().flatten().rev() {
             self.start_creating(*priority, agent_type, false);
         }
         lanes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -203,6 +207,10 @@ impl PriorityPuller {
             return Some(lane.clone());
         }
         self.start_creating(priority, agent_type, false);
+        if !self.creating.lock().expect("lanes lock").contains(&subject) {
+            // Refused by the lane cap (or made meanwhile: found on the next scan).
+            return None;
+        }
         let made = tokio::time::timeout(CREATE_PATIENCE, async {
             loop {
                 if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
@@ -218,6 +226,17 @@ impl PriorityPuller {
     /// then, when the server may have dropped it) or is on its way.
     fn start_creating(&self, priority: u8, agent_type: &str, again: bool) {
         let subject = self.broker.subjects().task(priority, agent_type);
+        let known = self.lanes.lock().expect("lanes lock").len();
+        let underway = self.creating.lock().expect("lanes lock").len();
+        let max_lanes = self.broker.settings().max_lanes;
+        if !again && known + underway >= max_lanes {
+            if !self.over_cap.swap(true, Ordering::Relaxed) {
+                tracing::warn!(max_lanes, %subject,
+                    "lane cap reached: tasks of further lanes wait until idle lanes expire");
+            }
+            return;
+        }
+        self.over_cap.store(false, Ordering::Relaxed);
         if (!again
             && self
                 .lanes

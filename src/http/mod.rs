@@ -35,7 +35,7 @@ async fn metrics() -> impl IntoResponse {
 /// Counts and times every request by method, route template (never the raw path, so
 /// label values stay bounded) and status.
 pub async fn track(request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let endpoint = request
         .extensions()
         .get::<MatchedPath>()
@@ -45,13 +45,46 @@ pub async fn track(request: Request, next: Next) -> Response {
     let metrics = Metrics::global();
     metrics
         .http_requests
-        .with_label_values(&[&method, &endpoint, response.status().as_str()])
+        .with_label_values(&[method, &endpoint, response.status().as_str()])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[&method, &endpoint])
+        .with_label_values(&[method, &endpoint])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a metric label: the standard ones by name, any other (a client may send
+/// any token as a method) as `OTHER`, so label values stay bounded.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let odd = Method::from_bytes(b"X-RANDOM-123").unwrap();
+        assert_eq!(method_label(&odd), "OTHER");
+    }
 }
 
 /// Serves `router` on `addr` until `shutdown`; returns the bound address (port 0 picks one).

@@ -92,9 +92,14 @@ impl Dispatch<'_> {
                         self.max_dead_letter_body,
                     );
                     let (_, acker) = message.split();
+                    let label = worker.executor.registry().label(&letter.agent_type);
                     let record = Record::Rejected(Box::new(letter));
-                    self.settle(acker, record, AckKind::Term, "rejected", slot)
-                        .await;
+                    let mut settlement = Settlement::new(acker, record, AckKind::Term, "rejected");
+                    settlement.slot = Some(slot);
+                    settlement.agent_label = label;
+                    if self.settle_tx.send(settlement).await.is_err() {
+                        tracing::error!("settler stopped; the message will be redelivered");
+                    }
                 }
                 Ok(task) if !seen.insert(task.id) => {
                     // The same task twice in one batch (re-published after the duplicate
@@ -162,7 +167,7 @@ impl Dispatch<'_> {
                     Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
                 settlement.slot = Some(p.slot);
                 settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
-                settlement.meta = Some(TaskMeta::of(&p.delivery.task));
+                settlement.meta = Some(TaskMeta::of(&p.delivery.task, worker.executor.registry()));
                 settlement.delivery = Some(Arc::new(p.delivery));
                 if self.settle_tx.send(settlement).await.is_err() {
                     tracing::error!("settler stopped; the message will be redelivered");
@@ -255,7 +260,7 @@ impl Dispatch<'_> {
         let mut settlement = Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
         settlement.slot = Some(p.slot);
         settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
-        settlement.meta = Some(TaskMeta::of(&p.delivery.task));
+        settlement.meta = Some(TaskMeta::of(&p.delivery.task, worker.executor.registry()));
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!("settler stopped; the message will be redelivered");
         }
@@ -334,7 +339,7 @@ async fn run_one(
     metrics.in_flight.dec();
     metrics
         .agent_duration
-        .with_label_values(&[delivery.task.agent_type.as_str()])
+        .with_label_values(&[executor.registry().label(&delivery.task.agent_type)])
         .observe(started.elapsed().as_secs_f64());
     tracing::debug!(task_id = %delivery.task.id, agent = %delivery.task.agent_type,
         attempt = delivery.attempt(), outcome = outcome.label(),
@@ -343,7 +348,7 @@ async fn run_one(
     let record = outcome.record(&delivery, &worker_id);
     let mut settlement = Settlement::new(acker, record, outcome.ack_kind(), outcome.label());
     settlement.mirror = outcome.mirror_event(&delivery, &worker_id);
-    settlement.meta = Some(TaskMeta::of(&delivery.task));
+    settlement.meta = Some(TaskMeta::of(&delivery.task, executor.registry()));
     settlement.span = span;
     settlement.slot = Some(slot);
     settlement.delivery = Some(Arc::new(delivery));

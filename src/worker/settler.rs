@@ -57,6 +57,9 @@ pub struct Settlement {
     pub mirror: Option<MirrorEvent>,
     /// What the metrics need to know of the task, when it decoded.
     pub meta: Option<TaskMeta>,
+    /// The agent type label of a message that did not decode (`unknown` unless its subject
+    /// names an agent served here).
+    pub agent_label: &'static str,
     /// The task's `process` span: parent of the commit, mirror and ack spans.
     pub span: tracing::Span,
     /// The delivery, when it decoded: an outcome the database refuses becomes its dead
@@ -79,6 +82,7 @@ impl Settlement {
             slot: None,
             mirror: None,
             meta: None,
+            agent_label: "unknown",
             span: tracing::Span::none(),
             delivery: None,
             unstorable: None,
@@ -112,15 +116,16 @@ impl Settlement {
 /// The labels and clock of a task, for its metrics.
 #[derive(Debug, Clone)]
 pub struct TaskMeta {
-    pub agent_type: String,
+    /// The agent type as a label: `unknown` when no agent here serves it.
+    pub agent_type: &'static str,
     pub priority: u8,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl TaskMeta {
-    pub fn of(task: &crate::task::TaskEnvelope) -> Self {
+    pub fn of(task: &crate::task::TaskEnvelope, agents: &crate::agent::AgentRegistry) -> Self {
         Self {
-            agent_type: task.agent_type.clone(),
+            agent_type: agents.label(&task.agent_type),
             priority: task.priority,
             created_at: task.created_at,
         }
@@ -435,17 +440,17 @@ fn record_metrics(settlement: &Settlement) {
         Record::Dead(_, letter) | Record::Rejected(letter) => Some(letter),
         _ => None,
     };
+    // Labels come from the registry, never from what a producer wrote.
+    let agent_type = settlement
+        .meta
+        .as_ref()
+        .map_or(settlement.agent_label, |meta| meta.agent_type);
     if let Some(letter) = letter {
         metrics
             .dead_letters
-            .with_label_values(&[letter.agent_type.as_str(), letter.reason.as_str()])
+            .with_label_values(&[agent_type, letter.reason.as_str()])
             .inc();
     }
-    let agent_type = match (&settlement.meta, letter) {
-        (Some(meta), _) => meta.agent_type.as_str(),
-        (None, Some(letter)) => letter.agent_type.as_str(),
-        (None, None) => "unknown",
-    };
     metrics
         .agent_tasks
         .with_label_values(&[agent_type, settlement.label])

@@ -80,10 +80,7 @@ pub async fn sweep(
                 tracing::warn!(%subject, letter_id = %letter.id, "dead-lettered a message on a stray subject");
                 Metrics::global()
                     .dead_letters
-                    .with_label_values(&[
-                        letter.agent_type.as_str(),
-                        DeadReason::BadSubject.as_str(),
-                    ])
+                    .with_label_values(&["unknown", DeadReason::BadSubject.as_str()])
                     .inc();
                 let _ = message.ack_with(AckKind::Term).await;
             }

@@ -204,3 +204,32 @@ async fn lanes_of_agent_types_that_stop_coming_expire_and_come_back() {
     env.assert_stream_drains("both dead-lettered").await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_creates_no_more_lanes_than_its_cap_and_loses_nothing() {
+    let env = TestEnv::new().await;
+    let ids: Vec<Uuid> = vec![
+        publish(&env, "echo", json!(1), 9).await,
+        publish(&env, "echo", json!(2), 8).await,
+        publish(&env, "echo", json!(3), 7).await,
+    ];
+    let capped = env.spawn(env.worker_with(|s| s.nats.max_lanes = 2));
+    env.wait_finished(&ids[..2], Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    capped.stop().await;
+    assert_eq!(
+        env.store.count_finished(&ids[2..]).await.unwrap(),
+        0,
+        "the third lane was not made"
+    );
+    let mut names = Vec::new();
+    let mut listed = env.stream().await.consumer_names();
+    while let Some(name) = futures::StreamExt::next(&mut listed).await {
+        names.push(name.unwrap());
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    let uncapped = env.spawn(env.worker());
+    env.wait_finished(&ids, Duration::from_secs(10)).await;
+    uncapped.stop().await;
+    env.cleanup().await;
+}
