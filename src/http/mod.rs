@@ -72,21 +72,6 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use axum::http::Method;
-
-    use super::*;
-
-    #[test]
-    fn unknown_methods_share_one_label() {
-        assert_eq!(method_label(&Method::GET), "GET");
-        assert_eq!(method_label(&Method::PATCH), "PATCH");
-        let odd = Method::from_bytes(b"X-RANDOM-123").unwrap();
-        assert_eq!(method_label(&odd), "OTHER");
-    }
-}
-
 /// Serves `router` on `addr` until `shutdown`; returns the bound address (port 0 picks one).
 ///
 /// Fails when the address cannot be bound.
@@ -106,4 +91,19 @@ pub async fn serve(
         }
     });
     Ok((bound, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let odd = Method::from_bytes(b"X-RANDOM-123").unwrap();
+        assert_eq!(method_label(&odd), "OTHER");
+    }
 }
