@@ -34,6 +34,8 @@ pub struct Metrics {
     pub store_failures: IntCounter,
     /// Dead letters the broker refused for good (their messages were terminated anyway).
     pub dead_letters_refused: IntCounter,
+    /// Records of the dead-letter stream that could not be read as dead letters (skipped).
+    pub dead_letters_unreadable: IntCounter,
     /// Messages whose task or outcome the database refused for their values.
     pub unstorable: IntCounter,
     /// Seconds the oldest batch held through a transient fault has waited (0 when none).
@@ -198,6 +200,11 @@ impl Metrics {
                 &r,
                 "task_dead_letters_refused_total",
                 "Dead letters the broker refused for good; their messages were terminated",
+            ),
+            dead_letters_unreadable: counter(
+                &r,
+                "task_dead_letters_unreadable_total",
+                "Dead-letter records skipped because they could not be read",
             ),
             unstorable: counter(
                 &r,

@@ -7,4 +7,4 @@ mod stream;
 
 pub use record::{AttemptError, DeadLetter, DeadReason, RawMessage, Source};
 pub use replay::{ReplayError, replay, replay_envelope};
-pub use stream::{DeadLetterStream, DlqError, Filter, StoredDeadLetter};
+pub use stream::{DeadLetterStream, DlqError, Filter, PAGE_SCAN_LIMIT, Page, StoredDeadLetter};

@@ -55,6 +55,22 @@ impl crate::fault::Classify for DlqError {
     }
 }
 
+/// Most records one page reads, matching or not: a page of a rare filter ends early (with a
+/// cursor to go on) rather than read the whole stream in one request.
+pub const PAGE_SCAN_LIMIT: u64 = 5_000;
+
+/// One page of dead letters, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub letters: Vec<StoredDeadLetter>,
+    /// Pass as `before` for the next (older) page; `None` when the oldest record was read.
+    pub next_before: Option<u64>,
+    /// Records stored in the scope of the filter's agent type (all agent types without one).
+    pub total: u64,
+    /// Records on this page that could not be read as dead letters (skipped, counted).
+    pub unreadable: u64,
+}
+
 /// A dead letter with its place in the stream.
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {
@@ -125,6 +141,8 @@ impl DeadLetterStream {
             max_age: RETENTION,
             duplicate_window: Duration::from_secs(120),
             num_replicas: self.replicas,
+            // Pages of `GET /v1/dlq` read records by sequence, newest first.
+            allow_direct: true,
             description: Some("SwarmDirector dead letters".into()),
             ..Default::default()
         };
@@ -219,9 +237,10 @@ impl DeadLetterStream {
         Ok(refused)
     }
 
-    /// Reads the dead letters that match `filter`, oldest first.
+    /// Reads the dead letters that match `filter`, oldest first; records that are not dead
+    /// letters are skipped (logged and counted).
     ///
-    /// Fails when the stream cannot be read or holds a record that is not a dead letter.
+    /// Fails when the stream cannot be read.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<StoredDeadLetter>, DlqError> {
         let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
         let stream = self.stream().await?;
@@ -246,19 +265,113 @@ impl DeadLetterStream {
             let message = message.map_err(|e| read_error(&e))?;
             let info = message.info().map_err(|e| read_error(&e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
-            let letter: DeadLetter =
-                serde_json::from_slice(&message.payload).map_err(|e| DlqError::Corrupt {
-                    sequence,
-                    reason: e.to_string(),
-                })?;
-            if filter.matches(&letter) {
-                found.push(StoredDeadLetter { sequence, letter });
+            match serde_json::from_slice::<DeadLetter>(&message.payload) {
+                Ok(letter) if filter.matches(&letter) => {
+                    found.push(StoredDeadLetter { sequence, letter });
+                }
+                Ok(_) => {}
+                // One bad record must not hide all the others.
+                Err(error) => {
+                    crate::metrics::Metrics::global()
+                        .dead_letters_unreadable
+                        .inc();
+                    tracing::warn!(sequence, %error, "skipping a record that is not a dead letter");
+                }
             }
             if pending == 0 {
                 break;
             }
         }
         Ok(found)
+    }
+
+    /// Up to `limit` dead letters matching `filter`, newest first, from the records stored
+    /// before sequence `before` (all, when `None`). Reads at most [`PAGE_SCAN_LIMIT`]
+    /// records, one by one by sequence; a record that is not a dead letter is skipped and
+    /// counted, never failing the page.
+    ///
+    /// Fails when the stream cannot be read.
+    pub async fn page(
+        &self,
+        filter: &Filter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, DlqError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
+        let mut stream = self.stream().await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| read_error(&e))?
+            .state
+            .clone();
+        let scope = filter
+            .agent_type
+            .as_ref()
+            .map(|agent| self.subjects.dead_letter(agent));
+        let total = match &scope {
+            None => state.messages,
+            Some(subject) => {
+                let mut counts = stream
+                    .info_with_subjects(subject)
+                    .await
+                    .map_err(|e| read_error(&e))?;
+                let mut total = 0;
+                while let Some(entry) = counts.next().await {
+                    total += entry.map_err(|e| read_error(&e))?.1 as u64;
+                }
+                total
+            }
+        };
+        let mut page = Page {
+            total,
+            ..Page::default()
+        };
+        if state.messages == 0 {
+            return Ok(page);
+        }
+        let mut sequence = before
+            .map_or(state.last_sequence, |b| b.saturating_sub(1))
+            .min(state.last_sequence);
+        let mut scanned = 0;
+        while sequence >= state.first_sequence.max(1)
+            && page.letters.len() < limit
+            && scanned < PAGE_SCAN_LIMIT
+        {
+            let at = sequence;
+            sequence -= 1;
+            scanned += 1;
+            let message = match stream.direct_get(at).await {
+                Ok(message) => message,
+                Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => continue,
+                Err(error) => return Err(read_error(&error)),
+            };
+            if scope
+                .as_ref()
+                .is_some_and(|s| message.subject.as_str() != s)
+            {
+                continue;
+            }
+            match serde_json::from_slice::<DeadLetter>(&message.payload) {
+                Ok(letter) if filter.matches(&letter) => page.letters.push(StoredDeadLetter {
+                    sequence: at,
+                    letter,
+                }),
+                Ok(_) => {}
+                Err(error) => {
+                    page.unreadable += 1;
+                    crate::metrics::Metrics::global()
+                        .dead_letters_unreadable
+                        .inc();
+                    tracing::warn!(sequence = at, %error, "skipping a record that is not a dead letter");
+                }
+            }
+        }
+        if sequence >= state.first_sequence.max(1) {
+            page.next_before = Some(sequence + 1);
+        }
+        Ok(page)
     }
 
     /// The newest dead letter of task (or record) `id`.

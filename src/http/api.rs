@@ -344,11 +344,33 @@ async fn queues(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeadLetterQuery {
+    #[serde(default, deserialize_with = "empty_is_none")]
     agent_type: Option<String>,
+    #[serde(default, deserialize_with = "empty_is_none")]
     reason: Option<DeadReason>,
+    #[serde(default, deserialize_with = "empty_is_none")]
     since: Option<chrono::DateTime<Utc>>,
+    #[serde(default, deserialize_with = "empty_is_none")]
     until: Option<chrono::DateTime<Utc>>,
+    #[serde(default, deserialize_with = "empty_is_none")]
     limit: Option<usize>,
+    /// Only records stored before this sequence (the `next_before` of the previous page).
+    #[serde(default, deserialize_with = "empty_is_none")]
+    before: Option<u64>,
+}
+
+/// A query parameter given empty (`?reason=`) is no filter, as forms send it.
+fn empty_is_none<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(de)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 async fn dead_letters(
@@ -363,18 +385,19 @@ async fn dead_letters(
         since: query.since,
         until: query.until,
     };
-    let letters = DeadLetterStream::of(&state.broker)
-        .list(&filter)
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let page = DeadLetterStream::of(&state.broker)
+        .page(&filter, query.before, limit)
         .await
         .map_err(|e| ApiError::internal("cannot read the dead letters", e))?;
-    let limit = query.limit.unwrap_or(100).min(1000);
-    let shown: Vec<&DeadLetter> = letters
-        .iter()
-        .rev()
-        .take(limit)
-        .map(|s| &s.letter)
-        .collect();
-    Ok(Json(json!({ "total": letters.len(), "dead_letters": shown })).into_response())
+    let shown: Vec<&DeadLetter> = page.letters.iter().map(|s| &s.letter).collect();
+    Ok(Json(json!({
+        "total": page.total,
+        "dead_letters": shown,
+        "next_before": page.next_before,
+        "unreadable": page.unreadable,
+    }))
+    .into_response())
 }
 
 async fn replay(

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use swarm_director::{
     config::SecretUrl,
     http::api::{self, ApiState},
+    task::{Codec, TaskEnvelope},
 };
 use tower::ServiceExt;
 
@@ -371,5 +372,70 @@ async fn a_batch_published_part_way_says_which_tasks_failed_and_leaves_no_orphan
     let worker = env.spawn(env.worker());
     env.wait_finished(&accepted, Duration::from_secs(10)).await;
     worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_read_a_page_at_a_time_and_a_bad_record_is_skipped() {
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("t"));
+    let dead_letters = env.dead_letters();
+    dead_letters.ensure().await.unwrap();
+    let tasks: Vec<_> = (0..7)
+        .map(|i| TaskEnvelope::new("fail", json!({"permanent": true, "i": i})))
+        .collect();
+    for task in &tasks {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+    let worker = env.spawn(env.worker());
+    env.wait_dead_letters(7, Duration::from_secs(10)).await;
+    worker.stop().await;
+    // A record that is not a dead letter, in the middle of the stream's history.
+    env.broker
+        .jetstream()
+        .publish(
+            env.broker.subjects().dead_letter("fail"),
+            "not a letter".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let mut unreadable = 0;
+    let mut path = "/v1/dlq?limit=3&reason=".to_string();
+    loop {
+        let (status, page) = call(&app, get(&path)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_openapi_response("get", "/v1/dlq", 200, &page);
+        assert_eq!(page["total"], 8, "every stored record counts");
+        let letters = page["dead_letters"].as_array().unwrap();
+        assert!(letters.len() <= 3);
+        seen.extend(
+            letters
+                .iter()
+                .map(|l| l["id"].as_str().unwrap().to_string()),
+        );
+        unreadable += page["unreadable"].as_u64().unwrap();
+        match page["next_before"].as_u64() {
+            Some(before) => path = format!("/v1/dlq?limit=3&before={before}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(unreadable, 1);
+    assert_eq!(seen.len(), 7, "each letter once over the pages");
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    let mut sorted_expected = expected.clone();
+    sorted_expected.sort();
+    assert_eq!(sorted_seen, sorted_expected);
+    let (status, other) = call(&app, get("/v1/dlq?agent_type=echo")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (other["total"].as_u64(), other["next_before"].is_null()),
+        (Some(0), true)
+    );
     env.cleanup().await;
 }
