@@ -42,7 +42,13 @@ pub async fn run(
         let Ok(codec) = Codec::for_message(content_type.as_deref(), &message.payload) else {
             continue;
         };
-        if let Ok(task) = codec.decode(&message.payload) {
+        // Only what a lane will take: a task that breaks the contract, or sits on a subject
+        // no lane reads, is never waiting in the legacy view.
+        let Ok(task) = codec.decode(&message.payload) else {
+            continue;
+        };
+        let lane = broker.subjects().parse_task(message.subject.as_str());
+        if task.validate().is_ok() && lane == Some((task.priority, task.agent_type.as_str())) {
             mirror.record(MirrorEvent::published(&task));
         }
     }

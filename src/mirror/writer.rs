@@ -7,7 +7,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -21,6 +21,9 @@ use crate::{metrics::Metrics, store::Store};
 
 /// Moves waiting to be written; beyond this the mirror drops and catches up later.
 const QUEUE: usize = 100_000;
+/// Bytes of task JSON waiting to be written; beyond this the mirror drops and catches up
+/// later. Tasks may be up to 1 MiB each, so a count alone would not bound memory.
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(2);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -45,6 +48,9 @@ pub struct MirrorStats {
 #[derive(Clone)]
 pub struct Mirror {
     tx: mpsc::Sender<MirrorEvent>,
+    /// Bytes of task JSON queued now.
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
     stats: Arc<MirrorStats>,
     /// Time of the first dropped move not yet caught up.
     dropped_since: Arc<Mutex<Option<DateTime<Utc>>>>,
@@ -70,6 +76,8 @@ impl Mirror {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let mirror = Self {
             tx,
+            queued_bytes: Arc::default(),
+            max_queued_bytes: QUEUE_BYTES,
             stats: Arc::default(),
             dropped_since: Arc::default(),
         };
@@ -79,13 +87,25 @@ impl Mirror {
             store,
             stats: mirror.stats.clone(),
             dropped_since: mirror.dropped_since.clone(),
+            queued_bytes: mirror.queued_bytes.clone(),
         };
         (mirror, tokio::spawn(writer.run(rx)))
     }
 
-    /// Queues a move without waiting.
+    /// Limits the bytes of task JSON queued at once (tests; the default is 64 MiB).
+    pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// Queues a move without waiting; drops it (to be caught up from PostgreSQL) when the
+    /// queue is full by count or by bytes.
     pub fn record(&self, event: MirrorEvent) {
-        if self.tx.try_send(event).is_err() {
+        let size = event.json.len();
+        let queued = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        let refused = queued + size > self.max_queued_bytes;
+        if refused || self.tx.try_send(event).is_err() {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             Metrics::global().mirror_dropped.inc();
             let mut since = self.dropped_since.lock().expect("mirror lock");
@@ -104,6 +124,7 @@ struct Writer {
     store: Store,
     stats: Arc<MirrorStats>,
     dropped_since: Arc<Mutex<Option<DateTime<Utc>>>>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -119,6 +140,9 @@ impl Writer {
                 }
             }
             self.write_until_done(&batch).await;
+            // Counted until written, so queue and batch together stay within the bound.
+            let bytes: usize = batch.iter().map(|e| e.json.len()).sum();
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let oldest = batch.iter().map(|e| e.at).min().unwrap_or_else(Utc::now);
             let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
             self.stats.lag_ms.store(lag, Ordering::Relaxed);

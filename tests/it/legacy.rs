@@ -663,3 +663,27 @@ async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
     running.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_queue_is_bounded_in_bytes_while_redis_is_away() {
+    let mut env = TestEnv::new().await;
+    // Nothing listens on this port: the writer keeps retrying, moves pile up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.settings.redis.url =
+        swarm_director::config::SecretUrl::new(format!("redis://127.0.0.1:{port}"));
+    let redis = mirror::connect(&env.settings.redis).unwrap();
+    let (mirror, _writer) = Mirror::spawn(redis, keys(&env), env.store.clone());
+    let mirror = mirror.with_max_queued_bytes(64 * 1024);
+    for _ in 0..40 {
+        let task = TaskEnvelope::new("echo", json!("x".repeat(8 * 1024)));
+        mirror.record(swarm_director::mirror::MirrorEvent::published(&task));
+    }
+    let dropped = count(&mirror.stats().dropped);
+    // 64 KiB holds seven moves of a little over 8 KiB, queued or in the writer's hands.
+    assert_eq!(dropped, 33, "dropped {dropped} of 40");
+    env.cleanup().await;
+}
