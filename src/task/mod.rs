@@ -3,6 +3,8 @@
 
 mod codec;
 mod envelope;
+#[cfg(test)]
+mod properties;
 
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use envelope::{

@@ -17,6 +17,7 @@ mod metrics;
 mod pipeline;
 mod pools;
 mod priority;
+mod properties;
 mod replicas;
 mod scale;
 mod traces;
