@@ -11,19 +11,23 @@ export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test?ss
 export SWARM_NATS_URL ?= nats://127.0.0.1:4222
 export SWARM_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: demo test services build release lint fmt validate-deploy
+.PHONY: demo test services tools build release lint fmt validate-deploy
 
 ## Run a demo fleet on the local services and print what it did.
 demo: services
 	$(CARGO) run --release --quiet -- demo
 
 ## Run the whole test suite (unit and integration) against the local services.
-test: services
+test: services tools
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \
 	else \
 		$(CARGO) test --no-fail-fast; \
 	fi
+
+## Install the external checkers the suite runs (schemathesis, in ~/.cache/swarmdirector).
+tools:
+	@bash scripts/ensure-test-tools.sh
 
 ## Make sure NATS (JetStream), PostgreSQL and Redis are installed and running.
 services:

@@ -19,6 +19,11 @@ pub struct Args {
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let (store, broker) = super::connect_fleet(&settings, true).await?;
+    // Listings and replays read it before any worker may have made it.
+    crate::dlq::DeadLetterStream::of(&broker)
+        .ensure()
+        .await
+        .context("setting up the dead-letter stream")?;
     if settings.api.token.is_none() {
         tracing::warn!("no SWARM_API_TOKEN: anyone who reaches the API can publish");
     }

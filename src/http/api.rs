@@ -385,7 +385,14 @@ async fn dead_letters(
         since: query.since,
         until: query.until,
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) || query.before == Some(0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be 1 to 1000 and before at least 1",
+        ));
+    }
     let page = DeadLetterStream::of(&state.broker)
         .page(&filter, query.before, limit)
         .await

@@ -17,8 +17,8 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 /// Deepest nesting of arrays and objects allowed in `data`.
 pub const MAX_DATA_DEPTH: usize = 64;
-/// Longest `idempotency_key`, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Longest `idempotency_key`, in characters (JSON Schema's `maxLength` counts characters).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 
 /// One unit of work, as published to `<prefix>.tasks.p<priority>.<agent_type>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ pub enum EnvelopeError {
     MaxAttempts(u32),
     #[error("timeout {0} must be a number of seconds above 0 and at most 86400 (24 h)")]
     Timeout(f64),
-    #[error("idempotency_key is longer than 256 bytes")]
+    #[error("idempotency_key is longer than 256 characters")]
     IdempotencyKey,
     /// PostgreSQL cannot store U+0000 in text or jsonb, so no task may carry one.
     #[error("{0} holds a NUL character (\\u0000), which cannot be stored")]
@@ -142,7 +142,7 @@ impl TaskEnvelope {
             return Err(EnvelopeError::Timeout(timeout));
         }
         if let Some(key) = &self.idempotency_key {
-            if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+            if key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
                 return Err(EnvelopeError::IdempotencyKey);
             }
             if key.contains('\0') {
@@ -352,6 +352,15 @@ mod tests {
             ..task()
         };
         assert_eq!(with("k".repeat(256)).validate(), Ok(()));
+        assert_eq!(
+            with("é".repeat(256)).validate(),
+            Ok(()),
+            "characters, not bytes"
+        );
+        assert_eq!(
+            with("é".repeat(257)).validate(),
+            Err(EnvelopeError::IdempotencyKey)
+        );
         assert_eq!(
             with("k".repeat(257)).validate(),
             Err(EnvelopeError::IdempotencyKey)

@@ -7,6 +7,7 @@ mod api;
 mod bad_input;
 mod cli;
 mod cluster;
+mod contract;
 mod dead_letters;
 mod delivery;
 mod deploy;
