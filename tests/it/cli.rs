@@ -51,7 +51,7 @@ async fn publish_from_a_file_checks_every_line_first() {
     let bad = dir.join("bad.jsonl");
     std::fs::write(
         &bad,
-        "{\"agent_type\": \"echo\", \"data\": 1}\n{\"agent_type\": \"echo\", \"data\": 1, \"priority\": 12}\nnot json\n",
+        "{\"agent_type\": \"echo\", \"data\": 1}\n{\"agent_type\": \"echo\", \"data\": 1, \"priority\": 12}\nnot json\n{\"agent_type\": \"echo\", \"data\": {\"s\": \"a\\u0000b\"}}\n",
     )
     .unwrap();
 
@@ -65,6 +65,10 @@ async fn publish_from_a_file_checks_every_line_first() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("line 2") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 4") && stderr.contains("NUL"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was published"), "{stderr}");
