@@ -58,6 +58,16 @@ pub fn publish_fault(error: &async_nats::jetstream::context::PublishError) -> Fa
     }
 }
 
+/// A Redis error that retrying the same command cannot fix, as the client library itself
+/// classifies it (`RetryMethod::NoRetry`: a script error, a wrong type, a refused command);
+/// connection, timeout, loading and cluster-moving errors are transient.
+pub fn redis_fault(error: &redis::RedisError) -> Fault {
+    match error.retry_method() {
+        redis::RetryMethod::NoRetry => Fault::Permanent,
+        _ => Fault::Transient,
+    }
+}
+
 /// Finds the members of a batch that fail on their own: the whole batch is tried first;
 /// a range that fails permanently is split in halves, and a single member that still fails
 /// is isolated. Ranges that succeed are never tried again, so work already committed is
@@ -177,6 +187,63 @@ mod tests {
         assert_eq!(bisection.next(), Some(0..2));
         bisection.succeeded();
         assert_eq!(bisection.next(), Some(2..5));
+    }
+
+    #[test]
+    fn redis_errors_by_the_clients_own_classes() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let permanent: [RedisError; 3] = [
+            (
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "WRONGTYPE",
+            )
+                .into(),
+            (ErrorKind::Server(ServerErrorKind::NoScript), "NOSCRIPT").into(),
+            (ErrorKind::UnexpectedReturnType, "not a string").into(),
+        ];
+        for error in &permanent {
+            assert_eq!(redis_fault(error), Fault::Permanent, "{error}");
+        }
+        let transient: [RedisError; 4] = [
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+            (ErrorKind::Server(ServerErrorKind::TryAgain), "TRYAGAIN").into(),
+            (ErrorKind::Server(ServerErrorKind::BusyLoading), "LOADING").into(),
+            (ErrorKind::Server(ServerErrorKind::ReadOnly), "READONLY").into(),
+        ];
+        for error in &transient {
+            assert_eq!(redis_fault(error), Fault::Transient, "{error}");
+        }
+    }
+
+    #[test]
+    fn publish_errors_by_kind_and_server_code() {
+        use async_nats::jetstream::{self, context::PublishError, context::PublishErrorKind};
+        let api = |code: u64| -> jetstream::Error {
+            serde_json::from_value(serde_json::json!({
+                "code": 400, "err_code": code, "description": "refused"
+            }))
+            .unwrap()
+        };
+        let too_large = PublishError::new(PublishErrorKind::MaxPayloadExceeded);
+        assert_eq!(publish_fault(&too_large), Fault::Permanent);
+        for code in [10054, 10097] {
+            let refused = PublishError::with_source(PublishErrorKind::Other, api(code));
+            assert_eq!(publish_fault(&refused), Fault::Permanent, "{code}");
+        }
+        // Store failed, an account limit, or no server code at all: try again later.
+        for code in [10077, 10002] {
+            let busy = PublishError::with_source(PublishErrorKind::Other, api(code));
+            assert_eq!(publish_fault(&busy), Fault::Transient, "{code}");
+        }
+        for kind in [
+            PublishErrorKind::Other,
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::MaxAckPending,
+        ] {
+            assert_eq!(publish_fault(&PublishError::new(kind)), Fault::Transient);
+        }
     }
 
     #[test]

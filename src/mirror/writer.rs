@@ -17,7 +17,11 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::{LegacyKeys, MirrorEvent, scripts};
-use crate::{metrics::Metrics, store::Store};
+use crate::{
+    fault::{Bisection, Fault, redis_fault},
+    metrics::Metrics,
+    store::Store,
+};
 
 /// Moves waiting to be written; beyond this the mirror drops and catches up later.
 const QUEUE: usize = 100_000;
@@ -38,6 +42,8 @@ pub struct MirrorStats {
     pub dropped: AtomicU64,
     /// Batches that failed and were retried.
     pub failures: AtomicU64,
+    /// Moves Redis refused for good (dropped alone; `mirror check` shows them).
+    pub refused: AtomicU64,
     /// Rows rewritten by catch-ups.
     pub caught_up: AtomicU64,
     /// Milliseconds between a move and its write, for the last batch written.
@@ -151,15 +157,29 @@ impl Writer {
         }
     }
 
+    /// Writes `batch`, retrying transient failures with backoff. A move Redis refuses for
+    /// good (a script error, a key of the wrong type) is found by splitting the batch and
+    /// dropped alone, counted and logged (`mirror check` shows it), so it never holds the
+    /// mirror.
     async fn write_until_done(&mut self, batch: &[MirrorEvent]) {
         let mut pause = RETRY_FIRST;
-        loop {
-            match write(&mut self.redis, &self.keys, batch, false).await {
+        let mut bisection = Bisection::new(batch.len());
+        while let Some(range) = bisection.next() {
+            match write(&mut self.redis, &self.keys, &batch[range.clone()], false).await {
                 Ok(()) => {
                     self.stats
                         .written
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    return;
+                        .fetch_add(range.len() as u64, Ordering::Relaxed);
+                    bisection.succeeded();
+                    pause = RETRY_FIRST;
+                }
+                Err(error) if redis_fault(&error) == Fault::Permanent => {
+                    if let Some(i) = bisection.failed() {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        Metrics::global().mirror_dropped.inc();
+                        tracing::warn!(task_id = %batch[i].id, %error,
+                            "Redis refuses this legacy-key move; dropped");
+                    }
                 }
                 Err(error) => {
                     if self
