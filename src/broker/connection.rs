@@ -96,6 +96,13 @@ impl Broker {
             num_replicas: self.settings.replicas,
             // Lets `swarmd status` and the backlog gauges read the oldest waiting task.
             allow_direct: true,
+            // Every stored task again on core NATS: the legacy mirror shows a task waiting
+            // only once the stream took it.
+            republish: Some(jetstream::stream::Republish {
+                source: self.subjects.all_tasks(),
+                destination: self.subjects.stored_tasks(),
+                headers_only: false,
+            }),
             description: Some("SwarmDirector tasks, keyed by priority and agent type".into()),
             ..Default::default()
         };

@@ -40,6 +40,12 @@ impl Subjects {
         format!("{}.tasks.*.{agent_type}", self.prefix)
     }
 
+    /// Where the tasks stream republishes each task it stored (core NATS, same tokens after
+    /// the prefix): what the legacy mirror listens to, so it shows only accepted tasks.
+    pub fn stored_tasks(&self) -> String {
+        format!("{}.stored.>", self.prefix)
+    }
+
     /// Every agent type of one priority (the per-priority consumers of earlier versions).
     pub fn priority_filter(&self, priority: u8) -> String {
         format!("{}.tasks.p{priority}.*", self.prefix)

@@ -1,6 +1,7 @@
 //! Shows newly published tasks in `agent_tasks`. Producers publish straight to JetStream,
-//! so the fleet listens to the task subjects (a core NATS queue group: one worker process
-//! mirrors each publish) and queues a "waiting" move for each.
+//! so the fleet listens to what the tasks stream republishes once it stored a task (a core
+//! NATS queue group: one worker process mirrors each) and queues a "waiting" move for each.
+//! A publish the stream refused (limits, a subject it does not take) is never shown.
 
 use futures::StreamExt;
 
@@ -9,6 +10,9 @@ use crate::{
     broker::{Broker, BrokerError, headers},
     task::Codec,
 };
+
+/// Header of a republished message: the subject it was stored under.
+const STORED_SUBJECT: &str = "Nats-Subject";
 
 /// Mirrors publishes until the subscription ends or `shutdown` completes.
 ///
@@ -21,7 +25,7 @@ pub async fn run(
     let group = format!("{}-mirror", broker.settings().consumer_group);
     let mut subscription = broker
         .client()
-        .queue_subscribe(broker.subjects().all_tasks(), group)
+        .queue_subscribe(broker.subjects().stored_tasks(), group)
         .await
         .map_err(|e| BrokerError::Request(e.to_string()))?;
     tokio::pin!(shutdown);
@@ -47,7 +51,14 @@ pub async fn run(
         let Ok(task) = codec.decode(&message.payload) else {
             continue;
         };
-        let lane = broker.subjects().parse_task(message.subject.as_str());
+        // The republished copy names the subject it was stored under in a header.
+        let stored_as = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(STORED_SUBJECT))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        let lane = broker.subjects().parse_task(&stored_as);
         if task.validate().is_ok() && lane == Some((task.priority, task.agent_type.as_str())) {
             mirror.record(MirrorEvent::published(&task));
         }

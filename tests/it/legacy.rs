@@ -687,3 +687,30 @@ async fn the_mirror_queue_is_bounded_in_bytes_while_redis_is_away() {
     assert_eq!(dropped, 33, "dropped {dropped} of 40");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_stream_refuses_is_never_shown_waiting() {
+    let env = TestEnv::new().await;
+    // The stream takes one task, then refuses new ones.
+    let mut stream = env.stream().await;
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_messages = 1;
+    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    env.broker.jetstream().update_stream(&config).await.unwrap();
+    // A pool that leaves echo tasks alone, so the accepted one stays waiting.
+    let fleet =
+        env.spawn_assembled(env.legacy_worker(|s| s.worker.agents = vec!["quality".into()]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let accepted = TaskEnvelope::new("echo", json!("kept"));
+    env.broker.publish(&accepted, Codec::Json).await.unwrap();
+    let refused = TaskEnvelope::new("echo", json!("refused"));
+    assert!(env.broker.publish(&refused, Codec::Json).await.is_err());
+    eventually("the accepted task waiting", Duration::from_secs(5), || {
+        waiting_member(&env, accepted.id)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(waiting_member(&env, refused.id).await, None, "never shown");
+    fleet.stop().await;
+    env.cleanup().await;
+}
