@@ -20,13 +20,20 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// List dead letters, oldest first.
+    /// List dead letters, newest first, a page at a time (read server-side by sequence).
     List {
         #[command(flatten)]
         filter: FilterArgs,
         /// One JSON record per line, for scripts.
         #[arg(long)]
         json: bool,
+        /// Most letters to show.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        limit: u16,
+        /// Only records stored before this stream sequence (the next page's cursor, printed
+        /// after a full page).
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// Show one dead letter in full (JSON), by task or record id.
     Show { id: Uuid },
@@ -60,7 +67,7 @@ struct FilterArgs {
     agent: Option<String>,
     /// Only this reason (permanent_error, attempts_exhausted, unknown_agent, max_deliveries,
     /// undecodable, unknown_content_type, schema_violation, subject_mismatch,
-    /// payload_too_large).
+    /// payload_too_large, bad_input, unstorable, bad_subject).
     #[arg(long)]
     reason: Option<DeadReason>,
     /// Only those dead since: an RFC 3339 time or an age such as 30m, 2h, 7d.
@@ -107,8 +114,25 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let dead_letters = DeadLetterStream::of(&broker);
     dead_letters.ensure().await?;
     match args.command {
-        Command::List { filter, json } => {
-            let letters = dead_letters.list(&filter.into()).await?;
+        Command::List {
+            filter,
+            json,
+            limit,
+            before,
+        } => {
+            let page = dead_letters
+                .page(&filter.into(), before, usize::from(limit))
+                .await?;
+            let letters = page.letters;
+            if page.unreadable > 0 {
+                eprintln!(
+                    "skipped {} records that are not dead letters",
+                    page.unreadable
+                );
+            }
+            if let Some(next) = page.next_before {
+                eprintln!("more: --before {next}");
+            }
             if json {
                 let mut out = std::io::stdout().lock();
                 for stored in &letters {

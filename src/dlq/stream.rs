@@ -242,10 +242,22 @@ impl DeadLetterStream {
     ///
     /// Fails when the stream cannot be read.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<StoredDeadLetter>, DlqError> {
+        let mut found = Vec::new();
+        self.each(filter, |stored| found.push(stored)).await?;
+        Ok(found)
+    }
+
+    /// Streams the dead letters that match `filter` to `visit`, oldest first, holding one
+    /// at a time; records that are not dead letters are skipped (logged and counted).
+    async fn each(
+        &self,
+        filter: &Filter,
+        mut visit: impl FnMut(StoredDeadLetter),
+    ) -> Result<(), DlqError> {
         let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
         let stream = self.stream().await?;
         if stream.cached_info().state.messages == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let filter_subject = match &filter.agent_type {
             Some(agent) => self.subjects.dead_letter(agent),
@@ -260,14 +272,13 @@ impl DeadLetterStream {
             .await
             .map_err(|e| read_error(&e))?;
         let mut messages = consumer.messages().await.map_err(|e| read_error(&e))?;
-        let mut found = Vec::new();
         while let Ok(Some(message)) = tokio::time::timeout(READ_IDLE, messages.next()).await {
             let message = message.map_err(|e| read_error(&e))?;
             let info = message.info().map_err(|e| read_error(&e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             match serde_json::from_slice::<DeadLetter>(&message.payload) {
                 Ok(letter) if filter.matches(&letter) => {
-                    found.push(StoredDeadLetter { sequence, letter });
+                    visit(StoredDeadLetter { sequence, letter })
                 }
                 Ok(_) => {}
                 // One bad record must not hide all the others.
@@ -282,7 +293,7 @@ impl DeadLetterStream {
                 break;
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Up to `limit` dead letters matching `filter`, newest first, from the records stored
@@ -376,11 +387,14 @@ impl DeadLetterStream {
 
     /// The newest dead letter of task (or record) `id`.
     pub async fn find(&self, id: Uuid) -> Result<Option<StoredDeadLetter>, DlqError> {
-        Ok(self
-            .list(&Filter::default())
-            .await?
-            .into_iter()
-            .rfind(|stored| stored.letter.id == id))
+        let mut newest = None;
+        self.each(&Filter::default(), |stored| {
+            if stored.letter.id == id {
+                newest = Some(stored);
+            }
+        })
+        .await?;
+        Ok(newest)
     }
 
     /// Removes one record (after a successful replay).

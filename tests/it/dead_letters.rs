@@ -86,6 +86,23 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     .await;
     assert_eq!(stdout.lines().count(), 1);
     assert!(stdout.contains(&blocked.id.to_string()));
+    // Pages: newest first, the cursor for the next page on stderr.
+    let (ok, first, stderr) =
+        output(env.swarmd().args(["dlq", "list", "--json", "--limit", "1"])).await;
+    assert!(ok && first.lines().count() == 1, "{stderr}");
+    let before = stderr
+        .split("--before ")
+        .nth(1)
+        .expect("a cursor after a full page")
+        .trim()
+        .to_string();
+    let (_, second, stderr) = output(
+        env.swarmd()
+            .args(["dlq", "list", "--json", "--limit", "1", "--before", &before]),
+    )
+    .await;
+    assert_eq!(second.lines().count(), 1, "{stderr}");
+    assert_ne!(first, second);
     let (_, stdout, _) = output(env.swarmd().args(["dlq", "list", "--agent", "fail"])).await;
     assert!(
         stdout.contains("attempts_exhausted") && !stdout.contains("switch"),
