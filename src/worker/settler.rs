@@ -6,9 +6,13 @@
 //! `commit_parallelism`), so one slow commit does not stall the rest.
 //! Storing a batch is: dead letters published (and confirmed) to the dead-letter stream,
 //! then every row updated in one statement. Only then is each message acknowledged, nak'd or
-//! terminated. If storing fails (PostgreSQL or NATS away), the batch is retried with growing
-//! pauses while its leases are kept alive, so nothing is acknowledged without its record and
-//! no finished work is thrown away; at shutdown a batch still failing is handed back.
+//! terminated. If storing fails transiently (PostgreSQL or NATS away), the batch is held
+//! ([`Hold`]): retried with growing pauses while its leases are kept alive, so nothing is
+//! acknowledged without its record and no finished work is thrown away; at the end of the
+//! shutdown grace a batch still failing is handed back. A failure that is permanent for one
+//! message never holds the batch: the database refusing a row splits the batch until that
+//! row is found, and its task becomes a dead letter (`unstorable`); a dead letter the broker
+//! refuses is logged and counted, and its message terminated all the same.
 
 use std::{
     collections::HashSet,
