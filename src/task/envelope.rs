@@ -439,5 +439,28 @@ mod tests {
         let mut de = rmp_serde::Deserializer::from_read_ref(&packed).with_human_readable();
         let task = TaskEnvelope::deserialize(&mut de).unwrap();
         assert_eq!((task.priority, task.max_attempts), (2, 4));
+        let error = read(json!(2.5), json!(3)).unwrap_err().to_string();
+        assert!(error.contains("an integer from 0 to 255"), "{error}");
+    }
+
+    #[test]
+    fn optional_integral_fields() {
+        #[derive(Debug, Deserialize)]
+        struct Fields {
+            #[serde(default, deserialize_with = "integral::de_option_u8")]
+            small: Option<u8>,
+            #[serde(default, deserialize_with = "integral::de_option_u32")]
+            large: Option<u32>,
+        }
+        let read = |value: Value| serde_json::from_value::<Fields>(value);
+        let both = read(json!({"small": 9.0, "large": 94.0})).unwrap();
+        assert_eq!((both.small, both.large), (Some(9), Some(94)));
+        let nulls = read(json!({"small": null, "large": null})).unwrap();
+        assert_eq!((nulls.small, nulls.large), (None, None));
+        let absent = read(json!({})).unwrap();
+        assert_eq!((absent.small, absent.large), (None, None));
+        assert!(read(json!({"small": 256})).is_err());
+        assert!(read(json!({"large": 1.5})).is_err());
+        assert!(read(json!({"large": -1})).is_err());
     }
 }
