@@ -11,7 +11,7 @@ export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test?ss
 export SWARM_NATS_URL ?= nats://127.0.0.1:4222
 export SWARM_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: demo test services tools build release lint fmt validate-deploy
+.PHONY: demo test services tools build release lint fmt validate-deploy fuzz
 
 ## Run a demo fleet on the local services and print what it did.
 demo: services
@@ -42,6 +42,13 @@ release:
 ## Validate deploy/ against the Kubernetes schemas and the Compose client (no cluster needed).
 validate-deploy:
 	@bash scripts/validate-deploy.sh
+
+## Fuzz the worker's decode and validation with libFuzzer for FUZZ_SECONDS (default 60).
+## cargo-fuzz wants nightly; RUSTC_BOOTSTRAP=1 lets the stable toolchain build it.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run decode -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 
 lint:
 	$(CARGO) fmt --all -- --check
