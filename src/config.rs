@@ -345,7 +345,8 @@ impl Default for RedisSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
     /// Tasks run at once by one worker process, or `"auto"` to size it from the machine's
-    /// cores and memory. Default 64. Env: `SWARM_CONCURRENCY`.
+    /// cores and memory (128 per core, at most one per 4 MiB, 8–1024). Default `auto`.
+    /// Env: `SWARM_CONCURRENCY`.
     #[serde(deserialize_with = "concurrency_setting")]
     pub concurrency: usize,
     /// Agent types this worker takes, for a dedicated pool; empty takes all. Env:
@@ -434,7 +435,7 @@ fn concurrency_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, 
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            concurrency: 64,
+            concurrency: crate::scale::auto_concurrency(),
             agents: Vec::new(),
             exclude_agents: Vec::new(),
             fetch_batch: 64,

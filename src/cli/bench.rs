@@ -30,9 +30,10 @@ pub struct Args {
     /// Worker processes (`swarmd worker`) to start.
     #[arg(long, short, default_value_t = 2)]
     workers: usize,
-    /// Tasks each worker runs at once.
-    #[arg(long, default_value_t = 256)]
-    concurrency: usize,
+    /// Tasks each worker runs at once; by default what a plain `swarmd worker` runs (its
+    /// `auto` sizing, or `SWARM_CONCURRENCY`), so the figure is what the defaults deliver.
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Keep the legacy Redis mirror off.
     #[arg(long)]
     no_mirror: bool,
@@ -218,7 +219,7 @@ async fn bench(
         tasks,
         agent: args.agent.clone(),
         workers: args.workers,
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.unwrap_or(settings.worker.concurrency),
         mirror: !args.no_mirror,
         enqueue_per_sec,
         burn_down_per_sec: tasks as f64 / elapsed,
@@ -234,9 +235,12 @@ fn spawn_workers(settings: &Settings, args: &Args) -> anyhow::Result<Vec<tokio::
     let exe = std::env::current_exe().context("locating the swarmd binary")?;
     (0..args.workers)
         .map(|_| {
-            tokio::process::Command::new(&exe)
-                .args(["worker", "--no-migrate", "--concurrency"])
-                .arg(args.concurrency.to_string())
+            let mut worker = tokio::process::Command::new(&exe);
+            worker.args(["worker", "--no-migrate"]);
+            if let Some(concurrency) = args.concurrency {
+                worker.arg("--concurrency").arg(concurrency.to_string());
+            }
+            worker
                 .env("SWARM_NATS_URL", settings.nats.url.expose())
                 .env("SWARM_STREAM", &settings.nats.stream)
                 .env("SWARM_SUBJECT_PREFIX", &settings.nats.subject_prefix)

@@ -24,6 +24,9 @@ pub struct Executor {
     default_timeout: Duration,
     cache: Option<Arc<ResultCache>>,
     max_result_bytes: usize,
+    /// Permits of CPU-bound agents: two per core, however many slots the worker has, so
+    /// hundreds of slots never mean hundreds of busy threads.
+    cpu: Arc<tokio::sync::Semaphore>,
 }
 
 /// Largest result stored unless configured otherwise (`worker.max_result_bytes`).
@@ -37,6 +40,9 @@ impl Executor {
             default_timeout,
             cache: None,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            cpu: Arc::new(tokio::sync::Semaphore::new(
+                crate::scale::available_cores() * 2,
+            )),
         }
     }
 
@@ -89,15 +95,25 @@ impl Executor {
         };
         let run = async {
             if agent.cpu_bound() {
-                // On the blocking pool: the deadline below can fire while it computes.
+                // On the blocking pool: the deadline below can fire while it computes (or
+                // while it waits for a permit).
+                let permit = self
+                    .cpu
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the CPU permits are never closed");
                 let (agent, data, context) = (agent.clone(), task.data.clone(), context.clone());
                 let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || handle.block_on(agent.run(&data, &context)))
-                    .await
-                    .map_err(|joined| match joined.try_into_panic() {
-                        Ok(panic) => panic,
-                        Err(_) => Box::new("the agent's blocking task was cancelled"),
-                    })
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    handle.block_on(agent.run(&data, &context))
+                })
+                .await
+                .map_err(|joined| match joined.try_into_panic() {
+                    Ok(panic) => panic,
+                    Err(_) => Box::new("the agent's blocking task was cancelled"),
+                })
             } else {
                 // A panicking agent is a failed attempt like any other, not a dead worker loop.
                 std::panic::AssertUnwindSafe(agent.run(&task.data, &context))
