@@ -47,7 +47,14 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Fill the table with this many finished tasks first (generated in PostgreSQL, then
+    /// vacuumed), to measure how the fleet ages as history grows.
+    #[arg(long, default_value_t = 0)]
+    history: u64,
 }
+
+/// `worker_id` of the rows `--history` makes, so the figures leave them out.
+const HISTORY_WORKER: &str = "bench-history";
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -57,6 +64,8 @@ struct Report {
     workers: usize,
     concurrency: usize,
     mirror: bool,
+    /// Finished rows in the table before the run.
+    history: u64,
     enqueue_per_sec: f64,
     burn_down_per_sec: f64,
     latency_ms: Latency,
@@ -82,7 +91,10 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     settings.redis.key_prefix = format!("bench:{tag}:");
     settings.redis.mirror = !args.no_mirror;
     let (store, broker) = super::connect_fleet(&settings, true).await?;
-    let outcome = bench(&settings, &args, &broker, &store).await;
+    let outcome = match fill_history(&store, args.history).await {
+        Ok(()) => bench(&settings, &args, &broker, &store).await,
+        Err(error) => Err(error),
+    };
     cleanup(&settings, &broker, &store).await;
     let report = outcome?;
     if args.json {
@@ -164,10 +176,13 @@ async fn bench(
             .sum();
         bar.set_position((tasks as u64).saturating_sub(left));
         if left == 0 {
-            let (done,): (i64,) =
-                sqlx::query_as("SELECT count(*) FROM tasks WHERE status IN ('completed', 'dead')")
-                    .fetch_one(store.primary())
-                    .await?;
+            let (done,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM tasks WHERE status IN ('completed', 'dead')
+                        AND worker_id IS DISTINCT FROM $1",
+            )
+            .bind(HISTORY_WORKER)
+            .fetch_one(store.primary())
+            .await?;
             if done as usize >= tasks {
                 break;
             }
@@ -184,9 +199,10 @@ async fn bench(
     // streams, which takes seconds on a busy cluster) is not burn-down.
     let (elapsed,): (f64,) = sqlx::query_as(
         "SELECT extract(epoch FROM max(completed_at) - greatest(min(started_at), $1))::float8
-           FROM tasks",
+           FROM tasks WHERE worker_id IS DISTINCT FROM $2",
     )
     .bind(started_at)
+    .bind(HISTORY_WORKER)
     .fetch_one(store.primary())
     .await?;
     bar.finish_and_clear();
@@ -205,7 +221,7 @@ async fn bench(
                     percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
                     max(ms) AS max
                FROM (SELECT extract(epoch FROM {until} - created_at)::float8 * 1000 AS ms
-                       FROM tasks) AS t"
+                       FROM tasks WHERE worker_id IS DISTINCT FROM '{HISTORY_WORKER}') AS t"
         )
     };
     let latency: Latency = sqlx::query_as(sqlx::AssertSqlSafe(percentiles("completed_at")))
@@ -221,6 +237,7 @@ async fn bench(
         workers: args.workers,
         concurrency: args.concurrency.unwrap_or(settings.worker.concurrency),
         mirror: !args.no_mirror,
+        history: args.history,
         enqueue_per_sec,
         burn_down_per_sec: tasks as f64 / elapsed,
         latency_ms: latency,
@@ -228,6 +245,48 @@ async fn bench(
         worker_cpu_ms_per_task: cpu_ms / tasks as f64,
         worker_peak_rss_mib: peak_rss_kib as f64 / 1024.0,
     })
+}
+
+/// Inserts `rows` finished tasks (in statements of a million, generated server-side), then
+/// vacuums and analyzes the table, as months of history would leave it.
+async fn fill_history(store: &Store, rows: u64) -> anyhow::Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(rows);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>10} {wide_bar} {pos}/{len}")
+            .expect("static template"),
+    );
+    bar.set_message("history");
+    let mut done = 0;
+    while done < rows {
+        let chunk = (rows - done).min(1_000_000);
+        sqlx::query(
+            "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
+                                result, worker_id, created_at, started_at, completed_at,
+                                updated_at)
+             SELECT gen_random_uuid(), 'echo', (g % 10)::int2, jsonb_build_object('n', g),
+                    'completed', 1, 3, jsonb_build_object('n', g), $3, t, t, t, t
+               FROM generate_series($1::bigint, $2::bigint) AS g,
+                    LATERAL (SELECT now() - make_interval(secs => g::float8 / 100)) AS at(t)",
+        )
+        .bind(done as i64)
+        .bind((done + chunk - 1) as i64)
+        .bind(HISTORY_WORKER)
+        .execute(store.primary())
+        .await
+        .context("filling the history")?;
+        done += chunk;
+        bar.set_position(done);
+    }
+    bar.set_message("vacuum");
+    sqlx::query("VACUUM ANALYZE tasks")
+        .execute(store.primary())
+        .await
+        .context("vacuuming the history")?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// Starts `swarmd worker` processes on the benchmark's private resources.
@@ -311,6 +370,12 @@ fn print_table(report: &Report) {
         report.concurrency,
         if report.mirror { "on" } else { "off" }
     );
+    if report.history > 0 {
+        println!(
+            "{} finished rows in the table before the run",
+            report.history
+        );
+    }
     println!(
         "  enqueue            {:>10.0} tasks/s",
         report.enqueue_per_sec
