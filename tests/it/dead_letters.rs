@@ -187,3 +187,34 @@ async fn a_raw_message_cannot_be_replayed_and_says_why() {
     assert!(stderr.contains("never decoded"), "{stderr}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_one_dead_letter_twice_runs_the_task_once() {
+    let env = TestEnv::new().await;
+    let doomed = TaskEnvelope::new("fail", json!({"permanent": true}));
+    env.broker.publish(&doomed, Codec::Json).await.unwrap();
+    let worker = env.spawn(env.worker());
+    let letters = env.wait_dead_letters(1, Duration::from_secs(10)).await;
+    worker.stop().await;
+    let stored = letters.into_iter().next().unwrap();
+    let dead_letters = env.dead_letters();
+    // Two clients (or one that retried) replay the same record at once.
+    let (first, second) = tokio::join!(
+        swarm_director::dlq::replay(&env.broker, &dead_letters, &stored),
+        swarm_director::dlq::replay(&env.broker, &dead_letters, &stored),
+    );
+    let ids: Vec<uuid::Uuid> = [first, second].into_iter().filter_map(Result::ok).collect();
+    assert!(!ids.is_empty());
+    assert!(ids.iter().all(|id| *id == ids[0]), "one replay id: {ids:?}");
+    let worker = env.spawn(env.worker());
+    let rows = env.wait_finished(&ids[..1], Duration::from_secs(10)).await;
+    let counts = worker.stop().await;
+    assert_eq!(rows[0].attempts, 1, "the replay ran once");
+    assert_eq!(
+        crate::support::count(&counts.dead),
+        1,
+        "one delivery of the replay"
+    );
+    assert_eq!(env.stream_messages().await, 0);
+    env.cleanup().await;
+}
