@@ -8,4 +8,6 @@ mod tasks;
 
 pub use pool::{Store, StoreError};
 pub use router::ReadFrom;
-pub use tasks::{AgentSummary, Claim, Claimed, Settled, SettledStatus, TaskRecord, TaskStatus};
+pub use tasks::{
+    AgentSummary, Claim, Claimed, Origin, Settled, SettledStatus, TaskRecord, TaskStatus,
+};

@@ -96,6 +96,40 @@ pub struct Settled {
     pub status: SettledStatus,
     pub result: Option<Value>,
     pub error: Option<String>,
+    /// The row to create when this outcome is the task's first write.
+    pub origin: Origin,
+}
+
+/// What a task's row holds besides its outcome: a first delivery is not claimed, so its
+/// outcome may be the row's first write (one statement per task on the hot path).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub agent_type: String,
+    pub priority: i16,
+    pub data: Value,
+    pub max_attempts: i32,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub replay_of: Option<Uuid>,
+    pub trace_id: Option<String>,
+    /// When this attempt began.
+    pub started_at: DateTime<Utc>,
+}
+
+impl Origin {
+    pub fn of(task: &TaskEnvelope, trace_id: Option<String>, started_at: DateTime<Utc>) -> Self {
+        Self {
+            agent_type: task.agent_type.clone(),
+            priority: i16::from(task.priority),
+            data: task.data.clone(),
+            max_attempts: task.max_attempts as i32,
+            idempotency_key: task.idempotency_key.clone(),
+            created_at: task.created_at,
+            replay_of: task.replay_of,
+            trace_id,
+            started_at,
+        }
+    }
 }
 
 /// A task row as read back.
@@ -192,6 +226,28 @@ impl Store {
             .collect())
     }
 
+    /// Of `ids`, those whose row is already `completed` or `dead`: a first delivery of one is
+    /// a duplicate (re-published after the broker's de-duplication window) to acknowledge
+    /// without running. Read-only: first deliveries write nothing before their outcome.
+    pub async fn finished_among(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // One primary-key probe per id (a LATERAL with LIMIT is never turned into a scan of
+        // the table, nor of the status index over every finished row), whatever the size of
+        // the table when the plan was made.
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT u.id FROM UNNEST($1::uuid[]) AS u(id)
+              CROSS JOIN LATERAL (SELECT status FROM tasks WHERE tasks.id = u.id LIMIT 1) AS t
+              WHERE t.status IN ('completed', 'dead')",
+        )
+        .bind(ids)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("looking for finished tasks"))?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// Records tasks accepted by the HTTP API as `queued` (one statement), so they can be
     /// read before a worker claims them. Ids already known are left alone.
     pub async fn record_queued(&self, tasks: &[TaskEnvelope]) -> Result<(), StoreError> {
@@ -240,7 +296,9 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Stores a batch of outcomes in one statement and returns the ids it applied.
+    /// Stores a batch of outcomes in one statement and returns the ids it applied: the row
+    /// is created from the outcome's [`Origin`] when the task has none yet (a first
+    /// delivery), updated otherwise.
     ///
     /// An outcome is fenced off (not applied) when the row is already `completed` or `dead`,
     /// or when a failure belongs to an older attempt than the row's latest claim: a late
@@ -258,24 +316,49 @@ impl Store {
         let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
         let results: Vec<Option<&Value>> = outcomes.iter().map(|o| o.result.as_ref()).collect();
         let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+        let origins: Vec<&Origin> = outcomes.iter().map(|o| &o.origin).collect();
+        let agent_types: Vec<&str> = origins.iter().map(|o| o.agent_type.as_str()).collect();
+        let priorities: Vec<i16> = origins.iter().map(|o| o.priority).collect();
+        let data: Vec<&Value> = origins.iter().map(|o| &o.data).collect();
+        let max_attempts: Vec<i32> = origins.iter().map(|o| o.max_attempts).collect();
+        let keys: Vec<Option<&str>> = origins
+            .iter()
+            .map(|o| o.idempotency_key.as_deref())
+            .collect();
+        let created: Vec<DateTime<Utc>> = origins.iter().map(|o| o.created_at).collect();
+        let replay_of: Vec<Option<Uuid>> = origins.iter().map(|o| o.replay_of).collect();
+        let trace_ids: Vec<Option<&str>> = origins.iter().map(|o| o.trace_id.as_deref()).collect();
+        let started: Vec<DateTime<Utc>> = origins.iter().map(|o| o.started_at).collect();
         let rows: Vec<(Uuid,)> = sqlx::query_as(
-            "UPDATE tasks
-                SET status = t.status,
-                    attempts = GREATEST(tasks.attempts, t.attempt),
-                    result = t.result,
-                    last_error = COALESCE(t.error, tasks.last_error),
-                    errors = CASE WHEN t.error IS NULL THEN tasks.errors
-                             ELSE tasks.errors || jsonb_build_array(jsonb_build_object(
-                                  'attempt', t.attempt, 'error', t.error, 'at', now()))
-                             END,
-                    worker_id = $6,
-                    completed_at = CASE WHEN t.status IN ('completed', 'dead') THEN now() END,
+            "INSERT INTO tasks AS tasks
+                    (id, agent_type, priority, data, status, attempts, max_attempts,
+                     idempotency_key, created_at, replay_of, trace_id, worker_id, started_at,
+                     result, last_error, errors, completed_at, updated_at)
+             SELECT t.id, t.agent_type, t.priority, t.data, t.status, t.attempt,
+                    t.max_attempts, t.idempotency_key, t.created_at, t.replay_of, t.trace_id,
+                    $6, t.started_at, t.result, t.error,
+                    CASE WHEN t.error IS NULL THEN '[]'::jsonb
+                         ELSE jsonb_build_array(jsonb_build_object(
+                              'attempt', t.attempt, 'error', t.error, 'at', now())) END,
+                    CASE WHEN t.status IN ('completed', 'dead') THEN now() END, now()
+               FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
+                           $7::text[], $8::int2[], $9::jsonb[], $10::int4[], $11::text[],
+                           $12::timestamptz[], $13::uuid[], $14::text[], $15::timestamptz[])
+                    AS t(id, attempt, status, result, error, agent_type, priority, data,
+                         max_attempts, idempotency_key, created_at, replay_of, trace_id,
+                         started_at)
+             ON CONFLICT (id) DO UPDATE
+                SET status = EXCLUDED.status,
+                    attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
+                    result = EXCLUDED.result,
+                    last_error = COALESCE(EXCLUDED.last_error, tasks.last_error),
+                    errors = tasks.errors || EXCLUDED.errors,
+                    worker_id = EXCLUDED.worker_id,
+                    started_at = COALESCE(tasks.started_at, EXCLUDED.started_at),
+                    completed_at = EXCLUDED.completed_at,
                     updated_at = now()
-               FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[])
-                    AS t(id, attempt, status, result, error)
-              WHERE tasks.id = t.id
-                AND tasks.status NOT IN ('completed', 'dead')
-                AND (t.status = 'completed' OR tasks.attempts <= t.attempt)
+              WHERE tasks.status NOT IN ('completed', 'dead')
+                AND (EXCLUDED.status = 'completed' OR tasks.attempts <= EXCLUDED.attempts)
              RETURNING tasks.id",
         )
         .bind(&ids)
@@ -284,6 +367,15 @@ impl Store {
         .bind(&results)
         .bind(&errors)
         .bind(worker_id)
+        .bind(&agent_types)
+        .bind(&priorities)
+        .bind(&data)
+        .bind(&max_attempts)
+        .bind(&keys)
+        .bind(&created)
+        .bind(&replay_of)
+        .bind(&trace_ids)
+        .bind(&started)
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("settling tasks"))?;

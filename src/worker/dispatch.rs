@@ -32,8 +32,11 @@ use crate::{
     fault::{Bisection, Classify, Fault},
     metrics::Metrics,
     mirror::MirrorEvent,
-    store::{Claim, Claimed, StoreError},
+    store::{Claim, Claimed, Store, StoreError},
 };
+
+/// A first delivery still running after this long is written as `processing`.
+const PROCESSING_AFTER: Duration = Duration::from_millis(500);
 
 /// Turns one fetched batch into running tasks and settlements.
 pub(super) struct Dispatch<'a> {
@@ -176,6 +179,7 @@ impl Dispatch<'_> {
             }
             running.spawn(run_one(
                 worker.executor.clone(),
+                worker.store.clone(),
                 p,
                 self.settle_tx.clone(),
                 self.abandon_rx.clone(),
@@ -185,24 +189,56 @@ impl Dispatch<'_> {
         }
     }
 
-    /// Claims the batch, holding it (leases renewed) while the database is away and
-    /// splitting it around tasks the database refuses for their values: those become dead
-    /// letters (`unstorable`) and leave `pending`. Returns the tasks that may run; `None`
-    /// when shutdown began while holding (the batch was handed back).
+    /// Decides which tasks of the batch may run, holding the batch (leases renewed) while
+    /// the database is away. First deliveries write nothing yet — their outcome is their
+    /// row's first write — and are only looked up, so a task already finished (re-published
+    /// after the de-duplication window) is not run again. Redeliveries are claimed as
+    /// `processing` (a row, the errors of earlier attempts); a batch of them is split around
+    /// a task the database refuses for its values, which becomes a dead letter
+    /// (`unstorable`) and leaves `pending`. `None` when shutdown began while holding (the
+    /// batch was handed back).
     async fn claim(&self, pending: &mut Vec<Pending>) -> Option<HashMap<Uuid, Claimed>> {
         let worker = self.worker;
         let mut hold = Hold::new(worker.held.clone());
         let mut stop = self.shutdown_rx.clone();
         let mut runnable = HashMap::with_capacity(pending.len());
+        let first: Vec<Uuid> = pending
+            .iter()
+            .filter(|p| p.delivery.attempt() == 1)
+            .map(|p| p.delivery.task.id)
+            .collect();
+        let finished = loop {
+            match worker.store.finished_among(&first).await {
+                Ok(finished) => break finished,
+                Err(error) => {
+                    tracing::error!(%error, "cannot look tasks up; holding the batch");
+                    if !self.hold_or_hand_back(&mut hold, pending, &mut stop).await {
+                        return None;
+                    }
+                }
+            }
+        };
+        hold.recovered();
+        let started_at = chrono::Utc::now();
+        for id in first.into_iter().filter(|id| !finished.contains(id)) {
+            let claimed = Claimed {
+                previous_errors: Vec::new(),
+                started_at,
+            };
+            runnable.insert(id, claimed);
+        }
+        let redelivered: Vec<usize> = (0..pending.len())
+            .filter(|&i| pending[i].delivery.attempt() > 1)
+            .collect();
         let mut refused: Vec<(usize, StoreError)> = Vec::new();
-        let mut bisection = Bisection::new(pending.len());
+        let mut bisection = Bisection::new(redelivered.len());
         while let Some(range) = bisection.next() {
-            let claims: Vec<Claim> = pending[range.clone()]
+            let claims: Vec<Claim> = redelivered[range.clone()]
                 .iter()
-                .map(|p| Claim {
-                    task: &p.delivery.task,
-                    attempt: p.delivery.attempt(),
-                    trace_id: crate::telemetry::trace_id(&p.delivery.trace),
+                .map(|&i| Claim {
+                    task: &pending[i].delivery.task,
+                    attempt: pending[i].delivery.attempt(),
+                    trace_id: crate::telemetry::trace_id(&pending[i].delivery.trace),
                 })
                 .collect();
             match worker.store.claim(&claims, &worker.worker_id).await {
@@ -212,22 +248,11 @@ impl Dispatch<'_> {
                     hold.recovered();
                 }
                 Err(error) if error.fault() == Fault::Permanent => {
-                    refused.extend(bisection.failed().map(|i| (i, error)));
+                    refused.extend(bisection.failed().map(|i| (redelivered[i], error)));
                 }
                 Err(error) => {
                     tracing::error!(%error, "claim failed; holding the batch");
-                    let ackers: Vec<&Acker> = pending.iter().map(|p| &p.acker).collect();
-                    if !hold.wait(ackers, &mut stop).await {
-                        for p in pending.drain(..) {
-                            self.settle(
-                                p.acker,
-                                Record::Nothing,
-                                AckKind::Nak(None),
-                                "requeued",
-                                p.slot,
-                            )
-                            .await;
-                        }
+                    if !self.hold_or_hand_back(&mut hold, pending, &mut stop).await {
                         return None;
                     }
                 }
@@ -240,6 +265,31 @@ impl Dispatch<'_> {
             self.dead_letter_unstorable(p, &error).await;
         }
         Some(runnable)
+    }
+
+    /// Waits out a transient fault with the batch's leases renewed; at shutdown hands the
+    /// whole batch back instead and returns false.
+    async fn hold_or_hand_back(
+        &self,
+        hold: &mut Hold,
+        pending: &mut Vec<Pending>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let ackers: Vec<&Acker> = pending.iter().map(|p| &p.acker).collect();
+        if hold.wait(ackers, stop).await {
+            return true;
+        }
+        for p in pending.drain(..) {
+            self.settle(
+                p.acker,
+                Record::Nothing,
+                AckKind::Nak(None),
+                "requeued",
+                p.slot,
+            )
+            .await;
+        }
+        false
     }
 
     /// A task the database will not store: its dead letter, its message terminated.
@@ -285,6 +335,7 @@ impl Dispatch<'_> {
 /// Runs one claimed task, keeping its lease alive, and sends its settlement.
 async fn run_one(
     executor: Executor,
+    store: Store,
     pending: Pending,
     settle_tx: mpsc::Sender<Settlement>,
     mut abandon: watch::Receiver<bool>,
@@ -325,12 +376,28 @@ async fn run_one(
             tokio::time::Instant::now() + heartbeat,
             heartbeat.max(Duration::from_millis(100)),
         );
+        // A first delivery has no row yet; one still running after a moment is shown as
+        // `processing` (API, status, long tasks) with a claim of its own.
+        let show = tokio::time::sleep(PROCESSING_AFTER);
+        tokio::pin!(show);
+        let mut shown = delivery.attempt() > 1;
         loop {
             tokio::select! {
                 outcome = &mut run => break outcome,
                 _ = beat.tick() => {
                     // Still working: renew the lease so no second worker gets the task.
                     let _ = acker.ack_with(AckKind::Progress).await;
+                }
+                _ = &mut show, if !shown => {
+                    shown = true;
+                    let claim = Claim {
+                        task: &delivery.task,
+                        attempt: delivery.attempt(),
+                        trace_id: crate::telemetry::trace_id(&delivery.trace),
+                    };
+                    if let Err(error) = store.claim(&[claim], &worker_id).await {
+                        tracing::debug!(%error, "cannot show a long task as processing");
+                    }
                 }
                 _ = raised(&mut abandon) => break Outcome::Abandoned,
             }

@@ -11,7 +11,7 @@ use super::delivery::TaskDelivery;
 use crate::{
     dlq::{DeadLetter, DeadReason},
     mirror::MirrorEvent,
-    store::{Settled, SettledStatus},
+    store::{Origin, Settled, SettledStatus},
 };
 
 /// The result of running (or refusing to run) one delivery of a task.
@@ -60,6 +60,11 @@ impl Outcome {
             status,
             result: result.cloned(),
             error: error.map(|e| storable_text(e)),
+            origin: Origin::of(
+                &delivery.task,
+                crate::telemetry::trace_id(&delivery.trace),
+                delivery.started_at,
+            ),
         };
         match self {
             Outcome::Completed(result) => {

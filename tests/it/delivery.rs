@@ -181,7 +181,8 @@ async fn a_stalled_workers_late_result_is_fenced_off() {
         });
     });
     let stalled_counts = counts_rx.recv().unwrap();
-    while env.store.task(task.id).await.unwrap().is_none() {
+    // A has taken the task (a first delivery writes no row before its outcome).
+    while env.consumer_backlog().await.1 == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -212,4 +213,45 @@ async fn a_stalled_workers_late_result_is_fenced_off() {
     assert_eq!(count(&healthy_counts.completed), 1);
     assert_eq!(count(&stalled_counts.completed), 0);
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_first_delivery_shows_as_processing_while_it_runs() {
+    let env = TestEnv::new().await;
+    let quick = TaskEnvelope::new("echo", json!({"quick": true}));
+    let long = TaskEnvelope::new("sleep", json!({"ms": 2000}));
+    env.broker.publish(&quick, Codec::Json).await.unwrap();
+    env.broker.publish(&long, Codec::Json).await.unwrap();
+    let worker = env.spawn(env.worker());
+    let rows = env
+        .wait_finished(&[quick.id], Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].attempts),
+        ("completed", 1)
+    );
+    assert!(rows[0].started_at.is_some(), "the attempt's start is kept");
+    // The long one gets a `processing` row while it runs, then its outcome.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = env.store.task(long.id).await.unwrap();
+        if let Some(row) = row {
+            assert_eq!(row.status, "processing", "seen while running");
+            assert_eq!(row.worker_id.as_deref(), Some(worker_id(&env).as_str()));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no processing row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = env.wait_finished(&[long.id], Duration::from_secs(10)).await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].attempts),
+        ("completed", 1)
+    );
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+fn worker_id(env: &TestEnv) -> String {
+    env.settings.worker.worker_id()
 }

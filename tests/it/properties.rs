@@ -8,7 +8,7 @@ use proptest::{
 };
 use serde_json::{Map, Value};
 use swarm_director::{
-    store::{Claim, Settled, SettledStatus},
+    store::{Claim, Origin, Settled, SettledStatus},
     task::{Codec, TaskEnvelope},
 };
 
@@ -70,6 +70,7 @@ async fn whatever_validates_is_stored_and_read_back_unchanged() {
             status: SettledStatus::Completed,
             result: Some(decoded.data.clone()),
             error: None,
+            origin: Origin::of(&decoded, None, chrono::Utc::now()),
         };
         let applied = env.store.settle(&[settled], "prop").await;
         let applied = applied.unwrap_or_else(|e| panic!("settle refused {}: {e}", decoded.data));
