@@ -44,6 +44,8 @@ pub struct MirrorStats {
     pub failures: AtomicU64,
     /// Moves Redis refused for good (dropped alone; `mirror check` shows them).
     pub refused: AtomicU64,
+    /// Moves left out because a later move of the same task was in the same batch.
+    pub coalesced: AtomicU64,
     /// Rows rewritten by catch-ups.
     pub caught_up: AtomicU64,
     /// Milliseconds between a move and its write, for the last batch written.
@@ -145,11 +147,16 @@ impl Writer {
                     Ok(None) | Err(_) => break,
                 }
             }
+            let bytes: usize = batch.iter().map(|e| e.json.len()).sum();
+            let oldest = batch.iter().map(|e| e.at).min().unwrap_or_else(Utc::now);
+            let moves = batch.len();
+            let batch = coalesce(batch);
+            self.stats
+                .coalesced
+                .fetch_add((moves - batch.len()) as u64, Ordering::Relaxed);
             self.write_until_done(&batch).await;
             // Counted until written, so queue and batch together stay within the bound.
-            let bytes: usize = batch.iter().map(|e| e.json.len()).sum();
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            let oldest = batch.iter().map(|e| e.at).min().unwrap_or_else(Utc::now);
             let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
             self.stats.lag_ms.store(lag, Ordering::Relaxed);
             Metrics::global().mirror_lag_ms.set(lag as i64);
@@ -227,6 +234,33 @@ impl Writer {
     }
 }
 
+/// Keeps one move per task: the one of highest rank (the latest of the later ones when
+/// ranks tie). Moves are monotonic, so writing only the newest leaves the keys as writing
+/// all of them in order would: a task that finished within one batch goes straight from
+/// wherever it was to `completed_tasks`, one script call instead of three.
+pub fn coalesce(batch: Vec<MirrorEvent>) -> Vec<MirrorEvent> {
+    let mut newest: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(batch.len());
+    for (i, event) in batch.iter().enumerate() {
+        match newest.get(&event.id) {
+            Some(&kept) if batch[kept].rank > event.rank => {}
+            _ => {
+                newest.insert(event.id.clone(), i);
+            }
+        }
+    }
+    if newest.len() == batch.len() {
+        return batch;
+    }
+    let keep: std::collections::HashSet<usize> = newest.into_values().collect();
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, event)| event)
+        .collect()
+}
+
 /// Writes `events` in one pipeline. `force` ignores ranks and finality (rebuild).
 ///
 /// Fails when Redis does not answer or refuses a script.
@@ -271,5 +305,51 @@ pub async fn write(
             pipe.query_async::<()>(redis).await
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::event::Place;
+
+    fn event(id: &str, place: Place, rank: u64) -> MirrorEvent {
+        MirrorEvent {
+            id: id.into(),
+            place,
+            rank,
+            priority: 5,
+            json: format!("{id}:{rank}"),
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn one_move_per_task_the_newest() {
+        let batch = vec![
+            event("a", Place::Waiting, 2),
+            event("b", Place::Waiting, 2),
+            event("a", Place::Processing, 3),
+            event("a", Place::Completed, u64::MAX),
+            event("c", Place::Processing, 5),
+            event("c", Place::Waiting, 4),
+        ];
+        let kept = coalesce(batch);
+        let summary: Vec<(&str, u64)> = kept.iter().map(|e| (e.id.as_str(), e.rank)).collect();
+        assert_eq!(summary, vec![("b", 2), ("a", u64::MAX), ("c", 5)]);
+    }
+
+    #[test]
+    fn equal_ranks_keep_the_later_and_distinct_tasks_stay_in_order() {
+        let mut first = event("a", Place::Waiting, 2);
+        first.json = "first".into();
+        let mut second = event("a", Place::Waiting, 2);
+        second.json = "second".into();
+        let kept = coalesce(vec![first, event("b", Place::Waiting, 2), second]);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].id, "b");
+        assert_eq!(kept[1].json, "second");
+        let distinct = vec![event("x", Place::Waiting, 2), event("y", Place::Waiting, 2)];
+        assert_eq!(coalesce(distinct.clone()), distinct);
     }
 }
