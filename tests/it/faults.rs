@@ -141,27 +141,7 @@ async fn a_nats_restart_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
     let env = TestEnv::new().await;
-    let upstream = {
-        let url = env.settings.database.url.expose();
-        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
-        format!("{}:{}", options.get_host(), options.get_port())
-    };
-    let proxy = TcpProxy::start(&upstream).await;
-    let mut proxied = env.settings.database.clone();
-    let url = env.settings.database.url.expose().replace(
-        &format!("{upstream}/"),
-        &format!("127.0.0.1:{}/", proxy.port()),
-    );
-    assert_ne!(
-        url,
-        env.settings.database.url.expose(),
-        "URL routed through the proxy"
-    );
-    proxied.url = swarm_director::config::SecretUrl::new(url);
-    proxied.acquire_timeout_secs = Some(1);
-    let store = swarm_director::store::Store::connect(&proxied)
-        .await
-        .unwrap();
+    let (proxy, store) = proxied_store(&env).await;
     let worker = swarm_director::worker::Worker::new(
         env.broker.clone(),
         store,
@@ -210,11 +190,16 @@ async fn proxied_store(env: &TestEnv) -> (TcpProxy, swarm_director::store::Store
     };
     let proxy = TcpProxy::start(&upstream).await;
     let mut proxied = env.settings.database.clone();
-    proxied.url =
-        swarm_director::config::SecretUrl::new(env.settings.database.url.expose().replace(
-            &format!("{upstream}/"),
-            &format!("127.0.0.1:{}/", proxy.port()),
-        ));
+    let url = env.settings.database.url.expose().replace(
+        &format!("{upstream}/"),
+        &format!("127.0.0.1:{}/", proxy.port()),
+    );
+    assert_ne!(
+        url,
+        env.settings.database.url.expose(),
+        "URL routed through the proxy"
+    );
+    proxied.url = swarm_director::config::SecretUrl::new(url);
     proxied.acquire_timeout_secs = Some(1);
     let store = swarm_director::store::Store::connect(&proxied)
         .await
@@ -433,22 +418,7 @@ async fn tasks_outliving_the_grace_period_are_handed_back_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
     let env = TestEnv::new().await;
-    let upstream = {
-        let options: sqlx::postgres::PgConnectOptions =
-            env.settings.database.url.expose().parse().unwrap();
-        format!("{}:{}", options.get_host(), options.get_port())
-    };
-    let proxy = TcpProxy::start(&upstream).await;
-    let mut proxied = env.settings.database.clone();
-    proxied.url =
-        swarm_director::config::SecretUrl::new(env.settings.database.url.expose().replace(
-            &format!("{upstream}/"),
-            &format!("127.0.0.1:{}/", proxy.port()),
-        ));
-    proxied.acquire_timeout_secs = Some(1);
-    let store = swarm_director::store::Store::connect(&proxied)
-        .await
-        .unwrap();
+    let (proxy, store) = proxied_store(&env).await;
     let worker = env.spawn(swarm_director::worker::Worker::new(
         env.broker.clone(),
         store,
