@@ -339,11 +339,7 @@ async fn hostile_values_get_a_422_naming_the_rule_and_leave_no_row() {
 async fn a_batch_published_part_way_says_which_tasks_failed_and_leaves_no_orphan() {
     let env = TestEnv::new().await;
     // The stream takes three more messages, then refuses new ones.
-    let mut stream = env.stream().await;
-    let mut config = stream.info().await.unwrap().config.clone();
-    config.max_messages = 3;
-    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
-    env.broker.jetstream().update_stream(&config).await.unwrap();
+    env.cap_stream(3).await;
     let app = app(&env, Some("t"));
     let batch = json!({"tasks": (0..5).map(|i| json!({"agent_type": "echo", "data": i})).collect::<Vec<_>>()});
     let (status, body) = call(&app, post(batch.to_string(), Some("t"))).await;

@@ -692,11 +692,7 @@ async fn the_mirror_queue_is_bounded_in_bytes_while_redis_is_away() {
 async fn a_publish_the_stream_refuses_is_never_shown_waiting() {
     let env = TestEnv::new().await;
     // The stream takes one task, then refuses new ones.
-    let mut stream = env.stream().await;
-    let mut config = stream.info().await.unwrap().config.clone();
-    config.max_messages = 1;
-    config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
-    env.broker.jetstream().update_stream(&config).await.unwrap();
+    env.cap_stream(1).await;
     // A pool that leaves echo tasks alone, so the accepted one stays waiting.
     let fleet =
         env.spawn_assembled(env.legacy_worker(|s| s.worker.agents = vec!["quality".into()]));

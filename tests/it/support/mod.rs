@@ -189,6 +189,19 @@ impl TestEnv {
             .expect("stream exists")
     }
 
+    /// Makes this test's stream take `max_messages` in all and refuse further publishes.
+    pub async fn cap_stream(&self, max_messages: i64) {
+        let mut stream = self.stream().await;
+        let mut config = stream.info().await.expect("stream info").config.clone();
+        config.max_messages = max_messages;
+        config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+        self.broker
+            .jetstream()
+            .update_stream(&config)
+            .await
+            .expect("the stream takes the cap");
+    }
+
     /// Messages still stored in this test's stream.
     pub async fn stream_messages(&self) -> u64 {
         let mut stream = self.stream().await;
