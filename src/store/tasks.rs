@@ -305,7 +305,7 @@ impl Store {
     /// worker never overwrites a newer one.
     pub async fn settle(
         &self,
-        outcomes: &[Settled],
+        outcomes: &[&Settled],
         worker_id: &str,
     ) -> Result<HashSet<Uuid>, StoreError> {
         if outcomes.is_empty() {

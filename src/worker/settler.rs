@@ -373,17 +373,18 @@ async fn store_rows(
     abandon: &mut watch::Receiver<bool>,
 ) -> Option<HashSet<Uuid>> {
     let mut places: Vec<usize> = Vec::new();
-    let mut rows: Vec<Settled> = Vec::new();
-    for (i, settlement) in batch.iter_mut().enumerate() {
+    let mut rows: Vec<&Settled> = Vec::new();
+    for (i, settlement) in batch.iter().enumerate() {
         if settlement.row_stored || settlement.unstorable.is_some() {
             continue;
         }
         if let Record::Task(settled) | Record::Dead(settled, _) = &settlement.record {
             places.push(i);
-            rows.push(settled.clone());
+            rows.push(settled);
         }
     }
     let mut applied = HashSet::new();
+    let mut refused: Vec<(usize, String)> = Vec::new();
     let mut bisection = Bisection::new(rows.len());
     while let Some(range) = bisection.next() {
         match sinks
@@ -398,11 +399,10 @@ async fn store_rows(
             }
             Err(error) if error.fault() == Fault::Permanent => {
                 if let Some(i) = bisection.failed() {
-                    let settlement = &mut batch[places[i]];
                     tracing::error!(task_id = %rows[i].id, %error,
                         "the database refuses this outcome; dead-lettering the task");
-                    settlement.unstorable = Some(error.to_string());
                     Metrics::global().unstorable.inc();
+                    refused.push((places[i], error.to_string()));
                 }
             }
             Err(error) => {
@@ -413,6 +413,10 @@ async fn store_rows(
                 }
             }
         }
+    }
+    drop(rows);
+    for (place, why) in refused {
+        batch[place].unstorable = Some(why);
     }
     for i in places {
         batch[i].row_stored = batch[i].unstorable.is_none();

@@ -72,7 +72,7 @@ async fn whatever_validates_is_stored_and_read_back_unchanged() {
             error: None,
             origin: Origin::of(&decoded, None, chrono::Utc::now()),
         };
-        let applied = env.store.settle(&[settled], "prop").await;
+        let applied = env.store.settle(&[&settled], "prop").await;
         let applied = applied.unwrap_or_else(|e| panic!("settle refused {}: {e}", decoded.data));
         assert!(applied.contains(&decoded.id));
         let row = env.store.task(decoded.id).await.unwrap().unwrap();
