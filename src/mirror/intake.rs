@@ -109,9 +109,7 @@ impl Intake {
                     .arg(chunk)
                     .invoke_async(&mut self.redis)
                     .await?;
-                for member in taken {
-                    published += usize::from(self.take_in(&member).await?);
-                }
+                published += self.take_in(&taken).await?;
             }
             if next == 0 {
                 return Ok(published);
@@ -124,41 +122,79 @@ impl Intake {
     async fn reclaim_stale(&mut self) -> Result<usize, MirrorError> {
         let records: Vec<(String, i64)> = self.redis.hgetall(&self.keys.intake).await?;
         let cutoff = Utc::now().timestamp_millis() - RECLAIM_AFTER.as_millis() as i64;
+        let stale: Vec<String> = records
+            .into_iter()
+            .filter(|(_, taken_at)| *taken_at < cutoff)
+            .map(|(member, _)| member)
+            .collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        tracing::info!(
+            count = stale.len(),
+            "publishing legacy tasks claimed by a process that stopped"
+        );
         let mut published = 0;
-        for (member, taken_at) in records {
-            if taken_at < cutoff {
-                tracing::info!("publishing a legacy task claimed by a process that stopped");
-                published += usize::from(self.take_in(&member).await?);
-            }
+        for chunk in stale.chunks(CLAIM_CHUNK) {
+            published += self.take_in(chunk).await?;
         }
         Ok(published)
     }
 
-    /// Publishes one claimed member (or dead-letters it), then forgets the claim. Returns
-    /// whether a task was published.
-    async fn take_in(&mut self, member: &str) -> Result<bool, MirrorError> {
-        let published = match envelope_of(member) {
-            Ok(task) => match self.broker.publish(&task, Codec::Json).await {
+    /// Publishes claimed members (acknowledgements awaited together, not one by one) or
+    /// dead-letters those that cannot be tasks, then forgets their claims in one command.
+    /// Returns how many tasks were published.
+    ///
+    /// Fails when NATS or Redis does not answer; the claims of members not yet published
+    /// stay recorded, so they are published again later.
+    async fn take_in(&mut self, members: &[String]) -> Result<usize, MirrorError> {
+        let mut tasks = Vec::with_capacity(members.len());
+        let mut owners = Vec::with_capacity(members.len());
+        let mut done: Vec<&str> = Vec::with_capacity(members.len());
+        for member in members {
+            match envelope_of(member) {
+                Ok(task) => {
+                    tasks.push(task);
+                    owners.push(member.as_str());
+                }
+                Err((reason, error)) => {
+                    self.reject(member, reason, &error).await?;
+                    done.push(member);
+                }
+            }
+        }
+        let results = self
+            .broker
+            .publish_many(&tasks, Codec::Json, CLAIM_CHUNK, || {})
+            .await;
+        let mut published = 0;
+        let mut transient = None;
+        for (member, result) in owners.into_iter().zip(results) {
+            match result {
                 Ok(_) => {
-                    crate::metrics::Metrics::global().legacy_intake.inc();
-                    true
+                    published += 1;
+                    done.push(member);
                 }
                 // The broker will never take this one (too large): it must not block the
                 // intake of every legacy task behind it.
                 Err(error) if error.fault() == Fault::Permanent => {
                     self.reject(member, DeadReason::PayloadTooLarge, &error.to_string())
                         .await?;
-                    false
+                    done.push(member);
                 }
-                Err(error) => return Err(MirrorError::Publish(error.to_string())),
-            },
-            Err((reason, error)) => {
-                self.reject(member, reason, &error).await?;
-                false
+                Err(error) => transient = Some(error),
             }
-        };
-        let _: () = self.redis.hdel(&self.keys.intake, member).await?;
-        Ok(published)
+        }
+        crate::metrics::Metrics::global()
+            .legacy_intake
+            .inc_by(published as u64);
+        if !done.is_empty() {
+            let _: () = self.redis.hdel(&self.keys.intake, &done).await?;
+        }
+        match transient {
+            Some(error) => Err(MirrorError::Publish(error.to_string())),
+            None => Ok(published),
+        }
     }
 
     /// Dead-letters a legacy task that cannot become a task, and shows it in
