@@ -67,7 +67,7 @@ impl TestEnv {
         let broker = Broker::connect(&settings.nats)
             .await
             .expect("NATS is running (make services)");
-        sweep_stale_streams(&broker).await;
+        sweep_stale_streams(&broker, &store).await;
         // A fresh cluster may still be electing its JetStream leader: retry a little.
         let deadline = Instant::now() + Duration::from_secs(20);
         while let Err(error) = broker.ensure_stream().await {
@@ -291,8 +291,8 @@ impl TestEnv {
 }
 
 /// Deletes test streams left by runs that panicked before their cleanup (older than an
-/// hour, so no running test loses its stream).
-async fn sweep_stale_streams(broker: &Broker) {
+/// hour, so no running test loses its stream), and their database schemas.
+async fn sweep_stale_streams(broker: &Broker, store: &Store) {
     use futures::StreamExt;
     let cutoff = chrono::Utc::now().timestamp() - 3600;
     let mut streams = broker.jetstream().streams();
@@ -304,6 +304,15 @@ async fn sweep_stale_streams(broker: &Broker) {
     }
     for name in stale {
         let _ = broker.jetstream().delete_stream(&name).await;
+        if let Some(tag) = name.strip_prefix("TEST_").filter(|t| !t.ends_with("_DLQ")) {
+            // Tags are 12 hex digits: safe to name in the statement.
+            if tag.chars().all(|c| c.is_ascii_hexdigit()) {
+                let drop = format!("DROP SCHEMA IF EXISTS test_{tag} CASCADE");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(store.primary())
+                    .await;
+            }
+        }
     }
 }
 
