@@ -201,15 +201,6 @@ impl Worker {
         if let Some((intake, every)) = self.intake.take() {
             sidecars.spawn(intake.run(every, stopped(stopping_rx.clone())));
         }
-        if !matches!(agents, crate::broker::AgentFilter::Only(_)) {
-            sidecars.spawn(super::strays::run(
-                self.broker.clone(),
-                self.dead_letters.clone(),
-                self.worker_id.clone(),
-                STRAY_SWEEP_INTERVAL,
-                stopped(stopping_rx.clone()),
-            ));
-        }
         sidecars.spawn(gauges::watch_liveness(
             self.liveness.clone(),
             stopped(stopping_rx.clone()),
@@ -239,6 +230,16 @@ impl Worker {
             }
         });
         set_up("the dead-letter stream", || self.dead_letters.ensure()).await?;
+        // After the dead-letter stream exists: the first sweep has somewhere to put strays.
+        if !matches!(agents, crate::broker::AgentFilter::Only(_)) {
+            sidecars.spawn(super::strays::run(
+                self.broker.clone(),
+                self.dead_letters.clone(),
+                self.worker_id.clone(),
+                STRAY_SWEEP_INTERVAL,
+                stopped(stopping_rx.clone()),
+            ));
+        }
         let (abandon_tx, abandon_rx) = watch::channel(false);
         let alarms = RetryAlarms::default();
         let (settle_tx, settler) = settler::spawn(
