@@ -1,5 +1,6 @@
 //! JetStream, the fleet's source of work: subject names, stream and consumer setup,
-//! publishing envelopes, and pulling them highest priority first.
+//! publishing envelopes, pulling them highest priority first, and finding messages stored
+//! on subjects no lane reads (strays).
 
 mod backlog;
 mod connection;
