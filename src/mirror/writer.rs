@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
-use super::{LegacyKeys, MirrorEvent, scripts};
+use super::{LegacyKeys, MirrorEvent, event::Place, scripts};
 use crate::{
     fault::{Bisection, Fault, redis_fault},
     metrics::Metrics,
@@ -30,6 +30,8 @@ const QUEUE: usize = 100_000;
 const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(2);
+/// How long a `processing` move waits for the same task's `completed` move to replace it.
+const HOLD_PROCESSING: Duration = Duration::from_millis(50);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -137,9 +139,24 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<MirrorEvent>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = Vec::with_capacity(BATCH);
-            batch.push(first);
+        // `processing` moves younger than HOLD_PROCESSING, kept back: most tasks finish
+        // within it, and their `completed` move then replaces them (one script call less).
+        let mut held: Vec<MirrorEvent> = Vec::new();
+        loop {
+            let first: Option<MirrorEvent> = if held.is_empty() {
+                rx.recv().await
+            } else {
+                // Timed out: no new move, but the held ones are due.
+                tokio::time::timeout(HOLD_PROCESSING, rx.recv())
+                    .await
+                    .unwrap_or_default()
+            };
+            let closed = first.is_none() && held.is_empty();
+            if closed {
+                return;
+            }
+            let mut batch = std::mem::take(&mut held);
+            batch.extend(first);
             let deadline = tokio::time::Instant::now() + LINGER;
             while batch.len() < BATCH {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -147,16 +164,24 @@ impl Writer {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let bytes: usize = batch.iter().map(|e| e.json.len()).sum();
             let oldest = batch.iter().map(|e| e.at).min().unwrap_or_else(Utc::now);
             let moves = batch.len();
-            let batch = coalesce(batch);
+            let bytes: usize = batch.iter().map(|e| e.json.len()).sum();
+            let now = Utc::now();
+            let hold_for = chrono::Duration::from_std(HOLD_PROCESSING).expect("a short hold");
+            let (young, due): (Vec<MirrorEvent>, Vec<MirrorEvent>) =
+                coalesce(batch).into_iter().partition(|e| {
+                    e.place == Place::Processing && now - e.at < hold_for && !rx.is_closed()
+                });
+            held = young;
+            let held_bytes: usize = held.iter().map(|e| e.json.len()).sum();
             self.stats
                 .coalesced
-                .fetch_add((moves - batch.len()) as u64, Ordering::Relaxed);
-            self.write_until_done(&batch).await;
-            // Counted until written, so queue and batch together stay within the bound.
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                .fetch_add((moves - due.len() - held.len()) as u64, Ordering::Relaxed);
+            self.write_until_done(&due).await;
+            // Counted until written (or replaced), so queue and batch stay within the bound.
+            self.queued_bytes
+                .fetch_sub(bytes - held_bytes, Ordering::Relaxed);
             let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
             self.stats.lag_ms.store(lag, Ordering::Relaxed);
             Metrics::global().mirror_lag_ms.set(lag as i64);
