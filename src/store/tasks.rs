@@ -104,28 +104,21 @@ pub struct Settled {
 /// outcome may be the row's first write (one statement per task on the hot path).
 #[derive(Debug, Clone)]
 pub struct Origin {
-    pub agent_type: String,
-    pub priority: i16,
-    pub data: Value,
-    pub max_attempts: i32,
-    pub idempotency_key: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub replay_of: Option<Uuid>,
+    /// The task as delivered, shared with the delivery (not copied).
+    pub task: std::sync::Arc<TaskEnvelope>,
     pub trace_id: Option<String>,
     /// When this attempt began.
     pub started_at: DateTime<Utc>,
 }
 
 impl Origin {
-    pub fn of(task: &TaskEnvelope, trace_id: Option<String>, started_at: DateTime<Utc>) -> Self {
+    pub fn of(
+        task: std::sync::Arc<TaskEnvelope>,
+        trace_id: Option<String>,
+        started_at: DateTime<Utc>,
+    ) -> Self {
         Self {
-            agent_type: task.agent_type.clone(),
-            priority: i16::from(task.priority),
-            data: task.data.clone(),
-            max_attempts: task.max_attempts as i32,
-            idempotency_key: task.idempotency_key.clone(),
-            created_at: task.created_at,
-            replay_of: task.replay_of,
+            task,
             trace_id,
             started_at,
         }
@@ -317,16 +310,16 @@ impl Store {
         let results: Vec<Option<&Value>> = outcomes.iter().map(|o| o.result.as_ref()).collect();
         let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
         let origins: Vec<&Origin> = outcomes.iter().map(|o| &o.origin).collect();
-        let agent_types: Vec<&str> = origins.iter().map(|o| o.agent_type.as_str()).collect();
-        let priorities: Vec<i16> = origins.iter().map(|o| o.priority).collect();
-        let data: Vec<&Value> = origins.iter().map(|o| &o.data).collect();
-        let max_attempts: Vec<i32> = origins.iter().map(|o| o.max_attempts).collect();
+        let agent_types: Vec<&str> = origins.iter().map(|o| o.task.agent_type.as_str()).collect();
+        let priorities: Vec<i16> = origins.iter().map(|o| i16::from(o.task.priority)).collect();
+        let data: Vec<&Value> = origins.iter().map(|o| &o.task.data).collect();
+        let max_attempts: Vec<i32> = origins.iter().map(|o| o.task.max_attempts as i32).collect();
         let keys: Vec<Option<&str>> = origins
             .iter()
-            .map(|o| o.idempotency_key.as_deref())
+            .map(|o| o.task.idempotency_key.as_deref())
             .collect();
-        let created: Vec<DateTime<Utc>> = origins.iter().map(|o| o.created_at).collect();
-        let replay_of: Vec<Option<Uuid>> = origins.iter().map(|o| o.replay_of).collect();
+        let created: Vec<DateTime<Utc>> = origins.iter().map(|o| o.task.created_at).collect();
+        let replay_of: Vec<Option<Uuid>> = origins.iter().map(|o| o.task.replay_of).collect();
         let trace_ids: Vec<Option<&str>> = origins.iter().map(|o| o.trace_id.as_deref()).collect();
         let started: Vec<DateTime<Utc>> = origins.iter().map(|o| o.started_at).collect();
         let rows: Vec<(Uuid,)> = sqlx::query_as(

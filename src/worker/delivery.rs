@@ -31,7 +31,8 @@ impl Rejection {
 /// A decoded task with what its delivery tells about it.
 #[derive(Debug, Clone)]
 pub struct TaskDelivery {
-    pub task: TaskEnvelope,
+    /// Shared with the outcome's row (no copy of the task's data per settlement).
+    pub task: std::sync::Arc<TaskEnvelope>,
     pub info: DeliveryInfo,
     /// Errors of earlier attempts, as stored in its row.
     pub previous_errors: Vec<AttemptError>,
@@ -63,7 +64,7 @@ impl TaskDelivery {
             reason,
             error: error.to_string(),
             attempts,
-            envelope: Some(self.task.clone()),
+            envelope: Some(self.task.as_ref().clone()),
             raw: None,
             source: self.info.source(),
             worker_id: worker_id.to_string(),

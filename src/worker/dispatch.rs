@@ -114,7 +114,7 @@ impl Dispatch<'_> {
                 }
                 Ok(task) => pending.push(Pending {
                     delivery: TaskDelivery {
-                        task,
+                        task: Arc::new(task),
                         trace: crate::telemetry::extract(message.headers.as_ref()),
                         info,
                         previous_errors: Vec::new(),

@@ -61,7 +61,7 @@ impl Outcome {
             result: result.cloned(),
             error: error.map(|e| storable_text(e)),
             origin: Origin::of(
-                &delivery.task,
+                delivery.task.clone(),
                 crate::telemetry::trace_id(&delivery.trace),
                 delivery.started_at,
             ),

@@ -70,7 +70,11 @@ async fn whatever_validates_is_stored_and_read_back_unchanged() {
             status: SettledStatus::Completed,
             result: Some(decoded.data.clone()),
             error: None,
-            origin: Origin::of(&decoded, None, chrono::Utc::now()),
+            origin: Origin::of(
+                std::sync::Arc::new(decoded.clone()),
+                None,
+                chrono::Utc::now(),
+            ),
         };
         let applied = env.store.settle(&[&settled], "prop").await;
         let applied = applied.unwrap_or_else(|e| panic!("settle refused {}: {e}", decoded.data));
