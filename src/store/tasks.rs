@@ -125,6 +125,45 @@ impl Origin {
     }
 }
 
+/// The envelope's fields of many tasks as column arrays, bound to `UNNEST(...)` by every
+/// statement that may create rows (claim, settle, queued).
+struct EnvelopeColumns<'a> {
+    ids: Vec<Uuid>,
+    agent_types: Vec<&'a str>,
+    priorities: Vec<i16>,
+    data: Vec<&'a Value>,
+    max_attempts: Vec<i32>,
+    keys: Vec<Option<&'a str>>,
+    created: Vec<DateTime<Utc>>,
+    replay_of: Vec<Option<Uuid>>,
+}
+
+impl<'a> EnvelopeColumns<'a> {
+    fn of(tasks: impl ExactSizeIterator<Item = &'a TaskEnvelope>) -> Self {
+        let mut columns = Self {
+            ids: Vec::with_capacity(tasks.len()),
+            agent_types: Vec::with_capacity(tasks.len()),
+            priorities: Vec::with_capacity(tasks.len()),
+            data: Vec::with_capacity(tasks.len()),
+            max_attempts: Vec::with_capacity(tasks.len()),
+            keys: Vec::with_capacity(tasks.len()),
+            created: Vec::with_capacity(tasks.len()),
+            replay_of: Vec::with_capacity(tasks.len()),
+        };
+        for task in tasks {
+            columns.ids.push(task.id);
+            columns.agent_types.push(&task.agent_type);
+            columns.priorities.push(i16::from(task.priority));
+            columns.data.push(&task.data);
+            columns.max_attempts.push(task.max_attempts as i32);
+            columns.keys.push(task.idempotency_key.as_deref());
+            columns.created.push(task.created_at);
+            columns.replay_of.push(task.replay_of);
+        }
+        columns
+    }
+}
+
 /// A task row as read back.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TaskRecord {
@@ -162,18 +201,8 @@ impl Store {
         if claims.is_empty() {
             return Ok(HashMap::new());
         }
-        let ids: Vec<Uuid> = claims.iter().map(|c| c.task.id).collect();
-        let agent_types: Vec<&str> = claims.iter().map(|c| c.task.agent_type.as_str()).collect();
-        let priorities: Vec<i16> = claims.iter().map(|c| i16::from(c.task.priority)).collect();
-        let data: Vec<&Value> = claims.iter().map(|c| &c.task.data).collect();
+        let columns = EnvelopeColumns::of(claims.iter().map(|c| c.task));
         let attempts: Vec<i32> = claims.iter().map(|c| c.attempt as i32).collect();
-        let max_attempts: Vec<i32> = claims.iter().map(|c| c.task.max_attempts as i32).collect();
-        let keys: Vec<Option<&str>> = claims
-            .iter()
-            .map(|c| c.task.idempotency_key.as_deref())
-            .collect();
-        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.task.created_at).collect();
-        let replay_of: Vec<Option<Uuid>> = claims.iter().map(|c| c.task.replay_of).collect();
         let trace_ids: Vec<Option<&str>> = claims.iter().map(|c| c.trace_id.as_deref()).collect();
         let rows: Vec<(Uuid, Value, DateTime<Utc>)> = sqlx::query_as(
             "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
@@ -193,16 +222,16 @@ impl Store {
               WHERE tasks.status NOT IN ('completed', 'dead')
              RETURNING id, errors, started_at",
         )
-        .bind(&ids)
-        .bind(&agent_types)
-        .bind(&priorities)
-        .bind(&data)
+        .bind(&columns.ids)
+        .bind(&columns.agent_types)
+        .bind(&columns.priorities)
+        .bind(&columns.data)
         .bind(&attempts)
-        .bind(&max_attempts)
-        .bind(&keys)
-        .bind(&created)
+        .bind(&columns.max_attempts)
+        .bind(&columns.keys)
+        .bind(&columns.created)
         .bind(worker_id)
-        .bind(&replay_of)
+        .bind(&columns.replay_of)
         .bind(&trace_ids)
         .fetch_all(&self.primary)
         .await
@@ -244,13 +273,7 @@ impl Store {
     /// Records tasks accepted by the HTTP API as `queued` (one statement), so they can be
     /// read before a worker claims them. Ids already known are left alone.
     pub async fn record_queued(&self, tasks: &[TaskEnvelope]) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
-        let agent_types: Vec<&str> = tasks.iter().map(|t| t.agent_type.as_str()).collect();
-        let priorities: Vec<i16> = tasks.iter().map(|t| i16::from(t.priority)).collect();
-        let data: Vec<&Value> = tasks.iter().map(|t| &t.data).collect();
-        let max_attempts: Vec<i32> = tasks.iter().map(|t| t.max_attempts as i32).collect();
-        let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.idempotency_key.as_deref()).collect();
-        let created: Vec<DateTime<Utc>> = tasks.iter().map(|t| t.created_at).collect();
+        let columns = EnvelopeColumns::of(tasks.iter());
         sqlx::query(
             "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
                                 idempotency_key, created_at)
@@ -262,13 +285,13 @@ impl Store {
                          created_at)
              ON CONFLICT (id) DO NOTHING",
         )
-        .bind(&ids)
-        .bind(&agent_types)
-        .bind(&priorities)
-        .bind(&data)
-        .bind(&max_attempts)
-        .bind(&keys)
-        .bind(&created)
+        .bind(&columns.ids)
+        .bind(&columns.agent_types)
+        .bind(&columns.priorities)
+        .bind(&columns.data)
+        .bind(&columns.max_attempts)
+        .bind(&columns.keys)
+        .bind(&columns.created)
         .execute(&self.primary)
         .await
         .map_err(StoreError::query("recording queued tasks"))?;
@@ -304,24 +327,16 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(HashSet::new());
         }
-        let ids: Vec<Uuid> = outcomes.iter().map(|o| o.id).collect();
+        let columns = EnvelopeColumns::of(outcomes.iter().map(|o| o.origin.task.as_ref()));
         let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt as i32).collect();
         let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
         let results: Vec<Option<&Value>> = outcomes.iter().map(|o| o.result.as_ref()).collect();
         let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-        let origins: Vec<&Origin> = outcomes.iter().map(|o| &o.origin).collect();
-        let agent_types: Vec<&str> = origins.iter().map(|o| o.task.agent_type.as_str()).collect();
-        let priorities: Vec<i16> = origins.iter().map(|o| i16::from(o.task.priority)).collect();
-        let data: Vec<&Value> = origins.iter().map(|o| &o.task.data).collect();
-        let max_attempts: Vec<i32> = origins.iter().map(|o| o.task.max_attempts as i32).collect();
-        let keys: Vec<Option<&str>> = origins
+        let trace_ids: Vec<Option<&str>> = outcomes
             .iter()
-            .map(|o| o.task.idempotency_key.as_deref())
+            .map(|o| o.origin.trace_id.as_deref())
             .collect();
-        let created: Vec<DateTime<Utc>> = origins.iter().map(|o| o.task.created_at).collect();
-        let replay_of: Vec<Option<Uuid>> = origins.iter().map(|o| o.task.replay_of).collect();
-        let trace_ids: Vec<Option<&str>> = origins.iter().map(|o| o.trace_id.as_deref()).collect();
-        let started: Vec<DateTime<Utc>> = origins.iter().map(|o| o.started_at).collect();
+        let started: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.origin.started_at).collect();
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "INSERT INTO tasks AS tasks
                     (id, agent_type, priority, data, status, attempts, max_attempts,
@@ -354,19 +369,19 @@ impl Store {
                 AND (EXCLUDED.status = 'completed' OR tasks.attempts <= EXCLUDED.attempts)
              RETURNING tasks.id",
         )
-        .bind(&ids)
+        .bind(&columns.ids)
         .bind(&attempts)
         .bind(&statuses)
         .bind(&results)
         .bind(&errors)
         .bind(worker_id)
-        .bind(&agent_types)
-        .bind(&priorities)
-        .bind(&data)
-        .bind(&max_attempts)
-        .bind(&keys)
-        .bind(&created)
-        .bind(&replay_of)
+        .bind(&columns.agent_types)
+        .bind(&columns.priorities)
+        .bind(&columns.data)
+        .bind(&columns.max_attempts)
+        .bind(&columns.keys)
+        .bind(&columns.created)
+        .bind(&columns.replay_of)
         .bind(&trace_ids)
         .bind(&started)
         .fetch_all(&self.primary)
