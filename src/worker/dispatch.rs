@@ -25,7 +25,7 @@ use super::{
     hold::Hold,
     outcome::Record,
     raised,
-    settler::{Settlement, TaskMeta},
+    settler::Settlement,
 };
 use crate::{
     dlq::DeadReason,
@@ -170,7 +170,10 @@ impl Dispatch<'_> {
                     Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
                 settlement.slot = Some(p.slot);
                 settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
-                settlement.meta = Some(TaskMeta::of(&p.delivery.task, worker.executor.registry()));
+                settlement.agent_label = worker
+                    .executor
+                    .registry()
+                    .label(&p.delivery.task.agent_type);
                 settlement.delivery = Some(Arc::new(p.delivery));
                 if self.settle_tx.send(settlement).await.is_err() {
                     tracing::error!("settler stopped; the message will be redelivered");
@@ -310,7 +313,11 @@ impl Dispatch<'_> {
         let mut settlement = Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
         settlement.slot = Some(p.slot);
         settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
-        settlement.meta = Some(TaskMeta::of(&p.delivery.task, worker.executor.registry()));
+        settlement.agent_label = worker
+            .executor
+            .registry()
+            .label(&p.delivery.task.agent_type);
+        settlement.delivery = Some(Arc::new(p.delivery));
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!("settler stopped; the message will be redelivered");
         }
@@ -415,7 +422,7 @@ async fn run_one(
     let record = outcome.record(&delivery, &worker_id);
     let mut settlement = Settlement::new(acker, record, outcome.ack_kind(), outcome.label());
     settlement.mirror = outcome.mirror_event(&delivery, &worker_id);
-    settlement.meta = Some(TaskMeta::of(&delivery.task, executor.registry()));
+    settlement.agent_label = executor.registry().label(&delivery.task.agent_type);
     settlement.span = span;
     settlement.slot = Some(slot);
     settlement.delivery = Some(Arc::new(delivery));

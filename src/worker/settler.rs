@@ -59,10 +59,8 @@ pub struct Settlement {
     pub slot: Option<OwnedSemaphorePermit>,
     /// The legacy-key move to make once the record is stored.
     pub mirror: Option<MirrorEvent>,
-    /// What the metrics need to know of the task, when it decoded.
-    pub meta: Option<TaskMeta>,
-    /// The agent type label of a message that did not decode (`unknown` unless its subject
-    /// names an agent served here).
+    /// The agent type as a metric label: a name an agent here serves, else `unknown`
+    /// (producers choose agent types; labels must not follow them).
     pub agent_label: &'static str,
     /// The task's `process` span: parent of the commit, mirror and ack spans.
     pub span: tracing::Span,
@@ -85,7 +83,6 @@ impl Settlement {
             label,
             slot: None,
             mirror: None,
-            meta: None,
             agent_label: "unknown",
             span: tracing::Span::none(),
             delivery: None,
@@ -114,25 +111,6 @@ impl Settlement {
         self.label = outcome.label();
         self.letter_published = false;
         self.row_stored = false;
-    }
-}
-
-/// The labels and clock of a task, for its metrics.
-#[derive(Debug, Clone)]
-pub struct TaskMeta {
-    /// The agent type as a label: `unknown` when no agent here serves it.
-    pub agent_type: &'static str,
-    pub priority: u8,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl TaskMeta {
-    pub fn of(task: &crate::task::TaskEnvelope, agents: &crate::agent::AgentRegistry) -> Self {
-        Self {
-            agent_type: agents.label(&task.agent_type),
-            priority: task.priority,
-            created_at: task.created_at,
-        }
     }
 }
 
@@ -448,11 +426,7 @@ fn record_metrics(settlement: &Settlement) {
         Record::Dead(_, letter) | Record::Rejected(letter) => Some(letter),
         _ => None,
     };
-    // Labels come from the registry, never from what a producer wrote.
-    let agent_type = settlement
-        .meta
-        .as_ref()
-        .map_or(settlement.agent_label, |meta| meta.agent_type);
+    let agent_type = settlement.agent_label;
     if let Some(letter) = letter {
         metrics
             .dead_letters
@@ -463,17 +437,17 @@ fn record_metrics(settlement: &Settlement) {
         .agent_tasks
         .with_label_values(&[agent_type, settlement.label])
         .inc();
-    if let Some(meta) = &settlement.meta
+    if let Some(task) = settlement.delivery.as_ref().map(|d| &d.task)
         && matches!(settlement.label, "completed" | "dead")
     {
-        let elapsed = (chrono::Utc::now() - meta.created_at)
+        let elapsed = (chrono::Utc::now() - task.created_at)
             .num_microseconds()
             .unwrap_or(0);
         metrics
             .end_to_end
             .with_label_values(&[
                 agent_type,
-                PRIORITY_LABELS[usize::from(meta.priority.min(9))],
+                PRIORITY_LABELS[usize::from(task.priority.min(9))],
             ])
             .observe(elapsed.max(0) as f64 / 1e6);
     }
