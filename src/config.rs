@@ -237,6 +237,12 @@ pub struct DatabaseSettings {
     /// Apply the embedded migrations when a worker starts. Default true.
     /// Env: `SWARM_MIGRATE_ON_START`.
     pub migrate_on_start: bool,
+    /// Days a finished task (`completed` or `dead`) is kept, in PostgreSQL and in the legacy
+    /// mirror's `completed_tasks` / `failed_tasks`; `0` keeps everything. Workers drop
+    /// expired days of `tasks` whole (one partition per day) once an hour; `swarmd prune`
+    /// does the same at once. Unfinished tasks are never removed. Default 7.
+    /// Env: `SWARM_RETENTION_DAYS`.
+    pub retention_days: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -250,7 +256,15 @@ impl Default for DatabaseSettings {
             acquire_timeout_secs: None,
             max_lifetime_secs: None,
             migrate_on_start: true,
+            retention_days: 7,
         }
+    }
+}
+
+impl DatabaseSettings {
+    /// How long a finished task is kept; `None` keeps everything.
+    pub fn retention(&self) -> Option<chrono::Duration> {
+        (self.retention_days > 0).then(|| chrono::Duration::days(i64::from(self.retention_days)))
     }
 }
 
@@ -567,6 +581,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_MIGRATE_ON_START") {
             self.database.migrate_on_start = parsed("SWARM_MIGRATE_ON_START", v)?;
+        }
+        if let Some(v) = get("SWARM_RETENTION_DAYS") {
+            self.database.retention_days = parsed("SWARM_RETENTION_DAYS", v)?;
         }
         if let Some(v) = get("SWARM_REDIS_URL") {
             self.redis.url = SecretUrl::new(v);

@@ -247,9 +247,22 @@ async fn bench(
     })
 }
 
-/// Inserts `rows` finished tasks (in statements of a million, generated server-side), then
+/// Creates the task partitions of today and the coming days, as workers do at start, and —
+/// when `rows` > 0 — of the days the history covers; then inserts `rows` finished tasks
+/// (100 per second of the past, in statements of a million, generated server-side), then
 /// vacuums and analyzes the table, as months of history would leave it.
 async fn fill_history(store: &Store, rows: u64) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let oldest = now - chrono::Duration::seconds((rows / 100) as i64);
+    let mut partitions = crate::store::PartitionReport::default();
+    store
+        .ensure_partitions(
+            oldest.date_naive(),
+            now.date_naive() + chrono::Days::new(crate::store::DAYS_AHEAD),
+            &mut partitions,
+        )
+        .await
+        .context("creating task partitions")?;
     if rows == 0 {
         return Ok(());
     }

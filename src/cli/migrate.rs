@@ -1,4 +1,5 @@
-//! `swarmd migrate`: apply the embedded migrations.
+//! `swarmd migrate`: apply the embedded migrations and create the coming days' task
+//! partitions.
 
 use anyhow::Context;
 
@@ -9,6 +10,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     store.migrate().await.context("applying migrations")?;
-    println!("migrations applied to schema {}", store.schema());
+    let report = store
+        .upkeep_partitions(chrono::Utc::now(), None)
+        .await
+        .context("creating task partitions")?;
+    println!(
+        "migrations applied to schema {} ({} task partitions created)",
+        store.schema(),
+        report.created.len()
+    );
     Ok(())
 }

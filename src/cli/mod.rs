@@ -7,6 +7,7 @@ mod dlq;
 mod migrate;
 mod mirror;
 mod processes;
+mod prune;
 mod publish;
 mod status;
 mod worker;
@@ -67,6 +68,8 @@ pub enum Command {
     Migrate,
     /// Check the legacy Redis keys against PostgreSQL, or rebuild them.
     Mirror(mirror::Args),
+    /// Remove finished tasks older than the retention period (workers do it hourly).
+    Prune(prune::Args),
 }
 
 /// Sets up logs and traces from the command line; call once, before `run`, inside the
@@ -89,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => dlq::run(settings, args).await,
         Command::Migrate => migrate::run(settings).await,
         Command::Mirror(args) => mirror::run(settings, args).await,
+        Command::Prune(args) => prune::run(settings, args).await,
     }
 }
 

@@ -19,6 +19,8 @@ pub struct LegacyKeys {
     pub mirror_state: String,
     /// Hash: member -> time taken, for legacy tasks claimed but not yet published.
     pub intake: String,
+    /// String with an expiry: held by the worker trimming finished entries this hour.
+    pub upkeep_lease: String,
 }
 
 impl LegacyKeys {
@@ -31,11 +33,12 @@ impl LegacyKeys {
             mirrored_waiting: format!("{prefix}swarm:mirror:waiting"),
             mirror_state: format!("{prefix}swarm:mirror:state"),
             intake: format!("{prefix}swarm:intake"),
+            upkeep_lease: format!("{prefix}swarm:upkeep"),
         }
     }
 
     /// Every key, for tests and `mirror rebuild`.
-    pub fn all(&self) -> [&str; 7] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.agent_tasks,
             &self.processing_tasks,
@@ -44,6 +47,7 @@ impl LegacyKeys {
             &self.mirrored_waiting,
             &self.mirror_state,
             &self.intake,
+            &self.upkeep_lease,
         ]
     }
 }

@@ -7,6 +7,7 @@
 //! - [`feeder`]: shows newly published tasks as waiting.
 //! - [`intake`]: takes in tasks that legacy producers `ZADD` to `agent_tasks`.
 //! - [`rebuild`]: `mirror check` (drift against PostgreSQL) and `mirror rebuild`.
+//! - [`retention`]: trims finished entries past the retention period.
 
 mod event;
 pub mod feeder;
@@ -14,6 +15,7 @@ pub mod intake;
 mod keys;
 pub mod legacy_json;
 pub mod rebuild;
+pub mod retention;
 mod scripts;
 mod writer;
 

@@ -3,11 +3,13 @@
 //! that touches many tasks is one round trip.
 
 mod pool;
+mod retention;
 mod router;
 mod tasks;
 
 pub use pool::{Store, StoreError};
+pub use retention::{DAYS_AHEAD, PartitionReport, partition_name};
 pub use router::ReadFrom;
 pub use tasks::{
-    AgentSummary, Claim, Claimed, Origin, Settled, SettledStatus, TaskRecord, TaskStatus,
+    AgentSummary, Claim, Claimed, Origin, RowKey, Settled, SettledStatus, TaskRecord, TaskStatus,
 };

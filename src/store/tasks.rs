@@ -52,6 +52,23 @@ impl std::str::FromStr for TaskStatus {
     }
 }
 
+/// What identifies a task's row: its id and its creation time (the partition key), both
+/// carried by every delivery of the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowKey {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+impl RowKey {
+    pub fn of(task: &TaskEnvelope) -> Self {
+        Self {
+            id: task.id,
+            created_at: task.created_at,
+        }
+    }
+}
+
 /// One delivery about to run.
 pub struct Claim<'a> {
     pub task: &'a TaskEnvelope,
@@ -215,7 +232,7 @@ impl Store {
                          $6::int4[], $7::text[], $8::timestamptz[], $10::uuid[], $11::text[])
                   AS t(id, agent_type, priority, data, attempts, max_attempts,
                        idempotency_key, created_at, replay_of, trace_id)
-             ON CONFLICT (id) DO UPDATE
+             ON CONFLICT (id, created_at) DO UPDATE
                 SET status = 'processing', attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
                     updated_at = now()
@@ -248,22 +265,27 @@ impl Store {
             .collect())
     }
 
-    /// Of `ids`, those whose row is already `completed` or `dead`: a first delivery of one is
-    /// a duplicate (re-published after the broker's de-duplication window) to acknowledge
+    /// Of `tasks`, those whose row is already `completed` or `dead`: a first delivery of one
+    /// is a duplicate (re-published after the broker's de-duplication window) to acknowledge
     /// without running. Read-only: first deliveries write nothing before their outcome.
-    pub async fn finished_among(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
-        if ids.is_empty() {
+    pub async fn finished_among(&self, tasks: &[RowKey]) -> Result<HashSet<Uuid>, StoreError> {
+        if tasks.is_empty() {
             return Ok(HashSet::new());
         }
-        // One primary-key probe per id (a LATERAL with LIMIT is never turned into a scan of
-        // the table, nor of the status index over every finished row), whatever the size of
-        // the table when the plan was made.
+        let (ids, created): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+            tasks.iter().map(|key| (key.id, key.created_at)).unzip();
+        // One primary-key probe per task in its day's partition (a LATERAL with LIMIT is
+        // never turned into a scan of the table, nor of an index over every finished row),
+        // whatever the size of the table when the plan was made.
         let rows: Vec<(Uuid,)> = sqlx::query_as(
-            "SELECT u.id FROM UNNEST($1::uuid[]) AS u(id)
-              CROSS JOIN LATERAL (SELECT status FROM tasks WHERE tasks.id = u.id LIMIT 1) AS t
+            "SELECT u.id FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, created_at)
+              CROSS JOIN LATERAL (SELECT status FROM tasks
+                                   WHERE tasks.id = u.id AND tasks.created_at = u.created_at
+                                   LIMIT 1) AS t
               WHERE t.status IN ('completed', 'dead')",
         )
-        .bind(ids)
+        .bind(&ids)
+        .bind(&created)
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("looking for finished tasks"))?;
@@ -283,7 +305,7 @@ impl Store {
                            $6::text[], $7::timestamptz[])
                     AS t(id, agent_type, priority, data, max_attempts, idempotency_key,
                          created_at)
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id, created_at) DO NOTHING",
         )
         .bind(&columns.ids)
         .bind(&columns.agent_types)
@@ -355,7 +377,7 @@ impl Store {
                     AS t(id, attempt, status, result, error, agent_type, priority, data,
                          max_attempts, idempotency_key, created_at, replay_of, trace_id,
                          started_at)
-             ON CONFLICT (id) DO UPDATE
+             ON CONFLICT (id, created_at) DO UPDATE
                 SET status = EXCLUDED.status,
                     attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     result = EXCLUDED.result,

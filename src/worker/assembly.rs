@@ -3,7 +3,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{Worker, WorkerError};
+use super::{
+    Worker, WorkerError,
+    upkeep::{LegacyMirror, Upkeep},
+};
 use crate::{
     agent::AgentRegistry,
     broker::Broker,
@@ -61,10 +64,11 @@ pub fn assemble(
         ScaleMeter::new(settings.scale.clone())
             .for_pool(settings.worker.agent_filter().unwrap_or_default()),
     ));
+    let upkeep = Upkeep::new(store.clone(), settings.database.retention());
     let redis_settings = &settings.redis;
     if !(redis_settings.mirror || redis_settings.intake || redis_settings.cache) {
         return Ok(Assembled {
-            worker,
+            worker: worker.with_upkeep(upkeep),
             mirror: None,
             mirror_writer: None,
         });
@@ -73,10 +77,16 @@ pub fn assemble(
     let keys = LegacyKeys::new(&redis_settings.key_prefix);
     let (mut mirror, mut mirror_writer) = (None, None);
     if redis_settings.mirror {
+        worker = worker.with_upkeep(upkeep.with_legacy(LegacyMirror {
+            redis: redis.clone(),
+            keys: keys.clone(),
+        }));
         let (handle, writer) = Mirror::spawn(redis.clone(), keys.clone(), store);
         worker = worker.with_mirror(handle.clone());
         mirror = Some(handle);
         mirror_writer = Some(writer);
+    } else {
+        worker = worker.with_upkeep(upkeep);
     }
     if redis_settings.intake {
         let intake = Intake::new(redis.clone(), keys, broker, worker.id().to_string());

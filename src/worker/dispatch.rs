@@ -32,7 +32,7 @@ use crate::{
     fault::{Bisection, Classify, Fault},
     metrics::Metrics,
     mirror::MirrorEvent,
-    store::{Claim, Claimed, Store, StoreError},
+    store::{Claim, Claimed, RowKey, Store, StoreError},
 };
 
 /// A first delivery still running after this long is written as `processing`.
@@ -205,10 +205,10 @@ impl Dispatch<'_> {
         let mut hold = Hold::new(worker.held.clone());
         let mut stop = self.shutdown_rx.clone();
         let mut runnable = HashMap::with_capacity(pending.len());
-        let first: Vec<Uuid> = pending
+        let first: Vec<RowKey> = pending
             .iter()
             .filter(|p| p.delivery.attempt() == 1)
-            .map(|p| p.delivery.task.id)
+            .map(|p| RowKey::of(&p.delivery.task))
             .collect();
         let finished = loop {
             match worker.store.finished_among(&first).await {
@@ -223,7 +223,11 @@ impl Dispatch<'_> {
         };
         hold.recovered();
         let started_at = chrono::Utc::now();
-        for id in first.into_iter().filter(|id| !finished.contains(id)) {
+        for id in first
+            .into_iter()
+            .map(|key| key.id)
+            .filter(|id| !finished.contains(id))
+        {
             let claimed = Claimed {
                 previous_errors: Vec::new(),
                 started_at,

@@ -12,6 +12,7 @@
 //! - [`hold`]: holding a batch through a transient fault, and the board of held batches.
 //! - [`liveness`]: whether the worker still makes progress (`/ready`, stall gauges).
 //! - [`dispatch`]: a fetched batch becomes claimed, running tasks.
+//! - [`upkeep`]: task partitions created and expired, the legacy mirror trimmed.
 //! - [`runner`]: the pull loop and graceful shutdown around them.
 
 pub mod alarm;
@@ -27,6 +28,7 @@ pub mod retry;
 pub mod runner;
 pub mod settler;
 pub mod strays;
+pub mod upkeep;
 
 pub use assembly::{Assembled, assemble};
 pub use executor::Executor;
@@ -34,6 +36,7 @@ pub use outcome::Outcome;
 pub use retry::RetryPolicy;
 pub use runner::{Worker, WorkerError};
 pub use settler::WorkerCounts;
+pub use upkeep::{Upkeep, UpkeepReport};
 
 /// Completes once `signal` is raised (shutdown began, or the grace period is over).
 async fn raised(signal: &mut tokio::sync::watch::Receiver<bool>) {

@@ -19,6 +19,7 @@ use super::{
     liveness::Liveness,
     raised,
     settler::{self, SettlerConfig, Sinks, WorkerCounts},
+    upkeep::{UPKEEP_INTERVAL, Upkeep},
 };
 use crate::{
     agent::AgentRegistry,
@@ -94,6 +95,7 @@ pub struct Worker {
     counts: Arc<WorkerCounts>,
     pub(super) mirror: Option<Mirror>,
     intake: Option<(Intake, Duration)>,
+    upkeep: Option<Upkeep>,
     meter: Arc<ScaleMeter>,
     pub(super) held: Arc<HeldBatches>,
     liveness: Arc<Liveness>,
@@ -131,6 +133,7 @@ impl Worker {
             counts: Arc::default(),
             mirror: None,
             intake: None,
+            upkeep: None,
             meter: Arc::default(),
         }
     }
@@ -150,6 +153,12 @@ impl Worker {
     /// Takes in legacy producers' tasks every `every` while running.
     pub fn with_intake(mut self, intake: Intake, every: Duration) -> Self {
         self.intake = Some((intake, every));
+        self
+    }
+
+    /// Runs `upkeep` (retention) at start and hourly while running.
+    pub fn with_upkeep(mut self, upkeep: Upkeep) -> Self {
+        self.upkeep = Some(upkeep);
         self
     }
 
@@ -200,6 +209,9 @@ impl Worker {
         }
         if let Some((intake, every)) = self.intake.take() {
             sidecars.spawn(intake.run(every, stopped(stopping_rx.clone())));
+        }
+        if let Some(upkeep) = self.upkeep.take() {
+            sidecars.spawn(upkeep.run(UPKEEP_INTERVAL, stopped(stopping_rx.clone())));
         }
         sidecars.spawn(gauges::watch_liveness(
             self.liveness.clone(),

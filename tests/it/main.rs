@@ -20,6 +20,7 @@ mod pools;
 mod priority;
 mod properties;
 mod replicas;
+mod retention;
 mod scale;
 mod traces;
 mod wire;

@@ -64,6 +64,11 @@ impl TestEnv {
             .await
             .expect("PostgreSQL is running (make services)");
         store.migrate().await.expect("migrations apply");
+        // As a worker does at start: today's rows go to today's partition.
+        store
+            .upkeep_partitions(chrono::Utc::now(), None)
+            .await
+            .expect("task partitions are created");
         let broker = Broker::connect(&settings.nats)
             .await
             .expect("NATS is running (make services)");
