@@ -100,7 +100,8 @@ impl Intake {
                 .await?;
             // ZSCAN returns member, score, member, score, ...
             let members: Vec<String> = page.into_iter().step_by(2).collect();
-            for chunk in members.chunks(CLAIM_CHUNK) {
+            let candidates = self.not_ours(members).await?;
+            for chunk in candidates.chunks(2 * CLAIM_CHUNK) {
                 let taken: Vec<String> = scripts::CLAIM
                     .key(&self.keys.agent_tasks)
                     .key(&self.keys.mirrored_waiting)
@@ -116,6 +117,30 @@ impl Intake {
             }
             cursor = next;
         }
+    }
+
+    /// Of scanned `members`, those the fleet did not write, each followed by its id (empty
+    /// when it has none), ready for the claim script. The fleet's own waiting members are
+    /// told apart here, with one `HMGET` per page, so Redis never decodes them; the script
+    /// checks again atomically.
+    async fn not_ours(&mut self, members: Vec<String>) -> Result<Vec<String>, MirrorError> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = members.iter().map(|m| member_id(m)).collect();
+        let mirrored: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&self.keys.mirrored_waiting)
+            .arg(&ids)
+            .query_async(&mut self.redis)
+            .await?;
+        let mut candidates = Vec::new();
+        for ((member, id), mirrored) in members.into_iter().zip(ids).zip(mirrored) {
+            if mirrored.as_deref() != Some(member.as_str()) {
+                candidates.push(member);
+                candidates.push(id);
+            }
+        }
+        Ok(candidates)
     }
 
     /// Publishes again what a process claimed but did not get to publish.
@@ -261,6 +286,20 @@ impl Intake {
 }
 
 /// The envelope of a legacy task, or why it cannot have one.
+/// The `id` a member names (a string, or a number as the seed's JSON may hold one), or an
+/// empty string when it is not a JSON object with one.
+fn member_id(member: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<Value>,
+    }
+    match serde_json::from_str::<Id>(member).ok().and_then(|m| m.id) {
+        Some(Value::String(id)) => id,
+        Some(Value::Number(id)) => id.to_string(),
+        _ => String::new(),
+    }
+}
+
 pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
     let value: Value = serde_json::from_str(member).map_err(|e| {
         (
@@ -344,6 +383,16 @@ mod tests {
         );
         // Round trip: the fleet's own waiting member is the producer's byte for byte.
         assert_eq!(LegacyTask::waiting(&task).to_python_json(), member);
+    }
+
+    #[test]
+    fn a_members_id_is_read_without_the_rest_of_it_mattering() {
+        assert_eq!(member_id(r#"{"id": "abc", "data": {"x": [1, 2]}}"#), "abc");
+        assert_eq!(member_id(r#"{"data": 1, "id": 42}"#), "42");
+        assert_eq!(member_id(r#"{"data": 1}"#), "");
+        assert_eq!(member_id(r#"{"id": null}"#), "");
+        assert_eq!(member_id("not json"), "");
+        assert_eq!(member_id(r#"["id", "abc"]"#), "");
     }
 
     #[test]

@@ -50,20 +50,19 @@ return 1
 
 /// Claims legacy producers' members of `agent_tasks` atomically: each given member that is
 /// still there and was not written by the fleet is removed and recorded in the intake hash.
-/// Returns the claimed members.
+/// Each member comes with the id read from it by the caller (empty when it has none), so
+/// the script never decodes JSON: a member is the fleet's when `mirrored_waiting` maps its
+/// id to exactly this member. Returns the claimed members.
 ///
-/// KEYS: agent_tasks, mirrored_waiting, intake. ARGV: now (ms), members...
+/// KEYS: agent_tasks, mirrored_waiting, intake. ARGV: now (ms), then member, id pairs.
 pub static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local taken = {}
-for i = 2, #ARGV do
-  local member = ARGV[i]
+for i = 2, #ARGV, 2 do
+  local member, id = ARGV[i], ARGV[i + 1]
   if redis.call('ZSCORE', KEYS[1], member) then
-    local ok, task = pcall(cjson.decode, member)
-    local id = nil
-    if ok and type(task) == 'table' and task['id'] ~= nil then id = tostring(task['id']) end
-    local ours = id ~= nil and redis.call('HGET', KEYS[2], id) == member
+    local ours = id ~= '' and redis.call('HGET', KEYS[2], id) == member
     if not ours then
       redis.call('ZREM', KEYS[1], member)
       redis.call('HSET', KEYS[3], member, ARGV[1])

@@ -30,8 +30,9 @@ const QUEUE: usize = 100_000;
 const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(2);
-/// How long a `processing` move waits for the same task's `completed` move to replace it.
-const HOLD_PROCESSING: Duration = Duration::from_millis(50);
+/// How long a `waiting` or `processing` move waits for a later move of the same task to
+/// replace it: most tasks finish within it, and then only their final move is written.
+const HOLD_PASSING: Duration = Duration::from_millis(50);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -139,15 +140,17 @@ struct Writer {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<MirrorEvent>) {
-        // `processing` moves younger than HOLD_PROCESSING, kept back: most tasks finish
-        // within it, and their `completed` move then replaces them (one script call less).
+        // `waiting` and `processing` moves younger than HOLD_PASSING, kept back: most tasks
+        // finish within it, and their final move then replaces them (one or two script calls
+        // less per task). A held move written after another process wrote the task's final
+        // move is refused by the script (final states are never left).
         let mut held: Vec<MirrorEvent> = Vec::new();
         loop {
             let first: Option<MirrorEvent> = if held.is_empty() {
                 rx.recv().await
             } else {
                 // Timed out: no new move, but the held ones are due.
-                tokio::time::timeout(HOLD_PROCESSING, rx.recv())
+                tokio::time::timeout(HOLD_PASSING, rx.recv())
                     .await
                     .unwrap_or_default()
             };
@@ -168,10 +171,12 @@ impl Writer {
             let moves = batch.len();
             let bytes: usize = batch.iter().map(|e| e.json.len()).sum();
             let now = Utc::now();
-            let hold_for = chrono::Duration::from_std(HOLD_PROCESSING).expect("a short hold");
+            let hold_for = chrono::Duration::from_std(HOLD_PASSING).expect("a short hold");
             let (young, due): (Vec<MirrorEvent>, Vec<MirrorEvent>) =
                 coalesce(batch).into_iter().partition(|e| {
-                    e.place == Place::Processing && now - e.at < hold_for && !rx.is_closed()
+                    matches!(e.place, Place::Waiting | Place::Processing)
+                        && now - e.at < hold_for
+                        && !rx.is_closed()
                 });
             held = young;
             let held_bytes: usize = held.iter().map(|e| e.json.len()).sum();
