@@ -119,23 +119,81 @@ impl Default for ScaleSettings {
     }
 }
 
-/// The HTTP API (`swarmd api`).
+/// A secret that is not a URL (a token): never printed, not even in part.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself: pass it to a client or a comparison, never to a log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// The HTTP API (`swarmd api`). It refuses to start without a token unless
+/// `insecure_no_auth` is set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSettings {
     /// Listen address. Default `0.0.0.0:8080`. Env: `SWARM_API_ADDR`.
     pub addr: String,
-    /// Bearer token required on writes; none means open. Env: `SWARM_API_TOKEN`.
-    pub token: Option<SecretUrl>,
+    /// Bearer tokens that may publish and replay (and read). Several allow rotation.
+    /// Env: `SWARM_API_TOKEN` (comma separated).
+    pub write_tokens: Vec<Secret>,
+    /// Bearer tokens that may only read (tasks, queues, dead letters, scale, metrics).
+    /// Env: `SWARM_API_READ_TOKENS` (comma separated).
+    pub read_tokens: Vec<Secret>,
+    /// A file of write tokens, one per line (`#` comments and blank lines ignored), as a
+    /// mounted Kubernetes secret. Env: `SWARM_API_TOKEN_FILE`.
+    pub write_token_file: Option<std::path::PathBuf>,
+    /// A file of read tokens, one per line. Env: `SWARM_API_READ_TOKEN_FILE`.
+    pub read_token_file: Option<std::path::PathBuf>,
+    /// Serve without any authentication (local experiments only; said at start and in
+    /// `/health`). Default false. Env: `SWARM_API_INSECURE_NO_AUTH`; flag
+    /// `--insecure-no-auth`.
+    pub insecure_no_auth: bool,
+    /// A request not answered within this many seconds gets 503. Default 30.
+    /// Env: `SWARM_API_REQUEST_TIMEOUT_SECS`.
+    pub request_timeout_secs: f64,
+    /// Requests served at once; beyond, 503 at once (load shed). Default 512.
+    /// Env: `SWARM_API_MAX_CONCURRENT_REQUESTS`.
+    pub max_concurrent_requests: usize,
+    /// Requests per second one token may make (a burst of twice as many is allowed); beyond,
+    /// 429 with `Retry-After`. `0` turns the limit off. Default 200.
+    /// Env: `SWARM_API_RATE_LIMIT`.
+    pub rate_limit_per_sec: f64,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:8080".into(),
-            token: None,
+            write_tokens: Vec::new(),
+            read_tokens: Vec::new(),
+            write_token_file: None,
+            read_token_file: None,
+            insecure_no_auth: false,
+            request_timeout_secs: 30.0,
+            max_concurrent_requests: 512,
+            rate_limit_per_sec: 200.0,
         }
     }
+}
+
+/// Tokens split from an environment variable: comma separated, spaces around ignored.
+fn token_list(value: &str) -> Vec<Secret> {
+    value.split(',').map(|t| Secret::new(t.trim())).collect()
 }
 
 /// NATS connection and JetStream layout.
@@ -148,7 +206,7 @@ pub struct NatsSettings {
     /// Optional NATS credentials file (JWT + nkey). Env: `SWARM_NATS_CREDS`.
     pub creds_file: Option<String>,
     /// Optional NATS token. Env: `SWARM_NATS_TOKEN`.
-    pub token: Option<SecretUrl>,
+    pub token: Option<Secret>,
     /// Tasks stream name. Default `SWARM_TASKS`. Env: `SWARM_STREAM`.
     pub stream: String,
     /// First token of every subject. Default `swarm`. Env: `SWARM_SUBJECT_PREFIX`.
@@ -536,7 +594,7 @@ impl Settings {
             self.nats.creds_file = Some(v);
         }
         if let Some(v) = get("SWARM_NATS_TOKEN") {
-            self.nats.token = Some(SecretUrl::new(v));
+            self.nats.token = Some(Secret::new(v));
         }
         if let Some(v) = get("SWARM_STREAM") {
             self.nats.stream = v;
@@ -644,7 +702,28 @@ impl Settings {
             self.api.addr = v;
         }
         if let Some(v) = get("SWARM_API_TOKEN") {
-            self.api.token = Some(SecretUrl::new(v));
+            self.api.write_tokens = token_list(&v);
+        }
+        if let Some(v) = get("SWARM_API_READ_TOKENS") {
+            self.api.read_tokens = token_list(&v);
+        }
+        if let Some(v) = get("SWARM_API_TOKEN_FILE") {
+            self.api.write_token_file = Some(v.into());
+        }
+        if let Some(v) = get("SWARM_API_READ_TOKEN_FILE") {
+            self.api.read_token_file = Some(v.into());
+        }
+        if let Some(v) = get("SWARM_API_INSECURE_NO_AUTH") {
+            self.api.insecure_no_auth = parsed("SWARM_API_INSECURE_NO_AUTH", v)?;
+        }
+        if let Some(v) = get("SWARM_API_REQUEST_TIMEOUT_SECS") {
+            self.api.request_timeout_secs = parsed("SWARM_API_REQUEST_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = get("SWARM_API_MAX_CONCURRENT_REQUESTS") {
+            self.api.max_concurrent_requests = parsed("SWARM_API_MAX_CONCURRENT_REQUESTS", v)?;
+        }
+        if let Some(v) = get("SWARM_API_RATE_LIMIT") {
+            self.api.rate_limit_per_sec = parsed("SWARM_API_RATE_LIMIT", v)?;
         }
         if let Some(v) = get("SWARM_SCALE_CPU_PERCENT") {
             self.scale.cpu_percent = parsed("SWARM_SCALE_CPU_PERCENT", v)?;
@@ -666,6 +745,17 @@ impl Settings {
 
     /// Rejects settings that would make the fleet misbehave rather than fail loudly.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, tokens) in [
+            ("api.write_tokens", &self.api.write_tokens),
+            ("api.read_tokens", &self.api.read_tokens),
+        ] {
+            if tokens.iter().any(|t| t.expose().trim().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "an empty token would let anyone in: remove it".into(),
+                });
+            }
+        }
         let token_ok = |s: &str| {
             !s.is_empty()
                 && s.chars()

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::{
     config::Settings,
-    http::{self, api},
+    http::{self, api, auth::Access},
     scale::ScaleMeter,
 };
 
@@ -15,17 +15,26 @@ pub struct Args {
     /// Listen address (overrides SWARM_API_ADDR / api.addr).
     #[arg(long)]
     addr: Option<String>,
+    /// Serve without authentication: anyone who reaches the port may read and write.
+    /// For local experiments only; said at start and in `/health`.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
-pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
+    settings.api.insecure_no_auth |= args.insecure_no_auth;
     let (store, broker) = super::connect_fleet(&settings, true).await?;
     // Listings and replays read it before any worker may have made it.
     crate::dlq::DeadLetterStream::of(&broker)
         .ensure()
         .await
         .context("setting up the dead-letter stream")?;
-    if settings.api.token.is_none() {
-        tracing::warn!("no SWARM_API_TOKEN: anyone who reaches the API can publish");
+    let access = Access::from_settings(&settings.api).context("loading the API tokens")?;
+    if access.is_insecure() {
+        tracing::warn!(
+            "INSECURE: API authentication is off (--insecure-no-auth): anyone who reaches \
+             this port can read every task and dead letter, publish and replay"
+        );
     }
     let redis_used = settings.redis.mirror || settings.redis.intake || settings.redis.cache;
     let redis = redis_used
@@ -35,12 +44,17 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let state = Arc::new(api::ApiState {
         broker,
         store,
-        token: settings.api.token.clone(),
+        access: Arc::new(access),
         redis,
         meter: Arc::new(ScaleMeter::new(settings.scale.clone())),
     });
     let addr = args.addr.unwrap_or(settings.api.addr);
-    let (bound, server) = http::serve(&addr, api::router(state), super::shutdown_signal())
+    let limits = api::Limits {
+        request_timeout: std::time::Duration::try_from_secs_f64(settings.api.request_timeout_secs)
+            .context("api.request_timeout_secs must be a positive number of seconds")?,
+        max_concurrent: settings.api.max_concurrent_requests,
+    };
+    let (bound, server) = http::serve(&addr, api::router(state, limits), super::shutdown_signal())
         .await
         .with_context(|| format!("listening on {addr}"))?;
     tracing::info!("API on http://{bound}");

@@ -1,16 +1,18 @@
 //! The HTTP front door for publishers in other systems: publish tasks, read a task, see the
-//! queues. Writes need the bearer token when one is configured; every error is JSON with a
-//! stable code, never an internal error text.
+//! queues. Every route but `/health` and `/ready` needs a bearer token ([`super::auth`]):
+//! reads a read or write token, writes a write token. Requests are bounded in time, size and
+//! number at once. Every error is JSON with a stable code, never an internal error text.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
+    error_handling::HandleErrorLayer,
     extract::{
         DefaultBodyLimit, Path, Query, State,
         rejection::{JsonRejection, QueryRejection},
     },
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -22,10 +24,12 @@ use uuid::Uuid;
 
 use crate::{
     broker::Broker,
-    config::SecretUrl,
     dlq::{self, DeadLetter, DeadLetterStream, DeadReason, Filter, ReplayError},
     fault::{Classify, Fault},
-    http::probes::{self, Probes},
+    http::{
+        auth::{Access, Role, require},
+        probes::{self, Probes},
+    },
     scale::ScaleMeter,
     store::Store,
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope, integral},
@@ -40,37 +44,102 @@ pub const MAX_BATCH: usize = 1000;
 pub struct ApiState {
     pub broker: Broker,
     pub store: Store,
-    /// Required as `Authorization: Bearer <token>` on writes, when set.
-    pub token: Option<SecretUrl>,
+    /// Who may call which route.
+    pub access: Arc<Access>,
     /// Checked by `/ready` when the fleet uses Redis.
     pub redis: Option<redis::aio::ConnectionManager>,
     /// Serves `/v1/scale`.
     pub meter: Arc<ScaleMeter>,
 }
 
+/// How a request is bounded besides its body size.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_concurrent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent: 512,
+        }
+    }
+}
+
 /// The API routes, with request metrics, `/health` and `/metrics`.
-pub fn router(state: Arc<ApiState>) -> Router {
-    let probes = Router::new()
+pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
+    let access = state.access.clone();
+    let guard = |role| middleware::from_fn_with_state((access.clone(), role), require);
+    let probes = Probes {
+        broker: state.broker.clone(),
+        store: state.store.clone(),
+        redis: state.redis.clone(),
+        meter: state.meter.clone(),
+        liveness: None,
+    };
+    let insecure = access.is_insecure();
+    let public = Router::new()
         .route("/ready", get(probes::ready))
-        .route("/v1/scale", get(probes::scale))
-        .with_state(Probes {
-            broker: state.broker.clone(),
-            store: state.store.clone(),
-            redis: state.redis.clone(),
-            meter: state.meter.clone(),
-            liveness: None,
-        });
-    Router::new()
-        .route("/v1/tasks", post(publish))
+        .with_state(probes.clone())
+        .route("/health", get(move || health(insecure)));
+    let reads = Router::new()
         .route("/v1/tasks/{id}", get(task))
         .route("/v1/queues", get(queues))
         .route("/v1/dlq", get(dead_letters))
+        .with_state(state.clone())
+        .route("/v1/scale", get(probes::scale))
+        .with_state(probes)
+        .route("/metrics", get(super::metrics))
+        .route_layer(guard(Role::Read));
+    let writes = Router::new()
+        .route("/v1/tasks", post(publish))
         .route("/v1/dlq/{id}/replay", post(replay))
         .with_state(state)
-        .merge(probes)
+        .route_layer(guard(Role::Write));
+    // Axum layers every route with its own copy of a layer: the limit must share one
+    // semaphore to bound the whole API.
+    let bounds = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent.max(1),
+        ))
+        .timeout(limits.request_timeout);
+    Router::new()
+        .merge(public)
+        .merge(reads)
+        .merge(writes)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .merge(super::metrics_router())
+        .layer(bounds)
         .layer(middleware::from_fn(super::track))
+}
+
+/// `GET /health`: says so when authentication is off.
+async fn health(insecure: bool) -> &'static str {
+    if insecure {
+        "ok (insecure: API authentication is off)\n"
+    } else {
+        "ok\n"
+    }
+}
+
+/// A request refused by the bounds: too many at once, or not answered in time.
+async fn overloaded(error: tower::BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; try again",
+        )
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests at once; try again",
+        )
+    }
 }
 
 /// An error as clients see it: a status, a stable code and a clear message.
@@ -158,41 +227,10 @@ fn tasks_of(body: Value) -> Result<(Vec<NewTask>, bool), ApiError> {
     }
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid `Authorization: Bearer <token>` header is required",
-        ))
-    }
-}
-
-/// Compares without stopping at the first difference, so timing tells nothing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = a.len() ^ b.len();
-    for (i, byte) in b.iter().enumerate() {
-        difference |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
-    }
-    difference == 0
-}
-
 async fn publish(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let Json(body) = body?;
     let (tasks, batch) = tasks_of(body)?;
     if tasks.is_empty() || tasks.len() > MAX_BATCH {
@@ -409,10 +447,8 @@ async fn dead_letters(
 
 async fn replay(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let id = Uuid::parse_str(&id).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -1,8 +1,9 @@
 //! The HTTP side of a process: `/metrics` and `/health` for every worker, the request
 //! metrics middleware that every route shares, readiness and scale signals ([`probes`]), and
-//! the publishers' API ([`api`]).
+//! the publishers' API ([`api`]) and who may use it ([`auth`]).
 
 pub mod api;
+pub mod auth;
 pub mod probes;
 
 use std::{net::SocketAddr, time::Instant};
@@ -25,7 +26,7 @@ pub fn metrics_router() -> Router {
         .layer(middleware::from_fn(track))
 }
 
-async fn metrics() -> impl IntoResponse {
+pub(crate) async fn metrics() -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
         Metrics::global().render(),

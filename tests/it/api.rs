@@ -8,22 +8,39 @@ use axum::{
 };
 use serde_json::{Value, json};
 use swarm_director::{
-    config::SecretUrl,
-    http::api::{self, ApiState},
+    http::{
+        api::{self, ApiState},
+        auth::Access,
+    },
     task::{Codec, TaskEnvelope},
 };
 use tower::ServiceExt;
 
 use crate::support::{TestEnv, schemas::assert_openapi_response};
 
+/// The read-only token every test app accepts besides its write token.
+const READER: &str = "reader-token";
+
+/// The API with write token `token` and read token [`READER`]; `None`: no authentication.
 fn app(env: &TestEnv, token: Option<&str>) -> axum::Router {
-    api::router(Arc::new(ApiState {
-        broker: env.broker.clone(),
-        store: env.store.clone(),
-        token: token.map(SecretUrl::new),
-        redis: Some(swarm_director::mirror::connect(&env.settings.redis).unwrap()),
-        meter: Arc::default(),
-    }))
+    app_with(env, token, 0.0)
+}
+
+fn app_with(env: &TestEnv, token: Option<&str>, rate_limit_per_sec: f64) -> axum::Router {
+    let access = match token {
+        Some(token) => Access::with_tokens(&[token], &[READER], rate_limit_per_sec),
+        None => Access::insecure(),
+    };
+    api::router(
+        Arc::new(ApiState {
+            broker: env.broker.clone(),
+            store: env.store.clone(),
+            access: Arc::new(access),
+            redis: Some(swarm_director::mirror::connect(&env.settings.redis).unwrap()),
+            meter: Arc::default(),
+        }),
+        api::Limits::default(),
+    )
 }
 
 async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
@@ -36,8 +53,17 @@ async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value)
     (status, body)
 }
 
+/// A GET with the read token.
 fn get(path: impl AsRef<str>) -> Request<Body> {
-    Request::get(path.as_ref()).body(Body::empty()).unwrap()
+    get_as(path, Some(READER))
+}
+
+fn get_as(path: impl AsRef<str>, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(path.as_ref());
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(Body::empty()).unwrap()
 }
 
 fn post(body: impl Into<Body>, token: Option<&str>) -> Request<Body> {
@@ -173,10 +199,13 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_serves_over_tcp_with_health_ready_and_metrics() {
     let env = TestEnv::new().await;
-    let (addr, server) =
-        swarm_director::http::serve("127.0.0.1:0", app(&env, None), std::future::pending())
-            .await
-            .unwrap();
+    let (addr, server) = swarm_director::http::serve(
+        "127.0.0.1:0",
+        app(&env, Some("s3cret")),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
     let raw = |request: String| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -187,7 +216,7 @@ async fn the_api_serves_over_tcp_with_health_ready_and_metrics() {
     };
     let body = json!({"agent_type": "echo", "data": "over tcp"}).to_string();
     let published = raw(format!(
-        "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: bearer s3cret\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     ))
     .await;
@@ -200,8 +229,17 @@ async fn the_api_serves_over_tcp_with_health_ready_and_metrics() {
         "{ready}"
     );
     let health = raw("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
-    assert!(health.starts_with("HTTP/1.1 200"));
-    let metrics = raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("\r\n\r\nok\n"),
+        "{health}"
+    );
+    let anonymous =
+        raw("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    let metrics = raw(format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READER}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
     assert!(
         metrics
             .contains(r#"http_requests_total{endpoint="/v1/tasks",method="POST",status="202"} 1"#),
@@ -433,5 +471,182 @@ async fn dead_letters_are_read_a_page_at_a_time_and_a_bad_record_is_skipped() {
         (other["total"].as_u64(), other["next_before"].is_null()),
         (Some(0), true)
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_but_health_and_ready_needs_a_token_of_its_role() {
+    let env = TestEnv::new().await;
+    env.dead_letters().ensure().await.unwrap();
+    let app = app(&env, Some("s3cret"));
+    let unknown = uuid::Uuid::new_v4();
+    let reads = [
+        format!("/v1/tasks/{unknown}"),
+        "/v1/queues".to_string(),
+        "/v1/dlq".to_string(),
+        "/v1/scale".to_string(),
+        "/metrics".to_string(),
+    ];
+    for path in &reads {
+        let response = app.clone().oneshot(get_as(path, None)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{path}");
+        for token in [READER, "s3cret"] {
+            let (status, body) = call(&app, get_as(path, Some(token))).await;
+            assert!(
+                status == StatusCode::OK || status == StatusCode::NOT_FOUND,
+                "{path} as {token}: {status} {body}"
+            );
+        }
+    }
+    let task = json!({"agent_type": "echo", "data": 1}).to_string();
+    let replay = |token: Option<&str>| {
+        let mut request = Request::post(format!("/v1/dlq/{unknown}/replay"));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    for (request, expected) in [
+        (post(task.clone(), None), StatusCode::UNAUTHORIZED),
+        (post(task.clone(), Some(READER)), StatusCode::FORBIDDEN),
+        (post(task.clone(), Some("s3cret")), StatusCode::ACCEPTED),
+        (replay(None), StatusCode::UNAUTHORIZED),
+        (replay(Some(READER)), StatusCode::FORBIDDEN),
+        (replay(Some("s3cret")), StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = call(&app, request).await;
+        assert_eq!(status, expected, "{body}");
+        if status == StatusCode::FORBIDDEN {
+            assert_eq!(body["error"]["code"], "forbidden");
+        }
+    }
+    for path in ["/health", "/ready"] {
+        let (status, _) = call(&app, get_as(path, None)).await;
+        assert_eq!(status, StatusCode::OK, "{path} is open to probes");
+    }
+    // The token is checked before the body is read: an anonymous 2 MiB body gets 401, not
+    // 413, and is never parsed.
+    let huge = format!(
+        r#"{{"agent_type": "echo", "data": "{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    let (status, _) = call(&app, post(huge, None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The scheme is matched in any case.
+    let lower = Request::post("/v1/tasks")
+        .header("content-type", "application/json")
+        .header("authorization", "bearer s3cret")
+        .body(Body::from(task))
+        .unwrap();
+    assert_eq!(call(&app, lower).await.0, StatusCode::ACCEPTED);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_its_rate_gets_429_and_others_are_unaffected() {
+    let env = TestEnv::new().await;
+    let app = app_with(&env, Some("s3cret"), 1.0);
+    // A burst of twice the rate, then refused.
+    for _ in 0..2 {
+        assert_eq!(call(&app, get("/v1/queues")).await.0, StatusCode::OK);
+    }
+    let response = app.clone().oneshot(get("/v1/queues")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, _) = call(&app, get_as("/v1/queues", Some("s3cret"))).await;
+    assert_eq!(status, StatusCode::OK, "another token has its own bucket");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_bounds_get_503_instead_of_piling_up() {
+    let env = TestEnv::new().await;
+    let state = || {
+        Arc::new(ApiState {
+            broker: env.broker.clone(),
+            store: env.store.clone(),
+            access: Arc::new(Access::with_tokens(&["s3cret"], &[READER], 0.0)),
+            redis: None,
+            meter: Arc::default(),
+        })
+    };
+    // One request at a time: while one holds the only slot (its body never ends), the next
+    // is shed at once.
+    let one_at_a_time = api::router(
+        state(),
+        api::Limits {
+            request_timeout: Duration::from_secs(30),
+            max_concurrent: 1,
+        },
+    );
+    let (_keep_open, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let endless = Body::from_stream(tokio_stream_of(body));
+    let holder = tokio::spawn(one_at_a_time.clone().oneshot(post(endless, Some("s3cret"))));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = call(&one_at_a_time, get("/v1/queues")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded");
+    holder.abort();
+    // A request not answered in time.
+    let hasty = api::router(
+        state(),
+        api::Limits {
+            request_timeout: Duration::from_nanos(1),
+            max_concurrent: 8,
+        },
+    );
+    let (status, body) = call(&hasty, get("/v1/queues")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+    env.cleanup().await;
+}
+
+/// A body stream fed by `receiver` (ends when the sender is dropped).
+fn tokio_stream_of(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_without_a_token_refuses_to_start_unless_told_it_is_insecure() {
+    let env = TestEnv::new().await;
+    let output = env
+        .swarmd()
+        .args(["api", "--addr", "127.0.0.1:0"])
+        .env_remove("SWARM_API_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no API token configured") && stderr.contains("--insecure-no-auth"),
+        "{stderr}"
+    );
+    let output = env
+        .swarmd()
+        .args(["api", "--addr", "127.0.0.1:0"])
+        .env("SWARM_API_TOKEN", "good, ,also-good")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("an empty token"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let insecure = app(&env, None);
+    let response = insecure
+        .clone()
+        .oneshot(get_as("/health", None))
+        .await
+        .unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1024)
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], b"ok (insecure: API authentication is off)\n");
     env.cleanup().await;
 }

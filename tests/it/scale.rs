@@ -42,13 +42,16 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
         ..ScaleSettings::default()
     };
     let meter = Arc::new(ScaleMeter::new(thresholds));
-    let api = api::router(Arc::new(ApiState {
-        broker: env.broker.clone(),
-        store: env.store.clone(),
-        token: None,
-        redis: None,
-        meter: meter.clone(),
-    }));
+    let api = api::router(
+        Arc::new(ApiState {
+            broker: env.broker.clone(),
+            store: env.store.clone(),
+            access: Arc::new(swarm_director::http::auth::Access::insecure()),
+            redis: None,
+            meter: meter.clone(),
+        }),
+        api::Limits::default(),
+    );
 
     // Nobody works and tasks wait: scale up from zero.
     for i in 0..30 {
