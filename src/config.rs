@@ -44,25 +44,70 @@ impl SecretUrl {
         &self.0
     }
 
+    /// Every URL of a comma-separated list with its password and any secret-looking query
+    /// parameter masked.
     fn redacted(&self) -> String {
-        // scheme://user:password@host -> scheme://user:***@host
-        let Some(scheme_end) = self.0.find("://").map(|i| i + 3) else {
-            return self.0.clone();
-        };
-        let rest = &self.0[scheme_end..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let Some(at) = rest[..authority_end].rfind('@') else {
-            return self.0.clone();
-        };
-        let userinfo = &rest[..at];
-        let user = userinfo.split(':').next().unwrap_or("");
-        let masked = if userinfo.contains(':') {
-            format!("{user}:***")
-        } else {
-            "***".to_string()
-        };
-        format!("{}{masked}{}", &self.0[..scheme_end], &rest[at..])
+        self.0
+            .split(',')
+            .map(redact_one_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
+}
+
+/// Query parameters whose value is a secret (matched without regard to case).
+const SECRET_PARAMETERS: [&str; 7] = [
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "sslpassword",
+    "auth",
+];
+
+/// `scheme://user:password@host/path?password=x` -> `scheme://user:***@host/path?password=***`.
+fn redact_one_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match base.find("://").map(|i| i + 3) {
+        Some(scheme_end) => {
+            let rest = &base[scheme_end..];
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let userinfo = &rest[..at];
+                    let masked = match userinfo.split_once(':') {
+                        Some((user, _)) => format!("{user}:***"),
+                        None => "***".to_string(),
+                    };
+                    format!("{}{masked}{}", &base[..scheme_end], &rest[at..])
+                }
+                None => base.to_string(),
+            }
+        }
+        None => base.to_string(),
+    };
+    if let Some(query) = query {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _))
+                    if SECRET_PARAMETERS
+                        .iter()
+                        .any(|secret| key.eq_ignore_ascii_case(secret)) =>
+                {
+                    format!("{key}=***")
+                }
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&masked.join("&"));
+    }
+    out
 }
 
 impl fmt::Debug for SecretUrl {
@@ -858,6 +903,59 @@ mod tests {
             SecretUrl::new("redis://127.0.0.1:6379").to_string(),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn every_url_of_a_list_and_secret_query_parameters_are_masked() {
+        let url = SecretUrl::new(
+            "nats://a:pw-one@n1:4222,nats://b:pw-two@n2:4222,nats://tok-three@n3:4222",
+        );
+        assert_eq!(
+            url.to_string(),
+            "nats://a:***@n1:4222,nats://b:***@n2:4222,nats://***@n3:4222"
+        );
+        let url = SecretUrl::new(
+            "postgres://db/x?user=app&Password=pw-four&sslmode=verify-full&sslpassword=pw-five",
+        );
+        let shown = format!("{url} {url:?}");
+        for secret in ["pw-four", "pw-five"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("user=app") && shown.contains("sslmode=verify-full"));
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|name| match name {
+                "SWARM_API_TOKEN" => Some("tok-write-1, tok-write-2".into()),
+                "SWARM_API_READ_TOKENS" => Some("tok-read".into()),
+                "SWARM_NATS_TOKEN" => Some("tok-nats".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(settings.api.write_tokens.len(), 2);
+        assert_eq!(settings.api.write_tokens[1].expose(), "tok-write-2");
+        let shown = format!("{settings:?}");
+        for secret in ["tok-write-1", "tok-write-2", "tok-read", "tok-nats"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
+    fn an_empty_api_token_is_refused() {
+        let mut settings = Settings::default();
+        settings
+            .apply_env(|name| (name == "SWARM_API_TOKEN").then(|| "good, ".to_string()))
+            .unwrap();
+        assert!(matches!(
+            settings.validate(),
+            Err(ConfigError::Invalid {
+                name: "api.write_tokens",
+                ..
+            })
+        ));
     }
 
     #[test]
