@@ -11,7 +11,7 @@ export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test?ss
 export SWARM_NATS_URL ?= nats://127.0.0.1:4222
 export SWARM_REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: demo test services tools build release lint fmt validate-deploy fuzz
+.PHONY: demo test services tools build release lint fmt validate-deploy fuzz secrets
 
 ## Run a demo fleet on the local services and print what it did.
 demo: services
@@ -28,6 +28,10 @@ test: services tools
 ## Install the external checkers the suite runs (schemathesis, in ~/.cache/swarmdirector).
 tools:
 	@bash scripts/ensure-test-tools.sh
+
+## Generate the Compose stack's tokens and passwords (.env, deploy/secrets/), once.
+secrets:
+	@bash scripts/make-secrets.sh
 
 ## Make sure NATS (JetStream), PostgreSQL and Redis are installed and running.
 services:

@@ -649,6 +649,39 @@ fn the_compose_file_runs_the_whole_stack_with_what_swarmd_has() {
         datasource["datasources"][0]["url"].as_str(),
         Some("http://prometheus:9090")
     );
+    // No credential is baked in, and only nginx listens beyond the host.
+    let text_of_compose = read("docker-compose.yml");
+    for baked in [
+        "change-me",
+        "postgres:postgres@",
+        "replicate",
+        "admin/admin",
+    ] {
+        assert!(
+            !text_of_compose.contains(baked),
+            "compose bakes in {baked:?}"
+        );
+    }
+    for (name, service) in &services {
+        for port in service.get("ports").map(strings).unwrap_or_default() {
+            assert!(
+                name == "nginx" || port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond loopback"
+            );
+        }
+    }
+    let api_job = scrape["scrape_configs"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|job| job["job_name"].as_str() == Some("swarm-api"))
+        .expect("the API is scraped");
+    assert_eq!(
+        api_job["authorization"]["credentials_file"].as_str(),
+        Some("/run/secrets/api_read_token"),
+        "the API's /metrics needs a read token"
+    );
+    assert!(strings(&services["prometheus"]["secrets"]).contains(&"api_read_token".to_string()));
     // Traces go to the trace viewer's OTLP/HTTP port.
     assert!(text(&env["OTEL_EXPORTER_OTLP_ENDPOINT"]).starts_with("http://jaeger:4318"));
 
@@ -667,6 +700,16 @@ fn the_compose_file_runs_the_whole_stack_with_what_swarmd_has() {
         c.args(["config", "-q"]);
         c
     };
+    // What `make secrets` writes into `.env`: the file requires each of them.
+    for name in [
+        "SWARM_API_TOKEN",
+        "SWARM_API_READ_TOKEN",
+        "POSTGRES_PASSWORD",
+        "REPLICATION_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+    ] {
+        check.env(name, "checked-by-the-test");
+    }
     match check.current_dir(root).output() {
         Ok(output) => assert!(
             output.status.success(),
