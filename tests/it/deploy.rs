@@ -244,8 +244,17 @@ fn port_of(addr: &str) -> i64 {
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-const K8S_FILES: [&str; 9] = [
+/// The NetworkPolicy named `name`.
+fn named_policy<'a>(by_kind: &BTreeMap<String, Vec<&'a Yaml>>, name: &str) -> &'a Yaml {
+    by_kind["NetworkPolicy"]
+        .iter()
+        .find(|d| d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no NetworkPolicy {name}"))
+}
+
+const K8S_FILES: [&str; 10] = [
     "namespace.yaml",
+    "network-policies.yaml",
     "config.yaml",
     "resources.yaml",
     "migrate-job.yaml",
@@ -284,6 +293,7 @@ fn the_kubernetes_manifests_hang_together_and_ask_only_for_what_swarmd_has() {
         ("policy/v1", "PodDisruptionBudget"),
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
         ("keda.sh/v1alpha1", "ScaledObject"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
     ];
     let mut by_kind: BTreeMap<String, Vec<&Yaml>> = BTreeMap::new();
     for (file, doc) in &docs {
@@ -309,6 +319,33 @@ fn the_kubernetes_manifests_hang_together_and_ask_only_for_what_swarmd_has() {
             .find(|d| d["metadata"]["name"].as_str() == Some(name))
             .copied()
     };
+
+    // Every pod runs confined: non-root, the runtime's seccomp profile, no privilege
+    // escalation, no capabilities, a read-only root.
+    let pods = by_kind
+        .get("Deployment")
+        .into_iter()
+        .chain(by_kind.get("Job"))
+        .flatten()
+        .map(|d| &d["spec"]["template"]["spec"]);
+    for pod in pods {
+        let context = &pod["securityContext"];
+        assert_eq!(context["runAsNonRoot"].as_bool(), Some(true));
+        assert_eq!(
+            context["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault")
+        );
+        for container in pod["containers"].as_vec().unwrap() {
+            let context = &container["securityContext"];
+            assert_eq!(context["allowPrivilegeEscalation"].as_bool(), Some(false));
+            assert_eq!(context["readOnlyRootFilesystem"].as_bool(), Some(true));
+            assert_eq!(strings(&context["capabilities"]["drop"]), ["ALL"]);
+        }
+    }
+    // Closed by default: a policy denies all traffic not allowed by another.
+    let deny = named_policy(&by_kind, "swarm-default-deny");
+    assert_eq!(mapping(&deny["spec"]["podSelector"]).len(), 0);
+    assert_eq!(strings(&deny["spec"]["policyTypes"]), ["Ingress", "Egress"]);
 
     // Every variable handed to the containers is one swarmd reads.
     let env_names = program_env();
