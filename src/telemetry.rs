@@ -58,12 +58,28 @@ pub fn init(
     Ok(Telemetry { provider })
 }
 
+/// Modules of dependencies that print connection secrets at debug level (async-nats logs
+/// each server address with its password): held at `info` unless the filter names them.
+const LEAKY_MODULES: [&str; 1] = ["async_nats::connector"];
+
+/// `filter` with [`LEAKY_MODULES`] held at `info`, so `SWARM_LOG=debug` never prints a
+/// password.
+fn confined(filter: &str) -> String {
+    let mut confined = filter.to_string();
+    for module in LEAKY_MODULES {
+        if !filter.contains(module) {
+            confined.push_str(&format!(",{module}=info"));
+        }
+    }
+    confined
+}
+
 /// The log layer, filtered on its own so traces can hold finer spans than the logs show.
 pub fn log_layer<S>(filter: &str, json: bool) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(confined(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
         logs.json().with_filter(filter).boxed()

@@ -22,5 +22,6 @@ mod properties;
 mod replicas;
 mod retention;
 mod scale;
+mod secrets;
 mod traces;
 mod wire;
