@@ -7,7 +7,8 @@ set -e
 BIN=${BIN:-target/release/swarmd}
 N=${N:-20000}
 TAG=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export SWARM_DATABASE_URL='postgres://postgres:postgres@127.0.0.1:5432/test?sslmode=disable' SWARM_NATS_URL=nats://127.0.0.1:4222 SWARM_REDIS_URL=redis://127.0.0.1:6379
+export SWARM_DATABASE_URL=${SWARM_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/test?sslmode=disable}
+export SWARM_NATS_URL=${SWARM_NATS_URL:-nats://127.0.0.1:4222} SWARM_REDIS_URL=${SWARM_REDIS_URL:-redis://127.0.0.1:6379}
 export SWARM_REDIS_PREFIX="lb:$TAG:" SWARM_DATABASE_SCHEMA="lb_$TAG" SWARM_STREAM="LB_$TAG" SWARM_SUBJECT_PREFIX="lb.$TAG" SWARM_METRICS_ADDR= SWARM_LOG=warn
 python3 - "$N" "$SWARM_REDIS_PREFIX" > /tmp/lb_$TAG.resp <<'PY'
 import json, sys, uuid, datetime
