@@ -48,12 +48,9 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         redis,
         meter: Arc::new(ScaleMeter::new(settings.scale.clone())),
     });
-    let addr = args.addr.unwrap_or(settings.api.addr);
-    let limits = api::Limits {
-        request_timeout: std::time::Duration::try_from_secs_f64(settings.api.request_timeout_secs)
-            .context("api.request_timeout_secs must be a positive number of seconds")?,
-        max_concurrent: settings.api.max_concurrent_requests,
-    };
+    let addr = args.addr.unwrap_or_else(|| settings.api.addr.clone());
+    let limits = api::Limits::of(&settings.api)
+        .context("api.request_timeout_secs must be a positive number of seconds")?;
     let (bound, server) = http::serve(&addr, api::router(state, limits), super::shutdown_signal())
         .await
         .with_context(|| format!("listening on {addr}"))?;

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     broker::Broker,
+    config::ApiSettings,
     dlq::{self, DeadLetter, DeadLetterStream, DeadReason, Filter, ReplayError},
     fault::{Classify, Fault},
     http::{
@@ -59,12 +60,19 @@ pub struct Limits {
     pub max_concurrent: usize,
 }
 
+impl Limits {
+    /// The bounds `settings` ask for.
+    pub fn of(settings: &ApiSettings) -> Result<Self, std::time::TryFromFloatSecsError> {
+        Ok(Self {
+            request_timeout: Duration::try_from_secs_f64(settings.request_timeout_secs)?,
+            max_concurrent: settings.max_concurrent_requests,
+        })
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(30),
-            max_concurrent: 512,
-        }
+        Self::of(&ApiSettings::default()).expect("the default timeout is valid")
     }
 }
 

@@ -18,13 +18,16 @@ const SECRETS: [&str; 5] = [
 /// credentials: PostgreSQL trusts loopback and NATS has no accounts, so the processes work).
 fn secret_env(env: &TestEnv) -> Vec<(&'static str, String)> {
     let mut vars = env.process_env();
-    let database = env.settings.database.url.expose().to_string();
-    let database = database.replacen("://postgres:postgres@", "://postgres:pw-pg-7c1e@", 1);
-    let database = if database.contains("pw-pg-7c1e") {
-        database
-    } else {
-        database.replacen("://", "://postgres:pw-pg-7c1e@", 1)
-    };
+    // The same server and database, with the secret as the password of its userinfo.
+    let (scheme, rest) = env
+        .settings
+        .database
+        .url
+        .expose()
+        .split_once("://")
+        .expect("a database URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let database = format!("{scheme}://postgres:pw-pg-7c1e@{host}");
     let nats = env.settings.nats.url.expose().replacen("nats://", "", 1);
     vars.retain(|(name, _)| {
         !matches!(*name, "SWARM_DATABASE_URL" | "SWARM_NATS_URL" | "SWARM_LOG")
