@@ -252,6 +252,13 @@ pub struct NatsSettings {
     pub creds_file: Option<String>,
     /// Optional NATS token. Env: `SWARM_NATS_TOKEN`.
     pub token: Option<Secret>,
+    /// Optional NKey seed (`SU…`) to sign the server's challenge. Env: `SWARM_NATS_NKEY_SEED`.
+    pub nkey_seed: Option<Secret>,
+    /// Prefix of this process's reply subjects. The roles in `deploy/nats/roles.conf` give
+    /// each user its own (`_INBOX.worker`, …) so no one can read replies meant for another
+    /// — a worker's deliveries arrive on its inbox. Default `_INBOX`.
+    /// Env: `SWARM_NATS_INBOX_PREFIX`.
+    pub inbox_prefix: String,
     /// Tasks stream name. Default `SWARM_TASKS`. Env: `SWARM_STREAM`.
     pub stream: String,
     /// First token of every subject. Default `swarm`. Env: `SWARM_SUBJECT_PREFIX`.
@@ -290,6 +297,8 @@ impl Default for NatsSettings {
             url: SecretUrl::new("nats://127.0.0.1:4222"),
             creds_file: None,
             token: None,
+            nkey_seed: None,
+            inbox_prefix: "_INBOX".into(),
             stream: "SWARM_TASKS".into(),
             subject_prefix: "swarm".into(),
             consumer_group: "workers".into(),
@@ -637,6 +646,12 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_NATS_CREDS") {
             self.nats.creds_file = Some(v);
+        }
+        if let Some(v) = get("SWARM_NATS_NKEY_SEED") {
+            self.nats.nkey_seed = Some(Secret::new(v));
+        }
+        if let Some(v) = get("SWARM_NATS_INBOX_PREFIX") {
+            self.nats.inbox_prefix = v;
         }
         if let Some(v) = get("SWARM_NATS_TOKEN") {
             self.nats.token = Some(Secret::new(v));

@@ -34,6 +34,12 @@ impl Broker {
         if let Some(token) = &settings.token {
             options = options.token(token.expose().to_string());
         }
+        if let Some(seed) = &settings.nkey_seed {
+            options = options.nkey(seed.expose().to_string());
+        }
+        if settings.inbox_prefix != "_INBOX" {
+            options = options.custom_inbox_prefix(settings.inbox_prefix.clone());
+        }
         if let Some(path) = &settings.creds_file {
             options = options.credentials_file(path).await.map_err(|source| {
                 BrokerError::Credentials {
@@ -43,6 +49,19 @@ impl Broker {
             })?;
         }
         let urls: Vec<&str> = settings.url.expose().split(',').map(str::trim).collect();
+        // The client takes credentials from its options only, never from a URL's userinfo:
+        // `nats://user:pass@host` (or `nats://token@host`) is turned into them here.
+        if let Some(server) = urls
+            .iter()
+            .filter_map(|url| url.parse::<async_nats::ServerAddr>().ok())
+            .find(|server| server.username().is_some())
+        {
+            let user = server.username().unwrap_or_default().to_string();
+            options = match server.password() {
+                Some(password) => options.user_and_password(user, password.to_string()),
+                None => options.token(user),
+            };
+        }
         let client = tokio::time::timeout(Duration::from_secs(10), options.connect(urls))
             .await
             .map_err(|_| {
@@ -81,7 +100,7 @@ impl Broker {
         &self.settings
     }
 
-    /// Creates the tasks stream, or updates it to the configured settings.
+    /// Creates the tasks stream, or updates it to the configured settings when it differs.
     ///
     /// Fails when JetStream is unavailable or refuses the configuration.
     pub async fn ensure_stream(&self) -> Result<(), BrokerError> {
@@ -106,28 +125,12 @@ impl Broker {
             description: Some("SwarmDirector tasks, keyed by priority and agent type".into()),
             ..Default::default()
         };
-        let stream_error = |reason: String| BrokerError::Stream {
-            stream: self.settings.stream.clone(),
-            reason,
-        };
-        match self.jetstream.get_stream(&self.settings.stream).await {
-            Ok(_) => {
-                self.jetstream
-                    .update_stream(&config)
-                    .await
-                    .map_err(|e| stream_error(e.to_string()))?;
-            }
-            Err(_) => {
-                if let Err(create) = self.jetstream.create_stream(config.clone()).await {
-                    // Another process may have created it meanwhile.
-                    self.jetstream
-                        .get_stream(&self.settings.stream)
-                        .await
-                        .map_err(|_| stream_error(create.to_string()))?;
-                }
-            }
-        }
-        Ok(())
+        super::stream_setup::ensure(&self.jetstream, config)
+            .await
+            .map_err(|reason| BrokerError::Stream {
+                stream: self.settings.stream.clone(),
+                reason,
+            })
     }
 
     /// A puller over the lanes `filter` admits; their consumers are created as tasks show

@@ -11,6 +11,7 @@ mod lanes;
 mod publisher;
 mod puller;
 mod strays;
+mod stream_setup;
 mod subjects;
 
 pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
@@ -21,4 +22,5 @@ pub use lanes::{AgentFilter, lane_name};
 pub use publisher::{PublishReceipt, headers};
 pub use puller::{Priorities, PriorityPuller};
 pub use strays::STRAY_BATCH;
+pub(crate) use stream_setup::ensure as ensure_stream_config;
 pub use subjects::Subjects;

@@ -1,5 +1,7 @@
-//! `swarmd migrate`: apply the embedded migrations and create the coming days' task
-//! partitions.
+//! `swarmd migrate`: apply the embedded migrations, create the coming days' task
+//! partitions, and create (or bring up to date) the tasks and dead-letter streams — the
+//! one command that needs NATS's admin role (`deploy/nats/roles.conf`); workers and
+//! publishers then only read the streams' settings.
 
 use anyhow::Context;
 
@@ -18,6 +20,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "migrations applied to schema {} ({} task partitions created)",
         store.schema(),
         report.created.len()
+    );
+    let broker = super::connect_broker(&settings).await?;
+    crate::dlq::DeadLetterStream::of(&broker)
+        .ensure()
+        .await
+        .context("setting up the dead-letter stream")?;
+    println!(
+        "streams {} and its dead letters ready",
+        settings.nats.stream
     );
     Ok(())
 }

@@ -146,28 +146,12 @@ impl DeadLetterStream {
             description: Some("SwarmDirector dead letters".into()),
             ..Default::default()
         };
-        let setup_error = |reason: String| DlqError::Setup {
-            stream: self.name.clone(),
-            reason,
-        };
-        match self.jetstream.get_stream(&self.name).await {
-            Ok(_) => self
-                .jetstream
-                .update_stream(&config)
-                .await
-                .map(|_| ())
-                .map_err(|e| setup_error(e.to_string())),
-            Err(_) => match self.jetstream.create_stream(config).await {
-                Ok(_) => Ok(()),
-                // Another process may have created it meanwhile.
-                Err(create) => self
-                    .jetstream
-                    .get_stream(&self.name)
-                    .await
-                    .map(|_| ())
-                    .map_err(|_| setup_error(create.to_string())),
-            },
-        }
+        crate::broker::ensure_stream_config(&self.jetstream, config)
+            .await
+            .map_err(|reason| DlqError::Setup {
+                stream: self.name.clone(),
+                reason,
+            })
     }
 
     /// Publishes `letters`, each cut to fit the server's `max_payload` (see

@@ -15,6 +15,7 @@ mod faults;
 mod hostile;
 mod legacy;
 mod metrics;
+mod nats_roles;
 mod pipeline;
 mod pools;
 mod priority;

@@ -12,6 +12,8 @@ pub struct NatsServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// A configuration file to start with, and the environment it reads.
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 pub fn binary() -> String {
@@ -43,9 +45,54 @@ impl NatsServer {
             port,
             dir,
             child: None,
+            config: None,
         };
         server.launch();
         server
+    }
+
+    /// A server started from `config` (JetStream storing in its own folder), with
+    /// `files` (name, text) written beside the configuration for it to include and `env`
+    /// in its environment.
+    pub fn start_configured(config: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Self {
+        let port = spare_port();
+        let dir = std::env::temp_dir().join(format!("swarm-nats-{port}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("store dir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("an included file");
+        }
+        let path = dir.join("server.conf");
+        let config = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{config}\n",
+            dir.join("store").display()
+        );
+        std::fs::write(&path, config).expect("the configuration");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+            config: Some((path, env)),
+        };
+        server.launch();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The permission violations a configured server logged so far.
+    pub fn violations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("Violation"))
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn url(&self) -> String {
@@ -53,16 +100,30 @@ impl NatsServer {
     }
 
     fn launch(&mut self) {
-        let child = Command::new(binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
+        let mut command = Command::new(binary());
+        match &self.config {
+            Some((path, env)) => {
+                command
+                    .arg("-c")
+                    .arg(path)
+                    .arg("-l")
+                    .arg(self.dir.join("server.log"))
+                    .envs(env.iter().cloned());
+            }
+            None => {
+                command
+                    .args([
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-js",
+                        "-sd",
+                    ])
+                    .arg(&self.dir);
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
