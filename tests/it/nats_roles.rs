@@ -96,7 +96,7 @@ async fn can_read(server: &NatsServer, user: &str, subject: &str, publish_as: &s
     let mut subscription = reader.subscribe(subject.to_string()).await.unwrap();
     reader.flush().await.unwrap();
     let writer = client_as(server, publish_as).await;
-    let target = subject.replace('>', "x").replace('*', "x");
+    let target = subject.replace(['>', '*'], "x");
     writer.publish(target, "probe".into()).await.unwrap();
     writer.flush().await.unwrap();
     tokio::time::timeout(Duration::from_millis(500), subscription.next())
