@@ -629,7 +629,7 @@ fn the_compose_file_runs_the_whole_stack_with_what_swarmd_has() {
         if !uses_swarmd {
             continue;
         }
-        for key in mapping(&service["environment"]).keys() {
+        for key in merged(&service["environment"]).keys() {
             assert!(
                 env_names.contains(key),
                 "{name}: {key} is not read by swarmd"
@@ -650,12 +650,35 @@ fn the_compose_file_runs_the_whole_stack_with_what_swarmd_has() {
         }
     }
     assert_eq!(workers, 3, "three workers");
-    let env = mapping(&services["api-1"]["environment"]);
+    let env = merged(&services["api-1"]["environment"]);
     assert_eq!(text(&env["SWARM_NATS_REPLICAS"]), "3");
-    assert_eq!(
-        text(&env["SWARM_NATS_URL"]),
-        "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
-    );
+    // Every swarmd service connects to all three nodes as its own NATS role.
+    let roles = read("deploy/nats/roles.conf");
+    for (service, user) in [
+        ("api-1", "api"),
+        ("worker", "worker"),
+        ("migrate", "admin"),
+        ("publish", "publisher"),
+    ] {
+        let env = merged(&services[service]["environment"]);
+        let url = text(&env["SWARM_NATS_URL"]);
+        assert!(
+            url.starts_with(&format!("nats://{user}:${{"))
+                && url.ends_with("@nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"),
+            "{service}: {url}"
+        );
+        assert!(roles.contains(&format!("{{ user: {user}, ")), "{user}");
+    }
+    for node in ["nats-1", "nats-2", "nats-3"] {
+        let volumes = strings(&services[node]["volumes"]);
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v.starts_with("./deploy/nats/roles.conf:"))
+        );
+    }
+    assert!(read("deploy/nats/cluster.conf").contains("include ./roles.conf"));
+    assert!(read("deploy/nats/single.conf").contains("include ./roles.conf"));
 
     // The NATS nodes are the ones the cluster configuration routes to.
     let cluster = read("deploy/nats/cluster.conf");
@@ -744,6 +767,10 @@ fn the_compose_file_runs_the_whole_stack_with_what_swarmd_has() {
         "POSTGRES_PASSWORD",
         "REPLICATION_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
+        "SWARM_NATS_PUBLISHER_PASSWORD",
+        "SWARM_NATS_WORKER_PASSWORD",
+        "SWARM_NATS_API_PASSWORD",
+        "SWARM_NATS_ADMIN_PASSWORD",
     ] {
         check.env(name, "checked-by-the-test");
     }

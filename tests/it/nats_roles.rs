@@ -211,6 +211,28 @@ async fn each_role_does_its_job_and_nothing_more() {
         "{replayed}\n{:#?}",
         server.violations()
     );
+    // The operator's read commands under the api role, a publish under the publisher's.
+    for (user, args) in [
+        ("api", vec!["status"]),
+        ("api", vec!["dlq", "list"]),
+        (
+            "publisher",
+            vec!["publish", "--agent", "echo", "--data", "{}"],
+        ),
+    ] {
+        let output = env
+            .swarmd()
+            .envs(process_env_as(&env, &server, user))
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?} as {user}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     // Doing its job, no role bumped into its limits.
     assert_eq!(server.violations(), Vec::<String>::new());
 

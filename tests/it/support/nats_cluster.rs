@@ -10,6 +10,15 @@ use std::{
 
 use super::nats_server::{binary, spare_port};
 
+/// The password variables of `deploy/nats/roles.conf`, all set to [`ADMIN_PASSWORD`] here.
+const ROLE_PASSWORDS: [&str; 4] = [
+    "SWARM_NATS_PUBLISHER_PASSWORD",
+    "SWARM_NATS_WORKER_PASSWORD",
+    "SWARM_NATS_API_PASSWORD",
+    "SWARM_NATS_ADMIN_PASSWORD",
+];
+const ADMIN_PASSWORD: &str = "cluster-test-admin";
+
 pub struct NatsCluster {
     dir: PathBuf,
     /// (server name, client port, process)
@@ -28,6 +37,12 @@ impl NatsCluster {
             .collect::<Vec<_>>()
             .join(",");
         let config = deploy_config();
+        // The users the node configuration includes; this test connects as admin.
+        std::fs::write(
+            dir.join("roles.conf"),
+            include_str!("../../../deploy/nats/roles.conf"),
+        )
+        .unwrap();
         let mut nodes = Vec::new();
         for i in 0..3 {
             let name = format!("node-{i}");
@@ -46,6 +61,7 @@ impl NatsCluster {
                 .args(["-m", &spare_port().to_string(), "-n", &name])
                 .args(["--cluster", &format!("nats://127.0.0.1:{}", route_ports[i])])
                 .args(["--routes", &routes])
+                .envs(ROLE_PASSWORDS.iter().map(|var| (*var, ADMIN_PASSWORD)))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -62,11 +78,16 @@ impl NatsCluster {
         Self { dir, nodes }
     }
 
-    /// Every node's client URL, comma separated.
+    /// Every node's client URL, comma separated, as the admin user (its credentials in
+    /// the first URL serve for all).
     pub fn urls(&self) -> String {
         self.nodes
             .iter()
-            .map(|(_, port, _)| format!("nats://127.0.0.1:{port}"))
+            .enumerate()
+            .map(|(i, (_, port, _))| match i {
+                0 => format!("nats://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}"),
+                _ => format!("nats://127.0.0.1:{port}"),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
