@@ -16,6 +16,7 @@ SWARM_API_READ_TOKEN=$(random)
 POSTGRES_PASSWORD=$(random)
 REPLICATION_PASSWORD=$(random)
 GRAFANA_ADMIN_PASSWORD=$(random)
+REDIS_PASSWORD=$(random)
 SWARM_NATS_PUBLISHER_PASSWORD=$(random)
 SWARM_NATS_WORKER_PASSWORD=$(random)
 SWARM_NATS_API_PASSWORD=$(random)
@@ -28,3 +29,8 @@ mkdir -p deploy/secrets
 read_token=$(. ./.env && printf '%s' "$SWARM_API_READ_TOKEN")
 (umask 077 && printf '%s\n' "$read_token" > deploy/secrets/api-read-token)
 echo "[secrets] wrote deploy/secrets/api-read-token"
+# Redis's ACL file: the template without its comments (an ACL file allows none), password in.
+redis_password=$(. ./.env && printf '%s' "$REDIS_PASSWORD")
+(umask 077 && grep -v '^#' deploy/redis/users.acl.template | grep -v '^[[:space:]]*$' \
+  | sed "s/\${REDIS_PASSWORD}/$redis_password/" > deploy/secrets/users.acl)
+echo "[secrets] wrote deploy/secrets/users.acl"

@@ -58,22 +58,35 @@ pub fn connect(settings: &RedisSettings) -> Result<redis::aio::ConnectionManager
     )?)
 }
 
-/// Deletes every key starting with `prefix` (benchmarks and tests clean up with this).
+/// Deletes every key starting with `prefix` (benchmarks and tests clean up with this), with
+/// `SCAN` rather than `KEYS`, which blocks Redis and which the fleet's ACL user may not run.
 ///
 /// Fails when Redis does not answer.
 pub async fn delete_keys_with_prefix(
     redis: &mut impl redis::aio::ConnectionLike,
     prefix: &str,
 ) -> Result<usize, MirrorError> {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(redis)
-        .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(redis)
+    let mut cursor = 0u64;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
             .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(redis)
+                .await?;
+            deleted += keys.len();
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
-    Ok(keys.len())
 }

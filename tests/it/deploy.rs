@@ -678,6 +678,12 @@ fn the_compose_file_runs_the_whole_stack_with_what_swarmd_has() {
         );
     }
     assert!(read("deploy/nats/cluster.conf").contains("include ./roles.conf"));
+    // Redis: the fleet is the ACL user `swarm`, Redis loads the users `make secrets` writes.
+    assert!(text(&env["SWARM_REDIS_URL"]).starts_with("redis://swarm:${"));
+    let redis = &services["redis"];
+    assert!(strings(&redis["command"]).contains(&"--aclfile".to_string()));
+    assert!(strings(&redis["secrets"]).contains(&"redis_users".to_string()));
+    assert!(read("scripts/make-secrets.sh").contains("deploy/redis/users.acl.template"));
     assert!(read("deploy/nats/single.conf").contains("include ./roles.conf"));
 
     // The NATS nodes are the ones the cluster configuration routes to.
@@ -771,6 +777,7 @@ fn the_compose_file_runs_the_whole_stack_with_what_swarmd_has() {
         "SWARM_NATS_WORKER_PASSWORD",
         "SWARM_NATS_API_PASSWORD",
         "SWARM_NATS_ADMIN_PASSWORD",
+        "REDIS_PASSWORD",
     ] {
         check.env(name, "checked-by-the-test");
     }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::support::{
     TestEnv, count,
     nats_server::spare_port,
+    redis_server::RedisServer,
     schemas::{assert_valid, validator},
 };
 
@@ -395,67 +396,6 @@ async fn two_fleet_processes_take_a_legacy_backlog_in_once() {
     env.cleanup().await;
 }
 
-/// A private `redis-server` with an append-only file, so a kill loses nothing it stored.
-struct RedisServer {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = spare_port();
-        let dir = std::env::temp_dir().join(format!("swarm-redis-{port}-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            port,
-            dir,
-            child: None,
-        };
-        server.launch();
-        server
-    }
-
-    fn launch(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_mid_run_loses_nothing_and_the_mirror_catches_up() {
     let mut server = RedisServer::start();
@@ -708,5 +648,68 @@ async fn a_publish_the_stream_refuses_is_never_shown_waiting() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(waiting_member(&env, refused.id).await, None, "never shown");
     fleet.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_works_as_the_shipped_redis_acl_user_and_anonymous_clients_get_nothing() {
+    // The shipped ACL template, filled in as `make secrets` does, loaded by redis-server.
+    let password = "acl-test-password";
+    let acl: String = include_str!("../../deploy/redis/users.acl.template")
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| format!("{}\n", line.replace("${REDIS_PASSWORD}", password)))
+        .collect();
+    let acl_file = std::env::temp_dir().join(format!("swarm-users-{}.acl", Uuid::new_v4()));
+    std::fs::write(&acl_file, acl).unwrap();
+    let server = RedisServer::start_with(&["--aclfile", acl_file.to_str().unwrap()]);
+    std::fs::remove_file(&acl_file).unwrap();
+    let mut env = TestEnv::new().await;
+    env.settings.redis.url = swarm_director::config::SecretUrl::new(format!(
+        "redis://swarm:{password}@127.0.0.1:{}",
+        server.port()
+    ));
+    let k = keys(&env);
+
+    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}", server.port()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
+    if let Ok(mut anonymous) = anonymous {
+        let read: redis::RedisResult<Option<String>> = anonymous.get("anything").await;
+        assert!(read.is_err(), "the default user is off");
+    }
+
+    // Mirror, legacy intake and cache, all as the `swarm` user.
+    let running = env.spawn_assembled(env.legacy_worker(|_| {}));
+    let native = TaskEnvelope::new("echo", json!({"acl": "native"}));
+    env.broker.publish(&native, Codec::Json).await.unwrap();
+    let legacy = enqueue_task(&env, "echo", json!({"acl": "legacy"}), 4).await;
+    env.wait_finished(&[native.id, legacy], Duration::from_secs(20))
+        .await;
+    for id in [native.id, legacy] {
+        let (env, key) = (&env, k.completed_tasks.clone());
+        eventually("the completed entry", Duration::from_secs(10), || {
+            let key = key.clone();
+            async move { hash_entry(env, &key, id).await }
+        })
+        .await;
+    }
+    running.stop().await;
+
+    // The operator's mirror commands work under the same user.
+    let output = env
+        .swarmd()
+        .env("SWARM_REDIS_URL", env.settings.redis.url.expose())
+        .args(["mirror", "check"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     env.cleanup().await;
 }
