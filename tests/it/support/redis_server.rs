@@ -35,11 +35,6 @@ impl RedisServer {
         self.port
     }
 
-    /// A folder of this server's, removed with it.
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
     pub fn launch(&mut self) {
         let child = std::process::Command::new("redis-server")
             .args([
