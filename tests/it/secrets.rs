@@ -162,3 +162,81 @@ async fn no_output_of_any_command_shows_a_secret() {
     assert_clean("the API's logs", &logs);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_spans_carry_no_secret() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{Router, body::Bytes, routing::post};
+
+    // An OTLP/HTTP receiver keeping every raw request body (protobuf keeps strings as they
+    // are, so a secret in any attribute would show in the bytes).
+    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let sink = received.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env = TestEnv::new().await;
+    let mut vars = secret_env(&env);
+    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+    let mut worker = env
+        .swarmd()
+        .envs(vars.clone())
+        .args(["worker", "--no-migrate"])
+        .spawn()
+        .unwrap();
+    let published = env
+        .swarmd()
+        .envs(vars.clone())
+        .args(["publish", "--agent", "echo", "--data", "{\"traced\": true}"])
+        .output()
+        .await
+        .unwrap();
+    assert!(published.status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let finished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'completed'")
+                .fetch_one(env.store.primary())
+                .await
+                .unwrap();
+        if finished == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the task is done");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGTERM: the worker shuts down gracefully and flushes its spans.
+    let pid = worker.id().unwrap().to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops")
+        .unwrap();
+
+    let bodies = received.lock().unwrap().clone();
+    assert!(
+        bodies.len() >= 2,
+        "spans of the publisher and the worker arrived"
+    );
+    let all: Vec<u8> = bodies.iter().flat_map(|b| b.iter().copied()).collect();
+    let text = String::from_utf8_lossy(&all);
+    assert_clean("exported spans", &text);
+    env.cleanup().await;
+}
