@@ -342,6 +342,35 @@ fn the_kubernetes_manifests_hang_together_and_ask_only_for_what_swarmd_has() {
             assert_eq!(strings(&context["capabilities"]["drop"]), ["ALL"]);
         }
     }
+    // PostgreSQL's certificate is verified against a CA every pod mounts where the URLs say.
+    let secret = named("Secret", "swarm-secrets").expect("swarm-secrets");
+    for key in ["SWARM_DATABASE_URL", "SWARM_REPLICA_URLS"] {
+        let url = text(&secret["stringData"][key]);
+        assert!(
+            url.contains("sslmode=verify-full&sslrootcert=/etc/swarm/postgres-ca/ca.crt"),
+            "{key}: {url}"
+        );
+    }
+    let pods = by_kind
+        .get("Deployment")
+        .into_iter()
+        .chain(by_kind.get("Job"))
+        .flatten()
+        .map(|d| &d["spec"]["template"]["spec"]);
+    for pod in pods {
+        let volumes = pod["volumes"].as_vec().expect("volumes");
+        assert!(volumes.iter().any(|v| {
+            v["name"].as_str() == Some("postgres-ca")
+                && v["secret"]["secretName"].as_str() == Some("swarm-postgres-ca")
+        }));
+        for container in pod["containers"].as_vec().unwrap() {
+            let mounts = container["volumeMounts"].as_vec().expect("mounts");
+            assert!(mounts.iter().any(|m| {
+                m["name"].as_str() == Some("postgres-ca")
+                    && m["mountPath"].as_str() == Some("/etc/swarm/postgres-ca")
+            }));
+        }
+    }
     // Closed by default: a policy denies all traffic not allowed by another.
     let deny = named_policy(&by_kind, "swarm-default-deny");
     assert_eq!(mapping(&deny["spec"]["podSelector"]).len(), 0);
