@@ -290,3 +290,64 @@ async fn each_role_does_its_job_and_nothing_more() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_or_an_nkey_seed_authenticates_and_a_wrong_one_does_not() {
+    let pair = nkeys::KeyPair::new_user();
+    let token_server = NatsServer::start_configured(
+        "authorization { token: \"the-token-for-the-test\" }",
+        &[],
+        &[],
+    );
+    let nkey_server = NatsServer::start_configured(
+        &format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}",
+            pair.public_key()
+        ),
+        &[],
+        &[],
+    );
+    let env = TestEnv::new().await;
+    // True when a broker with these settings gets a JetStream answer within a few seconds
+    // (the client connects in the background, so only a request tells).
+    let works = |port: u16, adjust: &dyn Fn(&mut Settings)| {
+        let mut settings = env.settings.clone();
+        settings.nats.url = SecretUrl::new(format!("nats://127.0.0.1:{port}"));
+        adjust(&mut settings);
+        async move {
+            let attempt = async {
+                let broker = Broker::connect(&settings.nats).await.ok()?;
+                broker.ensure_stream().await.ok()
+            };
+            matches!(
+                tokio::time::timeout(Duration::from_secs(3), attempt).await,
+                Ok(Some(()))
+            )
+        }
+    };
+    let token = |value: &str| {
+        let value = value.to_string();
+        move |s: &mut Settings| s.nats.token = Some(swarm_director::config::Secret::new(&value))
+    };
+    assert!(works(token_server.port(), &token("the-token-for-the-test")).await);
+    assert!(!works(token_server.port(), &token("wrong")).await);
+    assert!(!works(token_server.port(), &|_| {}).await);
+    // A token given as the URL's userinfo is sent too.
+    let in_url = |s: &mut Settings| {
+        s.nats.url = SecretUrl::new(
+            s.nats
+                .url
+                .expose()
+                .replace("://", "://the-token-for-the-test@"),
+        );
+    };
+    assert!(works(token_server.port(), &in_url).await);
+
+    let with_seed = |seed: String| {
+        move |s: &mut Settings| s.nats.nkey_seed = Some(swarm_director::config::Secret::new(&seed))
+    };
+    assert!(works(nkey_server.port(), &with_seed(pair.seed().unwrap())).await);
+    let stranger = nkeys::KeyPair::new_user().seed().unwrap();
+    assert!(!works(nkey_server.port(), &with_seed(stranger)).await);
+    env.cleanup().await;
+}
