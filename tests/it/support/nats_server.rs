@@ -130,7 +130,18 @@ impl NatsServer {
             .expect("nats-server starts (make services installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Ready when *this* server greets with INFO: another process may have taken the
+        // spare port in between, and a connection alone would not tell.
+        while !greets(self.port) {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "nats-server exited at start (port {} taken?): {exited:?}",
+                self.port
+            );
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not listen on {}",
@@ -160,4 +171,15 @@ impl Drop for NatsServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// True when a NATS server greets a new connection on `port` with its INFO line.
+fn greets(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut greeting = [0u8; 5];
+    stream.read_exact(&mut greeting).is_ok() && &greeting == b"INFO "
 }

@@ -9,6 +9,9 @@ pub struct RedisServer {
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
     args: Vec<String>,
+    /// Fresh ports to try when the first one turns out taken (at the first start only: a
+    /// restart keeps its port).
+    retry_ports: u32,
 }
 
 impl RedisServer {
@@ -26,8 +29,10 @@ impl RedisServer {
             dir,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            retry_ports: 3,
         };
         server.launch();
+        server.retry_ports = 0;
         server
     }
 
@@ -52,16 +57,29 @@ impl RedisServer {
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
+        // Ready when *this* server answers a PING (`+PONG`, or `-NOAUTH` under ACLs): another
+        // process may have taken the spare port in between, and a connection alone would not
+        // tell.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !answers_ping(self.port) {
             let exited = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
-            assert!(exited.is_none(), "redis-server exited at start: {exited:?}");
+            if exited.is_some() && self.retry_ports > 0 {
+                // The spare port was taken before the server bound it: try another.
+                self.retry_ports -= 1;
+                self.port = spare_port();
+                return self.launch();
+            }
+            assert!(
+                exited.is_none(),
+                "redis-server exited at start (port {} taken?): {exited:?}",
+                self.port
+            );
             assert!(
                 std::time::Instant::now() < deadline,
-                "redis-server did not listen on {}",
+                "redis-server did not answer on {}",
                 self.port
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -85,4 +103,17 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// True when a Redis server answers a PING on `port`.
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && (reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH"))
 }
