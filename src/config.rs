@@ -252,6 +252,11 @@ pub struct NatsSettings {
     pub creds_file: Option<String>,
     /// Optional NATS token. Env: `SWARM_NATS_TOKEN`.
     pub token: Option<Secret>,
+    /// User name to connect as (with `password`), instead of the URL's userinfo.
+    /// Env: `SWARM_NATS_USER`.
+    pub user: Option<String>,
+    /// That user's password. Env: `SWARM_NATS_PASSWORD`.
+    pub password: Option<Secret>,
     /// Optional NKey seed (`SU…`) to sign the server's challenge. Env: `SWARM_NATS_NKEY_SEED`.
     pub nkey_seed: Option<Secret>,
     /// Prefix of this process's reply subjects. The roles in `deploy/nats/roles.conf` give
@@ -297,6 +302,8 @@ impl Default for NatsSettings {
             url: SecretUrl::new("nats://127.0.0.1:4222"),
             creds_file: None,
             token: None,
+            user: None,
+            password: None,
             nkey_seed: None,
             inbox_prefix: "_INBOX".into(),
             stream: "SWARM_TASKS".into(),
@@ -646,6 +653,12 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_NATS_CREDS") {
             self.nats.creds_file = Some(v);
+        }
+        if let Some(v) = get("SWARM_NATS_USER") {
+            self.nats.user = Some(v);
+        }
+        if let Some(v) = get("SWARM_NATS_PASSWORD") {
+            self.nats.password = Some(Secret::new(v));
         }
         if let Some(v) = get("SWARM_NATS_NKEY_SEED") {
             self.nats.nkey_seed = Some(Secret::new(v));

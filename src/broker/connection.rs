@@ -50,8 +50,11 @@ impl Broker {
         }
         let urls: Vec<&str> = settings.url.expose().split(',').map(str::trim).collect();
         // The client takes credentials from its options only, never from a URL's userinfo:
-        // `nats://user:pass@host` (or `nats://token@host`) is turned into them here.
-        if let Some(server) = urls
+        // `nats://user:pass@host` (or `nats://token@host`) is turned into them here, unless
+        // the user and password are set on their own.
+        if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+            options = options.user_and_password(user.clone(), password.expose().to_string());
+        } else if let Some(server) = urls
             .iter()
             .filter_map(|url| url.parse::<async_nats::ServerAddr>().ok())
             .find(|server| server.username().is_some())

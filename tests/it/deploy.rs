@@ -371,6 +371,53 @@ fn the_kubernetes_manifests_hang_together_and_ask_only_for_what_swarmd_has() {
             }));
         }
     }
+    // Every fleet pod connects to NATS as its role, the password from swarm-nats-users, and
+    // the NATS chart carries the same users as deploy/nats/roles.conf.
+    for (kind, name, user) in [
+        ("Deployment", "swarm-api", "api"),
+        ("Job", "swarm-migrate", "admin"),
+    ]
+    .into_iter()
+    .chain(
+        by_kind["Deployment"]
+            .iter()
+            .filter_map(|d| d["metadata"]["name"].as_str())
+            .filter(|n| n.starts_with("swarm-worker"))
+            .map(|n| ("Deployment", n, "worker")),
+    ) {
+        let doc = named(kind, name).unwrap_or_else(|| panic!("{kind} {name}"));
+        let env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_vec()
+            .expect("env");
+        let var = |wanted: &str| env.iter().find(|v| v["name"].as_str() == Some(wanted));
+        assert_eq!(
+            var("SWARM_NATS_USER").map(|v| text(&v["value"])),
+            Some(user.to_string()),
+            "{name}"
+        );
+        let password =
+            &var("SWARM_NATS_PASSWORD").expect("a NATS password")["valueFrom"]["secretKeyRef"];
+        assert_eq!(text(&password["name"]), "swarm-nats-users");
+        assert_eq!(text(&password["key"]), user);
+        named("Secret", "swarm-nats-users")
+            .map(|s| mapping(&s["stringData"]).contains_key(user))
+            .filter(|has| *has)
+            .unwrap_or_else(|| panic!("swarm-nats-users has no {user}"));
+    }
+    let chart = yaml("deploy/k8s/nats-values.yaml");
+    assert_eq!(
+        text(&chart["configMap"]["merge"]["data"]["roles.conf"]),
+        read("deploy/nats/roles.conf"),
+        "the chart's users drifted from deploy/nats/roles.conf"
+    );
+    assert_eq!(text(&chart["config"]["merge"]["00$include"]), "roles.conf");
+    for role in ["PUBLISHER", "WORKER", "API", "ADMIN"] {
+        let var = &chart["container"]["env"][format!("SWARM_NATS_{role}_PASSWORD").as_str()];
+        assert_eq!(
+            text(&var["valueFrom"]["secretKeyRef"]["name"]),
+            "swarm-nats-users"
+        );
+    }
     // Closed by default: a policy denies all traffic not allowed by another.
     let deny = named_policy(&by_kind, "swarm-default-deny");
     assert_eq!(mapping(&deny["spec"]["podSelector"]).len(), 0);

@@ -233,6 +233,25 @@ async fn each_role_does_its_job_and_nothing_more() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // The user and password may also be given on their own, as the Kubernetes manifests do.
+    let output = env
+        .swarmd()
+        .envs(process_env_as(&env, &server, "api"))
+        .env(
+            "SWARM_NATS_URL",
+            format!("nats://127.0.0.1:{}", server.port()),
+        )
+        .env("SWARM_NATS_USER", "api")
+        .env("SWARM_NATS_PASSWORD", password("api"))
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // Doing its job, no role bumped into its limits.
     assert_eq!(server.violations(), Vec::<String>::new());
 
