@@ -322,13 +322,14 @@ fn the_kubernetes_manifests_hang_together_and_ask_only_for_what_swarmd_has() {
 
     // Every pod runs confined: non-root, the runtime's seccomp profile, no privilege
     // escalation, no capabilities, a read-only root.
-    let pods = by_kind
+    let pods: Vec<&Yaml> = by_kind
         .get("Deployment")
         .into_iter()
         .chain(by_kind.get("Job"))
         .flatten()
-        .map(|d| &d["spec"]["template"]["spec"]);
-    for pod in pods {
+        .map(|d| &d["spec"]["template"]["spec"])
+        .collect();
+    for pod in &pods {
         let context = &pod["securityContext"];
         assert_eq!(context["runAsNonRoot"].as_bool(), Some(true));
         assert_eq!(
@@ -351,13 +352,7 @@ fn the_kubernetes_manifests_hang_together_and_ask_only_for_what_swarmd_has() {
             "{key}: {url}"
         );
     }
-    let pods = by_kind
-        .get("Deployment")
-        .into_iter()
-        .chain(by_kind.get("Job"))
-        .flatten()
-        .map(|d| &d["spec"]["template"]["spec"]);
-    for pod in pods {
+    for pod in &pods {
         let volumes = pod["volumes"].as_vec().expect("volumes");
         assert!(volumes.iter().any(|v| {
             v["name"].as_str() == Some("postgres-ca")

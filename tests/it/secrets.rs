@@ -165,31 +165,12 @@ async fn no_output_of_any_command_shows_a_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exported_spans_carry_no_secret() {
-    use std::sync::{Arc, Mutex};
-
-    use axum::{Router, body::Bytes, routing::post};
-
-    // An OTLP/HTTP receiver keeping every raw request body (protobuf keeps strings as they
-    // are, so a secret in any attribute would show in the bytes).
-    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
-    let sink = received.clone();
-    let app = Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(body);
-                ""
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
+    // Protobuf keeps strings as they are, so a secret in any attribute would show in the
+    // raw bodies.
+    let receiver = crate::support::otlp::OtlpReceiver::start().await;
     let env = TestEnv::new().await;
     let mut vars = secret_env(&env);
-    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+    vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()));
     let mut worker = env
         .swarmd()
         .envs(vars.clone())
@@ -230,7 +211,7 @@ async fn exported_spans_carry_no_secret() {
         .expect("the worker stops")
         .unwrap();
 
-    let bodies = received.lock().unwrap().clone();
+    let bodies = receiver.bodies();
     assert!(
         bodies.len() >= 2,
         "spans of the publisher and the worker arrived"

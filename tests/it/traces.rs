@@ -2,10 +2,7 @@
 //! through the NATS headers, retries stay in the trace, and spans really leave the process
 //! over OTLP/HTTP.
 
-use std::{
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::trace::{SpanId, TraceId, Tracer as _, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -168,33 +165,17 @@ async fn a_dead_letter_keeps_the_trace_and_its_replay_continues_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_receiver() {
-    use axum::{Router, body::Bytes, routing::post};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-    let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
-    let sink = received.clone();
-    let app = Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(body);
-                ""
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-    let provider = telemetry::otlp_provider(&format!("http://{addr}")).unwrap();
+    let receiver = crate::support::otlp::OtlpReceiver::start().await;
+    let provider = telemetry::otlp_provider(&receiver.endpoint).unwrap();
     provider.tracer("swarmd").in_span("probe", |_| {});
     tokio::task::spawn_blocking(move || provider.shutdown())
         .await
         .unwrap()
         .unwrap();
 
-    let bodies = received.lock().unwrap().clone();
+    let bodies = receiver.bodies();
     assert!(!bodies.is_empty(), "no OTLP request arrived");
     let names: Vec<String> = bodies
         .iter()
