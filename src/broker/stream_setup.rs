@@ -10,13 +10,9 @@ use async_nats::jetstream::{self, stream::Config};
 /// Fails with the server's reason when the stream cannot be read, created or updated.
 pub(crate) async fn ensure(jetstream: &jetstream::Context, wanted: Config) -> Result<(), String> {
     match jetstream.get_stream(&wanted.name).await {
-        Ok(mut stream) => {
-            let current = stream
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .config
-                .clone();
+        Ok(stream) => {
+            // `get_stream` just read the settings: no second request.
+            let current = stream.cached_info().config.clone();
             let merged = with_fleet_fields(current.clone(), &wanted);
             if merged != current {
                 tracing::debug!(?current, ?merged, "stream settings differ; updating");

@@ -276,7 +276,8 @@ async fn a_legacy_task_is_processed_once_and_completed() {
 async fn retries_and_dead_tasks_look_as_the_seed_leaves_them() {
     let env = TestEnv::new().await;
     let k = keys(&env);
-    let fleet = env.spawn_assembled(env.legacy_worker(|s| s.worker.retry_base_ms = 1500));
+    // The retry waits ≥ 2.4 s: long enough to see it in agent_tasks on a loaded machine.
+    let fleet = env.spawn_assembled(env.legacy_worker(|s| s.worker.retry_base_ms = 3000));
     let flaky = enqueue_task(&env, "fail", json!({"succeed_on_attempt": 2}), 5).await;
     let permanent = TaskEnvelope::new("fail", json!({"permanent": true}));
     env.broker.publish(&permanent, Codec::Json).await.unwrap();
