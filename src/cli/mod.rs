@@ -23,7 +23,7 @@ use crate::config::Settings;
 ///
 /// Every command reads its settings from built-in defaults, then the optional config file,
 /// then SWARM_* environment variables (SWARM_NATS_URL, SWARM_DATABASE_URL, SWARM_REDIS_URL,
-/// SWARM_STREAM, SWARM_SUBJECT_PREFIX, ...). See README.md for the full list.
+/// SWARM_STREAM, SWARM_SUBJECT_PREFIX, ...). See docs/configuration.md for the full list.
 #[derive(Debug, Parser)]
 #[command(name = "swarmd", version, propagate_version = true)]
 pub struct Cli {
