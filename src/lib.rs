@@ -15,12 +15,14 @@
 //! - [`mirror`]: the seed's Redis queue contract: mirror of every task's state, intake of
 //!   legacy producers, drift check and rebuild.
 //! - [`metrics`]: every Prometheus metric, in one place.
-//! - [`http`]: the HTTP side: metrics and health endpoints (and request metrics).
+//! - [`http`]: the HTTP side: metrics and health endpoints, request metrics, the publishers'
+//!   API and who may use it (token roles, request bounds).
 //! - [`telemetry`]: logs, and traces carried in NATS headers and exported over OTLP.
 //! - [`scale`]: host readings, the workers' roll call, scale-up/down signals and sizing.
-//! - [`store`]: PostgreSQL pools, embedded migrations and the task queries.
+//! - [`store`]: PostgreSQL pools, embedded migrations, the task queries and the day
+//!   partitions that expire whole (retention).
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
-//!   and the pull loop with graceful shutdown.
+//!   the pull loop with graceful shutdown, and the hourly upkeep (retention).
 //! - [`cli`]: one file per `swarmd` subcommand; `main.rs` only dispatches.
 
 pub mod agent;
