@@ -2,50 +2,60 @@
 
 use std::sync::LazyLock;
 
-/// Moves one task to its new place in the legacy keys, unless a newer state was written.
+/// Moves tasks to their new places in the legacy keys, each unless a newer state of it was
+/// written. One call carries many moves: a script call per move cost Redis more than the
+/// moves themselves. A move that fails leaves the earlier ones of its call written; moves are
+/// monotonic (a repeated one is refused by its rank), so writing the call again is safe.
 ///
 /// KEYS: agent_tasks, processing_tasks, completed_tasks, failed_tasks, mirrored_waiting,
-/// mirror_state. ARGV: id, kind (waiting | processing | completed | failed), rank, json,
-/// score, force ("1" ignores rank and finality: rebuilds).
+/// mirror_state. ARGV: force ("1" ignores rank and finality: rebuilds), then for each move
+/// id, kind (waiting | processing | completed | failed), rank, json, score.
 pub static TRANSITION: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(TRANSITION_CODE));
 
 /// The source of [`TRANSITION`], for `SCRIPT LOAD` after Redis lost its script cache.
 pub const TRANSITION_CODE: &str = r#"
-local id, kind, rank, json, score, force = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6] == '1'
-if not force then
-  if redis.call('HEXISTS', KEYS[3], id) == 1 or redis.call('HEXISTS', KEYS[4], id) == 1 then
-    return 0
+local force = ARGV[1] == '1'
+local moved = 0
+for i = 2, #ARGV, 5 do
+  local id, kind, rank, json, score = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4]
+  local skip = false
+  if not force then
+    if redis.call('HEXISTS', KEYS[3], id) == 1 or redis.call('HEXISTS', KEYS[4], id) == 1 then
+      skip = true
+    else
+      local current = redis.call('HGET', KEYS[6], id)
+      skip = current and tonumber(current) >= rank
+    end
+  else
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
   end
-  local current = redis.call('HGET', KEYS[6], id)
-  if current and tonumber(current) >= rank then
-    return 0
+  if not skip then
+    local old = redis.call('HGET', KEYS[5], id)
+    if old then
+      redis.call('ZREM', KEYS[1], old)
+      redis.call('HDEL', KEYS[5], id)
+    end
+    redis.call('HDEL', KEYS[2], id)
+    if kind == 'waiting' then
+      redis.call('ZADD', KEYS[1], score, json)
+      redis.call('HSET', KEYS[5], id, json)
+      redis.call('HSET', KEYS[6], id, rank)
+    elseif kind == 'processing' then
+      redis.call('HSET', KEYS[2], id, json)
+      redis.call('HSET', KEYS[6], id, rank)
+    elseif kind == 'completed' then
+      redis.call('HSET', KEYS[3], id, json)
+      redis.call('HDEL', KEYS[6], id)
+    else
+      redis.call('HSET', KEYS[4], id, json)
+      redis.call('HDEL', KEYS[6], id)
+    end
+    moved = moved + 1
   end
-else
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
 end
-local old = redis.call('HGET', KEYS[5], id)
-if old then
-  redis.call('ZREM', KEYS[1], old)
-  redis.call('HDEL', KEYS[5], id)
-end
-redis.call('HDEL', KEYS[2], id)
-if kind == 'waiting' then
-  redis.call('ZADD', KEYS[1], score, json)
-  redis.call('HSET', KEYS[5], id, json)
-  redis.call('HSET', KEYS[6], id, rank)
-elseif kind == 'processing' then
-  redis.call('HSET', KEYS[2], id, json)
-  redis.call('HSET', KEYS[6], id, rank)
-elseif kind == 'completed' then
-  redis.call('HSET', KEYS[3], id, json)
-  redis.call('HDEL', KEYS[6], id)
-else
-  redis.call('HSET', KEYS[4], id, json)
-  redis.call('HDEL', KEYS[6], id)
-end
-return 1
+return moved
 "#;
 
 /// Claims legacy producers' members of `agent_tasks` atomically: each given member that is

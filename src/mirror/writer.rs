@@ -29,6 +29,9 @@ const QUEUE: usize = 100_000;
 /// later. Tasks may be up to 1 MiB each, so a count alone would not bound memory.
 const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const BATCH: usize = 512;
+/// Moves per script call: one call per move cost Redis more than the moves; a call holds
+/// Redis (single-threaded) for its duration, so not a whole batch either.
+const MOVES_PER_CALL: usize = 64;
 const LINGER: Duration = Duration::from_millis(2);
 /// How long a `waiting` or `processing` move waits for a later move of the same task to
 /// replace it: most tasks finish within it, and then only their final move is written.
@@ -305,8 +308,9 @@ pub async fn write(
     }
     let script = &*scripts::TRANSITION;
     let mut pipe = redis::pipe();
-    for event in events {
-        pipe.cmd("EVALSHA")
+    for moves in events.chunks(MOVES_PER_CALL) {
+        let call = pipe
+            .cmd("EVALSHA")
             .arg(script.get_hash())
             .arg(6)
             .arg(&keys.agent_tasks)
@@ -315,13 +319,15 @@ pub async fn write(
             .arg(&keys.failed_tasks)
             .arg(&keys.mirrored_waiting)
             .arg(&keys.mirror_state)
-            .arg(&event.id)
-            .arg(event.place.as_str())
-            .arg(event.rank)
-            .arg(&event.json)
-            .arg(event.priority)
-            .arg(if force { "1" } else { "0" })
-            .ignore();
+            .arg(if force { "1" } else { "0" });
+        for event in moves {
+            call.arg(&event.id)
+                .arg(event.place.as_str())
+                .arg(event.rank)
+                .arg(&event.json)
+                .arg(event.priority);
+        }
+        call.ignore();
     }
     match pipe.query_async::<()>(redis).await {
         Err(error)

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::{
@@ -85,6 +86,8 @@ pub struct DeliveryInfo {
     /// 1 on the first delivery.
     pub delivered: u32,
     pub subject: String,
+    /// When the stream stored the message (server clock), when the metadata says.
+    pub stored_at: Option<DateTime<Utc>>,
 }
 
 impl DeliveryInfo {
@@ -106,12 +109,17 @@ impl DeliveryInfo {
                 stream_sequence: info.stream_sequence,
                 delivered: info.delivered.clamp(1, i64::from(u32::MAX)) as u32,
                 subject,
+                stored_at: DateTime::from_timestamp(
+                    info.published.unix_timestamp(),
+                    info.published.nanosecond(),
+                ),
             },
             Err(_) => Self {
                 stream: String::new(),
                 stream_sequence: 0,
                 delivered: 1,
                 subject,
+                stored_at: None,
             },
         }
     }

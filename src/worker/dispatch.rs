@@ -5,7 +5,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    pin::Pin,
     sync::Arc,
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -22,6 +24,7 @@ use uuid::Uuid;
 use super::{
     Executor, Outcome, Worker,
     delivery::{self, DeliveryInfo, TaskDelivery},
+    first_delivery::FirstDelivery,
     hold::Hold,
     outcome::Record,
     raised,
@@ -31,7 +34,7 @@ use crate::{
     dlq::DeadReason,
     fault::{Bisection, Classify, Fault},
     metrics::Metrics,
-    mirror::MirrorEvent,
+    mirror::{Mirror, MirrorEvent},
     store::{Claim, Claimed, RowKey, Store, StoreError},
 };
 
@@ -42,12 +45,15 @@ const PROCESSING_AFTER: Duration = Duration::from_millis(500);
 pub(super) struct Dispatch<'a> {
     pub(super) worker: &'a Worker,
     pub(super) settle_tx: &'a mpsc::Sender<Settlement>,
-    pub(super) abandon_rx: &'a watch::Receiver<bool>,
+    /// Runs each claimed task (shared by all of them).
+    pub(super) runner: Arc<TaskRunner>,
     /// True once shutdown began: stop waiting for the database, hand tasks back.
     pub(super) shutdown_rx: watch::Receiver<bool>,
-    pub(super) heartbeat: Duration,
     /// Largest raw body kept in a dead letter: what fits in one NATS message.
     pub(super) max_dead_letter_body: usize,
+    /// The stream's duplicate window: first deliveries stored within it of their task's
+    /// creation need no lookup.
+    pub(super) duplicate_window: Duration,
 }
 
 /// A decoded delivery waiting for its claim.
@@ -55,6 +61,8 @@ struct Pending {
     delivery: TaskDelivery,
     acker: Acker,
     slot: OwnedSemaphorePermit,
+    /// A first delivery that may be a copy of a task already finished: looked up first.
+    look_up: bool,
 }
 
 impl Dispatch<'_> {
@@ -112,17 +120,27 @@ impl Dispatch<'_> {
                     self.settle(acker, Record::Nothing, later, "requeued", slot)
                         .await;
                 }
-                Ok(task) => pending.push(Pending {
-                    delivery: TaskDelivery {
-                        task: Arc::new(task),
-                        trace: crate::telemetry::extract(message.headers.as_ref()),
-                        info,
-                        previous_errors: Vec::new(),
-                        started_at: chrono::Utc::now(),
-                    },
-                    acker: message.split().1,
-                    slot,
-                }),
+                Ok(task) => {
+                    let look_up = info.delivered == 1
+                        && FirstDelivery {
+                            stored_at: info.stored_at,
+                            created_at: task.created_at,
+                            deduplicated_by_id: carries_task_id(&message, &task.id),
+                        }
+                        .may_repeat_an_earlier_copy(self.duplicate_window);
+                    pending.push(Pending {
+                        delivery: TaskDelivery {
+                            task: Arc::new(task),
+                            trace: crate::telemetry::extract(message.headers.as_ref()),
+                            info,
+                            previous_errors: Vec::new(),
+                            started_at: chrono::Utc::now(),
+                        },
+                        acker: message.split().1,
+                        slot,
+                        look_up,
+                    })
+                }
             }
         }
         if pending.is_empty() {
@@ -146,13 +164,6 @@ impl Dispatch<'_> {
             };
             p.delivery.previous_errors = claimed.previous_errors;
             p.delivery.started_at = claimed.started_at;
-            if let Some(mirror) = &worker.mirror {
-                mirror.record(MirrorEvent::processing(
-                    &p.delivery,
-                    &worker.worker_id,
-                    claimed.started_at,
-                ));
-            }
             let limit = p.delivery.task.max_attempts + worker.settings.crash_allowance;
             if p.delivery.attempt() > limit {
                 // Delivered again and again without an outcome: it kills or hangs workers.
@@ -180,15 +191,7 @@ impl Dispatch<'_> {
                 }
                 continue;
             }
-            running.spawn(run_one(
-                worker.executor.clone(),
-                worker.store.clone(),
-                p,
-                self.settle_tx.clone(),
-                self.abandon_rx.clone(),
-                self.heartbeat,
-                worker.worker_id.clone(),
-            ));
+            running.spawn(self.runner.clone().run(p));
         }
     }
 
@@ -205,9 +208,20 @@ impl Dispatch<'_> {
         let mut hold = Hold::new(worker.held.clone());
         let mut stop = self.shutdown_rx.clone();
         let mut runnable = HashMap::with_capacity(pending.len());
+        let started_at = chrono::Utc::now();
+        for p in pending
+            .iter()
+            .filter(|p| p.delivery.attempt() == 1 && !p.look_up)
+        {
+            let claimed = Claimed {
+                previous_errors: Vec::new(),
+                started_at,
+            };
+            runnable.insert(p.delivery.task.id, claimed);
+        }
         let first: Vec<RowKey> = pending
             .iter()
-            .filter(|p| p.delivery.attempt() == 1)
+            .filter(|p| p.delivery.attempt() == 1 && p.look_up)
             .map(|p| RowKey::of(&p.delivery.task))
             .collect();
         let finished = loop {
@@ -222,7 +236,6 @@ impl Dispatch<'_> {
             }
         };
         hold.recovered();
-        let started_at = chrono::Utc::now();
         for id in first
             .into_iter()
             .map(|key| key.id)
@@ -343,49 +356,110 @@ impl Dispatch<'_> {
     }
 }
 
-/// Runs one claimed task, keeping its lease alive, and sends its settlement.
-async fn run_one(
-    executor: Executor,
-    store: Store,
-    pending: Pending,
-    settle_tx: mpsc::Sender<Settlement>,
-    mut abandon: watch::Receiver<bool>,
-    heartbeat: Duration,
-    worker_id: String,
-) {
-    let Pending {
-        delivery,
-        acker,
-        slot,
-    } = pending;
-    let started = Instant::now();
-    let metrics = Metrics::global();
-    metrics.in_flight.inc();
-    // Continues the producer's trace (OpenTelemetry messaging conventions).
-    let trace_id = crate::telemetry::trace_id(&delivery.trace);
-    let span = tracing::info_span!(
-        "process",
-        otel.name = %format_args!("process {}", delivery.task.agent_type),
-        otel.kind = "consumer",
-        messaging.system = "nats",
-        messaging.operation = "process",
-        messaging.destination.name = %delivery.info.subject,
-        messaging.message.id = %delivery.task.id,
-        task.id = %delivery.task.id,
-        agent_type = %delivery.task.agent_type,
-        attempt = delivery.attempt(),
-        trace_id = trace_id.as_deref().unwrap_or(""),
-    );
-    let _ = span.set_parent(delivery.trace.clone());
-    let outcome = {
-        let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
-        let run = executor
-            .execute(&delivery.task, delivery.attempt())
-            .instrument(agent_span);
-        tokio::pin!(run);
+/// True when the message's `Nats-Msg-Id` is the task id (the stream de-duplicated it).
+fn carries_task_id(message: &jetstream::Message, id: &Uuid) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(crate::broker::headers::MSG_ID))
+        .and_then(|value| value.as_str().parse::<Uuid>().ok())
+        .is_some_and(|value| value == *id)
+}
+
+/// What running a claimed task needs, built once per worker loop and shared by every task.
+pub(super) struct TaskRunner {
+    pub(super) executor: Executor,
+    pub(super) store: Store,
+    pub(super) mirror: Option<Mirror>,
+    pub(super) settle_tx: mpsc::Sender<Settlement>,
+    pub(super) abandon_rx: watch::Receiver<bool>,
+    pub(super) heartbeat: Duration,
+    pub(super) worker_id: String,
+}
+
+impl TaskRunner {
+    /// Runs one claimed task, keeping its lease alive, and sends its settlement.
+    async fn run(self: Arc<Self>, pending: Pending) {
+        let Pending {
+            delivery,
+            acker,
+            slot,
+            ..
+        } = pending;
+        let started = Instant::now();
+        let metrics = Metrics::global();
+        metrics.in_flight.inc();
+        // Continues the producer's trace (OpenTelemetry messaging conventions).
+        let trace_id = crate::telemetry::trace_id(&delivery.trace);
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", delivery.task.agent_type),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation = "process",
+            messaging.destination.name = %delivery.info.subject,
+            messaging.message.id = %delivery.task.id,
+            task.id = %delivery.task.id,
+            agent_type = %delivery.task.agent_type,
+            attempt = delivery.attempt(),
+            trace_id = trace_id.as_deref().unwrap_or(""),
+        );
+        let _ = span.set_parent(delivery.trace.clone());
+        let outcome = {
+            let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
+            let run = self
+                .executor
+                .execute(&delivery.task, delivery.attempt())
+                .instrument(agent_span);
+            tokio::pin!(run);
+            // Most agents answer at their first poll: no timers, no `processing` write.
+            match futures::poll!(&mut run) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => self.keep_running(&delivery, &acker, run).await,
+            }
+        };
+        metrics.in_flight.dec();
+        let agent_label = self.executor.registry().label(&delivery.task.agent_type);
+        metrics
+            .agent_duration
+            .with_label_values(&[agent_label])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(task_id = %delivery.task.id, agent = %delivery.task.agent_type,
+            attempt = delivery.attempt(), outcome = outcome.label(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
+        let task_id = delivery.task.id;
+        let record = outcome.record(&delivery, &self.worker_id);
+        let mut settlement = Settlement::new(acker, record, outcome.ack_kind(), outcome.label());
+        settlement.mirror = outcome.mirror_event(&delivery, &self.worker_id);
+        settlement.agent_label = agent_label;
+        settlement.span = span;
+        settlement.slot = Some(slot);
+        settlement.delivery = Some(Arc::new(delivery));
+        if self.settle_tx.send(settlement).await.is_err() {
+            tracing::error!(%task_id, "settler stopped; the task will be redelivered");
+        }
+    }
+
+    /// Waits for an agent that did not answer at once: the task is shown as `processing` in
+    /// the mirror, its lease is renewed, a first delivery still running after a moment gets
+    /// its `processing` row, and shutdown past the grace period abandons it.
+    async fn keep_running(
+        &self,
+        delivery: &TaskDelivery,
+        acker: &Acker,
+        mut run: Pin<&mut impl Future<Output = Outcome>>,
+    ) -> Outcome {
+        if let Some(mirror) = &self.mirror {
+            mirror.record(MirrorEvent::processing(
+                delivery,
+                &self.worker_id,
+                delivery.started_at,
+            ));
+        }
+        let mut abandon = self.abandon_rx.clone();
         let mut beat = tokio::time::interval_at(
-            tokio::time::Instant::now() + heartbeat,
-            heartbeat.max(Duration::from_millis(100)),
+            tokio::time::Instant::now() + self.heartbeat,
+            self.heartbeat.max(Duration::from_millis(100)),
         );
         // A first delivery has no row yet; one still running after a moment is shown as
         // `processing` (API, status, long tasks) with a claim of its own.
@@ -394,7 +468,7 @@ async fn run_one(
         let mut shown = delivery.attempt() > 1;
         loop {
             tokio::select! {
-                outcome = &mut run => break outcome,
+                outcome = &mut run => return outcome,
                 _ = beat.tick() => {
                     // Still working: renew the lease so no second worker gets the task.
                     let _ = acker.ack_with(AckKind::Progress).await;
@@ -406,31 +480,12 @@ async fn run_one(
                         attempt: delivery.attempt(),
                         trace_id: crate::telemetry::trace_id(&delivery.trace),
                     };
-                    if let Err(error) = store.claim(&[claim], &worker_id).await {
+                    if let Err(error) = self.store.claim(&[claim], &self.worker_id).await {
                         tracing::debug!(%error, "cannot show a long task as processing");
                     }
                 }
-                _ = raised(&mut abandon) => break Outcome::Abandoned,
+                _ = raised(&mut abandon) => return Outcome::Abandoned,
             }
         }
-    };
-    metrics.in_flight.dec();
-    metrics
-        .agent_duration
-        .with_label_values(&[executor.registry().label(&delivery.task.agent_type)])
-        .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(task_id = %delivery.task.id, agent = %delivery.task.agent_type,
-        attempt = delivery.attempt(), outcome = outcome.label(),
-        elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
-    let task_id = delivery.task.id;
-    let record = outcome.record(&delivery, &worker_id);
-    let mut settlement = Settlement::new(acker, record, outcome.ack_kind(), outcome.label());
-    settlement.mirror = outcome.mirror_event(&delivery, &worker_id);
-    settlement.agent_label = executor.registry().label(&delivery.task.agent_type);
-    settlement.span = span;
-    settlement.slot = Some(slot);
-    settlement.delivery = Some(Arc::new(delivery));
-    if settle_tx.send(settlement).await.is_err() {
-        tracing::error!(%task_id, "settler stopped; the task will be redelivered");
     }
 }

@@ -12,6 +12,7 @@
 //! - [`hold`]: holding a batch through a transient fault, and the board of held batches.
 //! - [`liveness`]: whether the worker still makes progress (`/ready`, stall gauges).
 //! - [`dispatch`]: a fetched batch becomes claimed, running tasks.
+//! - [`first_delivery`]: whether a first delivery could repeat a finished task.
 //! - [`upkeep`]: task partitions created and expired, the legacy mirror trimmed.
 //! - [`runner`]: the pull loop and graceful shutdown around them.
 
@@ -20,6 +21,7 @@ pub mod assembly;
 pub mod delivery;
 mod dispatch;
 pub mod executor;
+pub mod first_delivery;
 pub mod gauges;
 pub mod hold;
 pub mod liveness;

@@ -13,7 +13,7 @@ use tokio::{
 use super::{
     Executor, RetryPolicy,
     alarm::RetryAlarms,
-    dispatch::Dispatch,
+    dispatch::{Dispatch, TaskRunner},
     gauges,
     hold::HeldBatches,
     liveness::Liveness,
@@ -275,15 +275,24 @@ impl Worker {
         let mut running = JoinSet::new();
         // The shutdown signal as a flag every part of the loop can watch.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let runner = Arc::new(TaskRunner {
+            executor: self.executor.clone(),
+            store: self.store.clone(),
+            mirror: self.mirror.clone(),
+            settle_tx: settle_tx.clone(),
+            abandon_rx: abandon_rx.clone(),
+            heartbeat: self.broker.settings().ack_wait() / 2,
+            worker_id: self.worker_id.clone(),
+        });
         let dispatch = Dispatch {
             worker: &self,
             settle_tx: &settle_tx,
-            abandon_rx: &abandon_rx,
+            runner,
             shutdown_rx: shutdown_rx.clone(),
-            heartbeat: self.broker.settings().ack_wait() / 2,
             // Leave room for the record's other fields and headers.
             max_dead_letter_body: (self.broker.client().server_info().max_payload)
                 .saturating_sub(16 * 1024),
+            duplicate_window: Duration::from_secs(self.broker.settings().duplicate_window_secs),
         };
         tracing::info!(
             worker_id = %self.worker_id,
@@ -406,7 +415,8 @@ impl Worker {
             let _ = abandon_tx.send(true);
             while running.join_next().await.is_some() {}
         }
-        // Every sender gone (the dispatcher's borrow ended above): the settler flushes.
+        // Every sender gone (the task runner's with the dispatcher): the settler flushes.
+        drop(dispatch);
         drop(settle_tx);
         tokio::pin!(settler);
         if tokio::time::timeout_at(deadline, &mut settler)
