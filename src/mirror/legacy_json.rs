@@ -98,20 +98,27 @@ pub fn python_timestamp(time: DateTime<Utc>) -> String {
     // Written out by hand: chrono's strftime parser was 3 % of a worker's CPU.
     let naive = time.naive_utc();
     let (date, clock) = (naive.date(), naive.time());
-    let seconds = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        date.year(),
-        date.month(),
-        date.day(),
-        clock.hour(),
-        clock.minute(),
-        clock.second()
-    );
+    let mut text = String::with_capacity(26);
+    let mut digits = |value: u32, width: usize, before: Option<char>| {
+        text.extend(before);
+        let mut place = 10u32.pow(width as u32 - 1);
+        while place > 0 {
+            text.push(char::from(b'0' + (value / place % 10) as u8));
+            place /= 10;
+        }
+    };
+    digits(date.year().clamp(0, 9999) as u32, 4, None);
+    digits(date.month(), 2, Some('-'));
+    digits(date.day(), 2, Some('-'));
+    digits(clock.hour(), 2, Some('T'));
+    digits(clock.minute(), 2, Some(':'));
+    digits(clock.second(), 2, Some(':'));
     // A leap second's nanoseconds run past 10^9; Python has no such second.
     match clock.nanosecond().min(999_999_999) / 1000 {
-        0 => seconds,
-        micros => format!("{seconds}.{micros:06}"),
+        0 => {}
+        micros => digits(micros, 6, Some('.')),
     }
+    text
 }
 
 /// Reads a seed timestamp (naive, taken as UTC) or an RFC 3339 one.
@@ -175,17 +182,18 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
-        for c in fragment.chars() {
-            if c.is_ascii() {
-                writer.write_all(&[c as u8])?;
-            } else {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    write!(writer, "\\u{unit:04x}")?;
-                }
+        // ASCII runs are written whole; each other character as its UTF-16 escapes.
+        let mut rest = fragment;
+        while let Some(at) = rest.find(|c: char| !c.is_ascii()) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            let c = rest[at..].chars().next().expect("found at a char boundary");
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(writer, "\\u{unit:04x}")?;
             }
+            rest = &rest[at + c.len_utf8()..];
         }
-        Ok(())
+        writer.write_all(rest.as_bytes())
     }
 }
 
@@ -215,10 +223,10 @@ mod tests {
     #[test]
     fn json_matches_python_json_dumps() {
         // json.dumps({'id': 'x', 'data': {'agent_type': 'email', 'data': {'to': 'é', 'n': [1, 2.5]}}})
-        let value = json!({"id": "x", "data": {"agent_type": "email", "data": {"to": "é😀", "n": [1, 2.5, null, true]}}});
+        let value = json!({"id": "x", "data": {"agent_type": "email", "data": {"to": "é😀 x\"é", "n": [1, 2.5, null, true]}}});
         assert_eq!(
             python_json(&value),
-            r#"{"id": "x", "data": {"agent_type": "email", "data": {"to": "\u00e9\ud83d\ude00", "n": [1, 2.5, null, true]}}}"#
+            r#"{"id": "x", "data": {"agent_type": "email", "data": {"to": "\u00e9\ud83d\ude00 x\"\u00e9", "n": [1, 2.5, null, true]}}}"#
         );
     }
 
