@@ -417,22 +417,49 @@ impl PoolProfile {
     }
 }
 
+impl PoolProfile {
+    /// A read replica's pool in profile `name`, after the seed's `DatabaseRouter`: three
+    /// quarters of the primary's connections (production: 15 + 30 beside the primary's
+    /// 20 + 40), the same wait, recycled every 30 minutes.
+    pub fn replica_named(name: &str) -> Option<Self> {
+        let primary = Self::named(name)?;
+        Some(Self {
+            pool_size: (primary.pool_size * 3 / 4).max(1),
+            max_overflow: primary.max_overflow * 3 / 4,
+            timeout_secs: primary.timeout_secs,
+            recycle_secs: 1800,
+        })
+    }
+
+    /// This profile with the configured overrides applied.
+    fn overridden(mut self, settings: &DatabaseSettings) -> Self {
+        if let Some(max) = settings.max_connections {
+            self.pool_size = self.pool_size.min(max);
+            self.max_overflow = max - self.pool_size;
+        }
+        if let Some(secs) = settings.acquire_timeout_secs {
+            self.timeout_secs = secs;
+        }
+        if let Some(secs) = settings.max_lifetime_secs {
+            self.recycle_secs = secs;
+        }
+        self
+    }
+}
+
 impl DatabaseSettings {
-    /// The effective pool settings: the profile's, with the overrides applied.
+    /// The effective pool settings of the primary: the profile's, with the overrides applied.
     pub fn pool(&self) -> PoolProfile {
-        let mut profile = PoolProfile::named(&self.profile)
-            .unwrap_or_else(|| PoolProfile::named("development").expect("known profile"));
-        if let Some(max) = self.max_connections {
-            profile.pool_size = profile.pool_size.min(max);
-            profile.max_overflow = max - profile.pool_size;
-        }
-        if let Some(secs) = self.acquire_timeout_secs {
-            profile.timeout_secs = secs;
-        }
-        if let Some(secs) = self.max_lifetime_secs {
-            profile.recycle_secs = secs;
-        }
-        profile
+        PoolProfile::named(&self.profile)
+            .unwrap_or_else(|| PoolProfile::named("development").expect("known profile"))
+            .overridden(self)
+    }
+
+    /// The effective pool settings of each read replica.
+    pub fn replica_pool(&self) -> PoolProfile {
+        PoolProfile::replica_named(&self.profile)
+            .unwrap_or_else(|| PoolProfile::replica_named("development").expect("known profile"))
+            .overridden(self)
     }
 }
 
@@ -1061,13 +1088,24 @@ mod tests {
                 recycle_secs: 900
             }
         );
+        // The seed's DatabaseRouter: replicas 15 + 30, recycled every 1800 s.
+        assert_eq!(
+            database.replica_pool(),
+            PoolProfile {
+                pool_size: 15,
+                max_overflow: 30,
+                timeout_secs: 60,
+                recycle_secs: 1800
+            }
+        );
         database.max_connections = Some(8);
         database.acquire_timeout_secs = Some(3);
-        let pool = database.pool();
-        assert_eq!(
-            (pool.pool_size + pool.max_overflow, pool.timeout_secs),
-            (8, 3)
-        );
+        for pool in [database.pool(), database.replica_pool()] {
+            assert_eq!(
+                (pool.pool_size + pool.max_overflow, pool.timeout_secs),
+                (8, 3)
+            );
+        }
         let mut settings = Settings::default();
         settings.database.profile = "qa".into();
         assert!(settings.validate().is_err());

@@ -32,7 +32,7 @@ use crate::{
         probes::{self, Probes},
     },
     scale::ScaleMeter,
-    store::Store,
+    store::{ReadFrom, Store},
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope, integral},
 };
 
@@ -350,15 +350,20 @@ async fn task(
             format!("{id:?} is not a task id"),
         )
     })?;
-    let record = state
+    // A replica answers when it has the task; the primary when it lags behind or is away.
+    let (record, from) = state
         .store
-        .task(id)
+        .read_task(id)
         .await
-        .map_err(|e| ApiError::internal("cannot read the task", e))?
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no task {id}"))
-        })?;
-    Ok(Json(json!({
+        .map_err(|e| ApiError::internal("cannot read the task", e))?;
+    let record = record.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no task {id}"))
+    })?;
+    let served_by = match from {
+        ReadFrom::Replica => "replica",
+        ReadFrom::Primary => "primary",
+    };
+    let body = Json(json!({
         "id": record.id,
         "agent_type": record.agent_type,
         "priority": record.priority,
@@ -373,9 +378,12 @@ async fn task(
         "created_at": record.created_at,
         "started_at": record.started_at,
         "completed_at": record.completed_at,
-    }))
-    .into_response())
+    }));
+    Ok(([(READ_FROM_HEADER, served_by)], body).into_response())
 }
+
+/// Which database server answered a read: `replica` or `primary`.
+pub const READ_FROM_HEADER: &str = "swarm-read-from";
 
 async fn queues(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let backlog = state

@@ -8,7 +8,7 @@ use sqlx::{
 };
 
 use super::router::{Replica, Replicas};
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, PoolProfile};
 
 /// A database failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +74,7 @@ impl Store {
                 source,
             })?
             .application_name("swarmd");
-        let profile = settings.pool();
-        let pool_options = || {
+        let pool_options = |profile: PoolProfile| {
             PgPoolOptions::new()
                 .max_connections((profile.pool_size + profile.max_overflow).max(1))
                 // Development opens connections as needed; other profiles keep pool_size open.
@@ -90,7 +89,7 @@ impl Store {
                 .max_lifetime(Duration::from_secs(profile.recycle_secs))
         };
         if settings.schema != "public" {
-            let bootstrap = pool_options()
+            let bootstrap = pool_options(settings.pool())
                 .max_connections(1)
                 .connect_with(options.clone())
                 .await
@@ -107,7 +106,7 @@ impl Store {
             .map_err(StoreError::query("creating the schema"))?;
             bootstrap.close().await;
         }
-        let primary = pool_options()
+        let primary = pool_options(settings.pool())
             .connect_with(options.options([("search_path", settings.schema.as_str())]))
             .await
             .map_err(|source| StoreError::Connect { url, source })?;
@@ -122,7 +121,7 @@ impl Store {
                 .options([("search_path", settings.schema.as_str())]);
             // Lazily: a replica that is down at start is skipped, not fatal.
             replicas.push(Replica::new(
-                pool_options().connect_lazy_with(options),
+                pool_options(settings.replica_pool()).connect_lazy_with(options),
                 replica_url.to_string(),
             ));
         }

@@ -3,6 +3,8 @@
 //! replica answers — or when the replica has not caught up with a row the caller expects.
 
 use std::{
+    collections::BTreeMap,
+    future::Future,
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -82,43 +84,108 @@ pub enum ReadFrom {
 }
 
 impl Store {
-    /// One task by id, read from a replica when one answers and has it, else from the
-    /// primary (so a task written a moment ago is found).
-    pub async fn read_task(&self, id: Uuid) -> Result<(Option<TaskRecord>, ReadFrom), StoreError> {
-        let query = "SELECT * FROM tasks WHERE id = $1";
+    /// Runs `read` on the next healthy replica, else on the primary. A replica's answer
+    /// that `settled` rejects (a row the replica has not received yet) is asked of the
+    /// primary instead, so a caller always reads its own writes. A replica that fails or
+    /// takes longer than [`REPLICA_PATIENCE`] leaves the rotation for a while.
+    ///
+    /// Fails when the primary's read fails.
+    async fn routed<T, Fut>(
+        &self,
+        what: &'static str,
+        read: impl Fn(PgPool) -> Fut,
+        settled: impl Fn(&T) -> bool,
+    ) -> Result<(T, ReadFrom), StoreError>
+    where
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
         for replica in self.replicas.rotation() {
-            let read = sqlx::query_as(query).bind(id).fetch_optional(&replica.pool);
-            match tokio::time::timeout(REPLICA_PATIENCE, read).await {
-                Ok(Ok(Some(task))) => return Ok((Some(task), ReadFrom::Replica)),
+            match tokio::time::timeout(REPLICA_PATIENCE, read(replica.pool.clone())).await {
+                Ok(Ok(answer)) if settled(&answer) => return Ok((answer, ReadFrom::Replica)),
                 // Not there yet: the replica may lag behind the caller's own write.
-                Ok(Ok(None)) => break,
+                Ok(Ok(_)) => break,
                 Ok(Err(error)) => replica.failed(&error),
                 Err(_) => replica.failed(&"no answer in time"),
             }
         }
-        let task = sqlx::query_as(query)
-            .bind(id)
-            .fetch_optional(&self.primary)
+        let answer = read(self.primary.clone())
             .await
-            .map_err(StoreError::query("reading a task"))?;
-        Ok((task, ReadFrom::Primary))
+            .map_err(StoreError::query(what))?;
+        Ok((answer, ReadFrom::Primary))
+    }
+
+    /// One task by id, read from a replica when one answers and has it, else from the
+    /// primary (so a task written a moment ago is found).
+    pub async fn read_task(&self, id: Uuid) -> Result<(Option<TaskRecord>, ReadFrom), StoreError> {
+        self.routed(
+            "reading a task",
+            |pool| async move {
+                sqlx::query_as("SELECT * FROM tasks WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+            },
+            Option::is_some,
+        )
+        .await
+    }
+
+    /// How many tasks are in each status, from a replica when one answers.
+    pub async fn read_status_counts(
+        &self,
+    ) -> Result<(BTreeMap<String, i64>, ReadFrom), StoreError> {
+        self.routed(
+            "counting tasks",
+            |pool| async move {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+                        .fetch_all(&pool)
+                        .await?;
+                Ok(rows.into_iter().collect())
+            },
+            |_| true,
+        )
+        .await
+    }
+
+    /// Tasks finished in the last `minutes`, per agent type and status, from a replica when
+    /// one answers.
+    pub async fn read_recent_counts(
+        &self,
+        minutes: i32,
+    ) -> Result<(Vec<(String, String, i64)>, ReadFrom), StoreError> {
+        self.routed(
+            "counting recent tasks",
+            |pool| async move {
+                sqlx::query_as(
+                    "SELECT agent_type, status, count(*) FROM tasks
+                      WHERE completed_at > now() - make_interval(mins => $1)
+                      GROUP BY agent_type, status ORDER BY agent_type, status",
+                )
+                .bind(minutes)
+                .fetch_all(&pool)
+                .await
+            },
+            |_| true,
+        )
+        .await
     }
 
     /// Asks the server a read goes to whether it is a standby, and its port (for checks).
     pub async fn read_probe(&self) -> Result<(bool, i32, ReadFrom), StoreError> {
-        let query = "SELECT pg_is_in_recovery(), inet_server_port()";
-        for replica in self.replicas.rotation() {
-            let read = sqlx::query_as::<_, (bool, i32)>(query).fetch_one(&replica.pool);
-            match tokio::time::timeout(REPLICA_PATIENCE, read).await {
-                Ok(Ok((standby, port))) => return Ok((standby, port, ReadFrom::Replica)),
-                Ok(Err(error)) => replica.failed(&error),
-                Err(_) => replica.failed(&"no answer in time"),
-            }
-        }
-        let (standby, port): (bool, i32) = sqlx::query_as(query)
-            .fetch_one(&self.primary)
-            .await
-            .map_err(StoreError::query("probing the primary"))?;
-        Ok((standby, port, ReadFrom::Primary))
+        let ((standby, port), from) = self
+            .routed(
+                "probing the primary",
+                |pool| async move {
+                    sqlx::query_as::<_, (bool, i32)>(
+                        "SELECT pg_is_in_recovery(), inet_server_port()",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                },
+                |_| true,
+            )
+            .await?;
+        Ok((standby, port, from))
     }
 }

@@ -5,7 +5,7 @@
 //! so a redelivered task is recognised at claim time and a late result is fenced off at
 //! settle time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -454,32 +454,6 @@ impl Store {
             .fetch_all(&self.primary)
             .await
             .map_err(StoreError::query("reading tasks"))
-    }
-
-    /// How many tasks are in each status.
-    pub async fn status_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.primary)
-                .await
-                .map_err(StoreError::query("counting tasks"))?;
-        Ok(rows.into_iter().collect())
-    }
-
-    /// Tasks finished in the last `minutes`, per agent type and status.
-    pub async fn recent_counts(
-        &self,
-        minutes: i32,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        sqlx::query_as(
-            "SELECT agent_type, status, count(*) FROM tasks
-              WHERE completed_at > now() - make_interval(mins => $1)
-              GROUP BY agent_type, status ORDER BY agent_type, status",
-        )
-        .bind(minutes)
-        .fetch_all(&self.primary)
-        .await
-        .map_err(StoreError::query("counting recent tasks"))
     }
 }
 

@@ -1,14 +1,23 @@
 //! Reads go to a real streaming replica, writes to the primary, and reads fall back to the
 //! primary without errors when the replica stops.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use axum::{body::Body, http::Request};
 use serde_json::json;
 use swarm_director::{
     config::SecretUrl,
+    http::{
+        api::{self, ApiState, READ_FROM_HEADER},
+        auth::Access,
+    },
     store::{ReadFrom, Store},
     task::TaskEnvelope,
 };
+use tower::ServiceExt;
 
 use crate::support::{TestEnv, pg_cluster::PgPair};
 
@@ -104,5 +113,100 @@ async fn postgres_urls_with_sslmode_require_use_tls() {
             .await
             .unwrap();
     assert!(encrypted, "the connection is encrypted");
+    env.cleanup().await;
+}
+
+/// `GET /v1/tasks/{id}` through the API and who answered it.
+async fn get_task(app: &axum::Router, id: uuid::Uuid) -> (u16, String, serde_json::Value) {
+    let request = Request::get(format!("/v1/tasks/{id}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let from = response
+        .headers()
+        .get(READ_FROM_HEADER)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, from, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_primary() {
+    let mut pair = PgPair::start();
+    let env = TestEnv::new().await;
+    let mut settings = env.settings.database.clone();
+    settings.url = SecretUrl::new(pair.primary_url());
+    settings.replica_urls = vec![SecretUrl::new(pair.standby_url())];
+    let store = Store::connect(&settings).await.unwrap();
+    store.migrate().await.unwrap();
+    let app = api::router(
+        Arc::new(ApiState {
+            broker: env.broker.clone(),
+            store: store.clone(),
+            access: Arc::new(Access::insecure()),
+            redis: None,
+            meter: Arc::default(),
+        }),
+        api::Limits::default(),
+    );
+
+    let first = TaskEnvelope::new("echo", json!({"n": 1}));
+    store
+        .record_queued(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, from, body) = get_task(&app, first.id).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("queued")));
+        if from == "replica" {
+            break;
+        }
+        assert_eq!(from, "primary");
+        assert!(Instant::now() < deadline, "the API never read the replica");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The standby stops replaying: a task written now is on the primary only. The API still
+    // finds it (read-your-write, from the primary); the counts come from the standby, which
+    // does not know it yet — so they were not read on the primary.
+    let standby = sqlx::PgPool::connect(&pair.standby_url()).await.unwrap();
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&standby)
+        .await
+        .unwrap();
+    let second = TaskEnvelope::new("echo", json!({"n": 2}));
+    store
+        .record_queued(std::slice::from_ref(&second))
+        .await
+        .unwrap();
+    let (status, from, _) = get_task(&app, second.id).await;
+    assert_eq!((status, from.as_str()), (200, "primary"));
+    let (counts, from) = store.read_status_counts().await.unwrap();
+    assert_eq!((counts.get("queued"), from), (Some(&1), ReadFrom::Replica));
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&standby)
+        .await
+        .unwrap();
+    standby.close().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.read_status_counts().await.unwrap().0.get("queued") != Some(&2) {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The standby is gone: the same reads come from the primary, without an error.
+    pair.stop_standby();
+    let (status, from, _) = get_task(&app, first.id).await;
+    assert_eq!((status, from.as_str()), (200, "primary"));
+    let (counts, from) = store.read_status_counts().await.unwrap();
+    assert_eq!((counts.get("queued"), from), (Some(&2), ReadFrom::Primary));
+    let (_, from) = store.read_recent_counts(5).await.unwrap();
+    assert_eq!(from, ReadFrom::Primary);
+    store.drop_schema().await.unwrap();
     env.cleanup().await;
 }

@@ -365,7 +365,7 @@ async fn a_worker_writes_into_todays_partition() {
     .unwrap();
     let methods: Vec<&str> = methods.iter().map(|(am, _)| am.as_str()).collect();
     assert_eq!(methods, ["brin", "btree", "btree"]);
-    let recent = env.store.recent_counts(5).await.unwrap();
+    let (recent, _) = env.store.read_recent_counts(5).await.unwrap();
     assert_eq!(recent, [("echo".to_string(), "completed".to_string(), 1)]);
     running.stop().await;
     env.cleanup().await;
