@@ -129,12 +129,68 @@ pub fn otlp_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError
         .build())
 }
 
-/// Writes the span context of `span` into NATS headers (`traceparent`, `tracestate`).
-/// Writes nothing when no trace is being recorded.
+/// Writes the span context of `span` into NATS headers (`traceparent`, `tracestate`). When
+/// `span` records no trace (no exporter configured), the caller's context is written instead
+/// (`Context::current()`: an HTTP request's incoming `traceparent`, a trace the legacy intake
+/// started), so the task still continues it. Writes nothing when neither carries a trace.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let context = span.context();
+    let context = if context.span().span_context().is_valid() {
+        context
+    } else {
+        Context::current()
+    };
     if context.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    }
+}
+
+/// The trace an HTTP request continues: its W3C `traceparent` (and `tracestate`) when valid,
+/// else a new trace (see [`new_trace`]).
+pub fn continue_or_start(headers: &axum::http::HeaderMap) -> Context {
+    let incoming = TraceContextPropagator::new().extract(&HttpHeaderExtractor(headers));
+    if incoming.span().span_context().is_valid() {
+        incoming
+    } else {
+        new_trace()
+    }
+}
+
+/// A new trace with random ids, sampled: tasks published under it carry it to the workers
+/// and their rows record its id, exporter or not.
+pub fn new_trace() -> Context {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let trace_id = TraceId::from_bytes(rand::random::<u128>().max(1).to_be_bytes());
+    let span_id = SpanId::from_bytes(rand::random::<u64>().max(1).to_be_bytes());
+    Context::new().with_remote_span_context(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ))
+}
+
+/// The context a span records, or `fallback` when the span records none (no exporter).
+pub fn context_or(span: &tracing::Span, fallback: Context) -> Context {
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        context
+    } else {
+        fallback
+    }
+}
+
+/// Reads W3C headers of an HTTP request.
+struct HttpHeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HttpHeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
     }
 }
 

@@ -12,14 +12,17 @@ use axum::{
         DefaultBodyLimit, Path, Query, State,
         rejection::{JsonRejection, QueryRejection},
     },
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use chrono::Utc;
+use opentelemetry::context::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use crate::{
@@ -237,8 +240,33 @@ fn tasks_of(body: Value) -> Result<(Vec<NewTask>, bool), ApiError> {
 
 async fn publish(
     State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    // The producer's trace (its `traceparent`), else a new one: every task of the request
+    // continues it, its row records it and the response says it.
+    let incoming = crate::telemetry::continue_or_start(&headers);
+    let span = tracing::info_span!(
+        "publish tasks",
+        otel.name = "POST /v1/tasks",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/tasks",
+    );
+    let _ = span.set_parent(incoming.clone());
+    let trace = crate::telemetry::context_or(&span, incoming);
+    publish_traced(&state, body, &trace)
+        .instrument(span)
+        .with_context(trace.clone())
+        .await
+}
+
+async fn publish_traced(
+    state: &ApiState,
+    body: Result<Json<Value>, JsonRejection>,
+    trace: &opentelemetry::Context,
+) -> Result<Response, ApiError> {
+    let trace_id = crate::telemetry::trace_id(trace);
     let Json(body) = body?;
     let (tasks, batch) = tasks_of(body)?;
     if tasks.is_empty() || tasks.len() > MAX_BATCH {
@@ -276,30 +304,34 @@ async fn publish(
         envelopes.push(envelope);
     }
     // Recorded as `queued` first, so a read right after the publish finds the task.
-    state.store.record_queued(&envelopes).await.map_err(|e| {
-        if e.fault() == Fault::Permanent {
-            // The database refuses a value of the request itself: retrying cannot help.
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_task",
-                "the database refuses a value of these tasks",
-            )
-        } else {
-            ApiError::internal("cannot record the tasks", e)
-        }
-    })?;
+    state
+        .store
+        .record_queued(&envelopes, trace_id.as_deref())
+        .await
+        .map_err(|e| {
+            if e.fault() == Fault::Permanent {
+                // The database refuses a value of the request itself: retrying cannot help.
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_task",
+                    "the database refuses a value of these tasks",
+                )
+            } else {
+                ApiError::internal("cannot record the tasks", e)
+            }
+        })?;
     let results = state
         .broker
         .publish_many(&envelopes, Codec::MessagePack, 256, || {})
         .await;
     if results.iter().any(Result::is_err) {
-        return Ok(partly_published(&state, &envelopes, results).await);
+        return Ok(partly_published(state, &envelopes, results).await);
     }
     let ids: Vec<Uuid> = envelopes.iter().map(|t| t.id).collect();
     let body = if batch {
-        json!({ "ids": ids })
+        json!({ "ids": ids, "trace_id": trace_id })
     } else {
-        json!({ "id": ids[0] })
+        json!({ "id": ids[0], "trace_id": trace_id })
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

@@ -9,8 +9,11 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use opentelemetry::context::FutureExt as _;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde_json::Value;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use super::{LegacyKeys, LegacyTask, MirrorError, legacy_json, scripts};
@@ -19,6 +22,7 @@ use crate::{
     broker::Broker,
     dlq::{DeadLetter, DeadLetterStream, DeadReason, RawMessage, Source},
     task::{Codec, DEFAULT_MAX_ATTEMPTS, MAX_PRIORITY, TaskEnvelope, valid_agent_type},
+    telemetry,
 };
 
 /// A claimed legacy task not forgotten after this long was not published: publish again.
@@ -188,9 +192,26 @@ impl Intake {
                 }
             }
         }
+        // Legacy producers send no trace context: each intake starts a trace, which its
+        // tasks continue and their rows record.
+        let span = tracing::info_span!(
+            "legacy intake",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            tasks = tasks.len(),
+        );
+        let _ = span.set_parent(telemetry::new_trace());
+        let trace = telemetry::context_or(&span, telemetry::new_trace());
+        tracing::debug!(
+            trace_id = telemetry::trace_id(&trace).unwrap_or_default(),
+            tasks = tasks.len(),
+            "taking legacy tasks in"
+        );
         let results = self
             .broker
             .publish_many(&tasks, Codec::Json, CLAIM_CHUNK, || {})
+            .instrument(span)
+            .with_context(trace)
             .await;
         let mut published = 0;
         let mut transient = None;

@@ -292,15 +292,20 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Records tasks accepted by the HTTP API as `queued` (one statement), so they can be
-    /// read before a worker claims them. Ids already known are left alone.
-    pub async fn record_queued(&self, tasks: &[TaskEnvelope]) -> Result<(), StoreError> {
+    /// Records tasks accepted by the HTTP API as `queued` (one statement), with the trace
+    /// they continue, so they can be read before a worker claims them. Ids already known are
+    /// left alone.
+    pub async fn record_queued(
+        &self,
+        tasks: &[TaskEnvelope],
+        trace_id: Option<&str>,
+    ) -> Result<(), StoreError> {
         let columns = EnvelopeColumns::of(tasks.iter());
         sqlx::query(
             "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
-                                idempotency_key, created_at)
+                                idempotency_key, created_at, trace_id)
              SELECT t.id, t.agent_type, t.priority, t.data, 'queued', t.max_attempts,
-                    t.idempotency_key, t.created_at
+                    t.idempotency_key, t.created_at, $8
                FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
                            $6::text[], $7::timestamptz[])
                     AS t(id, agent_type, priority, data, max_attempts, idempotency_key,
@@ -314,6 +319,7 @@ impl Store {
         .bind(&columns.max_attempts)
         .bind(&columns.keys)
         .bind(&columns.created)
+        .bind(trace_id)
         .execute(&self.primary)
         .await
         .map_err(StoreError::query("recording queued tasks"))?;

@@ -123,6 +123,87 @@ async fn publish_then_read_the_result() {
     env.cleanup().await;
 }
 
+/// Runs the published tasks and returns each one's recorded trace id.
+async fn traces_recorded(env: &TestEnv, ids: &[uuid::Uuid]) -> Vec<Option<String>> {
+    let worker = env.spawn(env.worker());
+    let rows = env.wait_finished(ids, Duration::from_secs(10)).await;
+    worker.stop().await;
+    ids.iter()
+        .map(|id| rows.iter().find(|r| r.id == *id).unwrap().trace_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_task_continues_the_callers_trace_or_starts_one() {
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("s3cret"));
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut traced = post(
+        json!({"tasks": [{"agent_type": "echo", "data": 1}, {"agent_type": "echo", "data": 2}]})
+            .to_string(),
+        Some("s3cret"),
+    );
+    traced.headers_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let (status, body) = call(&app, traced).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        body["trace_id"], caller_trace,
+        "the response says the trace"
+    );
+    let mut ids: Vec<uuid::Uuid> = body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
+    let (_, queued) = call(&app, get(format!("/v1/tasks/{}", ids[0]))).await;
+    assert_eq!(queued["trace_id"], caller_trace, "recorded while queued");
+
+    // No traceparent, or a broken one: a new trace of its own per request.
+    let mut broken = post(
+        json!({"agent_type": "echo", "data": 3}).to_string(),
+        Some("s3cret"),
+    );
+    broken
+        .headers_mut()
+        .insert("traceparent", "00-zz-not-a-trace".parse().unwrap());
+    let mut started = Vec::new();
+    for request in [
+        post(
+            json!({"agent_type": "echo", "data": 4}).to_string(),
+            Some("s3cret"),
+        ),
+        broken,
+    ] {
+        let (status, body) = call(&app, request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let trace = body["trace_id"].as_str().unwrap().to_string();
+        assert!(trace.len() == 32 && trace.chars().all(|c| c.is_ascii_hexdigit()));
+        ids.push(body["id"].as_str().unwrap().parse().unwrap());
+        started.push(Some(trace));
+    }
+    assert_ne!(started[0], started[1], "each request its own trace");
+
+    // The workers continue the trace each task carries; the rows keep it.
+    let recorded = traces_recorded(&env, &ids).await;
+    let caller = Some(caller_trace.to_string());
+    assert_eq!(
+        recorded,
+        [
+            caller.clone(),
+            caller,
+            started[0].clone(),
+            started[1].clone()
+        ]
+    );
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors_with_stable_codes() {
     let env = TestEnv::new().await;

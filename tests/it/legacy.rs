@@ -257,6 +257,10 @@ async fn a_legacy_task_is_processed_once_and_completed() {
         (row.status.as_str(), row.attempts, row.priority),
         ("completed", 1, 7)
     );
+    let trace = row
+        .trace_id
+        .expect("the intake starts a trace the task continues");
+    assert!(trace.len() == 32 && trace.chars().all(|c| c.is_ascii_hexdigit()));
     let mut redis = env.redis().await;
     let (waiting, intake): (usize, usize) = redis::pipe()
         .zcard(&k.agent_tasks)
@@ -293,9 +297,11 @@ async fn retries_and_dead_tasks_look_as_the_seed_leaves_them() {
     };
 
     // After the first failure: back in agent_tasks with attempts, last_error, failed_at.
+    // Generous: on a loaded machine the intake, the first attempt and the mirror's write
+    // all queue behind other tests.
     let (member, _) = eventually(
         "the retry in agent_tasks",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             waiting_member(&env, flaky)
                 .await

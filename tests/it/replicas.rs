@@ -40,7 +40,7 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
     assert_eq!((standby, port), (false, i32::from(pair.primary_port)));
     let task = TaskEnvelope::new("echo", json!({"replicated": true}));
     store
-        .record_queued(std::slice::from_ref(&task))
+        .record_queued(std::slice::from_ref(&task), None)
         .await
         .unwrap();
 
@@ -156,7 +156,7 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
 
     let first = TaskEnvelope::new("echo", json!({"n": 1}));
     store
-        .record_queued(std::slice::from_ref(&first))
+        .record_queued(std::slice::from_ref(&first), None)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -181,7 +181,7 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
         .unwrap();
     let second = TaskEnvelope::new("echo", json!({"n": 2}));
     store
-        .record_queued(std::slice::from_ref(&second))
+        .record_queued(std::slice::from_ref(&second), None)
         .await
         .unwrap();
     let (status, from, _) = get_task(&app, second.id).await;

@@ -164,6 +164,69 @@ async fn a_dead_letter_keeps_the_trace_and_its_replay_continues_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_producers_traceparent_is_continued_through_the_api() {
+    use tower::ServiceExt;
+    exporter();
+    let env = TestEnv::new().await;
+    let app = swarm_director::http::api::router(
+        std::sync::Arc::new(swarm_director::http::api::ApiState {
+            broker: env.broker.clone(),
+            store: env.store.clone(),
+            access: std::sync::Arc::new(swarm_director::http::auth::Access::insecure()),
+            redis: None,
+            meter: std::sync::Arc::default(),
+        }),
+        swarm_director::http::api::Limits::default(),
+    );
+    let (caller_trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let request = axum::http::Request::post("/v1/tasks")
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .body(axum::body::Body::from(
+            json!({"agent_type": "echo", "data": {"via": "http"}}).to_string(),
+        ))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = serde_json::from_slice(
+        &axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["trace_id"], caller_trace);
+    let id: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    let worker = env.spawn(env.worker());
+    let rows = env.wait_finished(&[id], Duration::from_secs(10)).await;
+    worker.stop().await;
+    assert_eq!(rows[0].trace_id.as_deref(), Some(caller_trace));
+
+    // caller -> POST /v1/tasks -> publish -> process, all in the caller's trace.
+    let spans = spans_of(TraceId::from_hex(caller_trace).unwrap());
+    let server = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/tasks")
+        .expect("the request's span in the caller's trace");
+    assert_eq!(
+        server.parent_span_id,
+        SpanId::from_hex(caller_span).unwrap()
+    );
+    let publish = spans
+        .iter()
+        .find(|s| {
+            s.name.starts_with("publish ") && s.parent_span_id == server.span_context.span_id()
+        })
+        .expect("the publish under the request");
+    assert!(
+        spans.iter().any(|s| s.name == "process echo"
+            && s.parent_span_id == publish.span_context.span_id()),
+        "{:?}",
+        spans.iter().map(|s| s.name.as_ref()).collect::<Vec<_>>()
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_receiver() {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
