@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs the external checkers the test suite runs against the program, into a folder of
-# the project's own (no root needed), once: schemathesis (PyPI), which fuzzes a live
-# `swarmd api` against schemas/openapi.json. Safe to run again: what is there is left alone.
+# Installs the external programs the test suite runs the project's files against, once:
+# - schemathesis (PyPI), into a folder of the project's own (no root needed): it fuzzes a
+#   live `swarmd api` against schemas/openapi.json;
+# - nginx and Prometheus's promtool (Debian packages): they load the shipped
+#   deploy/nginx/nginx.conf and deploy/prometheus/*.yml for real.
+# Safe to run again: what is there is left alone.
 set -euo pipefail
 
 TOOLS_DIR="${SWARM_TOOLS_DIR:-$HOME/.cache/swarmdirector}"
@@ -10,12 +13,19 @@ VENV="$TOOLS_DIR/st-venv"
 
 say() { printf '[tools] %s\n' "$*"; }
 
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || ! command -v promtool >/dev/null 2>&1; then
+  say "installing nginx and promtool (Debian packages nginx-light, prometheus)"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null 2>&1 || {
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null
+  }
+fi
 if [ -x "$VENV/bin/st" ] && "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   exit 0
 fi
 install_python() {
   say "installing python3 and python3-venv"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 }

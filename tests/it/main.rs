@@ -11,6 +11,7 @@ mod contract;
 mod dead_letters;
 mod delivery;
 mod deploy;
+mod deploy_tools;
 mod faults;
 mod hostile;
 mod legacy;
