@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the external programs the test suite runs the project's files against, once:
-# - schemathesis (PyPI), into a folder of the project's own (no root needed): it fuzzes a
-#   live `swarmd api` against schemas/openapi.json;
+# - schemathesis and nats-py (PyPI), into a folder of the project's own (no root needed):
+#   schemathesis fuzzes a live `swarmd api` against schemas/openapi.json, nats-py runs the
+#   Python producer example of schemas/README.md;
 # - nginx and Prometheus's promtool (Debian packages): they load the shipped
 #   deploy/nginx/nginx.conf and deploy/prometheus/*.yml for real.
 # Safe to run again: what is there is left alone.
@@ -9,6 +10,7 @@ set -euo pipefail
 
 TOOLS_DIR="${SWARM_TOOLS_DIR:-$HOME/.cache/swarmdirector}"
 SCHEMATHESIS_VERSION=4.32.5
+NATS_PY_VERSION=2.16.0
 VENV="$TOOLS_DIR/st-venv"
 
 say() { printf '[tools] %s\n' "$*"; }
@@ -21,7 +23,14 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || ! command -
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null
   }
 fi
+ensure_nats_py() {
+  # The README's Python producer example is run by the test suite with this client.
+  "$VENV/bin/python" -c "import nats" 2>/dev/null && return 0
+  say "installing nats-py $NATS_PY_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "nats-py==$NATS_PY_VERSION"
+}
 if [ -x "$VENV/bin/st" ] && "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  ensure_nats_py
   exit 0
 fi
 install_python() {
@@ -37,3 +46,4 @@ rm -rf "$VENV"
 python3 -m venv "$VENV" 2>/dev/null || { install_python; rm -rf "$VENV"; python3 -m venv "$VENV"; }
 "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 "$VENV/bin/st" --version
+ensure_nats_py

@@ -6,13 +6,18 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use crate::support::TestEnv;
 
-fn schemathesis() -> PathBuf {
+/// A program of the tools' Python environment (`make tools`).
+fn venv_program(name: &str) -> PathBuf {
     let tools = std::env::var_os("SWARM_TOOLS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/swarmdirector")
         });
-    let st = tools.join("st-venv/bin/st");
+    tools.join("st-venv/bin").join(name)
+}
+
+fn schemathesis() -> PathBuf {
+    let st = venv_program("st");
     assert!(
         st.exists(),
         "schemathesis is not installed at {}: run `make tools` (scripts/ensure-test-tools.sh)",
@@ -76,5 +81,75 @@ async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
         run.status.success(),
         "schemathesis found breaches:\n{report}"
     );
+    env.cleanup().await;
+}
+
+/// The first fenced block of `language` after `heading` in `schemas/README.md`.
+fn readme_example(heading: &str, language: &str) -> String {
+    let readme = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas/README.md"),
+    )
+    .unwrap();
+    let after = &readme[readme.find(heading).expect("the example's heading")..];
+    let fence = format!("```{language}\n");
+    let start = after.find(&fence).expect("a fenced example") + fence.len();
+    after[start..start + after[start..].find("```").unwrap()].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_producer_publishes_a_task_the_fleet_runs() {
+    let python = venv_program("python");
+    assert!(
+        python.exists(),
+        "the tools' Python is not installed: run `make tools`"
+    );
+    let env = TestEnv::new().await;
+    // The example as printed, pointed at this test's server and subjects.
+    let example = readme_example("Python (", "python");
+    let script = example
+        .replace("nats://127.0.0.1:4222", env.settings.nats.url.expose())
+        .replace(
+            "\"swarm.tasks.",
+            &format!("\"{}.tasks.", env.settings.nats.subject_prefix),
+        );
+    assert_ne!(
+        script, example,
+        "the example names the server and the subject"
+    );
+    let output = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // It prints the stream sequence and whether it was a duplicate.
+    assert_eq!(printed.trim(), "1 False");
+
+    let worker = env.spawn(env.worker());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let row = loop {
+        let rows: Vec<(String, String, Option<serde_json::Value>)> =
+            sqlx::query_as("SELECT agent_type, status, result FROM tasks")
+                .fetch_all(env.store.primary())
+                .await
+                .unwrap();
+        if let Some(row) = rows.into_iter().find(|r| r.1 == "completed") {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    worker.stop().await;
+    assert_eq!(row.0, "quality");
+    assert!(row.2.is_some_and(|result| result.get("score").is_some()));
     env.cleanup().await;
 }

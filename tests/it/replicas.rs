@@ -93,19 +93,12 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_urls_with_sslmode_require_use_tls() {
+    // A server of the test's own with `ssl = on` and a self-signed certificate.
+    let pair = PgPair::start_primary_with_tls();
     let env = TestEnv::new().await;
-    let (ssl,): (String,) = sqlx::query_as("SHOW ssl")
-        .fetch_one(env.store.primary())
-        .await
-        .unwrap();
-    if ssl != "on" {
-        println!("the local PostgreSQL has ssl = {ssl}: nothing to check here");
-        env.cleanup().await;
-        return;
-    }
     let mut settings = env.settings.database.clone();
-    let url = settings.url.expose().split('?').next().unwrap().to_string();
-    settings.url = SecretUrl::new(format!("{url}?sslmode=require"));
+    settings.replica_urls = Vec::new();
+    settings.url = SecretUrl::new(format!("{}?sslmode=require", pair.primary_url()));
     let store = Store::connect(&settings).await.expect("a TLS connection");
     let (encrypted,): (bool,) =
         sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
@@ -113,6 +106,22 @@ async fn postgres_urls_with_sslmode_require_use_tls() {
             .await
             .unwrap();
     assert!(encrypted, "the connection is encrypted");
+    // `verify-full` refuses a certificate no trusted authority signed.
+    settings.url = SecretUrl::new(format!("{}?sslmode=verify-full", pair.primary_url()));
+    assert!(
+        Store::connect(&settings).await.is_err(),
+        "an untrusted certificate is refused"
+    );
+    // Without TLS the same server still answers, unencrypted.
+    settings.url = SecretUrl::new(format!("{}?sslmode=disable", pair.primary_url()));
+    let plain = Store::connect(&settings).await.unwrap();
+    let (encrypted,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(plain.primary())
+            .await
+            .unwrap();
+    assert!(!encrypted);
+    store.drop_schema().await.unwrap();
     env.cleanup().await;
 }
 

@@ -27,29 +27,38 @@ fn bin_dir() -> PathBuf {
 }
 
 impl PgPair {
-    pub fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("swarm-pg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pair = Self {
-            bin: bin_dir(),
-            primary_port: spare_port(),
-            standby_port: spare_port(),
-            standby_running: false,
-            dir,
-        };
-        // The server refuses to run as root: hand the directory to `postgres` then.
-        if is_root() {
-            run(
-                "chown",
-                &["-R", "postgres:postgres", pair.dir.to_str().unwrap()],
-                false,
-            );
-        }
+    /// A primary only, serving TLS with a self-signed certificate (`ssl = on`).
+    pub fn start_primary_with_tls() -> Self {
+        let pair = Self::init_primary();
         let primary = pair.dir.join("primary");
-        pair.pg(
-            "initdb",
-            &["-D", path(&primary), "-U", "postgres", "--auth=trust", "-N"],
+        let (key, cert) = (primary.join("server.key"), primary.join("server.crt"));
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                path(&key),
+                "-out",
+                path(&cert),
+            ],
+            is_root(),
         );
+        run("chmod", &["600", path(&key)], is_root());
+        pair.pg_ctl_start(&primary, pair.primary_port, "-c ssl=on");
+        pair
+    }
+
+    pub fn start() -> Self {
+        let pair = Self::init_primary();
+        let primary = pair.dir.join("primary");
         pair.pg_ctl_start(
             &primary,
             pair.primary_port,
@@ -77,6 +86,33 @@ impl PgPair {
         let mut pair = pair;
         pair.pg_ctl_start(&standby, pair.standby_port, "-c hot_standby=on");
         pair.standby_running = true;
+        pair
+    }
+
+    /// A fresh data directory for the primary (not started).
+    fn init_primary() -> Self {
+        let dir = std::env::temp_dir().join(format!("swarm-pg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = Self {
+            bin: bin_dir(),
+            primary_port: spare_port(),
+            standby_port: spare_port(),
+            standby_running: false,
+            dir,
+        };
+        // The server refuses to run as root: hand the directory to `postgres` then.
+        if is_root() {
+            run(
+                "chown",
+                &["-R", "postgres:postgres", pair.dir.to_str().unwrap()],
+                false,
+            );
+        }
+        let primary = pair.dir.join("primary");
+        pair.pg(
+            "initdb",
+            &["-D", path(&primary), "-U", "postgres", "--auth=trust", "-N"],
+        );
         pair
     }
 
