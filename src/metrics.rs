@@ -65,6 +65,10 @@ pub struct Metrics {
     pub host_cpu: Gauge,
     pub host_memory: Gauge,
     pub host_load1: Gauge,
+    /// The seed's other readings: disk use of `/`, established TCP connections, processes.
+    pub host_disk: Gauge,
+    pub host_connections: IntGauge,
+    pub host_processes: IntGauge,
     /// Workers that answered the last roll call.
     pub fleet_workers: IntGauge,
     /// Waiting tasks per live worker (-1 when none answers).
@@ -273,6 +277,21 @@ impl Metrics {
             host_cpu: float_gauge(&r, "host_cpu_percent", "CPU use of this host or pod"),
             host_memory: float_gauge(&r, "host_memory_percent", "Memory use of this host or pod"),
             host_load1: float_gauge(&r, "host_load_average_1m", "One-minute load average"),
+            host_disk: float_gauge(
+                &r,
+                "host_disk_percent",
+                "Used share of the filesystem holding /",
+            ),
+            host_connections: gauge(
+                &r,
+                "host_active_connections",
+                "Established TCP connections of this host or pod",
+            ),
+            host_processes: gauge(
+                &r,
+                "host_active_processes",
+                "Processes of this host or container",
+            ),
             fleet_workers: gauge(&r, "fleet_workers", "Workers answering the roll call"),
             backlog_per_worker: float_gauge(
                 &r,

@@ -1,7 +1,8 @@
-//! What the host is doing: CPU and memory use and load average, read from `/proc` and, inside
-//! a container, from the cgroup's own accounting (a pod's 70 % means 70 % of its CPU limit,
-//! as the Kubernetes autoscaler measures it). The seed's `ResourceManager.get_system_metrics`
-//! without blocking for a second: CPU use is the change between two samples.
+//! What the host is doing: CPU and memory use, load average, disk use, connections and
+//! processes, read from `/proc` and, inside a container, from the cgroup's own accounting (a
+//! pod's 70 % means 70 % of its CPU limit, as the Kubernetes autoscaler measures it). The
+//! seed's `ResourceManager.get_system_metrics` without blocking for a second: CPU use is the
+//! change between two samples.
 
 use std::{
     fs,
@@ -24,6 +25,13 @@ pub struct HostUsage {
     pub load_average: [f64; 3],
     /// Cores this process may use.
     pub cores: usize,
+    /// Used share of the filesystem holding `/`, 0-100 (the seed's `disk_usage('/')`).
+    pub disk_percent: f64,
+    /// Established TCP connections (IPv4 and IPv6) in this network namespace: the host's,
+    /// or the pod's inside Kubernetes.
+    pub active_connections: usize,
+    /// Processes visible here: the host's, or the container's inside one.
+    pub active_processes: usize,
 }
 
 /// A CPU time counter at one instant.
@@ -79,6 +87,9 @@ impl HostSampler {
             memory_percent: (memory_percent().unwrap_or(0.0) * 10.0).round() / 10.0,
             load_average: load_average().unwrap_or([0.0; 3]),
             cores,
+            disk_percent: (disk_percent("/").unwrap_or(0.0) * 10.0).round() / 10.0,
+            active_connections: established_connections(),
+            active_processes: process_count(),
         };
         if let Some(now) = now {
             *previous = Some((now, usage));
@@ -213,6 +224,53 @@ fn memory_percent() -> Option<f64> {
     (total > 0.0).then(|| (total - available) / total * 100.0)
 }
 
+/// Used share of the filesystem holding `path`, as `df` counts it (blocks reserved for root
+/// are neither used nor available).
+fn disk_percent(path: &str) -> Option<f64> {
+    let path = std::ffi::CString::new(path).ok()?;
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stats` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return None;
+    }
+    let used = stats.f_blocks.saturating_sub(stats.f_bfree) as f64;
+    let usable = used + stats.f_bavail as f64;
+    (usable > 0.0).then(|| used / usable * 100.0)
+}
+
+/// TCP connections in state ESTABLISHED (`01`) in `/proc/net/tcp` and `tcp6`.
+fn established_connections() -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| fs::read_to_string(table).ok())
+        .map(|table| count_established(&table))
+        .sum()
+}
+
+fn count_established(table: &str) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(3) == Some("01"))
+        .count()
+}
+
+/// Numbered entries of `/proc`: one per process.
+fn process_count() -> usize {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn load_average() -> Option<[f64; 3]> {
     let text = fs::read_to_string("/proc/loadavg").ok()?;
     let mut fields = text.split_whitespace().map(|f| f.parse().ok());
@@ -256,5 +314,26 @@ mod tests {
         let second = sampler.sample();
         assert!((0.0..=100.0).contains(&second.cpu_percent));
         assert!(second.load_average.iter().all(|l| *l >= 0.0));
+        assert!(second.disk_percent > 0.0 && second.disk_percent <= 100.0);
+        assert!(second.active_processes >= 1, "this test's own process");
+    }
+
+    #[test]
+    fn connections_are_counted_when_established() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1092 00000000:0000 0A 00000000:00000000 00:00000000 00000000   110        0 1 1
+   1: 0100007F:1092 0100007F:D2C4 01 00000000:00000000 00:00000000 00000000   110        0 2 1
+   2: 0100007F:D2C4 0100007F:1092 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: 0100007F:D2C6 0100007F:1092 06 00000000:00000000 03:00000F2C 00000000     0        0 0 3
+";
+        assert_eq!(count_established(table), 2, "not listening or closing ones");
+    }
+
+    #[test]
+    fn an_open_connection_is_seen() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _server = listener.accept().unwrap();
+        assert!(established_connections() >= 2, "both ends of ours");
     }
 }

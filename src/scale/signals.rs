@@ -200,6 +200,9 @@ mod tests {
             memory_percent: memory,
             load_average: [0.0; 3],
             cores: 2,
+            disk_percent: 50.0,
+            active_connections: 10,
+            active_processes: 100,
         }
     }
 

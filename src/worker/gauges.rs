@@ -100,6 +100,13 @@ pub async fn refresh(broker: &Broker, store: &Store, meter: &ScaleMeter) {
     let signals = meter.decide(&backlog, &workers);
     metrics.host_cpu.set(signals.host.cpu_percent);
     metrics.host_memory.set(signals.host.memory_percent);
+    metrics.host_disk.set(signals.host.disk_percent);
+    metrics
+        .host_connections
+        .set(signals.host.active_connections as i64);
+    metrics
+        .host_processes
+        .set(signals.host.active_processes as i64);
     metrics.host_load1.set(signals.host.load_average[0]);
     metrics.fleet_workers.set(signals.workers as i64);
     metrics

@@ -126,6 +126,10 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
         30
     );
     assert!(metrics.host_memory.get() > 0.0);
+    // The seed's other readings: this test holds NATS, PostgreSQL and Redis connections.
+    assert!(metrics.host_disk.get() > 0.0 && metrics.host_disk.get() <= 100.0);
+    assert!(metrics.host_connections.get() >= 3);
+    assert!(metrics.host_processes.get() >= 1);
 
     // A worker's own port serves readiness and the same signals.
     let worker_http = probes::worker_router(Probes {
