@@ -1,5 +1,6 @@
 //! Intake of legacy producers: tasks that the seed's `enqueue_task` put in `agent_tasks`
-//! are claimed atomically (a Lua script, safe with many fleet processes), recorded in the
+//! are claimed atomically (a Lua script, safe with many fleet processes) — left in place as
+//! the fleet's waiting copy, so the seed's tools never see them vanish — recorded in the
 //! intake hash, published to JetStream with their own id (so a re-publish is dropped), and
 //! only then forgotten. A process that dies in between leaves the record; any process
 //! publishes it again after [`RECLAIM_AFTER`].
@@ -110,6 +111,7 @@ impl Intake {
                     .key(&self.keys.agent_tasks)
                     .key(&self.keys.mirrored_waiting)
                     .key(&self.keys.intake)
+                    .key(&self.keys.mirror_state)
                     .arg(Utc::now().timestamp_millis())
                     .arg(chunk)
                     .invoke_async(&mut self.redis)
@@ -294,14 +296,20 @@ impl Intake {
             crate::metrics::Metrics::global().dead_letters_refused.inc();
             tracing::error!(letter_id = %id, %error, "the broker refuses this legacy task's dead letter");
         }
+        // A member claimed in place leaves agent_tasks now; shown failed as the seed would.
+        let mut pipe = redis::pipe();
+        pipe.zrem(&self.keys.agent_tasks, member).ignore();
         if let Some(task) = parsed {
             let id = task.id.clone();
             let failed = task.failed(error, Utc::now());
-            let _: () = self
-                .redis
+            pipe.hdel(&self.keys.mirrored_waiting, &id)
+                .ignore()
+                .hdel(&self.keys.mirror_state, &id)
+                .ignore()
                 .hset(&self.keys.failed_tasks, id, failed.to_python_json())
-                .await?;
+                .ignore();
         }
+        let _: () = pipe.query_async(&mut self.redis).await?;
         Ok(())
     }
 }
@@ -309,14 +317,16 @@ impl Intake {
 /// The envelope of a legacy task, or why it cannot have one.
 /// The `id` a member names (a string, or a number as the seed's JSON may hold one), or an
 /// empty string when it is not a JSON object with one.
+/// The member's task id when it is a UUID in the canonical form the fleet writes its keys
+/// with (lowercase, hyphenated), else empty: such a member cannot be the fleet's, and is not
+/// claimed in place (the fleet's later moves would not find it by that id).
 fn member_id(member: &str) -> String {
     #[derive(serde::Deserialize)]
     struct Id {
         id: Option<Value>,
     }
     match serde_json::from_str::<Id>(member).ok().and_then(|m| m.id) {
-        Some(Value::String(id)) => id,
-        Some(Value::Number(id)) => id.to_string(),
+        Some(Value::String(id)) if Uuid::parse_str(&id).is_ok_and(|u| u.to_string() == id) => id,
         _ => String::new(),
     }
 }
@@ -408,8 +418,18 @@ mod tests {
 
     #[test]
     fn a_members_id_is_read_without_the_rest_of_it_mattering() {
-        assert_eq!(member_id(r#"{"id": "abc", "data": {"x": [1, 2]}}"#), "abc");
-        assert_eq!(member_id(r#"{"data": 1, "id": 42}"#), "42");
+        let id = "7d2f1c3e-8a1b-4c5d-9e0f-123456789abc";
+        assert_eq!(
+            member_id(&format!(r#"{{"id": "{id}", "data": {{"x": [1, 2]}}}}"#)),
+            id
+        );
+        // Only the canonical form the fleet's own keys use.
+        assert_eq!(
+            member_id(&format!(r#"{{"id": "{}"}}"#, id.to_uppercase())),
+            ""
+        );
+        assert_eq!(member_id(r#"{"id": "abc", "data": {"x": [1, 2]}}"#), "");
+        assert_eq!(member_id(r#"{"data": 1, "id": 42}"#), "");
         assert_eq!(member_id(r#"{"data": 1}"#), "");
         assert_eq!(member_id(r#"{"id": null}"#), "");
         assert_eq!(member_id("not json"), "");

@@ -59,12 +59,17 @@ return moved
 "#;
 
 /// Claims legacy producers' members of `agent_tasks` atomically: each given member that is
-/// still there and was not written by the fleet is removed and recorded in the intake hash.
-/// Each member comes with the id read from it by the caller (empty when it has none), so
-/// the script never decodes JSON: a member is the fleet's when `mirrored_waiting` maps its
-/// id to exactly this member. Returns the claimed members.
+/// still there and was not written by the fleet is recorded in the intake hash. A member
+/// with a task id stays where it is, now marked the fleet's own waiting copy of its task
+/// (`mirrored_waiting`, state rank 2 = waiting for delivery 1): the seed's tools see it
+/// waiting without a gap, and the fleet's later moves take it from there; one without an id
+/// (about to be dead-lettered) is removed. Each member comes with its id as read by the
+/// caller (empty when it has none or it is not in canonical UUID form), so the script never
+/// decodes JSON: a member is the fleet's when `mirrored_waiting` maps its id to exactly this
+/// member. Returns the claimed members.
 ///
-/// KEYS: agent_tasks, mirrored_waiting, intake. ARGV: now (ms), then member, id pairs.
+/// KEYS: agent_tasks, mirrored_waiting, intake, mirror_state. ARGV: now (ms), then member,
+/// id pairs.
 pub static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -74,7 +79,15 @@ for i = 2, #ARGV, 2 do
   if redis.call('ZSCORE', KEYS[1], member) then
     local ours = id ~= '' and redis.call('HGET', KEYS[2], id) == member
     if not ours then
-      redis.call('ZREM', KEYS[1], member)
+      if id ~= '' then
+        redis.call('HSET', KEYS[2], id, member)
+        local current = redis.call('HGET', KEYS[4], id)
+        if not current or tonumber(current) < 2 then
+          redis.call('HSET', KEYS[4], id, 2)
+        end
+      else
+        redis.call('ZREM', KEYS[1], member)
+      end
       redis.call('HSET', KEYS[3], member, ARGV[1])
       taken[#taken + 1] = member
     end

@@ -277,6 +277,57 @@ async fn a_legacy_task_is_processed_once_and_completed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_task_taken_in_stays_waiting_as_its_producer_wrote_it_until_it_runs() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    // One slot, held by a long task: the next one is taken in and waits in the stream.
+    let fleet = env.spawn_assembled(env.legacy_worker(|s| s.worker.concurrency = 1));
+    let busy = enqueue_task(&env, "sleep", json!({"ms": 1500}), 9).await;
+    eventually("the long task running", Duration::from_secs(10), || {
+        hash_entry(&env, &k.processing_tasks, busy)
+    })
+    .await;
+    // Written compactly, as a producer in another language might: the fleet's own rendering
+    // would differ, so only the producer's member left in place matches below.
+    let queued = Uuid::new_v4();
+    let written = format!(
+        r#"{{"id":"{queued}","data":{{"agent_type":"echo","data":{{"n":1}}}},"priority":1,"created_at":"2026-11-27T06:10:00","attempts":0,"max_attempts":3}}"#
+    );
+    let mut redis = env.redis().await;
+    let _: () = redis.zadd(&k.agent_tasks, &written, 1).await.unwrap();
+    let score = 1.0;
+    // Taken in: claimed (then forgotten once published), marked the fleet's own copy...
+    let marked: String = eventually("the member taken in", Duration::from_secs(10), || async {
+        let mut redis = env.redis().await;
+        redis
+            .hget::<_, _, Option<String>>(&k.mirrored_waiting, queued.to_string())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(marked, written);
+    // ... and still there, byte for byte and with its score, while it waits.
+    assert_eq!(waiting_member(&env, queued).await, Some((written, score)));
+    assert!(
+        hash_entry(&env, &k.completed_tasks, queued).await.is_none(),
+        "still waiting behind the long task"
+    );
+    eventually("the queued task completed", Duration::from_secs(10), || {
+        hash_entry(&env, &k.completed_tasks, queued)
+    })
+    .await;
+    fleet.stop().await;
+    let (waiting, ours): (usize, usize) = redis::pipe()
+        .zcard(&k.agent_tasks)
+        .hlen(&k.mirrored_waiting)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!((waiting, ours), (0, 0), "gone from agent_tasks once done");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_and_dead_tasks_look_as_the_seed_leaves_them() {
     let env = TestEnv::new().await;
     let k = keys(&env);
