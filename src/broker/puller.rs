@@ -315,15 +315,10 @@ impl PriorityPuller {
                 Err(error) => {
                     if !lane.stuck.swap(true, Ordering::Relaxed) {
                         tracing::warn!(%error, "skipping a consumer that does not answer");
-                        // A consumer that expired while idle does not answer either: make it
-                        // again (a no-op for one whose leader is only moving).
+                        // A consumer that expired while idle, or was deleted behind our back,
+                        // does not answer either (the pull times out; tested): make it again
+                        // (a no-op for one whose leader is only moving).
                         self.start_creating(priority, &agent_type, true);
-                    }
-                    if error.to_string().contains("consumer not found") {
-                        // Deleted behind our back: create it again next time.
-                        let subject = self.broker.subjects().task(priority, &agent_type);
-                        self.lanes.lock().expect("lanes lock").remove(&subject);
-                        // Recreated on the next scan.
                     }
                     last_error = Some(error);
                 }

@@ -468,3 +468,37 @@ async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
     env.assert_stream_drains("acked once committed").await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_behind_the_workers_back_is_made_again() {
+    use futures::StreamExt;
+    let env = TestEnv::new().await;
+    let worker = env.spawn(env.worker());
+    let first = TaskEnvelope::new("echo", json!({"n": 1}));
+    env.broker.publish(&first, Codec::Json).await.unwrap();
+    env.wait_finished(&[first.id], Duration::from_secs(10))
+        .await;
+
+    // An operator (or a cleanup job) deletes every consumer of the stream.
+    let stream = env.stream().await;
+    let names: Vec<String> = stream
+        .consumer_names()
+        .map(|name| name.unwrap())
+        .collect()
+        .await;
+    assert!(!names.is_empty(), "the worker's lanes have consumers");
+    for name in &names {
+        stream.delete_consumer(name).await.unwrap();
+    }
+
+    // The worker notices on its next pulls, makes its lanes again and goes on.
+    let tasks: Vec<TaskEnvelope> = (0..20)
+        .map(|n| TaskEnvelope::new("echo", json!({"n": n})))
+        .collect();
+    let ids = publish_all(&env, &tasks).await;
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    worker.stop().await;
+    env.assert_stream_drains("every message acknowledged").await;
+    env.cleanup().await;
+}
