@@ -46,13 +46,18 @@ pub fn init(
     filter: &str,
     json_logs: bool,
     otlp_endpoint: Option<&str>,
+    log_file: Option<std::fs::File>,
 ) -> Result<Telemetry, TelemetryError> {
     let provider = otlp_endpoint
         .filter(|endpoint| !endpoint.is_empty())
         .map(otlp_provider)
         .transpose()?;
+    let logs = match log_file {
+        Some(file) => log_layer_to(filter, json_logs, std::sync::Mutex::new(file)),
+        None => log_layer(filter, json_logs),
+    };
     tracing_subscriber::registry()
-        .with(log_layer(filter, json_logs))
+        .with(logs)
         .with(provider.as_ref().map(|p| trace_layer(p.tracer("swarmd"))))
         .init();
     Ok(Telemetry { provider })
@@ -79,8 +84,19 @@ pub fn log_layer<S>(filter: &str, json: bool) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
+    log_layer_to(filter, json, std::io::stderr)
+}
+
+/// The log layer writing to `writer` (a file, for commands whose own output is the point).
+fn log_layer_to<S, W>(filter: &str, json: bool, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + Send + Sync + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(confined(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(false);
     if json {
         logs.json().with_filter(filter).boxed()
     } else {

@@ -27,6 +27,19 @@ pub struct Args {
     /// Seconds to wait for the fleet to finish.
     #[arg(long, default_value_t = 120)]
     wait: u64,
+    /// Where the workers' logs go, so the summary reads cleanly [default: swarmd-demo.log in
+    /// the temporary directory]
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    /// The file the demo's logs go to.
+    pub fn log_file(&self) -> std::path::PathBuf {
+        self.log_file
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("swarmd-demo.log"))
+    }
 }
 
 const NAMES: [&str; 5] = ["Ann", "Bo", "Chen", "Dara", "Eli"];
@@ -50,6 +63,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         settings.nats.stream,
         store.schema()
     );
+    println!("worker logs: {}", args.log_file().display());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut fleet = Vec::new();
     for n in 0..args.workers {

@@ -75,8 +75,24 @@ pub enum Command {
 /// Sets up logs and traces from the command line; call once, before `run`, inside the
 /// runtime. Keep the returned guard alive: dropping it flushes the spans.
 pub fn init_telemetry(cli: &Cli) -> anyhow::Result<crate::telemetry::Telemetry> {
-    crate::telemetry::init(&cli.log, cli.log_json, cli.otlp_endpoint.as_deref())
-        .context("setting up tracing")
+    // The demo's summary is its output: its workers' logs go to a file it names.
+    let log_file = match &cli.command {
+        Command::Demo(args) => {
+            let path = args.log_file();
+            Some(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating the log file {}", path.display()))?,
+            )
+        }
+        _ => None,
+    };
+    crate::telemetry::init(
+        &cli.log,
+        cli.log_json,
+        cli.otlp_endpoint.as_deref(),
+        log_file,
+    )
+    .context("setting up tracing")
 }
 
 /// Runs the chosen subcommand.

@@ -263,3 +263,37 @@ async fn one_command_runs_several_worker_processes_and_stops_them_all() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_its_summary_cleanly_and_logs_to_a_file() {
+    let env = TestEnv::new().await;
+    let log = std::env::temp_dir().join(format!("swarm-demo-{}.log", uuid::Uuid::new_v4()));
+    let output = swarmd(&env)
+        .args(["demo", "--tasks", "200", "--wait", "60", "--log-file"])
+        .arg(&log)
+        .env("SWARM_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("200 of 200 tasks finished"), "{stdout}");
+    assert!(stdout.contains(&format!("worker logs: {}", log.display())));
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(
+            !(line.contains(" INFO ") || line.contains(" WARN ") || line.contains(" ERROR ")),
+            "a log line in the demo's output: {line}"
+        );
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("worker started"), "{logged}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "no terminal colours in the file"
+    );
+    let _ = std::fs::remove_file(&log);
+    env.cleanup().await;
+}
