@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use crate::support::TestEnv;
+use crate::support::{TestEnv, eventually};
 
 /// A program of the tools' Python environment (`make tools`).
 fn venv_program(name: &str) -> PathBuf {
@@ -132,22 +132,15 @@ async fn the_readmes_python_producer_publishes_a_task_the_fleet_runs() {
     assert_eq!(printed.trim(), "1 False");
 
     let worker = env.spawn(env.worker());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let row = loop {
+    let row = eventually("the task completed", Duration::from_secs(15), || async {
         let rows: Vec<(String, String, Option<serde_json::Value>)> =
             sqlx::query_as("SELECT agent_type, status, result FROM tasks")
                 .fetch_all(env.store.primary())
                 .await
                 .unwrap();
-        if let Some(row) = rows.into_iter().find(|r| r.1 == "completed") {
-            break row;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the task never completed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        rows.into_iter().find(|r| r.1 == "completed")
+    })
+    .await;
     worker.stop().await;
     assert_eq!(row.0, "quality");
     assert!(row.2.is_some_and(|result| result.get("score").is_some()));

@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use serde_json::json;
 use swarm_director::task::{Codec, TaskEnvelope};
 
-use crate::support::{TestEnv, count};
+use crate::support::{TestEnv, count, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_republished_id_is_stored_and_processed_once() {
@@ -73,14 +73,10 @@ async fn a_late_copy_is_not_run(task: TaskEnvelope, copy_id: &str) {
         .unwrap();
     assert!(!copy.duplicate, "the copy is stored");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while count(&worker.counts.duplicates) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "duplicate never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the duplicate settled", Duration::from_secs(10), || async {
+        (count(&worker.counts.duplicates) > 0).then_some(())
+    })
+    .await;
     let counts = worker.stop().await;
     assert_eq!(count(&counts.completed), 1, "the agent ran once");
     let after = env.store.task(task.id).await.unwrap().unwrap();

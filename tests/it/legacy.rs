@@ -14,7 +14,7 @@ use swarm_director::{
 use uuid::Uuid;
 
 use crate::support::{
-    TestEnv, count,
+    TestEnv, count, eventually,
     nats_server::spare_port,
     redis_server::RedisServer,
     schemas::{assert_valid, validator},
@@ -41,22 +41,6 @@ async fn enqueue_task(env: &TestEnv, agent: &str, data: Value, priority: i64) ->
         .await
         .unwrap();
     id
-}
-
-/// Polls until `probe` returns something, or panics after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn hash_entry(env: &TestEnv, key: &str, id: Uuid) -> Option<String> {

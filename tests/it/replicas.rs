@@ -19,7 +19,7 @@ use swarm_director::{
 };
 use tower::ServiceExt;
 
-use crate::support::{TestEnv, pg_cluster::PgPair};
+use crate::support::{TestEnv, eventually, pg_cluster::PgPair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_use_the_replica_and_fall_back_to_the_primary() {
@@ -202,11 +202,11 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
         .await
         .unwrap();
     standby.close().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.read_status_counts().await.unwrap().0.get("queued") != Some(&2) {
-        assert!(Instant::now() < deadline, "the replica never caught up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the replica caught up", Duration::from_secs(10), || async {
+        let (counts, _) = store.read_status_counts().await.unwrap();
+        (counts.get("queued") == Some(&2)).then_some(())
+    })
+    .await;
 
     // The standby is gone: the same reads come from the primary, without an error.
     pair.stop_standby();
