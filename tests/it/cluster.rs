@@ -36,6 +36,17 @@ async fn publish_sleeps(env: &TestEnv, n: usize) -> Vec<uuid::Uuid> {
     tasks.iter().map(|t| t.id).collect()
 }
 
+/// Rows written again after their final write: a second commit of a finished task.
+async fn rewritten_after_finishing(env: &TestEnv, ids: &[uuid::Uuid]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE id = ANY($1) AND updated_at IS DISTINCT FROM completed_at",
+    )
+    .bind(ids)
+    .fetch_one(env.store.primary())
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_dies_and_nothing_is_lost() {
     let mut cluster = NatsCluster::start();
@@ -77,6 +88,12 @@ async fn a_cluster_node_dies_and_nothing_is_lost() {
     let rows = env.store.tasks(&ids).await.unwrap();
     assert_eq!(rows.len(), 5000);
     assert!(rows.iter().all(|r| r.status == "completed"), "none lost");
+    // A final write is its row's last: redelivered work was recognised or fenced off.
+    assert_eq!(
+        rewritten_after_finishing(&env, &ids).await,
+        0,
+        "none committed twice"
+    );
     println!(
         "killed the stream leader {leader} after {before} of 5,000: work flowed again after {:.2} s, all done {:.2} s after the kill",
         resumed.unwrap_or_default().as_secs_f64(),
@@ -114,6 +131,11 @@ async fn the_surviving_worker_finishes_everything() {
         }
     };
     assert!(rows.iter().all(|r| r.status == "completed"));
+    assert_eq!(
+        rewritten_after_finishing(&env, &ids).await,
+        0,
+        "none committed twice"
+    );
     let by_survivor = rows.iter().filter(|r| r.attempts > 1).count();
     println!(
         "one of two workers killed: the survivor finished all 2,000 ({by_survivor} redelivered from the dead one)"
