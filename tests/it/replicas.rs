@@ -21,15 +21,22 @@ use tower::ServiceExt;
 
 use crate::support::{TestEnv, eventually, pg_cluster::PgPair};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_use_the_replica_and_fall_back_to_the_primary() {
-    let mut pair = PgPair::start();
+/// A private primary with a streaming standby, and a migrated store writing to the primary
+/// and reading from the standby.
+async fn with_a_streaming_standby() -> (PgPair, TestEnv, Store) {
+    let pair = PgPair::start();
     let env = TestEnv::new().await;
     let mut settings = env.settings.database.clone();
     settings.url = SecretUrl::new(pair.primary_url());
     settings.replica_urls = vec![SecretUrl::new(pair.standby_url())];
     let store = Store::connect(&settings).await.unwrap();
     store.migrate().await.unwrap();
+    (pair, env, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_use_the_replica_and_fall_back_to_the_primary() {
+    let (mut pair, env, store) = with_a_streaming_standby().await;
 
     // Writes go to the primary.
     let (standby, port): (bool, i32) =
@@ -145,13 +152,7 @@ async fn get_task(app: &axum::Router, id: uuid::Uuid) -> (u16, String, serde_jso
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_primary() {
-    let mut pair = PgPair::start();
-    let env = TestEnv::new().await;
-    let mut settings = env.settings.database.clone();
-    settings.url = SecretUrl::new(pair.primary_url());
-    settings.replica_urls = vec![SecretUrl::new(pair.standby_url())];
-    let store = Store::connect(&settings).await.unwrap();
-    store.migrate().await.unwrap();
+    let (mut pair, env, store) = with_a_streaming_standby().await;
     let app = api::router(
         Arc::new(ApiState {
             broker: env.broker.clone(),
