@@ -197,8 +197,9 @@ impl Dispatch<'_> {
 
     /// Decides which tasks of the batch may run, holding the batch (leases renewed) while
     /// the database is away. First deliveries write nothing yet — their outcome is their
-    /// row's first write — and are only looked up, so a task already finished (re-published
-    /// after the de-duplication window) is not run again. Redeliveries are claimed as
+    /// row's first write; those that could be a copy of a finished task (re-published after
+    /// the de-duplication window, see [`FirstDelivery`]) are looked up first, so it is not
+    /// run again, and the rest need no database at all. Redeliveries are claimed as
     /// `processing` (a row, the errors of earlier attempts); a batch of them is split around
     /// a task the database refuses for its values, which becomes a dead letter
     /// (`unstorable`) and leaves `pending`. `None` when shutdown began while holding (the
