@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the external programs the test suite runs the project's files against, once:
-# - schemathesis and nats-py (PyPI), into a folder of the project's own (no root needed):
+# - schemathesis, nats-py and redis-py (PyPI), into a folder of the project's own (no root needed):
 #   schemathesis fuzzes a live `swarmd api` against schemas/openapi.json, nats-py runs the
-#   Python producer example of schemas/README.md;
+#   Python producer example of schemas/README.md, redis-py the seed's own queue class;
 # - nginx and Prometheus's promtool (Debian packages): they load the shipped
 #   deploy/nginx/nginx.conf and deploy/prometheus/*.yml for real.
 # Safe to run again: what is there is left alone.
@@ -11,6 +11,7 @@ set -euo pipefail
 TOOLS_DIR="${SWARM_TOOLS_DIR:-$HOME/.cache/swarmdirector}"
 SCHEMATHESIS_VERSION=4.32.5
 NATS_PY_VERSION=2.16.0
+REDIS_PY_VERSION=5.2.1
 VENV="$TOOLS_DIR/st-venv"
 
 say() { printf '[tools] %s\n' "$*"; }
@@ -24,10 +25,11 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || ! command -
   }
 fi
 ensure_nats_py() {
-  # The README's Python producer example is run by the test suite with this client.
-  "$VENV/bin/python" -c "import nats" 2>/dev/null && return 0
-  say "installing nats-py $NATS_PY_VERSION into $VENV"
-  "$VENV/bin/pip" install -q "nats-py==$NATS_PY_VERSION"
+  # The README's Python producer example and the seed's own queue class (a legacy consumer
+  # beside the fleet) are run by the test suite with these clients.
+  "$VENV/bin/python" -c "import nats, redis" 2>/dev/null && return 0
+  say "installing nats-py $NATS_PY_VERSION and redis-py $REDIS_PY_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "nats-py==$NATS_PY_VERSION" "redis==$REDIS_PY_VERSION"
 }
 if [ -x "$VENV/bin/st" ] && "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   ensure_nats_py

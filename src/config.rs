@@ -480,6 +480,11 @@ pub struct RedisSettings {
     pub intake: bool,
     /// Milliseconds between looks for legacy tasks. Default 100.
     pub intake_interval_ms: u64,
+    /// Legacy consumers (the seed's `dequeue_task` loop) run beside the fleet: `agent_tasks`
+    /// then holds only legacy producers' members not yet taken, so whatever either side pops
+    /// runs once; the fleet's own waiting tasks are not shown there. Default false.
+    /// Env: `SWARM_LEGACY_CONSUMERS`.
+    pub legacy_consumers: bool,
     /// Cache the results of cacheable agents. Default true. Env: `SWARM_RESULT_CACHE`.
     pub cache: bool,
     /// Result-cache lifetime per agent type, in seconds, overriding the agent's own.
@@ -494,6 +499,7 @@ impl Default for RedisSettings {
             mirror: true,
             intake: true,
             intake_interval_ms: 100,
+            legacy_consumers: false,
             cache: true,
             cache_ttl_secs: Default::default(),
         }
@@ -754,6 +760,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_LEGACY_INTAKE") {
             self.redis.intake = parsed("SWARM_LEGACY_INTAKE", v)?;
+        }
+        if let Some(v) = get("SWARM_LEGACY_CONSUMERS") {
+            self.redis.legacy_consumers = parsed("SWARM_LEGACY_CONSUMERS", v)?;
         }
         if let Some(v) = get("SWARM_RESULT_CACHE") {
             self.redis.cache = parsed("SWARM_RESULT_CACHE", v)?;

@@ -29,7 +29,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     let mut redis = mirror::connect(&settings.redis).context("connecting to Redis")?;
-    let keys = LegacyKeys::new(&settings.redis.key_prefix);
+    let keys = LegacyKeys::of(&settings.redis);
     match args.command {
         Command::Check => {
             let drift = rebuild::check(&store, &mut redis, &keys).await?;

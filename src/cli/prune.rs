@@ -31,7 +31,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     if settings.redis.mirror {
         upkeep = upkeep.with_legacy(LegacyMirror {
             redis: crate::mirror::connect(&settings.redis).context("connecting to Redis")?,
-            keys: LegacyKeys::new(&settings.redis.key_prefix),
+            keys: LegacyKeys::of(&settings.redis),
         });
     }
     let report = upkeep

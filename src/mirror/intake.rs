@@ -113,6 +113,7 @@ impl Intake {
                     .key(&self.keys.intake)
                     .key(&self.keys.mirror_state)
                     .arg(Utc::now().timestamp_millis())
+                    .arg(if self.keys.show_waiting { "1" } else { "0" })
                     .arg(chunk)
                     .invoke_async(&mut self.redis)
                     .await?;

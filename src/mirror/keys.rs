@@ -21,6 +21,10 @@ pub struct LegacyKeys {
     pub intake: String,
     /// String with an expiry: held by the worker trimming finished entries this hour.
     pub upkeep_lease: String,
+    /// Whether the fleet's waiting tasks are shown in `agent_tasks` (and legacy producers'
+    /// members claimed in place). False when legacy consumers pop `agent_tasks` beside the
+    /// fleet: anything shown there could be run twice.
+    pub show_waiting: bool,
 }
 
 impl LegacyKeys {
@@ -34,6 +38,15 @@ impl LegacyKeys {
             mirror_state: format!("{prefix}swarm:mirror:state"),
             intake: format!("{prefix}swarm:intake"),
             upkeep_lease: format!("{prefix}swarm:upkeep"),
+            show_waiting: true,
+        }
+    }
+
+    /// The keys of `settings`, shown as they ask.
+    pub fn of(settings: &crate::config::RedisSettings) -> Self {
+        Self {
+            show_waiting: !settings.legacy_consumers,
+            ..Self::new(&settings.key_prefix)
         }
     }
 

@@ -116,6 +116,10 @@ pub async fn check(
                 continue;
             };
             let places = shown(redis, keys, &expected.id).await?;
+            if places.is_empty() && expected.place == Place::Waiting && !keys.show_waiting {
+                // Waiting fleet tasks are not shown while legacy consumers pop agent_tasks.
+                continue;
+            }
             match places.as_slice() {
                 [] => drift.missing.push(format!(
                     "{} ({}) is not in the legacy keys",

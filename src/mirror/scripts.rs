@@ -9,7 +9,8 @@ use std::sync::LazyLock;
 ///
 /// KEYS: agent_tasks, processing_tasks, completed_tasks, failed_tasks, mirrored_waiting,
 /// mirror_state. ARGV: force ("1" ignores rank and finality: rebuilds), then for each move
-/// id, kind (waiting | processing | completed | failed), rank, json, score.
+/// id, kind (waiting | hidden: waiting but not shown | processing | completed | failed),
+/// rank, json, score.
 pub static TRANSITION: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(TRANSITION_CODE));
 
@@ -42,6 +43,8 @@ for i = 2, #ARGV, 5 do
       redis.call('ZADD', KEYS[1], score, json)
       redis.call('HSET', KEYS[5], id, json)
       redis.call('HSET', KEYS[6], id, rank)
+    elseif kind == 'hidden' then
+      redis.call('HSET', KEYS[6], id, rank)
     elseif kind == 'processing' then
       redis.call('HSET', KEYS[2], id, json)
       redis.call('HSET', KEYS[6], id, rank)
@@ -68,18 +71,20 @@ return moved
 /// decodes JSON: a member is the fleet's when `mirrored_waiting` maps its id to exactly this
 /// member. Returns the claimed members.
 ///
-/// KEYS: agent_tasks, mirrored_waiting, intake, mirror_state. ARGV: now (ms), then member,
-/// id pairs.
+/// KEYS: agent_tasks, mirrored_waiting, intake, mirror_state. ARGV: now (ms), in place
+/// ("1", else every claimed member is removed: legacy consumers pop `agent_tasks`), then
+/// member, id pairs.
 pub static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local taken = {}
-for i = 2, #ARGV, 2 do
+local in_place = ARGV[2] == '1'
+for i = 3, #ARGV, 2 do
   local member, id = ARGV[i], ARGV[i + 1]
   if redis.call('ZSCORE', KEYS[1], member) then
     local ours = id ~= '' and redis.call('HGET', KEYS[2], id) == member
     if not ours then
-      if id ~= '' then
+      if in_place and id ~= '' then
         redis.call('HSET', KEYS[2], id, member)
         local current = redis.call('HGET', KEYS[4], id)
         if not current or tonumber(current) < 2 then

@@ -321,8 +321,13 @@ pub async fn write(
             .arg(&keys.mirror_state)
             .arg(if force { "1" } else { "0" });
         for event in moves {
+            let kind = match event.place {
+                // Recorded (the task left wherever it was), shown nowhere.
+                Place::Waiting if !keys.show_waiting => "hidden",
+                place => place.as_str(),
+            };
             call.arg(&event.id)
-                .arg(event.place.as_str())
+                .arg(kind)
                 .arg(event.rank)
                 .arg(&event.json)
                 .arg(event.priority);

@@ -74,7 +74,7 @@ pub fn assemble(
         });
     }
     let redis = mirror::connect(redis_settings)?;
-    let keys = LegacyKeys::new(&redis_settings.key_prefix);
+    let keys = LegacyKeys::of(redis_settings);
     let (mut mirror, mut mirror_writer) = (None, None);
     if redis_settings.mirror {
         worker = worker.with_upkeep(upkeep.with_legacy(LegacyMirror {

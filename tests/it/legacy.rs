@@ -755,3 +755,79 @@ async fn the_fleet_works_as_the_shipped_redis_acl_user_and_anonymous_clients_get
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_own_consumer_beside_the_fleet_runs_each_task_once() {
+    let env = TestEnv::new().await;
+    let python = std::path::PathBuf::from(std::env::var("HOME").unwrap())
+        .join(".cache/swarmdirector/st-venv/bin/python");
+    assert!(python.exists(), "the tools' Python: run `make tools`");
+    // Legacy consumers run beside the fleet: agent_tasks holds legacy producers' members only.
+    let fleet: Vec<_> = (0..2)
+        .map(|_| env.spawn_assembled(env.legacy_worker(|s| s.redis.legacy_consumers = true)))
+        .collect();
+    let native: Vec<TaskEnvelope> = (0..100)
+        .map(|n| TaskEnvelope::new("echo", json!({"native": n})))
+        .collect();
+    for task in &native {
+        env.broker.publish(task, Codec::MessagePack).await.unwrap();
+    }
+    // The seed's class enqueues 300 tasks and pops what it can, as its workers would.
+    let output = tokio::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/python/seed_consumer.py"
+        ))
+        .arg(env.settings.redis.url.expose())
+        .arg(&env.settings.redis.key_prefix)
+        .arg("300")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ids = |key: &str| -> std::collections::BTreeSet<Uuid> {
+        report[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (enqueued, consumed) = (ids("enqueued"), ids("consumed"));
+    let native_ids: Vec<Uuid> = native.iter().map(|t| t.id).collect();
+    assert!(
+        consumed.iter().all(|id| enqueued.contains(id)),
+        "the legacy consumer never pops the fleet's own tasks"
+    );
+    // What the legacy consumer did not pop, the fleet ran; nothing ran on both sides.
+    let taken_in: Vec<Uuid> = enqueued.difference(&consumed).copied().collect();
+    let mut all = native_ids.clone();
+    all.extend(&taken_in);
+    env.wait_finished(&all, Duration::from_secs(30)).await;
+    let (run_by_fleet,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks WHERE id = ANY($1)")
+        .bind(consumed.iter().copied().collect::<Vec<_>>())
+        .fetch_one(env.store.primary())
+        .await
+        .unwrap();
+    assert_eq!(
+        run_by_fleet, 0,
+        "no task the legacy consumer ran was run by the fleet"
+    );
+    println!(
+        "legacy consumer ran {} of 300, the fleet took in {} (and its 100 own)",
+        consumed.len(),
+        taken_in.len()
+    );
+    for worker in fleet {
+        worker.stop().await;
+    }
+    let mut redis = env.redis().await;
+    let waiting: usize = redis.zcard(&keys(&env).agent_tasks).await.unwrap();
+    assert_eq!(waiting, 0);
+    env.cleanup().await;
+}
