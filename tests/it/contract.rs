@@ -4,17 +4,7 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use crate::support::{TestEnv, eventually};
-
-/// A program of the tools' Python environment (`make tools`).
-fn venv_program(name: &str) -> PathBuf {
-    let tools = std::env::var_os("SWARM_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/swarmdirector")
-        });
-    tools.join("st-venv/bin").join(name)
-}
+use crate::support::{TestEnv, eventually, venv_program};
 
 fn schemathesis() -> PathBuf {
     let st = venv_program("st");

@@ -759,8 +759,7 @@ async fn the_fleet_works_as_the_shipped_redis_acl_user_and_anonymous_clients_get
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seeds_own_consumer_beside_the_fleet_runs_each_task_once() {
     let env = TestEnv::new().await;
-    let python = std::path::PathBuf::from(std::env::var("HOME").unwrap())
-        .join(".cache/swarmdirector/st-venv/bin/python");
+    let python = crate::support::venv_program("python");
     assert!(python.exists(), "the tools' Python: run `make tools`");
     // Legacy consumers run beside the fleet: agent_tasks holds legacy producers' members only.
     let fleet: Vec<_> = (0..2)

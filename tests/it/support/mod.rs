@@ -379,3 +379,14 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A program of the tools' Python environment (`make tools`; `SWARM_TOOLS_DIR` overrides
+/// where it lives).
+pub fn venv_program(name: &str) -> std::path::PathBuf {
+    let tools = std::env::var_os("SWARM_TOOLS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/swarmdirector")
+        });
+    tools.join("st-venv/bin").join(name)
+}
