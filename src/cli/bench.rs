@@ -145,8 +145,10 @@ async fn bench(
             bar.set_message("steady");
             let started = chrono::Utc::now();
             let clock = Instant::now();
-            let mut ticker = tokio::time::interval(Duration::from_millis(10));
-            let per_tick = (rate as f64 / 100.0).max(0.01);
+            // Every millisecond: ticks of 10 ms made bursts that queued behind each other
+            // and measured the burst rather than the fleet (p99 at 8,000/s 88 vs 34 ms).
+            let mut ticker = tokio::time::interval(Duration::from_millis(1));
+            let per_tick = (rate as f64 / 1000.0).max(0.001);
             let mut sent = 0usize;
             let mut owed = 0.0;
             while sent < total {
