@@ -196,6 +196,50 @@ async fn bench_runs_and_prints_sane_figures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_at_a_steady_rate_publishes_that_many_and_reports_latency() {
+    let env = TestEnv::new().await;
+    let started = std::time::Instant::now();
+    let out = env
+        .swarmd()
+        .args([
+            "bench",
+            "--rate",
+            "300",
+            "--duration",
+            "2",
+            "--workers",
+            "1",
+            "--json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
+    assert_eq!(
+        (report["mode"].as_str(), report["tasks"].as_u64()),
+        (Some("steady-rate"), Some(600))
+    );
+    // Spread over the duration, not sent at once.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    let enqueue = report["enqueue_per_sec"].as_f64().unwrap();
+    assert!((100.0..=330.0).contains(&enqueue), "{report}");
+    for latency in ["latency_ms", "pickup_ms"] {
+        let (p50, p99) = (
+            report[latency]["p50"].as_f64().unwrap(),
+            report[latency]["p99"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "{latency}: {report}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_command_runs_several_worker_processes_and_stops_them_all() {
     let env = TestEnv::new().await;
     let mut supervisor = swarmd(&env)
