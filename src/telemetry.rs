@@ -150,12 +150,7 @@ pub fn otlp_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError
 /// (`Context::current()`: an HTTP request's incoming `traceparent`, a trace the legacy intake
 /// started), so the task still continues it. Writes nothing when neither carries a trace.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let context = span.context();
-    let context = if context.span().span_context().is_valid() {
-        context
-    } else {
-        Context::current()
-    };
+    let context = context_or(span, Context::current());
     if context.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
     }

@@ -203,8 +203,9 @@ impl Intake {
             messaging.system = "nats",
             tasks = tasks.len(),
         );
-        let _ = span.set_parent(telemetry::new_trace());
-        let trace = telemetry::context_or(&span, telemetry::new_trace());
+        let started = telemetry::new_trace();
+        let _ = span.set_parent(started.clone());
+        let trace = telemetry::context_or(&span, started);
         tracing::debug!(
             trace_id = telemetry::trace_id(&trace).unwrap_or_default(),
             tasks = tasks.len(),
