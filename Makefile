@@ -25,7 +25,8 @@ test: services tools
 		$(CARGO) test --no-fail-fast; \
 	fi
 
-## Install the external checkers the suite runs (schemathesis, in ~/.cache/swarmdirector).
+## Install the external programs the suite runs (schemathesis, nats-py and redis-py in
+## ~/.cache/swarmdirector; nginx and promtool from Debian).
 tools:
 	@bash scripts/ensure-test-tools.sh
 

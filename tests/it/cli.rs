@@ -6,7 +6,7 @@ use serde_json::json;
 use swarm_director::task::{Codec, TaskEnvelope};
 use tokio::process::Command;
 
-use crate::support::TestEnv;
+use crate::support::{TestEnv, succeeds};
 
 fn swarmd(env: &TestEnv) -> Command {
     env.swarmd()
@@ -156,26 +156,17 @@ async fn sigterm_lets_in_flight_tasks_finish_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_and_prints_sane_figures() {
     let env = TestEnv::new().await;
-    let out = env
-        .swarmd()
-        .args([
-            "bench",
-            "--n",
-            "2000",
-            "--workers",
-            "1",
-            "--concurrency",
-            "64",
-            "--json",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(env.swarmd().args([
+        "bench",
+        "--n",
+        "2000",
+        "--workers",
+        "1",
+        "--concurrency",
+        "64",
+        "--json",
+    ]))
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(report["tasks"], 2000);
@@ -199,26 +190,17 @@ async fn bench_runs_and_prints_sane_figures() {
 async fn bench_at_a_steady_rate_publishes_that_many_and_reports_latency() {
     let env = TestEnv::new().await;
     let started = std::time::Instant::now();
-    let out = env
-        .swarmd()
-        .args([
-            "bench",
-            "--rate",
-            "300",
-            "--duration",
-            "2",
-            "--workers",
-            "1",
-            "--json",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(env.swarmd().args([
+        "bench",
+        "--rate",
+        "300",
+        "--duration",
+        "2",
+        "--workers",
+        "1",
+        "--json",
+    ]))
+    .await;
     let report: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
     assert_eq!(

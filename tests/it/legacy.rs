@@ -18,6 +18,7 @@ use crate::support::{
     nats_server::spare_port,
     redis_server::RedisServer,
     schemas::{assert_valid, validator},
+    succeeds,
 };
 
 fn keys(env: &TestEnv) -> LegacyKeys {
@@ -550,17 +551,7 @@ async fn mirror_rebuild_repairs_drift() {
     assert!(stdout.contains(&format!("missing: {}", ids[0])), "{stdout}");
     assert!(stdout.contains(&ids[1].to_string()), "{stdout}");
 
-    let rebuilt = env
-        .swarmd()
-        .args(["mirror", "rebuild"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    succeeds(env.swarmd().args(["mirror", "rebuild"])).await;
     let clean = env
         .swarmd()
         .args(["mirror", "check"])
@@ -772,22 +763,17 @@ async fn the_seeds_own_consumer_beside_the_fleet_runs_each_task_once() {
         env.broker.publish(task, Codec::MessagePack).await.unwrap();
     }
     // The seed's class enqueues 300 tasks and pops what it can, as its workers would.
-    let output = tokio::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/it/python/seed_consumer.py"
-        ))
-        .arg(env.settings.redis.url.expose())
-        .arg(&env.settings.redis.key_prefix)
-        .arg("300")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = succeeds(
+        tokio::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/it/python/seed_consumer.py"
+            ))
+            .arg(env.settings.redis.url.expose())
+            .arg(&env.settings.redis.key_prefix)
+            .arg("300"),
+    )
+    .await;
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let ids = |key: &str| -> std::collections::BTreeSet<Uuid> {
         report[key]

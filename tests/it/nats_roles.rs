@@ -11,7 +11,7 @@ use swarm_director::{
     task::{Codec, TaskEnvelope},
 };
 
-use crate::support::{TestEnv, nats_server::NatsServer};
+use crate::support::{TestEnv, nats_server::NatsServer, succeeds};
 
 const ROLES: &str = include_str!("../../deploy/nats/roles.conf");
 const USERS: [(&str, &str); 4] = [
@@ -121,18 +121,12 @@ async fn each_role_does_its_job_and_nothing_more() {
     );
 
     // The admin sets the streams up; nobody else may.
-    let migrate = env
-        .swarmd()
-        .envs(process_env_as(&env, &server, "admin"))
-        .arg("migrate")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        migrate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
+    succeeds(
+        env.swarmd()
+            .envs(process_env_as(&env, &server, "admin"))
+            .arg("migrate"),
+    )
+    .await;
 
     // A worker (a real process) and the API, each under its own role.
     let mut worker = env
@@ -234,24 +228,18 @@ async fn each_role_does_its_job_and_nothing_more() {
         );
     }
     // The user and password may also be given on their own, as the Kubernetes manifests do.
-    let output = env
-        .swarmd()
-        .envs(process_env_as(&env, &server, "api"))
-        .env(
-            "SWARM_NATS_URL",
-            format!("nats://127.0.0.1:{}", server.port()),
-        )
-        .env("SWARM_NATS_USER", "api")
-        .env("SWARM_NATS_PASSWORD", password("api"))
-        .arg("status")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeds(
+        env.swarmd()
+            .envs(process_env_as(&env, &server, "api"))
+            .env(
+                "SWARM_NATS_URL",
+                format!("nats://127.0.0.1:{}", server.port()),
+            )
+            .env("SWARM_NATS_USER", "api")
+            .env("SWARM_NATS_PASSWORD", password("api"))
+            .arg("status"),
+    )
+    .await;
     // Doing its job, no role bumped into its limits.
     assert_eq!(server.violations(), Vec::<String>::new());
 

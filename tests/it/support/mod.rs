@@ -390,3 +390,15 @@ pub fn venv_program(name: &str) -> std::path::PathBuf {
         });
     tools.join("st-venv/bin").join(name)
 }
+
+/// Runs `command` to its end and returns its output; panics with its stderr when it fails.
+pub async fn succeeds(command: &mut tokio::process::Command) -> std::process::Output {
+    let output = command.output().await.expect("the program starts");
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}",
+        command.as_std().get_program(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
