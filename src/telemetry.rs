@@ -182,6 +182,14 @@ pub fn new_trace() -> Context {
     ))
 }
 
+/// Makes `span` a child of `parent` and returns the trace work under it continues: the
+/// span's context when an exporter records it, else `parent` itself (attach it with
+/// `with_context`, so published tasks still carry it).
+pub fn continue_trace(span: &tracing::Span, parent: Context) -> Context {
+    let _ = span.set_parent(parent.clone());
+    context_or(span, parent)
+}
+
 /// The context a span records, or `fallback` when the span records none (no exporter).
 pub fn context_or(span: &tracing::Span, fallback: Context) -> Context {
     let context = span.context();

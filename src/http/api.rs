@@ -22,7 +22,6 @@ use opentelemetry::context::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use crate::{
@@ -253,8 +252,7 @@ async fn publish(
         http.request.method = "POST",
         http.route = "/v1/tasks",
     );
-    let _ = span.set_parent(incoming.clone());
-    let trace = crate::telemetry::context_or(&span, incoming);
+    let trace = crate::telemetry::continue_trace(&span, incoming);
     publish_traced(&state, body, &trace)
         .instrument(span)
         .with_context(trace.clone())

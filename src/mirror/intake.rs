@@ -14,7 +14,6 @@ use opentelemetry::context::FutureExt as _;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde_json::Value;
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use super::{LegacyKeys, LegacyTask, MirrorError, legacy_json, scripts};
@@ -203,9 +202,7 @@ impl Intake {
             messaging.system = "nats",
             tasks = tasks.len(),
         );
-        let started = telemetry::new_trace();
-        let _ = span.set_parent(started.clone());
-        let trace = telemetry::context_or(&span, started);
+        let trace = telemetry::continue_trace(&span, telemetry::new_trace());
         tracing::debug!(
             trace_id = telemetry::trace_id(&trace).unwrap_or_default(),
             tasks = tasks.len(),
