@@ -211,6 +211,9 @@ pub struct ApiSettings {
     /// A request not answered within this many seconds gets 503. Default 30.
     /// Env: `SWARM_API_REQUEST_TIMEOUT_SECS`.
     pub request_timeout_secs: f64,
+    /// Longest `?wait=` a request may ask for (seconds); such a request may take this much
+    /// longer than `request_timeout_secs`. Default 60. Env: `SWARM_API_MAX_WAIT_SECS`.
+    pub max_wait_secs: f64,
     /// Requests served at once; beyond, 503 at once (load shed). Default 512.
     /// Env: `SWARM_API_MAX_CONCURRENT_REQUESTS`.
     pub max_concurrent_requests: usize,
@@ -230,6 +233,7 @@ impl Default for ApiSettings {
             read_token_file: None,
             insecure_no_auth: false,
             request_timeout_secs: 30.0,
+            max_wait_secs: 60.0,
             max_concurrent_requests: 512,
             rate_limit_per_sec: 200.0,
         }
@@ -294,6 +298,10 @@ pub struct NatsSettings {
     /// The server stops delivering a message after this many deliveries: a last resort
     /// behind the worker's own poison check (see `worker.crash_allowance`). Default 110.
     pub max_deliver: i64,
+    /// Whether workers announce each final outcome on `<prefix>.results.<id>` once it is
+    /// committed, for producers that wait (`POST /v1/tasks?wait=`, `swarmd publish --wait`).
+    /// Default true. Env: `SWARM_ANNOUNCE_OUTCOMES`.
+    pub announce_outcomes: bool,
 }
 
 impl Default for NatsSettings {
@@ -316,6 +324,7 @@ impl Default for NatsSettings {
             max_lanes: 1000,
             replicas: 1,
             max_deliver: 110,
+            announce_outcomes: true,
         }
     }
 }
@@ -708,6 +717,9 @@ impl Settings {
         if let Some(v) = get("SWARM_SUBJECT_PREFIX") {
             self.nats.subject_prefix = v;
         }
+        if let Some(v) = get("SWARM_ANNOUNCE_OUTCOMES") {
+            self.nats.announce_outcomes = parsed("SWARM_ANNOUNCE_OUTCOMES", v)?;
+        }
         if let Some(v) = get("SWARM_CONSUMER_GROUP") {
             self.nats.consumer_group = v;
         }
@@ -827,6 +839,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_API_REQUEST_TIMEOUT_SECS") {
             self.api.request_timeout_secs = parsed("SWARM_API_REQUEST_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = get("SWARM_API_MAX_WAIT_SECS") {
+            self.api.max_wait_secs = parsed("SWARM_API_MAX_WAIT_SECS", v)?;
         }
         if let Some(v) = get("SWARM_API_MAX_CONCURRENT_REQUESTS") {
             self.api.max_concurrent_requests = parsed("SWARM_API_MAX_CONCURRENT_REQUESTS", v)?;

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`config`]: one typed settings tree (defaults, file, environment), secrets redacted.
 //! - [`task`]: the wire contract: the task envelope and its JSON / MessagePack codecs.
-//! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull.
+//! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull,
+//!   outcomes announced on core NATS.
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
 //! - [`cache`]: the Redis result cache of deterministic agents.
 //! - [`fault`]: transient or permanent-for-one-message failures, and isolating the latter.
@@ -21,6 +22,7 @@
 //! - [`scale`]: host readings, the workers' roll call, scale-up/down signals and sizing.
 //! - [`store`]: PostgreSQL pools, embedded migrations, the task queries and the day
 //!   partitions that expire whole (retention).
+//! - [`waiter`]: waiting for tasks' outcomes (announced on NATS, the store read once).
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   the pull loop with graceful shutdown, and the hourly upkeep (retention).
 //! - [`cli`]: one file per `swarmd` subcommand; `main.rs` only dispatches.
@@ -39,4 +41,5 @@ pub mod scale;
 pub mod store;
 pub mod task;
 pub mod telemetry;
+pub mod waiter;
 pub mod worker;

@@ -56,6 +56,16 @@ impl Subjects {
         format!("{}.workers.roll", self.prefix)
     }
 
+    /// Where a task's outcome is announced once committed (core NATS, not stored).
+    pub fn result(&self, id: &uuid::Uuid) -> String {
+        format!("{}.results.{id}", self.prefix)
+    }
+
+    /// Every task's outcome announcements.
+    pub fn all_results(&self) -> String {
+        format!("{}.results.*", self.prefix)
+    }
+
     /// Where the dead letter of a task of this agent type goes.
     pub fn dead_letter(&self, agent_type: &str) -> String {
         format!("{}.dlq.{agent_type}", self.prefix)

@@ -8,8 +8,11 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
+    broker::OutcomeWatch,
     config::Settings,
+    store::{Store, TaskStatus},
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
+    waiter::{Look, await_outcomes},
 };
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +43,10 @@ pub struct Args {
     /// Body encoding.
     #[arg(long, value_enum, default_value = "msgpack")]
     codec: CodecArg,
+    /// Wait this long (e.g. 30s, 500ms, 2m) for the outcomes and print each as a JSON line;
+    /// fails unless every task completed.
+    #[arg(long, value_parser = crate::waiter::parse_wait)]
+    wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -98,6 +105,12 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         None => vec![single(&args)?],
     };
     let broker = super::connect_broker(&settings).await?;
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+    // Listening before publishing: an outcome announced at once is not missed.
+    let watch = match args.wait {
+        Some(_) => Some(broker.watch_outcomes(&ids).await?),
+        None => None,
+    };
 
     if args.file.is_none() {
         let receipt = broker.publish(&tasks[0], codec).await?;
@@ -107,8 +120,20 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
                 tasks[0].id
             );
         }
-        println!("{}", tasks[0].id);
-        return Ok(());
+        return match (watch, args.wait) {
+            (Some(watch), Some(wait)) => {
+                let look = if receipt.duplicate {
+                    Look::FirstAndAtTheEnd
+                } else {
+                    Look::AtTheEnd
+                };
+                report_outcomes(&settings, watch, &ids, wait, look).await
+            }
+            _ => {
+                println!("{}", tasks[0].id);
+                Ok(())
+            }
+        };
     }
 
     let started = std::time::Instant::now();
@@ -131,7 +156,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         }
     }
     let published = tasks.len() - failures.len() - duplicates;
-    println!(
+    let summary = format!(
         "published {published} tasks in {elapsed:.2} s ({:.0}/s), {duplicates} duplicates, {} failed",
         published as f64 / elapsed.max(1e-9),
         failures.len()
@@ -140,7 +165,54 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         eprintln!("  {failure}");
     }
     if !failures.is_empty() {
+        println!("{summary}");
         bail!("{} tasks were not published", failures.len());
+    }
+    match (watch, args.wait) {
+        (Some(watch), Some(wait)) => {
+            // Outcomes go to stdout as JSON lines; the summary beside them to stderr.
+            eprintln!("{summary}");
+            let look = if duplicates > 0 {
+                Look::FirstAndAtTheEnd
+            } else {
+                Look::AtTheEnd
+            };
+            report_outcomes(&settings, watch, &ids, wait, look).await
+        }
+        _ => {
+            println!("{summary}");
+            Ok(())
+        }
+    }
+}
+
+/// Waits for the outcomes, prints each as a JSON line, and fails unless all completed.
+async fn report_outcomes(
+    settings: &Settings,
+    watch: OutcomeWatch,
+    ids: &[Uuid],
+    wait: std::time::Duration,
+    look: Look,
+) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.database)
+        .await
+        .context("connecting to PostgreSQL to read the outcomes")?;
+    let awaited = await_outcomes(watch, &store, ids, wait, look).await?;
+    for outcome in &awaited.outcomes {
+        println!("{}", serde_json::to_string(outcome)?);
+    }
+    let completed = awaited
+        .outcomes
+        .iter()
+        .filter(|o| o.status == TaskStatus::Completed.as_str())
+        .count();
+    let pending = awaited.pending().len();
+    if completed < ids.len() {
+        bail!(
+            "{completed} of {} tasks completed; {} dead, {pending} not final after {wait:?}",
+            ids.len(),
+            ids.len() - completed - pending
+        );
     }
     Ok(())
 }

@@ -34,8 +34,9 @@ use crate::{
         probes::{self, Probes},
     },
     scale::ScaleMeter,
-    store::{ReadFrom, Store},
+    store::{ReadFrom, Store, TaskStatus},
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope, integral},
+    waiter::{Awaited, Look, await_outcomes},
 };
 
 /// Largest request body accepted.
@@ -55,11 +56,21 @@ pub struct ApiState {
     pub meter: Arc<ScaleMeter>,
 }
 
+/// The state of the routes that may wait for outcomes.
+#[derive(Clone)]
+struct Waiting {
+    api: Arc<ApiState>,
+    /// Longest `?wait=` honoured (longer ones are cut to it).
+    max_wait: Duration,
+}
+
 /// How a request is bounded besides its body size.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub request_timeout: Duration,
     pub max_concurrent: usize,
+    /// Longest `?wait=` honoured; a waiting request may take this much longer.
+    pub max_wait: Duration,
 }
 
 impl Limits {
@@ -68,6 +79,7 @@ impl Limits {
         Ok(Self {
             request_timeout: Duration::try_from_secs_f64(settings.request_timeout_secs)?,
             max_concurrent: settings.max_concurrent_requests,
+            max_wait: Duration::try_from_secs_f64(settings.max_wait_secs)?,
         })
     }
 }
@@ -94,20 +106,36 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .route("/ready", get(probes::ready))
         .with_state(probes.clone())
         .route("/health", get(move || health(insecure)));
+    // A request that may wait for outcomes has its wait on top of the usual bound.
+    let waiting_timeout = limits.request_timeout.saturating_add(limits.max_wait);
     let reads = Router::new()
-        .route("/v1/tasks/{id}", get(task))
         .route("/v1/queues", get(queues))
         .route("/v1/dlq", get(dead_letters))
         .with_state(state.clone())
         .route("/v1/scale", get(probes::scale))
         .with_state(probes)
         .route("/metrics", get(super::metrics))
-        .route_layer(guard(Role::Read));
+        .route_layer(guard(Role::Read))
+        .layer(timeout(limits.request_timeout));
+    let waiting = Waiting {
+        api: state.clone(),
+        max_wait: limits.max_wait,
+    };
+    let waiting_reads = Router::new()
+        .route("/v1/tasks/{id}", get(task))
+        .with_state(waiting.clone())
+        .route_layer(guard(Role::Read))
+        .layer(timeout(waiting_timeout));
     let writes = Router::new()
-        .route("/v1/tasks", post(publish))
         .route("/v1/dlq/{id}/replay", post(replay))
         .with_state(state)
-        .route_layer(guard(Role::Write));
+        .route_layer(guard(Role::Write))
+        .layer(timeout(limits.request_timeout));
+    let waiting_writes = Router::new()
+        .route("/v1/tasks", post(publish))
+        .with_state(waiting)
+        .route_layer(guard(Role::Write))
+        .layer(timeout(waiting_timeout));
     // Axum layers every route with its own copy of a layer: the limit must share one
     // semaphore to bound the whole API.
     let bounds = tower::ServiceBuilder::new()
@@ -115,15 +143,36 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent.max(1),
-        ))
-        .timeout(limits.request_timeout);
+        ));
     Router::new()
-        .merge(public)
+        .merge(public.layer(timeout(limits.request_timeout)))
         .merge(reads)
+        .merge(waiting_reads)
         .merge(writes)
+        .merge(waiting_writes)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(bounds)
         .layer(middleware::from_fn(super::track))
+}
+
+/// A time bound answered with 503 ([`overloaded`]'s answer) when exceeded.
+type TimeoutLayers = tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        tower::timeout::TimeoutLayer,
+        tower::layer::util::Stack<
+            HandleErrorLayer<fn(tower::BoxError) -> std::future::Ready<ApiError>, ()>,
+            tower::layer::util::Identity,
+        >,
+    >,
+>;
+
+/// Answers 503 to a request not done within `bound`.
+fn timeout(bound: Duration) -> TimeoutLayers {
+    let handle: fn(tower::BoxError) -> std::future::Ready<ApiError> =
+        |error| std::future::ready(refusal(error));
+    tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(handle))
+        .timeout(bound)
 }
 
 /// `GET /health`: says so when authentication is off.
@@ -137,6 +186,10 @@ async fn health(insecure: bool) -> &'static str {
 
 /// A request refused by the bounds: too many at once, or not answered in time.
 async fn overloaded(error: tower::BoxError) -> ApiError {
+    refusal(error)
+}
+
+fn refusal(error: tower::BoxError) -> ApiError {
     if error.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,11 +290,42 @@ fn tasks_of(body: Value) -> Result<(Vec<NewTask>, bool), ApiError> {
     }
 }
 
+/// `?wait=30s` (or `500ms`, `2m`, plain seconds): answer with the tasks' outcomes once
+/// final, or with what is known after that long. Cut to `api.max_wait_secs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+impl WaitQuery {
+    fn patience(
+        query: Result<Query<Self>, QueryRejection>,
+        max: Duration,
+    ) -> Result<Option<Duration>, ApiError> {
+        let invalid =
+            |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
+        let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+        match query.wait.as_deref() {
+            None | Some("") => Ok(None),
+            Some(text) => Ok(Some(
+                crate::waiter::parse_wait(text).map_err(invalid)?.min(max),
+            )),
+        }
+    }
+}
+
 async fn publish(
-    State(state): State<Arc<ApiState>>,
+    State(Waiting {
+        api: state,
+        max_wait,
+    }): State<Waiting>,
     headers: HeaderMap,
+    query: Result<Query<WaitQuery>, QueryRejection>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let wait = WaitQuery::patience(query, max_wait)?;
     // The producer's trace (its `traceparent`), else a new one: every task of the request
     // continues it, its row records it and the response says it.
     let incoming = crate::telemetry::continue_or_start(&headers);
@@ -253,7 +337,7 @@ async fn publish(
         http.route = "/v1/tasks",
     );
     let trace = crate::telemetry::continue_trace(&span, incoming);
-    publish_traced(&state, body, &trace)
+    publish_traced(&state, body, wait, &trace)
         .instrument(span)
         .with_context(trace.clone())
         .await
@@ -262,6 +346,7 @@ async fn publish(
 async fn publish_traced(
     state: &ApiState,
     body: Result<Json<Value>, JsonRejection>,
+    wait: Option<Duration>,
     trace: &opentelemetry::Context,
 ) -> Result<Response, ApiError> {
     let trace_id = crate::telemetry::trace_id(trace);
@@ -301,6 +386,18 @@ async fn publish_traced(
         })?;
         envelopes.push(envelope);
     }
+    let ids: Vec<Uuid> = envelopes.iter().map(|t| t.id).collect();
+    // Listening before publishing: an outcome announced at once is not missed.
+    let watch = match wait {
+        Some(_) => Some(
+            state
+                .broker
+                .watch_outcomes(&ids)
+                .await
+                .map_err(|e| ApiError::internal("cannot listen for the outcomes", e))?,
+        ),
+        None => None,
+    };
     // Recorded as `queued` first, so a read right after the publish finds the task.
     state
         .store
@@ -325,13 +422,46 @@ async fn publish_traced(
     if results.iter().any(Result::is_err) {
         return Ok(partly_published(state, &envelopes, results).await);
     }
-    let ids: Vec<Uuid> = envelopes.iter().map(|t| t.id).collect();
+    if let (Some(watch), Some(patience)) = (watch, wait) {
+        // A duplicate publish may name a task that finished before this request.
+        let look = if results.iter().flatten().any(|receipt| receipt.duplicate) {
+            Look::FirstAndAtTheEnd
+        } else {
+            Look::AtTheEnd
+        };
+        let awaited = await_outcomes(watch, &state.store, &ids, patience, look)
+            .await
+            .map_err(|e| ApiError::internal("cannot read the outcomes", e))?;
+        return Ok(awaited_response(awaited, batch, trace_id));
+    }
     let body = if batch {
         json!({ "ids": ids, "trace_id": trace_id })
     } else {
         json!({ "id": ids[0], "trace_id": trace_id })
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The outcomes of a waiting publish: 200 when every task is final, else 202 with the
+/// unfinished ones listed under `pending` (their current status in `outcomes`).
+fn awaited_response(awaited: Awaited, batch: bool, trace_id: Option<String>) -> Response {
+    let status = if awaited.complete() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let pending = awaited.pending();
+    let complete = pending.is_empty();
+    let body = if batch {
+        let ids: Vec<Uuid> = awaited.outcomes.iter().map(|o| o.id).collect();
+        json!({ "ids": ids, "trace_id": trace_id, "complete": complete,
+                "pending": pending, "outcomes": awaited.outcomes })
+    } else {
+        let outcome = &awaited.outcomes[0];
+        json!({ "id": outcome.id, "trace_id": trace_id, "complete": complete,
+                "pending": pending, "outcome": outcome })
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Some publishes of a request failed: their `queued` rows are removed (nothing would ever
@@ -370,8 +500,12 @@ async fn partly_published(
 }
 
 async fn task(
-    State(state): State<Arc<ApiState>>,
+    State(Waiting {
+        api: state,
+        max_wait,
+    }): State<Waiting>,
     Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| {
         ApiError::new(
@@ -380,12 +514,37 @@ async fn task(
             format!("{id:?} is not a task id"),
         )
     })?;
+    let wait = WaitQuery::patience(query, max_wait)?;
+    // Listening before reading: an outcome committed in between is still heard.
+    let watch = match wait {
+        Some(_) => Some(
+            state
+                .broker
+                .watch_outcomes(&[id])
+                .await
+                .map_err(|e| ApiError::internal("cannot listen for the outcome", e))?,
+        ),
+        None => None,
+    };
     // A replica answers when it has the task; the primary when it lags behind or is away.
-    let (record, from) = state
+    let (mut record, mut from) = state
         .store
         .read_task(id)
         .await
         .map_err(|e| ApiError::internal("cannot read the task", e))?;
+    if let (Some(mut watch), Some(patience), Some(known)) = (watch, wait, &record)
+        && !TaskStatus::names_final(&known.status)
+    {
+        // Announced or not, the answer is the row as the primary has it now: a replica
+        // could still show the task unfinished.
+        watch.next(patience).await;
+        record = state
+            .store
+            .task(id)
+            .await
+            .map_err(|e| ApiError::internal("cannot read the task", e))?;
+        from = ReadFrom::Primary;
+    }
     let record = record.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no task {id}"))
     })?;

@@ -36,6 +36,16 @@ impl TaskStatus {
             TaskStatus::Dead => "dead",
         }
     }
+
+    /// Whether no attempt follows (`completed` or `dead`).
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Dead)
+    }
+
+    /// Whether a status as stored or announced names a final one.
+    pub fn names_final(status: &str) -> bool {
+        status.parse().is_ok_and(TaskStatus::is_final)
+    }
 }
 
 impl std::str::FromStr for TaskStatus {

@@ -270,6 +270,11 @@ impl Worker {
                 mirror: self.mirror.clone(),
                 held: self.held.clone(),
                 progress: self.liveness.clone(),
+                announcer: self
+                    .broker
+                    .settings()
+                    .announce_outcomes
+                    .then(|| self.broker.clone()),
             },
             SettlerConfig {
                 batch: self.settings.commit_batch,

@@ -41,11 +41,12 @@ use super::{
     outcome::Record,
 };
 use crate::{
+    broker::{Announcement, Broker},
     dlq::{DeadLetter, DeadLetterStream, DeadReason},
     fault::{Bisection, Classify, Fault},
     metrics::Metrics,
     mirror::{Mirror, MirrorEvent},
-    store::{Settled, Store},
+    store::{Settled, SettledStatus, Store},
 };
 
 /// One delivery's settlement: what to store, then what to tell the broker.
@@ -170,6 +171,8 @@ pub struct Sinks {
     pub held: Arc<HeldBatches>,
     /// Told of every settled batch.
     pub progress: Arc<Liveness>,
+    /// Announces final outcomes once committed, when enabled (`nats.announce_outcomes`).
+    pub announcer: Option<Broker>,
 }
 
 /// Starts the settler; it runs until every sender is dropped and all batches are settled.
@@ -288,10 +291,36 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
         {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");
         }
+        if let Some(broker) = &sinks.announcer {
+            announce(broker, &settlement).await;
+        }
         sinks.counts.count(settlement.label);
         record_metrics(&settlement);
     }
     sinks.progress.touch();
+}
+
+/// Tells waiters a final outcome now stored (a retry is not final: nothing is announced).
+async fn announce(broker: &Broker, settlement: &Settlement) {
+    let (settled, status) = match &settlement.record {
+        Record::Task(settled) if settled.status == SettledStatus::Completed => {
+            (settled, "completed")
+        }
+        Record::Dead(settled, _) => (settled, "dead"),
+        _ => return,
+    };
+    let announcement = Announcement {
+        id: settled.id,
+        status,
+        attempts: settled.attempt,
+        result: settled.result.as_ref(),
+        error: settled.error.as_deref(),
+        completed_at: chrono::Utc::now(),
+    };
+    if let Err(error) = broker.announce(&announcement).await {
+        // Waiters read the store at their deadline: a lost announcement delays, never loses.
+        tracing::debug!(task_id = %settled.id, %error, "cannot announce an outcome");
+    }
 }
 
 /// Publishes the batch's dead letters, holding the batch through transient faults. A letter

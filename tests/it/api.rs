@@ -22,7 +22,7 @@ use crate::support::{TestEnv, schemas::assert_openapi_response};
 const READER: &str = "reader-token";
 
 /// The API with write token `token` and read token [`READER`]; `None`: no authentication.
-fn app(env: &TestEnv, token: Option<&str>) -> axum::Router {
+pub(crate) fn app(env: &TestEnv, token: Option<&str>) -> axum::Router {
     app_with(env, token, 0.0)
 }
 
@@ -43,7 +43,7 @@ fn app_with(env: &TestEnv, token: Option<&str>, rate_limit_per_sec: f64) -> axum
     )
 }
 
-async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
+pub(crate) async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
@@ -54,7 +54,7 @@ async fn call(app: &axum::Router, request: Request<Body>) -> (StatusCode, Value)
 }
 
 /// A GET with the read token.
-fn get(path: impl AsRef<str>) -> Request<Body> {
+pub(crate) fn get(path: impl AsRef<str>) -> Request<Body> {
     get_as(path, Some(READER))
 }
 
@@ -67,7 +67,11 @@ fn get_as(path: impl AsRef<str>, token: Option<&str>) -> Request<Body> {
 }
 
 fn post(body: impl Into<Body>, token: Option<&str>) -> Request<Body> {
-    let mut request = Request::post("/v1/tasks").header("content-type", "application/json");
+    post_to("/v1/tasks", body, token)
+}
+
+pub(crate) fn post_to(path: &str, body: impl Into<Body>, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::post(path).header("content-type", "application/json");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
@@ -659,6 +663,7 @@ async fn requests_beyond_the_bounds_get_503_instead_of_piling_up() {
         api::Limits {
             request_timeout: Duration::from_secs(30),
             max_concurrent: 1,
+            ..api::Limits::default()
         },
     );
     let (_keep_open, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
@@ -675,11 +680,16 @@ async fn requests_beyond_the_bounds_get_503_instead_of_piling_up() {
         api::Limits {
             request_timeout: Duration::from_nanos(1),
             max_concurrent: 8,
+            max_wait: Duration::ZERO,
         },
     );
-    let (status, body) = call(&hasty, get("/v1/queues")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"]["code"], "timeout");
+    // The routes that may wait are bounded too (by the timeout plus the longest wait).
+    let waiting = format!("/v1/tasks/{}?wait=5s", uuid::Uuid::now_v7());
+    for path in ["/v1/queues", waiting.as_str()] {
+        let (status, body) = call(&hasty, get(path)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "timeout");
+    }
     env.cleanup().await;
 }
 

@@ -30,6 +30,8 @@ async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
         .swarmd()
         .args(["api", "--addr", &format!("127.0.0.1:{port}")])
         .env("SWARM_API_TOKEN", "contract-token")
+        // No worker runs here: a `?wait=` ends at its (short) deadline with what is known.
+        .env("SWARM_API_MAX_WAIT_SECS", "0.2")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -86,22 +88,20 @@ fn readme_example(heading: &str, language: &str) -> String {
     after[start..start + after[start..].find("```").unwrap()].to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_python_producer_publishes_a_task_the_fleet_runs() {
+/// A Python example of `schemas/README.md` as printed, pointed at this test's server and
+/// subjects; what it prints.
+async fn run_python_example(env: &TestEnv, heading: &str) -> String {
     let python = venv_program("python");
     assert!(
         python.exists(),
         "the tools' Python is not installed: run `make tools`"
     );
-    let env = TestEnv::new().await;
-    // The example as printed, pointed at this test's server and subjects.
-    let example = readme_example("Python (", "python");
+    let example = readme_example(heading, "python");
+    let prefix = &env.settings.nats.subject_prefix;
     let script = example
         .replace("nats://127.0.0.1:4222", env.settings.nats.url.expose())
-        .replace(
-            "\"swarm.tasks.",
-            &format!("\"{}.tasks.", env.settings.nats.subject_prefix),
-        );
+        .replace("\"swarm.tasks.", &format!("\"{prefix}.tasks."))
+        .replace("\"swarm.results.", &format!("\"{prefix}.results."));
     assert_ne!(
         script, example,
         "the example names the server and the subject"
@@ -118,6 +118,13 @@ async fn the_readmes_python_producer_publishes_a_task_the_fleet_runs() {
         "{printed}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    printed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_producer_publishes_a_task_the_fleet_runs() {
+    let env = TestEnv::new().await;
+    let printed = run_python_example(&env, "Python (").await;
     // It prints the stream sequence and whether it was a duplicate.
     assert_eq!(printed.trim(), "1 False");
 
@@ -134,5 +141,15 @@ async fn the_readmes_python_producer_publishes_a_task_the_fleet_runs() {
     worker.stop().await;
     assert_eq!(row.0, "quality");
     assert!(row.2.is_some_and(|result| result.get("score").is_some()));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_producer_waits_for_its_outcome_on_nats() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn(env.worker());
+    let printed = run_python_example(&env, "Python, waiting for the outcome (").await;
+    worker.stop().await;
+    assert_eq!(printed.trim(), r#"completed {"n": 42}"#);
     env.cleanup().await;
 }

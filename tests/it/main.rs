@@ -26,4 +26,5 @@ mod retention;
 mod scale;
 mod secrets;
 mod traces;
+mod waiting;
 mod wire;

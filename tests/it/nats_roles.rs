@@ -163,10 +163,11 @@ async fn each_role_does_its_job_and_nothing_more() {
     assert!(rows.iter().all(|r| r.status == "completed"));
 
     // The API reads the backlog and the dead letter, and replays it.
-    let http = |method: &str, path: &str| {
+    let http_with = |method: &str, path: &str, body: &str| {
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer roles-test-token\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n"
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,6 +180,7 @@ async fn each_role_does_its_job_and_nothing_more() {
             Some(response)
         }
     };
+    let http = |method: &str, path: &str| http_with(method, path, "");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let listed = loop {
         if let Some(response) = http("GET", "/v1/dlq").await
@@ -205,13 +207,28 @@ async fn each_role_does_its_job_and_nothing_more() {
         "{replayed}\n{:#?}",
         server.violations()
     );
-    // The operator's read commands under the api role, a publish under the publisher's.
+    // The API hears the outcome of a task it published and waits for.
+    let waited = http_with(
+        "POST",
+        "/v1/tasks?wait=20s",
+        r#"{"agent_type":"echo","data":{"n":1}}"#,
+    )
+    .await
+    .unwrap();
+    assert!(
+        waited.starts_with("HTTP/1.1 200") && waited.contains(r#""status":"completed""#),
+        "{waited}"
+    );
+    // The operator's read commands under the api role, a publish under the publisher's
+    // (which hears its outcome).
     for (user, args) in [
         ("api", vec!["status"]),
         ("api", vec!["dlq", "list"]),
         (
             "publisher",
-            vec!["publish", "--agent", "echo", "--data", "{}"],
+            vec![
+                "publish", "--agent", "echo", "--data", "{}", "--wait", "20s",
+            ],
         ),
     ] {
         let output = env

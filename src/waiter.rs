@@ -1,0 +1,150 @@
+//! Waiting for tasks' outcomes, as the seed's `ParallelAgentExecutor` handed a batch's
+//! results back: announcements first (no database polling per waiter), the store once at
+//! the end for whatever was not announced — so an outcome committed before the wait began,
+//! or an announcement lost on the way, is still reported — and unfinished tasks reported
+//! with their current status rather than the whole batch failing at the deadline.
+
+use std::{collections::HashMap, time::Duration};
+
+use uuid::Uuid;
+
+use crate::{
+    broker::{OutcomeWatch, TaskOutcome},
+    store::{Store, StoreError},
+};
+
+/// The outcomes of awaited tasks, in the order they were asked for.
+#[derive(Debug, Clone)]
+pub struct Awaited {
+    pub outcomes: Vec<TaskOutcome>,
+}
+
+impl Awaited {
+    /// Whether every task reached a final state.
+    pub fn complete(&self) -> bool {
+        self.outcomes.iter().all(TaskOutcome::is_final)
+    }
+
+    /// Ids of the tasks not final at the deadline.
+    pub fn pending(&self) -> Vec<Uuid> {
+        self.outcomes
+            .iter()
+            .filter(|o| !o.is_final())
+            .map(|o| o.id)
+            .collect()
+    }
+}
+
+/// When to read the store besides the end of the wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// The tasks were just published (and their announcements subscribed to before): only
+    /// what was not announced by the deadline is read.
+    AtTheEnd,
+    /// Some tasks may have finished before the watch began (a read of an existing task, a
+    /// duplicate publish): the store is read once first as well.
+    FirstAndAtTheEnd,
+}
+
+/// Waits up to `patience` for the outcomes of `ids`, which `watch` listens to. Reads of the
+/// store go to the primary: a replica behind it would report a finished task unfinished.
+pub async fn await_outcomes(
+    mut watch: OutcomeWatch,
+    store: &Store,
+    ids: &[Uuid],
+    patience: Duration,
+    look: Look,
+) -> Result<Awaited, StoreError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut known: HashMap<Uuid, TaskOutcome> = HashMap::with_capacity(ids.len());
+    if look == Look::FirstAndAtTheEnd {
+        known.extend(read_final(store, ids).await?);
+    }
+    while known.len() < ids.len() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match watch.next(left).await {
+            Some(outcome) => {
+                known.insert(outcome.id, outcome);
+            }
+            None => break,
+        }
+    }
+    drop(watch);
+    let unannounced: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !known.contains_key(id))
+        .copied()
+        .collect();
+    let mut current: HashMap<Uuid, TaskOutcome> = HashMap::new();
+    if !unannounced.is_empty() {
+        for record in store.tasks(&unannounced).await? {
+            current.insert(record.id, record.into());
+        }
+    }
+    let outcomes = ids
+        .iter()
+        .map(|id| {
+            known
+                .remove(id)
+                .or_else(|| current.remove(id))
+                // Published (the stream took it) but not picked up yet: no row so far.
+                .unwrap_or_else(|| TaskOutcome {
+                    id: *id,
+                    status: "queued".into(),
+                    attempts: 0,
+                    result: None,
+                    error: None,
+                    completed_at: None,
+                })
+        })
+        .collect();
+    Ok(Awaited { outcomes })
+}
+
+/// The final outcomes already stored among `ids`.
+async fn read_final(
+    store: &Store,
+    ids: &[Uuid],
+) -> Result<impl Iterator<Item = (Uuid, TaskOutcome)>, StoreError> {
+    let records = store.tasks(ids).await?;
+    Ok(records
+        .into_iter()
+        .map(TaskOutcome::from)
+        .filter(TaskOutcome::is_final)
+        .map(|outcome| (outcome.id, outcome)))
+}
+
+/// Parses a wait such as `30s`, `500ms`, `2m` or `1.5` (seconds).
+pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a valid duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_read_with_their_units() {
+        assert_eq!(parse_wait("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_wait("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_wait("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_wait("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "-1s", "10h", "NaNs", "1e400"] {
+            assert!(parse_wait(bad).is_err(), "{bad:?} is refused");
+        }
+    }
+}
