@@ -298,9 +298,10 @@ pub struct NatsSettings {
     /// The server stops delivering a message after this many deliveries: a last resort
     /// behind the worker's own poison check (see `worker.crash_allowance`). Default 110.
     pub max_deliver: i64,
-    /// Whether workers announce each final outcome on `<prefix>.results.<id>` once it is
-    /// committed, for producers that wait (`POST /v1/tasks?wait=`, `swarmd publish --wait`).
-    /// Default true. Env: `SWARM_ANNOUNCE_OUTCOMES`.
+    /// Whether workers announce the final outcome of tasks published with
+    /// `Swarm-Announce: outcome` on `<prefix>.results.<id>` once it is committed, for
+    /// producers that wait (`POST /v1/tasks?wait=`, `swarmd publish --wait`). Default true.
+    /// Env: `SWARM_ANNOUNCE_OUTCOMES`.
     pub announce_outcomes: bool,
 }
 
@@ -496,6 +497,12 @@ pub struct RedisSettings {
     pub legacy_consumers: bool,
     /// Cache the results of cacheable agents. Default true. Env: `SWARM_RESULT_CACHE`.
     pub cache: bool,
+    /// Where the result cache lives, when not on `url`: one URL, or a Redis Cluster's nodes
+    /// (comma separated) with `cache_cluster`. Env: `SWARM_CACHE_REDIS_URL`.
+    pub cache_url: Option<SecretUrl>,
+    /// The cache's server is a Redis Cluster (the seed's `DistributedCache`). Only the cache
+    /// may be: the mirror's keys stay on `url`. Default false. Env: `SWARM_CACHE_REDIS_CLUSTER`.
+    pub cache_cluster: bool,
     /// Result-cache lifetime per agent type, in seconds, overriding the agent's own.
     pub cache_ttl_secs: std::collections::BTreeMap<String, u64>,
 }
@@ -510,6 +517,8 @@ impl Default for RedisSettings {
             intake_interval_ms: 100,
             legacy_consumers: false,
             cache: true,
+            cache_url: None,
+            cache_cluster: false,
             cache_ttl_secs: Default::default(),
         }
     }
@@ -778,6 +787,12 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_RESULT_CACHE") {
             self.redis.cache = parsed("SWARM_RESULT_CACHE", v)?;
+        }
+        if let Some(v) = get("SWARM_CACHE_REDIS_URL") {
+            self.redis.cache_url = Some(SecretUrl::new(v));
+        }
+        if let Some(v) = get("SWARM_CACHE_REDIS_CLUSTER") {
+            self.redis.cache_cluster = parsed("SWARM_CACHE_REDIS_CLUSTER", v)?;
         }
         if let Some(v) = get("SWARM_CONCURRENCY") {
             self.worker.concurrency = match v.as_str() {

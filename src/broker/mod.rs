@@ -20,7 +20,7 @@ pub use connection::Broker;
 pub use doorbell::Doorbell;
 pub use error::BrokerError;
 pub use lanes::{AgentFilter, lane_name};
-pub use publisher::{PublishReceipt, headers};
+pub use publisher::{PublishOptions, PublishReceipt, headers};
 pub use puller::{Priorities, PriorityPuller};
 pub use results::{Announcement, OutcomeWatch, TaskOutcome};
 pub use strays::STRAY_BATCH;

@@ -11,6 +11,28 @@ use crate::task::{Codec, TaskEnvelope};
 pub mod headers {
     pub const MSG_ID: &str = "Nats-Msg-Id";
     pub const CONTENT_TYPE: &str = "Content-Type";
+    /// `Swarm-Announce: outcome` asks the worker to announce the task's final outcome on
+    /// `<prefix>.results.<id>` once committed (only asked-for outcomes are announced: nobody
+    /// pays for announcements nobody waits for).
+    pub const ANNOUNCE: &str = "Swarm-Announce";
+    pub const ANNOUNCE_OUTCOME: &str = "outcome";
+}
+
+/// How tasks are published.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishOptions {
+    pub codec: Codec,
+    /// Ask for the outcome to be announced ([`headers::ANNOUNCE`]).
+    pub announce: bool,
+}
+
+impl From<Codec> for PublishOptions {
+    fn from(codec: Codec) -> Self {
+        Self {
+            codec,
+            announce: false,
+        }
+    }
 }
 
 /// What JetStream said about one accepted task.
@@ -29,10 +51,10 @@ impl Broker {
     pub async fn publish(
         &self,
         task: &TaskEnvelope,
-        codec: Codec,
+        options: impl Into<PublishOptions>,
     ) -> Result<PublishReceipt, BrokerError> {
         let subject = self.subjects().task(task.priority, &task.agent_type);
-        let pending = self.send(task, codec).await?;
+        let pending = self.send(task, options.into()).await?;
         confirm(pending, &subject).await
     }
 
@@ -41,15 +63,16 @@ impl Broker {
     pub async fn publish_many(
         &self,
         tasks: &[TaskEnvelope],
-        codec: Codec,
+        options: impl Into<PublishOptions>,
         window: usize,
         mut progress: impl FnMut(),
     ) -> Vec<Result<PublishReceipt, BrokerError>> {
+        let options = options.into();
         let mut results = Vec::with_capacity(tasks.len());
         let mut in_flight = std::collections::VecDeque::with_capacity(window);
         for task in tasks {
             let subject = self.subjects().task(task.priority, &task.agent_type);
-            in_flight.push_back((subject, self.send(task, codec).await));
+            in_flight.push_back((subject, self.send(task, options).await));
             if in_flight.len() >= window.max(1) {
                 let (subject, sent) = in_flight.pop_front().expect("window is not empty");
                 results.push(confirm_sent(sent, &subject).await);
@@ -84,14 +107,17 @@ impl Broker {
     async fn send(
         &self,
         task: &TaskEnvelope,
-        codec: Codec,
+        options: PublishOptions,
     ) -> Result<PublishAckFuture, BrokerError> {
         task.validate()?;
         let subject = self.subjects().task(task.priority, &task.agent_type);
-        let body = codec.encode(task)?;
+        let body = options.codec.encode(task)?;
         let mut headers = HeaderMap::new();
         headers.insert(headers::MSG_ID, task.id.to_string().as_str());
-        headers.insert(headers::CONTENT_TYPE, codec.content_type());
+        headers.insert(headers::CONTENT_TYPE, options.codec.content_type());
+        if options.announce {
+            headers.insert(headers::ANNOUNCE, headers::ANNOUNCE_OUTCOME);
+        }
         // The producer's span: the worker's spans for this task become its children.
         let span = tracing::debug_span!(
             "publish",

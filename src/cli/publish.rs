@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
-    broker::OutcomeWatch,
+    broker::{OutcomeWatch, PublishOptions},
     config::Settings,
     store::{Store, TaskStatus},
     task::{Codec, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, TaskEnvelope},
@@ -99,7 +99,10 @@ impl TaskLine {
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
-    let codec = Codec::from(args.codec);
+    let codec = PublishOptions {
+        codec: Codec::from(args.codec),
+        announce: args.wait.is_some(),
+    };
     let tasks = match &args.file {
         Some(path) => read_file(path)?,
         None => vec![single(&args)?],

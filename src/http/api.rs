@@ -25,7 +25,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
-    broker::Broker,
+    broker::{Broker, PublishOptions},
     config::ApiSettings,
     dlq::{self, DeadLetter, DeadLetterStream, DeadReason, Filter, ReplayError},
     fault::{Classify, Fault},
@@ -417,7 +417,16 @@ async fn publish_traced(
         })?;
     let results = state
         .broker
-        .publish_many(&envelopes, Codec::MessagePack, 256, || {})
+        // Announced, so any reader may wait for them (`?wait=` here or on `GET`).
+        .publish_many(
+            &envelopes,
+            PublishOptions {
+                codec: Codec::MessagePack,
+                announce: true,
+            },
+            256,
+            || {},
+        )
         .await;
     if results.iter().any(Result::is_err) {
         return Ok(partly_published(state, &envelopes, results).await);

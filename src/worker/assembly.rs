@@ -10,7 +10,7 @@ use super::{
 use crate::{
     agent::AgentRegistry,
     broker::Broker,
-    cache::ResultCache,
+    cache::{CacheBackend, ResultCache},
     config::Settings,
     mirror::{self, Intake, LegacyKeys, Mirror, MirrorError},
     scale::ScaleMeter,
@@ -96,11 +96,15 @@ pub fn assemble(
         );
     }
     if redis_settings.cache {
-        let cache = ResultCache::new(
-            redis,
-            &redis_settings.key_prefix,
-            redis_settings.cache_ttl_secs.clone(),
-        );
+        let cache = match (&redis_settings.cache_url, redis_settings.cache_cluster) {
+            // The fleet's own Redis: share its connection.
+            (None, false) => ResultCache::new(
+                CacheBackend::Single(redis),
+                &redis_settings.key_prefix,
+                redis_settings.cache_ttl_secs.clone(),
+            ),
+            _ => ResultCache::connect(redis_settings)?,
+        };
         worker = worker.with_cache(Arc::new(cache));
     }
     Ok(Assembled {

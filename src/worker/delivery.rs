@@ -41,6 +41,8 @@ pub struct TaskDelivery {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The producer's span context, from the message headers.
     pub trace: opentelemetry::Context,
+    /// The producer asked for the final outcome to be announced (`Swarm-Announce: outcome`).
+    pub announce: bool,
 }
 
 impl TaskDelivery {
@@ -236,6 +238,15 @@ pub fn rejected_letter(
         truncated: false,
         original_sizes: Default::default(),
     }
+}
+
+/// Whether the producer asked for the outcome to be announced.
+pub fn asks_for_announcement(message: &jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::ANNOUNCE))
+        .is_some_and(|v| v.as_str() == headers::ANNOUNCE_OUTCOME)
 }
 
 /// The `Content-Type` header of a message, if any.

@@ -132,6 +132,7 @@ impl Dispatch<'_> {
                         delivery: TaskDelivery {
                             task: Arc::new(task),
                             trace: crate::telemetry::extract(message.headers.as_ref()),
+                            announce: super::delivery::asks_for_announcement(&message),
                             info,
                             previous_errors: Vec::new(),
                             started_at: chrono::Utc::now(),

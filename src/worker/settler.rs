@@ -300,8 +300,12 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
     sinks.progress.touch();
 }
 
-/// Tells waiters a final outcome now stored (a retry is not final: nothing is announced).
+/// Tells waiters a final outcome now stored, when its producer asked (a retry is not final:
+/// nothing is announced).
 async fn announce(broker: &Broker, settlement: &Settlement) {
+    if !settlement.delivery.as_ref().is_some_and(|d| d.announce) {
+        return;
+    }
     let (settled, status) = match &settlement.record {
         Record::Task(settled) if settled.status == SettledStatus::Completed => {
             (settled, "completed")

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use swarm_director::{
-    cache::ResultCache,
+    cache::{CacheBackend, ResultCache},
     dlq::DeadReason,
     mirror::{self, LegacyKeys, Mirror, legacy_json::python_json, rebuild},
     task::{Codec, TaskEnvelope},
@@ -571,7 +571,7 @@ async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
     let env = TestEnv::new().await;
     let redis = mirror::connect(&env.settings.redis).unwrap();
     let cache = std::sync::Arc::new(ResultCache::new(
-        redis,
+        CacheBackend::Single(redis),
         &env.settings.redis.key_prefix,
         Default::default(),
     ));
@@ -621,7 +621,7 @@ async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
     settings.url =
         swarm_director::config::SecretUrl::new(format!("redis://127.0.0.1:{}", spare_port()));
     let dead = std::sync::Arc::new(ResultCache::new(
-        mirror::connect(&settings).unwrap(),
+        CacheBackend::Single(mirror::connect(&settings).unwrap()),
         "",
         Default::default(),
     ));

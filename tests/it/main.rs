@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod bad_input;
+mod cache;
 mod cli;
 mod cluster;
 mod contract;

@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use swarm_director::{
+    broker::PublishOptions,
+    task::{Codec, TaskEnvelope},
+};
 use uuid::Uuid;
 
 use crate::{
@@ -167,26 +171,42 @@ async fn without_announcements_a_waiter_reads_the_outcome_at_its_deadline() {
 async fn a_nats_producer_hears_the_outcome_it_subscribed_to() {
     let env = TestEnv::new().await;
     let worker = env.spawn(env.worker());
-    let task = swarm_director::task::TaskEnvelope::new("echo", json!({"heard": true}));
-    // What schemas/README.md tells producers: subscribe to the result subject, then publish.
     let client = env.broker.client().clone();
-    let mut outcomes = client
-        .subscribe(format!(
-            "{}.results.{}",
-            env.settings.nats.subject_prefix, task.id
-        ))
+    let prefix = env.settings.nats.subject_prefix.clone();
+    // A task published without asking is not announced (nobody pays for it).
+    let unasked = TaskEnvelope::new("echo", json!({"heard": false}));
+    let mut silence = client
+        .subscribe(format!("{prefix}.results.{}", unasked.id))
         .await
         .unwrap();
     client.flush().await.unwrap();
-    env.broker
-        .publish(&task, swarm_director::task::Codec::Json)
+    env.broker.publish(&unasked, Codec::Json).await.unwrap();
+    env.wait_finished(&[unasked.id], Duration::from_secs(15))
+        .await;
+
+    // What schemas/README.md tells producers: subscribe to the result subject, then publish
+    // with `Swarm-Announce: outcome`.
+    let task = TaskEnvelope::new("echo", json!({"heard": true}));
+    let mut outcomes = client
+        .subscribe(format!("{prefix}.results.{}", task.id))
         .await
         .unwrap();
+    client.flush().await.unwrap();
+    let asking = PublishOptions {
+        codec: Codec::Json,
+        announce: true,
+    };
+    env.broker.publish(&task, asking).await.unwrap();
     let message = tokio::time::timeout(Duration::from_secs(15), outcomes.next())
         .await
         .expect("announced")
         .unwrap();
     worker.stop().await;
+    let heard = tokio::time::timeout(Duration::from_millis(200), silence.next()).await;
+    assert!(
+        heard.is_err(),
+        "the unasked outcome was announced: {heard:?}"
+    );
     let outcome: Value = serde_json::from_slice(&message.payload).unwrap();
     assert_valid(&validator("task-outcome.schema.json"), &outcome);
     assert_eq!(outcome["id"], task.id.to_string());

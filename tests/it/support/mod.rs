@@ -4,6 +4,7 @@ pub mod nats_cluster;
 pub mod nats_server;
 pub mod otlp;
 pub mod pg_cluster;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod schemas;
 pub mod tcp_proxy;

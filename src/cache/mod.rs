@@ -1,7 +1,12 @@
 //! The result cache (the seed's "caching strategies"): a cacheable agent's result is kept
 //! in Redis under `agent_result:<agent_type>:<sha256 of the canonical input>` for its TTL,
 //! as MessagePack (never pickle), and a hit skips the agent. Any cache failure is a miss:
-//! the agent runs.
+//! the agent runs. The cache lives on the fleet's Redis or on a Redis Cluster of its own
+//! ([`CacheBackend`]).
+
+mod backend;
+
+pub use backend::CacheBackend;
 
 use std::{
     collections::BTreeMap,
@@ -9,11 +14,10 @@ use std::{
     time::Duration,
 };
 
-use redis::{AsyncCommands, aio::ConnectionManager};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{agent::Agent, metrics::Metrics};
+use crate::{agent::Agent, config::RedisSettings, metrics::Metrics, mirror::MirrorError};
 
 /// Longest a cache lookup or store may take before it counts as a miss.
 const PATIENCE: Duration = Duration::from_millis(250);
@@ -28,15 +32,25 @@ pub struct CacheStats {
 
 /// A Redis-backed cache of agent results.
 pub struct ResultCache {
-    redis: ConnectionManager,
+    redis: CacheBackend,
     key_prefix: String,
     ttl_overrides: BTreeMap<String, u64>,
     stats: CacheStats,
 }
 
 impl ResultCache {
+    /// The cache `settings` describe (`cache_url`, `cache_cluster`, `key_prefix`,
+    /// `cache_ttl_secs`). Fails only on a malformed URL: the server may be down at start.
+    pub fn connect(settings: &RedisSettings) -> Result<Self, MirrorError> {
+        Ok(Self::new(
+            CacheBackend::connect(settings)?,
+            &settings.key_prefix,
+            settings.cache_ttl_secs.clone(),
+        ))
+    }
+
     pub fn new(
-        redis: ConnectionManager,
+        redis: CacheBackend,
         key_prefix: &str,
         ttl_overrides: BTreeMap<String, u64>,
     ) -> Self {
@@ -73,9 +87,8 @@ impl ResultCache {
     /// The cached result, or `None` on a miss or any failure.
     pub async fn get(&self, agent_type: &str, input: &Value) -> Option<Value> {
         let key = self.key(agent_type, input);
-        let mut redis = self.redis.clone();
         let found: Option<Vec<u8>> =
-            match tokio::time::timeout(PATIENCE, redis.get::<_, Option<Vec<u8>>>(&key)).await {
+            match tokio::time::timeout(PATIENCE, self.redis.get(&key)).await {
                 Ok(Ok(found)) => found,
                 _ => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -103,10 +116,9 @@ impl ResultCache {
             return;
         };
         let key = self.key(agent_type, input);
-        let mut redis = self.redis.clone();
         let stored = tokio::time::timeout(
             PATIENCE,
-            redis.set_ex::<_, _, ()>(&key, bytes, ttl.as_secs().max(1)),
+            self.redis.set_ex(&key, bytes, ttl.as_secs().max(1)),
         )
         .await;
         if !matches!(stored, Ok(Ok(()))) {
