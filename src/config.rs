@@ -303,6 +303,11 @@ pub struct NatsSettings {
     /// producers that wait (`POST /v1/tasks?wait=`, `swarmd publish --wait`). Default true.
     /// Env: `SWARM_ANNOUNCE_OUTCOMES`.
     pub announce_outcomes: bool,
+    /// A task's data or an agent's result whose JSON text is larger than this many bytes
+    /// travels by claim check: put in the Object Store bucket `<stream>_PAYLOADS`, a
+    /// reference in the message and the row. Default 262144 (256 KiB).
+    /// Env: `SWARM_CLAIM_CHECK_BYTES`.
+    pub claim_check_bytes: usize,
 }
 
 impl Default for NatsSettings {
@@ -326,6 +331,7 @@ impl Default for NatsSettings {
             replicas: 1,
             max_deliver: 110,
             announce_outcomes: true,
+            claim_check_bytes: 256 * 1024,
         }
     }
 }
@@ -582,7 +588,8 @@ pub struct WorkerSettings {
     /// restarts it). Default 120. Env: `SWARM_STALL_AFTER_SECS`.
     pub stall_after_secs: f64,
     /// Largest agent result stored, in bytes of JSON; a bigger one fails the task for good.
-    /// Default 1 MiB. Env: `SWARM_MAX_RESULT_BYTES`.
+    /// Results over `nats.claim_check_bytes` go to the Object Store, not the row.
+    /// Default 64 MiB. Env: `SWARM_MAX_RESULT_BYTES`.
     pub max_result_bytes: usize,
 }
 
@@ -641,7 +648,7 @@ impl Default for WorkerSettings {
             metrics_addr: "0.0.0.0:9464".into(),
             crash_allowance: 2,
             stall_after_secs: 120.0,
-            max_result_bytes: 1024 * 1024,
+            max_result_bytes: crate::worker::DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -725,6 +732,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_SUBJECT_PREFIX") {
             self.nats.subject_prefix = v;
+        }
+        if let Some(v) = get("SWARM_CLAIM_CHECK_BYTES") {
+            self.nats.claim_check_bytes = parsed("SWARM_CLAIM_CHECK_BYTES", v)?;
         }
         if let Some(v) = get("SWARM_ANNOUNCE_OUTCOMES") {
             self.nats.announce_outcomes = parsed("SWARM_ANNOUNCE_OUTCOMES", v)?;

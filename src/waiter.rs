@@ -93,6 +93,7 @@ pub async fn await_outcomes(
                     status: "queued".into(),
                     attempts: 0,
                     result: None,
+                    result_ref: None,
                     error: None,
                     completed_at: None,
                 })

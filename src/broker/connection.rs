@@ -147,8 +147,14 @@ impl Broker {
         PriorityPuller::new(self.clone(), filter).await
     }
 
-    /// Deletes the tasks stream and its consumers (tests, benchmarks and cleanup).
+    /// Deletes the tasks stream and its consumers, and the claim-check bucket (tests,
+    /// benchmarks and cleanup).
     pub async fn delete_stream(&self) -> Result<(), BrokerError> {
+        // Absent unless a large payload or `swarmd migrate` made it.
+        let _ = self
+            .jetstream
+            .delete_object_store(self.payload_bucket())
+            .await;
         self.jetstream
             .delete_stream(&self.settings.stream)
             .await

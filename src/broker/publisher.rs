@@ -111,7 +111,12 @@ impl Broker {
     ) -> Result<PublishAckFuture, BrokerError> {
         task.validate()?;
         let subject = self.subjects().task(task.priority, &task.agent_type);
-        let body = options.codec.encode(task)?;
+        let mut body = options.codec.encode(task)?;
+        if body.len() > self.claim_check_bytes() && task.data_ref.is_none() {
+            // Too large to travel: the data goes to the Object Store, a reference instead.
+            let checked = self.check_in_data(task).await?;
+            body = options.codec.encode(&checked)?;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(headers::MSG_ID, task.id.to_string().as_str());
         headers.insert(headers::CONTENT_TYPE, options.codec.content_type());
@@ -135,6 +140,22 @@ impl Broker {
             .publish_with_headers(subject.clone(), headers, body)
             .await
             .map_err(|source| BrokerError::Publish { subject, source })
+    }
+}
+
+impl Broker {
+    /// `task` with its data put in the Object Store (`<id>.data`) and referenced.
+    async fn check_in_data(&self, task: &TaskEnvelope) -> Result<TaskEnvelope, BrokerError> {
+        let json = serde_json::to_vec(&task.data).expect("a JSON value serialises");
+        let reference = self
+            .put_payload(format!("{}.data", task.id), &json)
+            .await
+            .map_err(|e| BrokerError::Request(e.to_string()))?;
+        Ok(TaskEnvelope {
+            data: serde_json::Value::Null,
+            data_ref: Some(reference),
+            ..task.clone()
+        })
     }
 }
 

@@ -13,7 +13,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Broker, BrokerError};
-use crate::store::{TaskRecord, TaskStatus};
+use crate::{
+    store::{TaskRecord, TaskStatus},
+    task::PayloadRef,
+};
 
 /// A task's outcome as announced, and as a waiter reports it (`status` is then whatever the
 /// store says for a task not yet final: `queued`, `processing`, `failed` between attempts).
@@ -26,6 +29,9 @@ pub struct TaskOutcome {
     /// The agent's result, when `completed`.
     #[serde(default)]
     pub result: Option<Value>,
+    /// Where the result is when it was too large for the row (claim check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<PayloadRef>,
     /// The last attempt's error, when it failed.
     #[serde(default)]
     pub error: Option<String>,
@@ -48,6 +54,7 @@ impl From<TaskRecord> for TaskOutcome {
             status: record.status,
             attempts: u32::try_from(record.attempts).unwrap_or(0),
             result: record.result,
+            result_ref: record.result_ref,
             error: record.last_error,
             completed_at: record.completed_at,
         }
@@ -65,6 +72,8 @@ pub struct Announcement<'a> {
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<&'a PayloadRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
     pub completed_at: DateTime<Utc>,
@@ -152,6 +161,7 @@ mod tests {
             status: "completed",
             attempts: 2,
             result: Some(&result),
+            result_ref: None,
             error: None,
             completed_at: Utc::now(),
         };

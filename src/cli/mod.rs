@@ -126,6 +126,14 @@ async fn connect_fleet(
     Ok((store, connect_broker(settings).await?))
 }
 
+/// How long claim-check objects are kept: as long as the rows pointing at them.
+fn payload_max_age(settings: &Settings) -> Option<std::time::Duration> {
+    settings
+        .database
+        .retention()
+        .and_then(|age| age.to_std().ok())
+}
+
 /// The broker, with the tasks stream created or brought to the settings.
 async fn connect_broker(settings: &Settings) -> anyhow::Result<crate::broker::Broker> {
     let broker = crate::broker::Broker::connect(&settings.nats)
@@ -135,6 +143,11 @@ async fn connect_broker(settings: &Settings) -> anyhow::Result<crate::broker::Br
         .ensure_stream()
         .await
         .context("setting up the tasks stream")?;
+    if let Err(error) = broker.ensure_payloads(payload_max_age(settings)).await {
+        // Only large payloads need it; a role that may not create it (a publisher, a
+        // worker) finds it made by `swarmd migrate`, or fails such a task clearly.
+        tracing::debug!(%error, "cannot set up the claim-check bucket");
+    }
     Ok(broker)
 }
 

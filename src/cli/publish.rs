@@ -94,6 +94,7 @@ impl TaskLine {
             timeout: self.timeout,
             idempotency_key: self.idempotency_key,
             replay_of: None,
+            data_ref: None,
         }
     }
 }

@@ -39,6 +39,9 @@ pub enum DeadReason {
     Unstorable,
     /// The subject is not `<prefix>.tasks.p<N>.<agent_type>`, so no lane serves it.
     BadSubject,
+    /// The task's data travelled by claim check and the object is gone (expired with the
+    /// retention period, or never stored).
+    PayloadMissing,
 }
 
 impl DeadReason {
@@ -56,6 +59,7 @@ impl DeadReason {
             DeadReason::BadInput => "bad_input",
             DeadReason::Unstorable => "unstorable",
             DeadReason::BadSubject => "bad_subject",
+            DeadReason::PayloadMissing => "payload_missing",
         }
     }
 }

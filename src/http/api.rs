@@ -371,6 +371,7 @@ async fn publish_traced(
             timeout: task.timeout,
             idempotency_key: task.idempotency_key,
             replay_of: None,
+            data_ref: None,
         };
         envelope.validate().map_err(|e| {
             let at = if batch {
@@ -557,6 +558,16 @@ async fn task(
     let record = record.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no task {id}"))
     })?;
+    // A result too large for the row is answered whole, read from the Object Store; one
+    // that expired is shown as its reference alone.
+    let result = match (&record.result, &record.result_ref) {
+        (None, Some(reference)) => match state.broker.get_payload(reference).await {
+            Ok(result) => Some(result),
+            Err(error) if error.fault() == Fault::Permanent => None,
+            Err(error) => return Err(ApiError::internal("cannot read the task's result", error)),
+        },
+        (result, _) => result.clone(),
+    };
     let served_by = match from {
         ReadFrom::Replica => "replica",
         ReadFrom::Primary => "primary",
@@ -568,7 +579,9 @@ async fn task(
         "status": record.status,
         "attempts": record.attempts,
         "max_attempts": record.max_attempts,
-        "result": record.result,
+        "result": result,
+        "result_ref": record.result_ref,
+        "data_ref": record.data_ref,
         "last_error": record.last_error,
         "errors": record.errors,
         "replay_of": record.replay_of,

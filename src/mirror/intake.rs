@@ -382,6 +382,7 @@ pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
         timeout: None,
         idempotency_key: None,
         replay_of: None,
+        data_ref: None,
     };
     // The same rules as every other entry: a NUL in the seed's JSON (Python writes
     // "\u0000" for "\x00") never reaches the database.

@@ -9,10 +9,14 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::{dlq::AttemptError, task::TaskEnvelope};
+use crate::{
+    dlq::AttemptError,
+    task::{PayloadRef, TaskEnvelope},
+};
 
 /// Lifecycle of a task row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +126,8 @@ pub struct Settled {
     pub attempt: u32,
     pub status: SettledStatus,
     pub result: Option<Value>,
+    /// Where the result was put when too large for the row (`result` is then `None`).
+    pub result_ref: Option<PayloadRef>,
     pub error: Option<String>,
     /// The row to create when this outcome is the task's first write.
     pub origin: Origin,
@@ -163,6 +169,7 @@ struct EnvelopeColumns<'a> {
     keys: Vec<Option<&'a str>>,
     created: Vec<DateTime<Utc>>,
     replay_of: Vec<Option<Uuid>>,
+    data_refs: Vec<Option<Json<&'a PayloadRef>>>,
 }
 
 impl<'a> EnvelopeColumns<'a> {
@@ -176,6 +183,7 @@ impl<'a> EnvelopeColumns<'a> {
             keys: Vec::with_capacity(tasks.len()),
             created: Vec::with_capacity(tasks.len()),
             replay_of: Vec::with_capacity(tasks.len()),
+            data_refs: Vec::with_capacity(tasks.len()),
         };
         for task in tasks {
             columns.ids.push(task.id);
@@ -186,6 +194,7 @@ impl<'a> EnvelopeColumns<'a> {
             columns.keys.push(task.idempotency_key.as_deref());
             columns.created.push(task.created_at);
             columns.replay_of.push(task.replay_of);
+            columns.data_refs.push(task.data_ref.as_ref().map(Json));
         }
         columns
     }
@@ -211,6 +220,12 @@ pub struct TaskRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Where `data` was put when too large for a message (it is then null).
+    #[sqlx(json(nullable))]
+    pub data_ref: Option<PayloadRef>,
+    /// Where the result was put when too large for a row (it is then null).
+    #[sqlx(json(nullable))]
+    pub result_ref: Option<PayloadRef>,
 }
 
 impl Store {
@@ -234,14 +249,15 @@ impl Store {
         let rows: Vec<(Uuid, Value, DateTime<Utc>)> = sqlx::query_as(
             "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
                                 idempotency_key, created_at, replay_of, trace_id, worker_id,
-                                started_at, updated_at)
+                                started_at, updated_at, data_ref)
              SELECT t.id, t.agent_type, t.priority, t.data, 'processing', t.attempts,
                     t.max_attempts, t.idempotency_key, t.created_at, t.replay_of, t.trace_id, $9,
-                    now(), now()
+                    now(), now(), t.data_ref
              FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
-                         $6::int4[], $7::text[], $8::timestamptz[], $10::uuid[], $11::text[])
+                         $6::int4[], $7::text[], $8::timestamptz[], $10::uuid[], $11::text[],
+                         $12::jsonb[])
                   AS t(id, agent_type, priority, data, attempts, max_attempts,
-                       idempotency_key, created_at, replay_of, trace_id)
+                       idempotency_key, created_at, replay_of, trace_id, data_ref)
              ON CONFLICT (id, created_at) DO UPDATE
                 SET status = 'processing', attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
@@ -260,6 +276,7 @@ impl Store {
         .bind(worker_id)
         .bind(&columns.replay_of)
         .bind(&trace_ids)
+        .bind(&columns.data_refs)
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("claiming tasks"))?;
@@ -313,13 +330,13 @@ impl Store {
         let columns = EnvelopeColumns::of(tasks.iter());
         sqlx::query(
             "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
-                                idempotency_key, created_at, trace_id)
+                                idempotency_key, created_at, trace_id, data_ref)
              SELECT t.id, t.agent_type, t.priority, t.data, 'queued', t.max_attempts,
-                    t.idempotency_key, t.created_at, $8
+                    t.idempotency_key, t.created_at, $8, t.data_ref
                FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
-                           $6::text[], $7::timestamptz[])
+                           $6::text[], $7::timestamptz[], $9::jsonb[])
                     AS t(id, agent_type, priority, data, max_attempts, idempotency_key,
-                         created_at)
+                         created_at, data_ref)
              ON CONFLICT (id, created_at) DO NOTHING",
         )
         .bind(&columns.ids)
@@ -330,6 +347,7 @@ impl Store {
         .bind(&columns.keys)
         .bind(&columns.created)
         .bind(trace_id)
+        .bind(&columns.data_refs)
         .execute(&self.primary)
         .await
         .map_err(StoreError::query("recording queued tasks"))?;
@@ -369,6 +387,10 @@ impl Store {
         let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempt as i32).collect();
         let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
         let results: Vec<Option<&Value>> = outcomes.iter().map(|o| o.result.as_ref()).collect();
+        let result_refs: Vec<Option<Json<&PayloadRef>>> = outcomes
+            .iter()
+            .map(|o| o.result_ref.as_ref().map(Json))
+            .collect();
         let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
         let trace_ids: Vec<Option<&str>> = outcomes
             .iter()
@@ -379,24 +401,27 @@ impl Store {
             "INSERT INTO tasks AS tasks
                     (id, agent_type, priority, data, status, attempts, max_attempts,
                      idempotency_key, created_at, replay_of, trace_id, worker_id, started_at,
-                     result, last_error, errors, completed_at, updated_at)
+                     result, last_error, errors, completed_at, updated_at, data_ref, result_ref)
              SELECT t.id, t.agent_type, t.priority, t.data, t.status, t.attempt,
                     t.max_attempts, t.idempotency_key, t.created_at, t.replay_of, t.trace_id,
                     $6, t.started_at, t.result, t.error,
                     CASE WHEN t.error IS NULL THEN '[]'::jsonb
                          ELSE jsonb_build_array(jsonb_build_object(
                               'attempt', t.attempt, 'error', t.error, 'at', now())) END,
-                    CASE WHEN t.status IN ('completed', 'dead') THEN now() END, now()
+                    CASE WHEN t.status IN ('completed', 'dead') THEN now() END, now(),
+                    t.data_ref, t.result_ref
                FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
                            $7::text[], $8::int2[], $9::jsonb[], $10::int4[], $11::text[],
-                           $12::timestamptz[], $13::uuid[], $14::text[], $15::timestamptz[])
+                           $12::timestamptz[], $13::uuid[], $14::text[], $15::timestamptz[],
+                           $16::jsonb[], $17::jsonb[])
                     AS t(id, attempt, status, result, error, agent_type, priority, data,
                          max_attempts, idempotency_key, created_at, replay_of, trace_id,
-                         started_at)
+                         started_at, data_ref, result_ref)
              ON CONFLICT (id, created_at) DO UPDATE
                 SET status = EXCLUDED.status,
                     attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     result = EXCLUDED.result,
+                    result_ref = EXCLUDED.result_ref,
                     last_error = COALESCE(EXCLUDED.last_error, tasks.last_error),
                     errors = tasks.errors || EXCLUDED.errors,
                     worker_id = EXCLUDED.worker_id,
@@ -422,6 +447,8 @@ impl Store {
         .bind(&columns.replay_of)
         .bind(&trace_ids)
         .bind(&started)
+        .bind(&columns.data_refs)
+        .bind(&result_refs)
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("settling tasks"))?;

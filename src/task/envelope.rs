@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::PayloadRef;
+
 /// Priority when a producer gives none (the seed's default).
 pub const DEFAULT_PRIORITY: u8 = 5;
 /// Highest priority; priorities run 0..=9 and higher runs first.
@@ -49,6 +51,10 @@ pub struct TaskEnvelope {
     /// Set on a replay of a dead letter: the id of the task it replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<Uuid>,
+    /// Claim check: `data` is too large for a message and was put in the Object Store;
+    /// `data` is then `null` and the worker reads it from here before the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_ref: Option<PayloadRef>,
 }
 
 fn default_priority() -> u8 {
@@ -77,6 +83,8 @@ pub enum EnvelopeError {
     Nul(String),
     #[error("data nests arrays and objects deeper than {MAX_DATA_DEPTH} levels")]
     TooDeep,
+    #[error("data_ref must name a bucket and an object, and data must then be null")]
+    DataRef,
 }
 
 impl EnvelopeError {
@@ -108,6 +116,7 @@ impl TaskEnvelope {
             timeout: None,
             idempotency_key: None,
             replay_of: None,
+            data_ref: None,
         }
     }
 
@@ -148,6 +157,11 @@ impl TaskEnvelope {
             if key.contains('\0') {
                 return Err(EnvelopeError::Nul("idempotency_key".into()));
             }
+        }
+        if let Some(data_ref) = &self.data_ref
+            && !(data_ref.is_well_formed() && self.data.is_null())
+        {
+            return Err(EnvelopeError::DataRef);
         }
         check_value(&self.data)
     }

@@ -3,6 +3,7 @@
 
 mod codec;
 mod envelope;
+mod payload_ref;
 #[cfg(test)]
 mod properties;
 
@@ -11,3 +12,4 @@ pub use envelope::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EnvelopeError, MAX_DATA_DEPTH, MAX_PRIORITY,
     MAX_TIMEOUT_SECS, TaskEnvelope, check_value, integral, valid_agent_type,
 };
+pub use payload_ref::PayloadRef;

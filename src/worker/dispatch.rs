@@ -22,7 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{
-    Executor, Outcome, Worker,
+    Executor, Outcome, Worker, claim_check,
     delivery::{self, DeliveryInfo, TaskDelivery},
     first_delivery::FirstDelivery,
     hold::Hold,
@@ -31,6 +31,7 @@ use super::{
     settler::Settlement,
 };
 use crate::{
+    broker::Broker,
     dlq::DeadReason,
     fault::{Bisection, Classify, Fault},
     metrics::Metrics,
@@ -371,6 +372,8 @@ fn carries_task_id(message: &jetstream::Message, id: &Uuid) -> bool {
 /// What running a claimed task needs, built once per worker loop and shared by every task.
 pub(super) struct TaskRunner {
     pub(super) executor: Executor,
+    /// Reads and writes claim checks (large data and results).
+    pub(super) broker: Broker,
     pub(super) store: Store,
     pub(super) mirror: Option<Mirror>,
     pub(super) settle_tx: mpsc::Sender<Settlement>,
@@ -409,10 +412,30 @@ impl TaskRunner {
         let _ = span.set_parent(delivery.trace.clone());
         let outcome = {
             let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
-            let run = self
-                .executor
-                .execute(&delivery.task, delivery.attempt())
-                .instrument(agent_span);
+            let attempt = delivery.attempt();
+            let run = async {
+                let task = match claim_check::with_data(
+                    &self.broker,
+                    &self.executor,
+                    &delivery.task,
+                    attempt,
+                )
+                .await
+                {
+                    Ok(task) => task,
+                    Err(outcome) => return outcome,
+                };
+                let outcome = self.executor.execute(&task, attempt).await;
+                claim_check::with_large_result_stored(
+                    &self.broker,
+                    &self.executor,
+                    &task,
+                    attempt,
+                    outcome,
+                )
+                .await
+            }
+            .instrument(agent_span);
             tokio::pin!(run);
             // Most agents answer at their first poll: no timers, no `processing` write.
             match futures::poll!(&mut run) {

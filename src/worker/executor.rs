@@ -29,8 +29,9 @@ pub struct Executor {
     cpu: Arc<tokio::sync::Semaphore>,
 }
 
-/// Largest result stored unless configured otherwise (`worker.max_result_bytes`).
-pub const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// Largest result stored unless configured otherwise (`worker.max_result_bytes`); results
+/// over the claim-check size go to the Object Store, not the row.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
 impl Executor {
     pub fn new(registry: AgentRegistry, retry: RetryPolicy, default_timeout: Duration) -> Self {
@@ -144,6 +145,12 @@ impl Executor {
             Ok(Ok(Err(AgentError::Retryable(error)))) => error,
             Err(_) => format!("timed out after {:.3} s", timeout.as_secs_f64()),
         };
+        self.failed_attempt(task, attempt, error)
+    }
+
+    /// A failed attempt `attempt` of `task`: retried after the policy's delay, or dead when
+    /// it was the last.
+    pub fn failed_attempt(&self, task: &TaskEnvelope, attempt: u32, error: String) -> Outcome {
         if attempt >= task.max_attempts {
             Outcome::Dead {
                 reason: DeadReason::AttemptsExhausted,
@@ -173,7 +180,7 @@ impl Executor {
 }
 
 /// Bytes of `value` as compact JSON, counted without building the text.
-fn json_size(value: &serde_json::Value) -> usize {
+pub(super) fn json_size(value: &serde_json::Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

@@ -18,6 +18,7 @@
 
 pub mod alarm;
 pub mod assembly;
+mod claim_check;
 pub mod delivery;
 mod dispatch;
 pub mod executor;
@@ -33,7 +34,7 @@ pub mod strays;
 pub mod upkeep;
 
 pub use assembly::{Assembled, assemble};
-pub use executor::Executor;
+pub use executor::{DEFAULT_MAX_RESULT_BYTES, Executor};
 pub use outcome::Outcome;
 pub use retry::RetryPolicy;
 pub use runner::{Worker, WorkerError};

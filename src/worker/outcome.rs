@@ -12,6 +12,7 @@ use crate::{
     dlq::{DeadLetter, DeadReason},
     mirror::MirrorEvent,
     store::{Origin, Settled, SettledStatus},
+    task::PayloadRef,
 };
 
 /// The result of running (or refusing to run) one delivery of a task.
@@ -19,6 +20,8 @@ use crate::{
 pub enum Outcome {
     /// The agent returned a result.
     Completed(Value),
+    /// The agent returned a result too large for the row, put in the Object Store.
+    CompletedByRef(PayloadRef),
     /// This attempt failed; the task runs again after `delay`.
     Retry { error: String, delay: Duration },
     /// No attempt will follow.
@@ -59,6 +62,7 @@ impl Outcome {
             attempt: delivery.attempt(),
             status,
             result: result.cloned(),
+            result_ref: None,
             error: error.map(|e| storable_text(e)),
             origin: Origin::of(
                 delivery.task.clone(),
@@ -70,6 +74,10 @@ impl Outcome {
             Outcome::Completed(result) => {
                 Record::Task(settled(SettledStatus::Completed, Some(result), None))
             }
+            Outcome::CompletedByRef(reference) => Record::Task(Settled {
+                result_ref: Some(reference.clone()),
+                ..settled(SettledStatus::Completed, None, None)
+            }),
             Outcome::Retry { error, .. } => {
                 Record::Task(settled(SettledStatus::Failed, None, Some(error)))
             }
@@ -88,6 +96,13 @@ impl Outcome {
             Outcome::Completed(result) => {
                 Some(MirrorEvent::completed(delivery, worker_id, started, result))
             }
+            // The legacy entry shows where the result is, as the row does.
+            Outcome::CompletedByRef(reference) => Some(MirrorEvent::completed(
+                delivery,
+                worker_id,
+                started,
+                &serde_json::json!({ "result_ref": reference }),
+            )),
             Outcome::Retry { error, .. } => Some(MirrorEvent::failed(
                 delivery, worker_id, started, error, false,
             )),
@@ -101,7 +116,7 @@ impl Outcome {
     /// What the broker is told once the record is stored.
     pub fn ack_kind(&self) -> AckKind {
         match self {
-            Outcome::Completed(_) | Outcome::Duplicate => AckKind::Ack,
+            Outcome::Completed(_) | Outcome::CompletedByRef(_) | Outcome::Duplicate => AckKind::Ack,
             Outcome::Retry { delay, .. } => AckKind::Nak(Some(*delay)),
             Outcome::Dead { .. } => AckKind::Term,
             Outcome::Abandoned => AckKind::Nak(None),
@@ -111,7 +126,7 @@ impl Outcome {
     /// Short name for counters and logs.
     pub fn label(&self) -> &'static str {
         match self {
-            Outcome::Completed(_) => "completed",
+            Outcome::Completed(_) | Outcome::CompletedByRef(_) => "completed",
             Outcome::Retry { .. } => "retry",
             Outcome::Dead { .. } => "dead",
             Outcome::Duplicate => "duplicate",

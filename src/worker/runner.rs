@@ -287,6 +287,7 @@ impl Worker {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let runner = Arc::new(TaskRunner {
             executor: self.executor.clone(),
+            broker: self.broker.clone(),
             store: self.store.clone(),
             mirror: self.mirror.clone(),
             settle_tx: settle_tx.clone(),

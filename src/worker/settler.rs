@@ -318,6 +318,7 @@ async fn announce(broker: &Broker, settlement: &Settlement) {
         status,
         attempts: settled.attempt,
         result: settled.result.as_ref(),
+        result_ref: settled.result_ref.as_ref(),
         error: settled.error.as_deref(),
         completed_at: chrono::Utc::now(),
     };

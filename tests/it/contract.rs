@@ -101,7 +101,11 @@ async fn run_python_example(env: &TestEnv, heading: &str) -> String {
     let script = example
         .replace("nats://127.0.0.1:4222", env.settings.nats.url.expose())
         .replace("\"swarm.tasks.", &format!("\"{prefix}.tasks."))
-        .replace("\"swarm.results.", &format!("\"{prefix}.results."));
+        .replace("\"swarm.results.", &format!("\"{prefix}.results."))
+        .replace(
+            "\"SWARM_TASKS_PAYLOADS\"",
+            &format!("\"{}\"", env.broker.payload_bucket()),
+        );
     assert_ne!(
         script, example,
         "the example names the server and the subject"
@@ -151,5 +155,26 @@ async fn the_readmes_python_producer_waits_for_its_outcome_on_nats() {
     let printed = run_python_example(&env, "Python, waiting for the outcome (").await;
     worker.stop().await;
     assert_eq!(printed.trim(), r#"completed {"n": 42}"#);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_producer_sends_large_data_by_claim_check() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn(env.worker());
+    let printed = run_python_example(&env, "Large data: claim checks").await;
+    let (id, size) = printed.trim().split_once(' ').expect("id and size");
+    let id: uuid::Uuid = id.parse().unwrap();
+    let size: u64 = size.parse().unwrap();
+    assert!(size > 2 << 20, "more than a message holds: {size}");
+    let rows = env.wait_finished(&[id], Duration::from_secs(30)).await;
+    worker.stop().await;
+    assert_eq!(rows[0].status, "completed", "{:?}", rows[0].last_error);
+    // `echo` answered the whole input, itself put aside by claim check.
+    let result_ref = rows[0].result_ref.clone().expect("a result by claim check");
+    // Python wrote `", "` between items; the fleet writes compact JSON.
+    assert!(result_ref.size > 2 << 20 && result_ref.size <= size);
+    let result = env.broker.get_payload(&result_ref).await.unwrap();
+    assert_eq!(result["rows"].as_array().map(Vec::len), Some(200_000));
     env.cleanup().await;
 }

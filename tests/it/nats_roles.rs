@@ -244,6 +244,41 @@ async fn each_role_does_its_job_and_nothing_more() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // A task too large for a message: the publisher puts its data aside, the worker reads
+    // it and puts its result aside, the API answers the result whole.
+    let large = TaskEnvelope::new("echo", json!({ "text": "y".repeat(300 * 1024) }));
+    let file = std::env::temp_dir().join(format!("swarm-large-{}.jsonl", large.id));
+    let line = json!({ "agent_type": "echo", "data": large.data, "id": large.id });
+    std::fs::write(&file, line.to_string()).unwrap();
+    let published = env
+        .swarmd()
+        .envs(process_env_as(&env, &server, "publisher"))
+        .arg("publish")
+        .arg("--file")
+        .arg(&file)
+        .args(["--wait", "30s"])
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        published.status.success(),
+        "{}{:#?}",
+        String::from_utf8_lossy(&published.stderr),
+        server.violations()
+    );
+    let answered = http("GET", &format!("/v1/tasks/{}", large.id))
+        .await
+        .unwrap();
+    assert!(
+        answered.starts_with("HTTP/1.1 200") && answered.contains(r#""result_ref":{"#),
+        "{}",
+        &answered[..answered.len().min(600)]
+    );
+    assert!(
+        answered.contains(&"y".repeat(300 * 1024)),
+        "the result answered whole"
+    );
     // The user and password may also be given on their own, as the Kubernetes manifests do.
     succeeds(
         env.swarmd()

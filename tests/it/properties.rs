@@ -69,6 +69,7 @@ async fn whatever_validates_is_stored_and_read_back_unchanged() {
             attempt: 1,
             status: SettledStatus::Completed,
             result: Some(decoded.data.clone()),
+            result_ref: None,
             error: None,
             origin: Origin::of(
                 std::sync::Arc::new(decoded.clone()),

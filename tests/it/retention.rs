@@ -37,6 +37,7 @@ async fn complete(store: &Store, task: &TaskEnvelope) {
         attempt: 1,
         status: SettledStatus::Completed,
         result: Some(json!({"ok": true})),
+        result_ref: None,
         error: None,
         origin: Origin::of(Arc::new(task.clone()), None, Utc::now()),
     };
@@ -383,6 +384,7 @@ async fn the_partitioning_migration_keeps_rows_stored_before_it() {
         include_str!("../../schemas/migrations/0001_tasks.sql"),
         include_str!("../../schemas/migrations/0002_task_partitions.sql"),
         include_str!("../../schemas/migrations/0003_completed_at_brin.sql"),
+        include_str!("../../schemas/migrations/0004_payload_refs.sql"),
     ];
     sqlx::raw_sql(sqlx::AssertSqlSafe(migrations[0]))
         .execute(store.primary())

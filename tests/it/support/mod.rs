@@ -82,6 +82,11 @@ impl TestEnv {
             assert!(Instant::now() < deadline, "stream is created: {error}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // As `swarmd migrate` does: large payloads have their bucket.
+        broker
+            .ensure_payloads(None)
+            .await
+            .expect("the claim-check bucket is created");
         Self {
             settings,
             broker,
@@ -306,7 +311,10 @@ async fn sweep_stale_streams(broker: &Broker, store: &Store) {
     let mut streams = broker.jetstream().streams();
     let mut stale = Vec::new();
     while let Some(Ok(info)) = streams.next().await {
-        if info.config.name.starts_with("TEST_") && info.created.unix_timestamp() < cutoff {
+        let ours = ["TEST_", "OBJ_TEST_"]
+            .iter()
+            .any(|prefix| info.config.name.starts_with(prefix));
+        if ours && info.created.unix_timestamp() < cutoff {
             stale.push(info.config.name.clone());
         }
     }
