@@ -4,7 +4,9 @@
 #   schemathesis fuzzes a live `swarmd api` against schemas/openapi.json, nats-py runs the
 #   Python producer example of schemas/README.md, redis-py the seed's own queue class;
 # - nginx and Prometheus's promtool (Debian packages): they load the shipped
-#   deploy/nginx/nginx.conf and deploy/prometheus/*.yml for real.
+#   deploy/nginx/nginx.conf and deploy/prometheus/*.yml for real;
+# - Go with nats.go and google/uuid (Debian packages, built in GOPATH mode: no module proxy
+#   is needed): the Go producer example of schemas/README.md runs against the fleet.
 # Safe to run again: what is there is left alone.
 set -euo pipefail
 
@@ -22,6 +24,17 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || ! command -
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null 2>&1 || {
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null
+  }
+fi
+GO_PACKAGES="golang-go golang-github-nats-io-go-nats-dev golang-github-google-uuid-dev"
+if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/nats-io/nats.go ] \
+   || [ ! -d /usr/share/gocode/src/github.com/google/uuid ]; then
+  say "installing Go, nats.go and uuid (Debian packages $GO_PACKAGES)"
+  # shellcheck disable=SC2086
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $GO_PACKAGES >/dev/null 2>&1 || {
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $GO_PACKAGES >/dev/null
   }
 fi
 ensure_nats_py() {

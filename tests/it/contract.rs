@@ -178,3 +178,53 @@ async fn the_readmes_python_producer_sends_large_data_by_claim_check() {
     assert_eq!(result["rows"].as_array().map(Vec::len), Some(200_000));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_go_producer_publishes_a_task_the_fleet_runs() {
+    let go = ["/usr/bin/go", "/usr/lib/go/bin/go"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Go is not installed: run `make tools` (scripts/ensure-test-tools.sh)");
+    let env = TestEnv::new().await;
+    let prefix = &env.settings.nats.subject_prefix;
+    let example = readme_example("Go (", "go");
+    let program = example
+        .replace("nats://127.0.0.1:4222", env.settings.nats.url.expose())
+        .replace("\"swarm.tasks.", &format!("\"{prefix}.tasks."));
+    assert_ne!(
+        program, example,
+        "the example names the server and the subject"
+    );
+    let dir = std::env::temp_dir().join(format!("swarm-go-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("main.go"), program).unwrap();
+    // Debian's packaged libraries, in GOPATH mode: no module proxy needed.
+    let output = tokio::process::Command::new(go)
+        .args(["run", "main.go"])
+        .current_dir(&dir)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOFLAGS", "")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // It prints the task id, the stream sequence and whether it was a duplicate.
+    let fields: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(fields[1..], ["1", "false"], "{printed}");
+    let id: uuid::Uuid = fields[0].parse().unwrap();
+
+    let worker = env.spawn(env.worker());
+    let rows = env.wait_finished(&[id], Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(rows[0].status, "completed");
+    assert_eq!(rows[0].result, Some(serde_json::json!({"n": 1})));
+    env.cleanup().await;
+}
