@@ -4,7 +4,10 @@
 //! or an announcement lost on the way, is still reported — and unfinished tasks reported
 //! with their current status rather than the whole batch failing at the deadline.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use uuid::Uuid;
 
@@ -56,11 +59,13 @@ pub async fn await_outcomes(
     look: Look,
 ) -> Result<Awaited, StoreError> {
     let deadline = tokio::time::Instant::now() + patience;
-    let mut known: HashMap<Uuid, TaskOutcome> = HashMap::with_capacity(ids.len());
+    // A batch may name one id twice (a client's retry): it is awaited once.
+    let distinct = ids.iter().collect::<HashSet<_>>().len();
+    let mut known: HashMap<Uuid, TaskOutcome> = HashMap::with_capacity(distinct);
     if look == Look::FirstAndAtTheEnd {
         known.extend(read_final(store, ids).await?);
     }
-    while known.len() < ids.len() {
+    while known.len() < distinct {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match watch.next(left).await {
             Some(outcome) => {
@@ -85,8 +90,9 @@ pub async fn await_outcomes(
         .iter()
         .map(|id| {
             known
-                .remove(id)
-                .or_else(|| current.remove(id))
+                .get(id)
+                .or_else(|| current.get(id))
+                .cloned()
                 // Published (the stream took it) but not picked up yet: no row so far.
                 .unwrap_or_else(|| TaskOutcome {
                     id: *id,

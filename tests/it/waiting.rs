@@ -260,3 +260,36 @@ async fn swarmd_publish_wait_prints_the_outcome_and_fails_unless_completed() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_naming_one_task_twice_is_answered_once_it_ends() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn(env.worker());
+    let app = app(&env, Some(TOKEN));
+    let id = Uuid::now_v7();
+    let task = json!({"agent_type": "echo", "data": "twice", "id": id});
+    let started = Instant::now();
+    let (status, body) = call(
+        &app,
+        post_to(
+            "/v1/tasks?wait=20s",
+            json!({ "tasks": [task, task] }).to_string(),
+            Some(TOKEN),
+        ),
+    )
+    .await;
+    worker.stop().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not the whole wait"
+    );
+    let outcomes = body["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o["id"] == id.to_string() && o["result"] == "twice")
+    );
+    env.cleanup().await;
+}
