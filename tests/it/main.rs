@@ -27,6 +27,7 @@ mod replicas;
 mod retention;
 mod scale;
 mod secrets;
+mod servers;
 mod traces;
 mod waiting;
 mod wire;

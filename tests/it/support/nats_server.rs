@@ -16,7 +16,14 @@ pub struct NatsServer {
     config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
+/// The `nats-server` tests start: `SWARM_TEST_NATS_SERVER` when set (the suite's run against
+/// the modern server sets it), else Debian's.
 pub fn binary() -> String {
+    if let Ok(path) = std::env::var("SWARM_TEST_NATS_SERVER")
+        && !path.is_empty()
+    {
+        return path;
+    }
     [
         "/usr/sbin/nats-server",
         "/usr/bin/nats-server",
