@@ -33,6 +33,10 @@ pub struct Args {
     /// Seconds one attempt may run.
     #[arg(long)]
     timeout: Option<f64>,
+    /// Give up on the task if no attempt has begun this long after publishing (e.g. 30s,
+    /// 5m): it then ends `dead` with reason `expired`.
+    #[arg(long, value_parser = crate::waiter::parse_wait)]
+    expires_in: Option<std::time::Duration>,
     /// Task id (a UUID); re-publishing an id within the duplicate window is a no-op.
     #[arg(long)]
     id: Option<Uuid>,
@@ -80,6 +84,8 @@ struct TaskLine {
     timeout: Option<f64>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 impl TaskLine {
@@ -95,6 +101,7 @@ impl TaskLine {
             idempotency_key: self.idempotency_key,
             replay_of: None,
             data_ref: None,
+            expires_at: self.expires_at,
         }
     }
 }
@@ -229,6 +236,12 @@ fn single(args: &Args) -> anyhow::Result<TaskEnvelope> {
         .with_priority(args.priority)
         .with_max_attempts(args.max_attempts);
     task.timeout = args.timeout;
+    if let Some(after) = args.expires_in {
+        task.expires_at = Some(
+            task.created_at
+                + chrono::Duration::from_std(after).context("--expires-in is too long")?,
+        );
+    }
     if let Some(id) = args.id {
         task.id = id;
     }

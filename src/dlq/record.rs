@@ -42,6 +42,8 @@ pub enum DeadReason {
     /// The task's data travelled by claim check and the object is gone (expired with the
     /// retention period, or never stored).
     PayloadMissing,
+    /// No attempt had begun by the task's `expires_at`.
+    Expired,
 }
 
 impl DeadReason {
@@ -60,6 +62,7 @@ impl DeadReason {
             DeadReason::Unstorable => "unstorable",
             DeadReason::BadSubject => "bad_subject",
             DeadReason::PayloadMissing => "payload_missing",
+            DeadReason::Expired => "expired",
         }
     }
 }

@@ -266,6 +266,7 @@ struct NewTask {
     id: Option<Uuid>,
     timeout: Option<f64>,
     idempotency_key: Option<String>,
+    expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// The tasks of a body: one task, or `{"tasks": [...]}`; errors name the field.
@@ -372,6 +373,7 @@ async fn publish_traced(
             idempotency_key: task.idempotency_key,
             replay_of: None,
             data_ref: None,
+            expires_at: task.expires_at,
         };
         envelope.validate().map_err(|e| {
             let at = if batch {

@@ -119,6 +119,7 @@ impl MirrorEvent {
             idempotency_key: row.idempotency_key.clone(),
             replay_of: row.replay_of,
             data_ref: row.data_ref.clone(),
+            expires_at: None,
         };
         let errors: Vec<AttemptError> =
             serde_json::from_value(row.errors.clone()).unwrap_or_default();

@@ -55,6 +55,10 @@ pub struct TaskEnvelope {
     /// `data` is then `null` and the worker reads it from here before the agent runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_ref: Option<PayloadRef>,
+    /// No attempt begins after this instant (UTC, RFC 3339): a task still waiting then ends
+    /// `dead` with reason `expired` instead of running late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 fn default_priority() -> u8 {
@@ -117,6 +121,7 @@ impl TaskEnvelope {
             idempotency_key: None,
             replay_of: None,
             data_ref: None,
+            expires_at: None,
         }
     }
 

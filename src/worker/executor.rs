@@ -68,6 +68,14 @@ impl Executor {
     /// Unknown agents and permanent errors are dead at once; retryable errors and timeouts
     /// are retried after the policy's delay until `max_attempts` is spent.
     pub async fn execute(&self, task: &TaskEnvelope, attempt: u32) -> Outcome {
+        if let Some(expires_at) = task.expires_at
+            && chrono::Utc::now() >= expires_at
+        {
+            return Outcome::Dead {
+                reason: DeadReason::Expired,
+                error: format!("expired at {expires_at} before attempt {attempt} began"),
+            };
+        }
         let Some(agent) = self.registry.get(&task.agent_type) else {
             return Outcome::Dead {
                 reason: DeadReason::UnknownAgent,

@@ -14,6 +14,7 @@ mod dead_letters;
 mod delivery;
 mod deploy;
 mod deploy_tools;
+mod expiry;
 mod faults;
 mod hostile;
 mod legacy;
