@@ -37,6 +37,14 @@ pub struct Args {
     /// 5m): it then ends `dead` with reason `expired`.
     #[arg(long, value_parser = crate::waiter::parse_wait)]
     expires_in: Option<std::time::Duration>,
+    /// The producer's key for the task: while a task holding it lives (or for
+    /// `--unique-for`), publishing another with it publishes nothing and prints that
+    /// task's id.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Hold the idempotency key this long (e.g. 10m) instead of until the task finishes.
+    #[arg(long, requires = "idempotency_key", value_parser = crate::waiter::parse_wait)]
+    unique_for: Option<std::time::Duration>,
     /// Task id (a UUID); re-publishing an id within the duplicate window is a no-op.
     #[arg(long)]
     id: Option<Uuid>,
@@ -86,6 +94,8 @@ struct TaskLine {
     idempotency_key: Option<String>,
     #[serde(default)]
     expires_at: Option<chrono::DateTime<Utc>>,
+    #[serde(default)]
+    unique_for_secs: Option<u32>,
 }
 
 impl TaskLine {
@@ -102,6 +112,7 @@ impl TaskLine {
             replay_of: None,
             data_ref: None,
             expires_at: self.expires_at,
+            unique_for_secs: self.unique_for_secs,
         }
     }
 }
@@ -116,37 +127,37 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         None => vec![single(&args)?],
     };
     let broker = super::connect_broker(&settings).await?;
-    let ids: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+    let keyed = tasks.iter().any(|t| t.idempotency_key.is_some());
+    let store = if keyed || args.wait.is_some() {
+        Some(
+            Store::connect(&settings.database)
+                .await
+                .context("connecting to PostgreSQL")?,
+        )
+    } else {
+        None
+    };
+    // Unique tasks: one whose key a live task holds is that task, and is not published.
+    let holders = match (&store, keyed) {
+        (Some(store), true) => store.take_keys(&tasks.iter().collect::<Vec<_>>()).await?,
+        _ => Default::default(),
+    };
+    let holder = |task: &TaskEnvelope| holders.get(&task.id).copied().unwrap_or(task.id);
+    let ids: Vec<Uuid> = tasks.iter().map(holder).collect();
+    let (tasks, held): (Vec<TaskEnvelope>, Vec<TaskEnvelope>) =
+        tasks.into_iter().partition(|task| holder(task) == task.id);
+    for task in &held {
+        eprintln!(
+            "note: task {} holds idempotency key {:?}: not published again",
+            holder(task),
+            task.idempotency_key.as_deref().unwrap_or_default()
+        );
+    }
     // Listening before publishing: an outcome announced at once is not missed.
     let watch = match args.wait {
         Some(_) => Some(broker.watch_outcomes(&ids).await?),
         None => None,
     };
-
-    if args.file.is_none() {
-        let receipt = broker.publish(&tasks[0], codec).await?;
-        if receipt.duplicate {
-            eprintln!(
-                "note: task {} was already published (duplicate ignored)",
-                tasks[0].id
-            );
-        }
-        return match (watch, args.wait) {
-            (Some(watch), Some(wait)) => {
-                let look = if receipt.duplicate {
-                    Look::FirstAndAtTheEnd
-                } else {
-                    Look::AtTheEnd
-                };
-                report_outcomes(&settings, watch, &ids, wait, look).await
-            }
-            _ => {
-                println!("{}", tasks[0].id);
-                Ok(())
-            }
-        };
-    }
-
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_style(
         indicatif::ProgressStyle::with_template(
@@ -154,22 +165,35 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         )
         .expect("static template"),
     );
+    if args.file.is_none() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let results = broker.publish_many(&tasks, codec, 512, || bar.inc(1)).await;
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let mut duplicates = 0;
+    let mut failed = Vec::new();
     let mut failures = Vec::new();
     for (task, result) in tasks.iter().zip(&results) {
         match result {
             Ok(receipt) if receipt.duplicate => duplicates += 1,
             Ok(_) => {}
-            Err(error) => failures.push(format!("task {}: {error}", task.id)),
+            Err(error) => {
+                failed.push(task.id);
+                failures.push(format!("task {}: {error}", task.id));
+            }
         }
+    }
+    if let (Some(store), false) = (&store, failed.is_empty()) {
+        // Nothing will run these: their keys are free for the next try.
+        store.release_keys(&failed).await?;
     }
     let published = tasks.len() - failures.len() - duplicates;
     let summary = format!(
-        "published {published} tasks in {elapsed:.2} s ({:.0}/s), {duplicates} duplicates, {} failed",
+        "published {published} tasks in {elapsed:.2} s ({:.0}/s), {duplicates} duplicates, \
+         {} already held their key, {} failed",
         published as f64 / elapsed.max(1e-9),
+        held.len(),
         failures.len()
     );
     for failure in &failures {
@@ -179,16 +203,29 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         println!("{summary}");
         bail!("{} tasks were not published", failures.len());
     }
-    match (watch, args.wait) {
-        (Some(watch), Some(wait)) => {
+    if duplicates > 0 && args.file.is_none() {
+        eprintln!(
+            "note: task {} was already published (duplicate ignored)",
+            ids[0]
+        );
+    }
+    match (watch, args.wait, store) {
+        (Some(watch), Some(wait), Some(store)) => {
             // Outcomes go to stdout as JSON lines; the summary beside them to stderr.
-            eprintln!("{summary}");
-            let look = if duplicates > 0 {
+            if args.file.is_some() {
+                eprintln!("{summary}");
+            }
+            // A task held before, or a duplicate, may have finished before this command.
+            let look = if duplicates > 0 || !held.is_empty() {
                 Look::FirstAndAtTheEnd
             } else {
                 Look::AtTheEnd
             };
-            report_outcomes(&settings, watch, &ids, wait, look).await
+            report_outcomes(&store, watch, &ids, wait, look).await
+        }
+        _ if args.file.is_none() => {
+            println!("{}", ids[0]);
+            Ok(())
         }
         _ => {
             println!("{summary}");
@@ -199,16 +236,13 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
 
 /// Waits for the outcomes, prints each as a JSON line, and fails unless all completed.
 async fn report_outcomes(
-    settings: &Settings,
+    store: &Store,
     watch: OutcomeWatch,
     ids: &[Uuid],
     wait: std::time::Duration,
     look: Look,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(&settings.database)
-        .await
-        .context("connecting to PostgreSQL to read the outcomes")?;
-    let awaited = await_outcomes(watch, &store, ids, wait, look).await?;
+    let awaited = await_outcomes(watch, store, ids, wait, look).await?;
     for outcome in &awaited.outcomes {
         println!("{}", serde_json::to_string(outcome)?);
     }
@@ -236,6 +270,10 @@ fn single(args: &Args) -> anyhow::Result<TaskEnvelope> {
         .with_priority(args.priority)
         .with_max_attempts(args.max_attempts);
     task.timeout = args.timeout;
+    task.idempotency_key = args.idempotency_key.clone();
+    task.unique_for_secs = args
+        .unique_for
+        .map(|wait| u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX));
     if let Some(after) = args.expires_in {
         task.expires_at = Some(
             task.created_at

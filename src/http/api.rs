@@ -267,6 +267,8 @@ struct NewTask {
     timeout: Option<f64>,
     idempotency_key: Option<String>,
     expires_at: Option<chrono::DateTime<Utc>>,
+    #[serde(default, deserialize_with = "integral::de_option_u32")]
+    unique_for_secs: Option<u32>,
 }
 
 /// The tasks of a body: one task, or `{"tasks": [...]}`; errors name the field.
@@ -360,6 +362,70 @@ async fn publish_traced(
             format!("a batch holds 1 to {MAX_BATCH} tasks"),
         ));
     }
+    let envelopes = envelopes_of(tasks, batch)?;
+    // Unique tasks: one whose key a live task holds is that task, and is not published.
+    let holders = state
+        .store
+        .take_keys(&envelopes.iter().collect::<Vec<_>>())
+        .await
+        .map_err(|e| ApiError::internal("cannot take the idempotency keys", e))?;
+    let holder = |task: &TaskEnvelope| holders.get(&task.id).copied().unwrap_or(task.id);
+    let ids: Vec<Uuid> = envelopes.iter().map(holder).collect();
+    let existing: Vec<Uuid> = envelopes
+        .iter()
+        .filter(|task| holder(task) != task.id)
+        .map(holder)
+        .collect();
+    let fresh: Vec<TaskEnvelope> = envelopes
+        .into_iter()
+        .filter(|task| holder(task) == task.id)
+        .collect();
+    // Listening before publishing: an outcome announced at once is not missed.
+    let watch = match wait {
+        Some(_) => Some(
+            state
+                .broker
+                .watch_outcomes(&ids)
+                .await
+                .map_err(|e| ApiError::internal("cannot listen for the outcomes", e))?,
+        ),
+        None => None,
+    };
+    let mut duplicates = false;
+    if !fresh.is_empty() {
+        match record_and_publish(state, &fresh, trace_id.as_deref()).await? {
+            Ok(receipts) => duplicates = receipts.iter().any(|r| r.duplicate),
+            Err(partly) => return Ok(partly),
+        }
+    }
+    if let (Some(watch), Some(patience)) = (watch, wait) {
+        // A task held before, or a duplicate publish, may have finished before this request.
+        let look = if duplicates || !existing.is_empty() {
+            Look::FirstAndAtTheEnd
+        } else {
+            Look::AtTheEnd
+        };
+        let awaited = await_outcomes(watch, &state.store, &ids, patience, look)
+            .await
+            .map_err(|e| ApiError::internal("cannot read the outcomes", e))?;
+        return Ok(awaited_response(awaited, batch, trace_id));
+    }
+    // 200 when nothing new was published (every task already held its key), else 202.
+    let status = if fresh.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let body = if batch {
+        json!({ "ids": ids, "trace_id": trace_id, "existing": existing })
+    } else {
+        json!({ "id": ids[0], "trace_id": trace_id, "existing": !existing.is_empty() })
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// The envelopes of a request's tasks, each checked against the contract.
+fn envelopes_of(tasks: Vec<NewTask>, batch: bool) -> Result<Vec<TaskEnvelope>, ApiError> {
     let mut envelopes = Vec::with_capacity(tasks.len());
     for (index, task) in tasks.into_iter().enumerate() {
         let envelope = TaskEnvelope {
@@ -374,6 +440,7 @@ async fn publish_traced(
             replay_of: None,
             data_ref: None,
             expires_at: task.expires_at,
+            unique_for_secs: task.unique_for_secs,
         };
         envelope.validate().map_err(|e| {
             let at = if batch {
@@ -389,22 +456,20 @@ async fn publish_traced(
         })?;
         envelopes.push(envelope);
     }
-    let ids: Vec<Uuid> = envelopes.iter().map(|t| t.id).collect();
-    // Listening before publishing: an outcome announced at once is not missed.
-    let watch = match wait {
-        Some(_) => Some(
-            state
-                .broker
-                .watch_outcomes(&ids)
-                .await
-                .map_err(|e| ApiError::internal("cannot listen for the outcomes", e))?,
-        ),
-        None => None,
-    };
-    // Recorded as `queued` first, so a read right after the publish finds the task.
+    Ok(envelopes)
+}
+
+/// Records `tasks` as `queued` (so a read right after finds them), then publishes them,
+/// asking for their outcomes to be announced. The inner `Err` is the answer to a batch
+/// published only in part.
+async fn record_and_publish(
+    state: &ApiState,
+    tasks: &[TaskEnvelope],
+    trace_id: Option<&str>,
+) -> Result<Result<Vec<crate::broker::PublishReceipt>, Response>, ApiError> {
     state
         .store
-        .record_queued(&envelopes, trace_id.as_deref())
+        .record_queued(tasks, trace_id)
         .await
         .map_err(|e| {
             if e.fault() == Fault::Permanent {
@@ -422,7 +487,7 @@ async fn publish_traced(
         .broker
         // Announced, so any reader may wait for them (`?wait=` here or on `GET`).
         .publish_many(
-            &envelopes,
+            tasks,
             PublishOptions {
                 codec: Codec::MessagePack,
                 announce: true,
@@ -432,26 +497,9 @@ async fn publish_traced(
         )
         .await;
     if results.iter().any(Result::is_err) {
-        return Ok(partly_published(state, &envelopes, results).await);
+        return Ok(Err(partly_published(state, tasks, results).await));
     }
-    if let (Some(watch), Some(patience)) = (watch, wait) {
-        // A duplicate publish may name a task that finished before this request.
-        let look = if results.iter().flatten().any(|receipt| receipt.duplicate) {
-            Look::FirstAndAtTheEnd
-        } else {
-            Look::AtTheEnd
-        };
-        let awaited = await_outcomes(watch, &state.store, &ids, patience, look)
-            .await
-            .map_err(|e| ApiError::internal("cannot read the outcomes", e))?;
-        return Ok(awaited_response(awaited, batch, trace_id));
-    }
-    let body = if batch {
-        json!({ "ids": ids, "trace_id": trace_id })
-    } else {
-        json!({ "id": ids[0], "trace_id": trace_id })
-    };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(Ok(results.into_iter().flatten().collect()))
 }
 
 /// The outcomes of a waiting publish: 200 when every task is final, else 202 with the
@@ -498,6 +546,9 @@ async fn partly_published(
     }
     if let Err(error) = state.store.forget_queued(&failed).await {
         tracing::error!(%error, "cannot remove the rows of unpublished tasks");
+    }
+    if let Err(error) = state.store.release_keys(&failed).await {
+        tracing::error!(%error, "cannot release the keys of unpublished tasks");
     }
     let message = format!(
         "{} of {} tasks could not be published; retry those marked failed",

@@ -120,6 +120,7 @@ impl MirrorEvent {
             replay_of: row.replay_of,
             data_ref: row.data_ref.clone(),
             expires_at: None,
+            unique_for_secs: None,
         };
         let errors: Vec<AttemptError> =
             serde_json::from_value(row.errors.clone()).unwrap_or_default();

@@ -384,6 +384,7 @@ pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
         replay_of: None,
         data_ref: None,
         expires_at: None,
+        unique_for_secs: None,
     };
     // The same rules as every other entry: a NUL in the seed's JSON (Python writes
     // "\u0000" for "\x00") never reaches the database.

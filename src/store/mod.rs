@@ -2,6 +2,7 @@
 //! migrations and the task queries. Writes go through the primary pool; every statement
 //! that touches many tasks is one round trip.
 
+mod keys;
 mod pool;
 mod retention;
 mod router;

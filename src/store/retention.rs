@@ -39,6 +39,8 @@ pub struct PartitionReport {
     pub kept_rows: u64,
     /// Finished rows deleted from `tasks_default`.
     pub trimmed_rows: u64,
+    /// Idempotency keys forgotten: taken before the cutoff, holding nothing any more.
+    pub forgotten_keys: u64,
 }
 
 /// The name of the partition holding tasks created on `day`.
@@ -198,9 +200,24 @@ impl Store {
             .rows_affected();
             report.trimmed_rows += trimmed;
             if trimmed < DEFAULT_TRIM_CHUNK as u64 {
-                return Ok(());
+                break;
             }
         }
+        // Idempotency keys taken before the cutoff that hold nothing any more: their task
+        // finished or is gone, and any window has passed (so forgetting them changes nothing).
+        report.forgotten_keys = sqlx::query(
+            "DELETE FROM task_keys k
+              WHERE k.claimed_at < $1 AND (k.held_until IS NULL OR k.held_until < $1)
+                AND NOT EXISTS (SELECT 1 FROM tasks t
+                                 WHERE t.id = k.task_id AND t.created_at = k.task_created_at
+                                   AND t.status NOT IN ('completed', 'dead'))",
+        )
+        .bind(cutoff)
+        .execute(&self.primary)
+        .await
+        .map_err(StoreError::query("forgetting idempotency keys"))?
+        .rows_affected();
+        Ok(())
     }
 
     async fn drop_partition(

@@ -19,6 +19,8 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 /// Deepest nesting of arrays and objects allowed in `data`.
 pub const MAX_DATA_DEPTH: usize = 64;
+/// Longest `unique_for_secs`: a year.
+pub const MAX_UNIQUE_FOR_SECS: u32 = 366 * 86_400;
 /// Longest `idempotency_key`, in characters (JSON Schema's `maxLength` counts characters).
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 256;
 
@@ -59,6 +61,15 @@ pub struct TaskEnvelope {
     /// `dead` with reason `expired` instead of running late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// How long `idempotency_key` stays taken: absent, until the task holding it finishes
+    /// (`until_finished`); a number of seconds, that long after it was taken (`ttl`),
+    /// finished or not. A task published while another holds its key is that task.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integral::de_option_u32"
+    )]
+    pub unique_for_secs: Option<u32>,
 }
 
 fn default_priority() -> u8 {
@@ -89,6 +100,8 @@ pub enum EnvelopeError {
     TooDeep,
     #[error("data_ref must name a bucket and an object, and data must then be null")]
     DataRef,
+    #[error("unique_for_secs must be 1 to {MAX_UNIQUE_FOR_SECS} (a year)")]
+    UniqueFor,
 }
 
 impl EnvelopeError {
@@ -122,6 +135,7 @@ impl TaskEnvelope {
             replay_of: None,
             data_ref: None,
             expires_at: None,
+            unique_for_secs: None,
         }
     }
 
@@ -162,6 +176,11 @@ impl TaskEnvelope {
             if key.contains('\0') {
                 return Err(EnvelopeError::Nul("idempotency_key".into()));
             }
+        }
+        if let Some(secs) = self.unique_for_secs
+            && !(1..=MAX_UNIQUE_FOR_SECS).contains(&secs)
+        {
+            return Err(EnvelopeError::UniqueFor);
         }
         if let Some(data_ref) = &self.data_ref
             && !(data_ref.is_well_formed() && self.data.is_null())

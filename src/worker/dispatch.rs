@@ -29,6 +29,7 @@ use super::{
     outcome::Record,
     raised,
     settler::Settlement,
+    unique,
 };
 use crate::{
     broker::Broker,
@@ -414,6 +415,12 @@ impl TaskRunner {
             let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
             let attempt = delivery.attempt();
             let run = async {
+                if let Err(outcome) =
+                    unique::holds_its_key(&self.store, &self.executor, &delivery.task, attempt)
+                        .await
+                {
+                    return outcome;
+                }
                 let task = match claim_check::with_data(
                     &self.broker,
                     &self.executor,

@@ -31,6 +31,7 @@ pub mod retry;
 pub mod runner;
 pub mod settler;
 pub mod strays;
+mod unique;
 pub mod upkeep;
 
 pub use assembly::{Assembled, assemble};

@@ -30,5 +30,6 @@ mod scale;
 mod secrets;
 mod servers;
 mod traces;
+mod unique;
 mod waiting;
 mod wire;
