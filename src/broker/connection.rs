@@ -133,7 +133,8 @@ impl Broker {
             .map_err(|reason| BrokerError::Stream {
                 stream: self.settings.stream.clone(),
                 reason,
-            })
+            })?;
+        self.ensure_delay_stream().await
     }
 
     /// A puller over the lanes `filter` admits; their consumers are created as tasks show
@@ -155,6 +156,7 @@ impl Broker {
             .jetstream
             .delete_object_store(self.payload_bucket())
             .await;
+        let _ = self.jetstream.delete_stream(self.delay_stream()).await;
         self.jetstream
             .delete_stream(&self.settings.stream)
             .await

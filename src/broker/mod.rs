@@ -4,6 +4,7 @@
 
 mod backlog;
 mod connection;
+mod delayed;
 mod doorbell;
 mod error;
 mod lane_counts;

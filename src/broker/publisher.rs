@@ -16,6 +16,8 @@ pub mod headers {
     /// pays for announcements nobody waits for).
     pub const ANNOUNCE: &str = "Swarm-Announce";
     pub const ANNOUNCE_OUTCOME: &str = "outcome";
+    /// When a delayed task is due (RFC 3339), on the delay stream's messages.
+    pub const NOT_BEFORE: &str = "Swarm-Not-Before";
 }
 
 /// How tasks are published.
@@ -110,7 +112,12 @@ impl Broker {
         options: PublishOptions,
     ) -> Result<PublishAckFuture, BrokerError> {
         task.validate()?;
-        let subject = self.subjects().task(task.priority, &task.agent_type);
+        // A task due later waits in the delay stream, not the tasks stream.
+        let due_later = task.not_before.filter(|due| *due > chrono::Utc::now());
+        let subject = match due_later {
+            Some(_) => self.subjects().delayed(task.priority, &task.agent_type),
+            None => self.subjects().task(task.priority, &task.agent_type),
+        };
         let mut body = options.codec.encode(task)?;
         if body.len() > self.claim_check_bytes() && task.data_ref.is_none() {
             // Too large to travel: the data goes to the Object Store, a reference instead.
@@ -122,6 +129,12 @@ impl Broker {
         headers.insert(headers::CONTENT_TYPE, options.codec.content_type());
         if options.announce {
             headers.insert(headers::ANNOUNCE, headers::ANNOUNCE_OUTCOME);
+        }
+        if let Some(due) = due_later {
+            headers.insert(
+                headers::NOT_BEFORE,
+                super::delayed::not_before_header(due).as_str(),
+            );
         }
         // The producer's span: the worker's spans for this task become its children.
         let span = tracing::debug_span!(

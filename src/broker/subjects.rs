@@ -61,6 +61,25 @@ impl Subjects {
         format!("{}.results.{id}", self.prefix)
     }
 
+    /// Where a task of this priority and agent type waits until it is due.
+    pub fn delayed(&self, priority: u8, agent_type: &str) -> String {
+        format!("{}.delayed.p{priority}.{agent_type}", self.prefix)
+    }
+
+    /// What the delay stream takes.
+    pub fn delayed_stream_subject(&self) -> String {
+        format!("{}.delayed.*.*", self.prefix)
+    }
+
+    /// The task subject a delayed subject's task goes to when due.
+    pub fn task_subject_of_delayed(&self, delayed: &str) -> String {
+        let rest = delayed
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(".delayed."))
+            .unwrap_or(delayed);
+        format!("{}.tasks.{rest}", self.prefix)
+    }
+
     /// Every task's outcome announcements.
     pub fn all_results(&self) -> String {
         format!("{}.results.*", self.prefix)

@@ -37,6 +37,13 @@ pub struct Args {
     /// 5m): it then ends `dead` with reason `expired`.
     #[arg(long, value_parser = crate::waiter::parse_wait)]
     expires_in: Option<std::time::Duration>,
+    /// Run no earlier than this long from now (e.g. 30s, 5m): the task waits in the delay
+    /// stream until then.
+    #[arg(long, value_parser = crate::waiter::parse_wait, conflicts_with = "at")]
+    delay: Option<std::time::Duration>,
+    /// Run no earlier than this instant (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long)]
+    at: Option<chrono::DateTime<Utc>>,
     /// The producer's key for the task: while a task holding it lives (or for
     /// `--unique-for`), publishing another with it publishes nothing and prints that
     /// task's id.
@@ -96,6 +103,8 @@ struct TaskLine {
     expires_at: Option<chrono::DateTime<Utc>>,
     #[serde(default)]
     unique_for_secs: Option<u32>,
+    #[serde(default)]
+    not_before: Option<chrono::DateTime<Utc>>,
 }
 
 impl TaskLine {
@@ -113,6 +122,7 @@ impl TaskLine {
             data_ref: None,
             expires_at: self.expires_at,
             unique_for_secs: self.unique_for_secs,
+            not_before: self.not_before,
         }
     }
 }
@@ -271,6 +281,12 @@ fn single(args: &Args) -> anyhow::Result<TaskEnvelope> {
         .with_max_attempts(args.max_attempts);
     task.timeout = args.timeout;
     task.idempotency_key = args.idempotency_key.clone();
+    task.not_before = match (args.delay, args.at) {
+        (Some(delay), _) => Some(
+            task.created_at + chrono::Duration::from_std(delay).context("--delay is too long")?,
+        ),
+        (None, at) => at,
+    };
     task.unique_for_secs = args
         .unique_for
         .map(|wait| u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX));

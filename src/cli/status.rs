@@ -40,6 +40,16 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         info.state.messages,
         info.state.bytes
     );
+    // Delayed tasks wait in their own stream until due (absent before a worker made it).
+    if let Ok(mut delayed) = broker.jetstream().get_stream(broker.delay_stream()).await
+        && let Ok(info) = delayed.info().await
+    {
+        println!(
+            "scheduled (not due yet, stream {}): {}",
+            broker.delay_stream(),
+            info.state.messages
+        );
+    }
     let backlog = broker.backlog().await.context("reading the backlog")?;
     println!(
         "\n{:<9} {:>9} {:>10} {:>12}",

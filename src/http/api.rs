@@ -269,6 +269,7 @@ struct NewTask {
     expires_at: Option<chrono::DateTime<Utc>>,
     #[serde(default, deserialize_with = "integral::de_option_u32")]
     unique_for_secs: Option<u32>,
+    not_before: Option<chrono::DateTime<Utc>>,
 }
 
 /// The tasks of a body: one task, or `{"tasks": [...]}`; errors name the field.
@@ -441,6 +442,7 @@ fn envelopes_of(tasks: Vec<NewTask>, batch: bool) -> Result<Vec<TaskEnvelope>, A
             data_ref: None,
             expires_at: task.expires_at,
             unique_for_secs: task.unique_for_secs,
+            not_before: task.not_before,
         };
         envelope.validate().map_err(|e| {
             let at = if batch {

@@ -121,6 +121,7 @@ impl MirrorEvent {
             data_ref: row.data_ref.clone(),
             expires_at: None,
             unique_for_secs: None,
+            not_before: None,
         };
         let errors: Vec<AttemptError> =
             serde_json::from_value(row.errors.clone()).unwrap_or_default();

@@ -385,6 +385,7 @@ pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
         data_ref: None,
         expires_at: None,
         unique_for_secs: None,
+        not_before: None,
     };
     // The same rules as every other entry: a NUL in the seed's JSON (Python writes
     // "\u0000" for "\x00") never reaches the database.

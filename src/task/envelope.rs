@@ -61,6 +61,10 @@ pub struct TaskEnvelope {
     /// `dead` with reason `expired` instead of running late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// No attempt begins before this instant (UTC, RFC 3339): the task waits in the delay
+    /// stream until then (see `broker::delayed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
     /// How long `idempotency_key` stays taken: absent, until the task holding it finishes
     /// (`until_finished`); a number of seconds, that long after it was taken (`ttl`),
     /// finished or not. A task published while another holds its key is that task.
@@ -135,6 +139,7 @@ impl TaskEnvelope {
             replay_of: None,
             data_ref: None,
             expires_at: None,
+            not_before: None,
             unique_for_secs: None,
         }
     }

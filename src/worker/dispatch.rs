@@ -22,7 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{
-    Executor, Outcome, Worker, claim_check,
+    Executor, Outcome, Worker, claim_check, delay,
     delivery::{self, DeliveryInfo, TaskDelivery},
     first_delivery::FirstDelivery,
     hold::Hold,
@@ -415,6 +415,12 @@ impl TaskRunner {
             let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
             let attempt = delivery.attempt();
             let run = async {
+                if let Err(outcome) =
+                    delay::wait_until_due(&self.broker, &self.executor, &delivery.task, attempt)
+                        .await
+                {
+                    return outcome;
+                }
                 if let Err(outcome) =
                     unique::holds_its_key(&self.store, &self.executor, &delivery.task, attempt)
                         .await

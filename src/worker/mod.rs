@@ -19,6 +19,7 @@
 pub mod alarm;
 pub mod assembly;
 mod claim_check;
+mod delay;
 pub mod delivery;
 mod dispatch;
 pub mod executor;

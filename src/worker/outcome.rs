@@ -30,6 +30,8 @@ pub enum Outcome {
     Duplicate,
     /// The worker stopped before the attempt finished: hand the task back at once.
     Abandoned,
+    /// Not due yet: put in the delay stream until its `not_before`; no attempt was spent.
+    Deferred,
 }
 
 /// What a settlement stores before the broker hears of it.
@@ -85,7 +87,7 @@ impl Outcome {
                 settled(SettledStatus::Dead, None, Some(error)),
                 Box::new(delivery.dead_letter(*reason, error, worker_id)),
             ),
-            Outcome::Duplicate | Outcome::Abandoned => Record::Nothing,
+            Outcome::Duplicate | Outcome::Abandoned | Outcome::Deferred => Record::Nothing,
         }
     }
 
@@ -109,14 +111,17 @@ impl Outcome {
             Outcome::Dead { error, .. } => Some(MirrorEvent::failed(
                 delivery, worker_id, started, error, true,
             )),
-            Outcome::Duplicate | Outcome::Abandoned => None,
+            Outcome::Duplicate | Outcome::Abandoned | Outcome::Deferred => None,
         }
     }
 
     /// What the broker is told once the record is stored.
     pub fn ack_kind(&self) -> AckKind {
         match self {
-            Outcome::Completed(_) | Outcome::CompletedByRef(_) | Outcome::Duplicate => AckKind::Ack,
+            Outcome::Completed(_)
+            | Outcome::CompletedByRef(_)
+            | Outcome::Duplicate
+            | Outcome::Deferred => AckKind::Ack,
             Outcome::Retry { delay, .. } => AckKind::Nak(Some(*delay)),
             Outcome::Dead { .. } => AckKind::Term,
             Outcome::Abandoned => AckKind::Nak(None),
@@ -130,6 +135,7 @@ impl Outcome {
             Outcome::Retry { .. } => "retry",
             Outcome::Dead { .. } => "dead",
             Outcome::Duplicate => "duplicate",
+            Outcome::Deferred => "deferred",
             Outcome::Abandoned => "abandoned",
         }
     }

@@ -218,6 +218,11 @@ impl Worker {
         if let Some(upkeep) = self.upkeep.take() {
             sidecars.spawn(upkeep.run(UPKEEP_INTERVAL, stopped(stopping_rx.clone())));
         }
+        // Delayed tasks move to the tasks stream when due, whichever worker is up.
+        sidecars.spawn({
+            let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));
+            async move { broker.run_delay_mover(stop).await }
+        });
         sidecars.spawn(gauges::watch_liveness(
             self.liveness.clone(),
             stopped(stopping_rx.clone()),

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod contract;
 mod dead_letters;
+mod delayed;
 mod delivery;
 mod deploy;
 mod deploy_tools;
