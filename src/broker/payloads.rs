@@ -40,6 +40,9 @@ pub enum PayloadError {
     Unavailable(String),
 }
 
+/// Most bytes reserved up front for an object, whatever its reference claims.
+const SIZE_HINT_CAP: usize = 16 * 1024 * 1024;
+
 impl Classify for PayloadError {
     fn fault(&self) -> Fault {
         match self {
@@ -116,12 +119,16 @@ impl Broker {
         })
     }
 
-    /// The value a claim check points at.
+    /// The value a claim check points at. Only this fleet's bucket is read: a reference
+    /// elsewhere (a producer's mistake, or a probe of other buckets) is missing.
     pub async fn get_payload(&self, reference: &PayloadRef) -> Result<Value, PayloadError> {
         let missing = || PayloadError::Missing {
             bucket: reference.bucket.clone(),
             name: reference.name.clone(),
         };
+        if reference.bucket != self.payload_bucket() {
+            return Err(missing());
+        }
         let store = self.payloads(&reference.bucket).await?;
         let mut object = store
             .get(&reference.name)
@@ -130,7 +137,11 @@ impl Broker {
                 GetErrorKind::NotFound | GetErrorKind::InvalidName => missing(),
                 _ => PayloadError::Unavailable(e.to_string()),
             })?;
-        let mut json = Vec::with_capacity(usize::try_from(reference.size).unwrap_or(0));
+        // The size is the producer's word: a hint, bounded, never trusted for memory.
+        let hint = usize::try_from(reference.size)
+            .unwrap_or(0)
+            .min(SIZE_HINT_CAP);
+        let mut json = Vec::with_capacity(hint);
         object
             .read_to_end(&mut json)
             .await

@@ -78,21 +78,30 @@ async fn a_claim_check_whose_object_is_gone_becomes_a_dead_letter_and_the_rest_f
         name: "never-stored.data".into(),
         size: 10,
     });
+    // A reference into another bucket, with a size no one could allocate: not read.
+    let mut elsewhere = TaskEnvelope::new("echo", Value::Null);
+    elsewhere.data_ref = Some(PayloadRef {
+        bucket: "SOMEONE_ELSES_BUCKET".into(),
+        name: "secrets.data".into(),
+        size: u64::MAX,
+    });
     let fine = TaskEnvelope::new("echo", json!("fine"));
-    for task in [&lost, &fine] {
+    for task in [&lost, &elsewhere, &fine] {
         env.broker.publish(task, Codec::Json).await.unwrap();
     }
     let rows = env
-        .wait_finished(&[lost.id, fine.id], Duration::from_secs(30))
+        .wait_finished(&[lost.id, elsewhere.id, fine.id], Duration::from_secs(30))
         .await;
     worker.stop().await;
-    let lost_row = rows.iter().find(|r| r.id == lost.id).unwrap();
-    assert_eq!(lost_row.status, "dead");
-    assert!(
-        lost_row.last_error.as_deref().unwrap().contains("missing"),
-        "{:?}",
-        lost_row.last_error
-    );
+    for id in [lost.id, elsewhere.id] {
+        let row = rows.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(row.status, "dead");
+        assert!(
+            row.last_error.as_deref().unwrap().contains("missing"),
+            "{:?}",
+            row.last_error
+        );
+    }
     assert_eq!(
         rows.iter().find(|r| r.id == fine.id).unwrap().status,
         "completed"
@@ -101,7 +110,12 @@ async fn a_claim_check_whose_object_is_gone_becomes_a_dead_letter_and_the_rest_f
         .page(&Default::default(), None, 10)
         .await
         .unwrap();
-    assert_eq!(letters.letters.len(), 1);
-    assert_eq!(letters.letters[0].letter.reason.as_str(), "payload_missing");
+    assert_eq!(letters.letters.len(), 2);
+    assert!(
+        letters
+            .letters
+            .iter()
+            .all(|s| s.letter.reason.as_str() == "payload_missing")
+    );
     env.cleanup().await;
 }
