@@ -1,10 +1,11 @@
 //! The HTTP side of a process: `/metrics` and `/health` for every worker, the request
 //! metrics middleware that every route shares, readiness and scale signals ([`probes`]), and
-//! the publishers' API ([`api`]) and who may use it ([`auth`]).
+//! the publishers' API ([`api`], publishing in `publish`) and who may use it ([`auth`]).
 
 pub mod api;
 pub mod auth;
 pub mod probes;
+mod publish;
 
 use std::{net::SocketAddr, time::Instant};
 
