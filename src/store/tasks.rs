@@ -22,6 +22,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
     Queued,
+    /// Recorded with a `not_before` still ahead: waiting in the delay stream.
+    Scheduled,
     Processing,
     Completed,
     /// The last attempt failed and another is scheduled.
@@ -34,6 +36,7 @@ impl TaskStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Queued => "queued",
+            TaskStatus::Scheduled => "scheduled",
             TaskStatus::Processing => "processing",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
@@ -57,6 +60,7 @@ impl std::str::FromStr for TaskStatus {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "queued" => TaskStatus::Queued,
+            "scheduled" => TaskStatus::Scheduled,
             "processing" => TaskStatus::Processing,
             "completed" => TaskStatus::Completed,
             "failed" => TaskStatus::Failed,
@@ -319,9 +323,9 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Records tasks accepted by the HTTP API as `queued` (one statement), with the trace
-    /// they continue, so they can be read before a worker claims them. Ids already known are
-    /// left alone.
+    /// Records tasks accepted by the HTTP API as `queued` (`scheduled` when their `not_before`
+    /// lies ahead) in one statement, with the trace they continue, so they can be read before
+    /// a worker claims them. Ids already known are left alone.
     pub async fn record_queued(
         &self,
         tasks: &[TaskEnvelope],
@@ -331,12 +335,13 @@ impl Store {
         sqlx::query(
             "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
                                 idempotency_key, created_at, trace_id, data_ref)
-             SELECT t.id, t.agent_type, t.priority, t.data, 'queued', t.max_attempts,
-                    t.idempotency_key, t.created_at, $8, t.data_ref
+             SELECT t.id, t.agent_type, t.priority, t.data,
+                    CASE WHEN t.not_before > now() THEN 'scheduled' ELSE 'queued' END,
+                    t.max_attempts, t.idempotency_key, t.created_at, $8, t.data_ref
                FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
-                           $6::text[], $7::timestamptz[], $9::jsonb[])
+                           $6::text[], $7::timestamptz[], $9::jsonb[], $10::timestamptz[])
                     AS t(id, agent_type, priority, data, max_attempts, idempotency_key,
-                         created_at, data_ref)
+                         created_at, data_ref, not_before)
              ON CONFLICT (id, created_at) DO NOTHING",
         )
         .bind(&columns.ids)
@@ -348,6 +353,7 @@ impl Store {
         .bind(&columns.created)
         .bind(trace_id)
         .bind(&columns.data_refs)
+        .bind(tasks.iter().map(|t| t.not_before).collect::<Vec<_>>())
         .execute(&self.primary)
         .await
         .map_err(StoreError::query("recording queued tasks"))?;
@@ -360,11 +366,13 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query("DELETE FROM tasks WHERE id = ANY($1) AND status = 'queued'")
-            .bind(ids)
-            .execute(&self.primary)
-            .await
-            .map_err(StoreError::query("removing unpublished tasks"))?;
+        let done = sqlx::query(
+            "DELETE FROM tasks WHERE id = ANY($1) AND status IN ('queued', 'scheduled')",
+        )
+        .bind(ids)
+        .execute(&self.primary)
+        .await
+        .map_err(StoreError::query("removing unpublished tasks"))?;
         Ok(done.rows_affected())
     }
 

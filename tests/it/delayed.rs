@@ -119,3 +119,37 @@ async fn a_delayed_task_survives_a_broker_restart() {
     println!("started {late:?} after it was due, across a broker restart");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_task_reads_scheduled_until_due_and_status_counts_it() {
+    use axum::http::StatusCode;
+
+    use crate::api::{app, call, get, post_to};
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("delay-token"));
+    let due = Utc::now() + chrono::Duration::seconds(2);
+    let task = json!({"agent_type": "echo", "data": "at noon", "not_before": due});
+    let (status, body) = call(
+        &app,
+        post_to("/v1/tasks", task.to_string(), Some("delay-token")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    let (_, read) = call(&app, get(format!("/v1/tasks/{id}"))).await;
+    assert_eq!(read["status"], "scheduled", "{read}");
+    crate::support::schemas::assert_openapi_response("get", "/v1/tasks/{id}", 200, &read);
+    let printed = succeeds(env.swarmd().arg("status")).await;
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains("scheduled (not due yet"), "{printed}");
+    assert!(printed.contains("): 1"), "{printed}");
+
+    let worker = env.spawn(env.worker());
+    let rows = env
+        .wait_finished(&[id.parse().unwrap()], Duration::from_secs(15))
+        .await;
+    worker.stop().await;
+    assert_eq!(rows[0].status, "completed");
+    lateness(&rows[0], due);
+    env.cleanup().await;
+}
