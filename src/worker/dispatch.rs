@@ -413,42 +413,9 @@ impl TaskRunner {
         let _ = span.set_parent(delivery.trace.clone());
         let outcome = {
             let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
-            let attempt = delivery.attempt();
-            let run = async {
-                if let Err(outcome) =
-                    delay::wait_until_due(&self.broker, &self.executor, &delivery.task, attempt)
-                        .await
-                {
-                    return outcome;
-                }
-                if let Err(outcome) =
-                    unique::holds_its_key(&self.store, &self.executor, &delivery.task, attempt)
-                        .await
-                {
-                    return outcome;
-                }
-                let task = match claim_check::with_data(
-                    &self.broker,
-                    &self.executor,
-                    &delivery.task,
-                    attempt,
-                )
-                .await
-                {
-                    Ok(task) => task,
-                    Err(outcome) => return outcome,
-                };
-                let outcome = self.executor.execute(&task, attempt).await;
-                claim_check::with_large_result_stored(
-                    &self.broker,
-                    &self.executor,
-                    &task,
-                    attempt,
-                    outcome,
-                )
-                .await
-            }
-            .instrument(agent_span);
+            let run = self
+                .attempt(&delivery.task, delivery.attempt())
+                .instrument(agent_span);
             tokio::pin!(run);
             // Most agents answer at their first poll: no timers, no `processing` write.
             match futures::poll!(&mut run) {
@@ -476,6 +443,24 @@ impl TaskRunner {
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!(%task_id, "settler stopped; the task will be redelivered");
         }
+    }
+
+    /// One attempt at `task`: not before it is due, only while it holds its idempotency key,
+    /// its data read back and a large result put aside when they travel by claim check.
+    async fn attempt(&self, task: &Arc<crate::task::TaskEnvelope>, attempt: u32) -> Outcome {
+        let (broker, executor) = (&self.broker, &self.executor);
+        if let Err(outcome) = delay::wait_until_due(broker, executor, task, attempt).await {
+            return outcome;
+        }
+        if let Err(outcome) = unique::holds_its_key(&self.store, executor, task, attempt).await {
+            return outcome;
+        }
+        let task = match claim_check::with_data(broker, executor, task, attempt).await {
+            Ok(task) => task,
+            Err(outcome) => return outcome,
+        };
+        let outcome = executor.execute(&task, attempt).await;
+        claim_check::with_large_result_stored(broker, executor, &task, attempt, outcome).await
     }
 
     /// Waits for an agent that did not answer at once: the task is shown as `processing` in
