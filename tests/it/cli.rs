@@ -6,7 +6,7 @@ use serde_json::json;
 use swarm_director::task::{Codec, TaskEnvelope};
 use tokio::process::Command;
 
-use crate::support::{TestEnv, succeeds};
+use crate::support::{TestEnv, eventually, succeeds};
 
 fn swarmd(env: &TestEnv) -> Command {
     env.swarmd()
@@ -134,14 +134,12 @@ async fn sigterm_lets_in_flight_tasks_finish_and_exits_zero() {
         .spawn()
         .unwrap();
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while env.store.tasks(&ids).await.unwrap().len() < ids.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker never took the tasks"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the worker to take the tasks",
+        Duration::from_secs(20),
+        || async { (env.store.tasks(&ids).await.unwrap().len() == ids.len()).then_some(()) },
+    )
+    .await;
     stop_cleanly(&mut process, Duration::from_secs(20), "the worker").await;
     let rows = env.store.tasks(&ids).await.unwrap();
     assert!(
@@ -231,15 +229,17 @@ async fn one_command_runs_several_worker_processes_and_stops_them_all() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let present = loop {
-        let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
-            .await
-            .unwrap();
-        if present.len() == 2 || std::time::Instant::now() > deadline {
-            break present;
-        }
-    };
+    let present = eventually(
+        "both processes answering",
+        Duration::from_secs(30),
+        || async {
+            let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
+                .await
+                .unwrap();
+            (present.len() == 2).then_some(present)
+        },
+    )
+    .await;
     let ids: Vec<&str> = present.iter().map(|p| p.worker_id.as_str()).collect();
     assert_eq!(ids, ["pair-0", "pair-1"], "two processes, one id each");
     assert!(present.iter().all(|p| p.concurrency == 4));
@@ -247,22 +247,16 @@ async fn one_command_runs_several_worker_processes_and_stops_them_all() {
     // A process that dies is started again under the same id.
     let victim = present[0].pid.to_string();
     signal("-KILL", &victim).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("pair-0 restarted", Duration::from_secs(30), || async {
         let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
             .await
             .unwrap();
         let restarted = present
             .iter()
             .any(|p| p.worker_id == "pair-0" && p.pid.to_string() != victim);
-        if restarted && present.len() == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pair-0 was not restarted"
-        );
-    }
+        (restarted && present.len() == 2).then_some(())
+    })
+    .await;
 
     let tasks: Vec<_> = (0..200)
         .map(|i| TaskEnvelope::new("sleep", json!({"ms": 5})).with_priority((i % 10) as u8))

@@ -106,18 +106,13 @@ async fn a_killed_worker_loses_nothing() {
         .kill_on_drop(true)
         .spawn()
         .expect("start swarmd worker");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(row) = env.store.task(slow.id).await.unwrap() {
-            assert_eq!(row.status, "processing");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process never took the task"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let row = eventually(
+        "the process to take the task",
+        Duration::from_secs(20),
+        || async { env.store.task(slow.id).await.unwrap() },
+    )
+    .await;
+    assert_eq!(row.status, "processing");
     process.start_kill().unwrap();
     process.wait().await.unwrap();
     for task in &quick {
@@ -213,14 +208,12 @@ async fn a_stalled_workers_late_result_is_fenced_off() {
     assert_eq!(rows[0].result, Some(json!({"attempt": 2})));
 
     // A wakes up, finishes attempt 1 and tries to commit: fenced off.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while count(&stalled_counts.fenced) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the late result was not fenced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the late result fenced",
+        Duration::from_secs(10),
+        || async { (count(&stalled_counts.fenced) > 0).then_some(()) },
+    )
+    .await;
     let after = env.store.task(task.id).await.unwrap().unwrap();
     assert_eq!(
         after.result,
@@ -253,17 +246,12 @@ async fn a_long_first_delivery_shows_as_processing_while_it_runs() {
     );
     assert!(rows[0].started_at.is_some(), "the attempt's start is kept");
     // The long one gets a `processing` row while it runs, then its outcome.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let row = env.store.task(long.id).await.unwrap();
-        if let Some(row) = row {
-            assert_eq!(row.status, "processing", "seen while running");
-            assert_eq!(row.worker_id.as_deref(), Some(worker_id(&env).as_str()));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no processing row");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let row = eventually("a processing row", Duration::from_secs(5), || async {
+        env.store.task(long.id).await.unwrap()
+    })
+    .await;
+    assert_eq!(row.status, "processing", "seen while running");
+    assert_eq!(row.worker_id.as_deref(), Some(worker_id(&env).as_str()));
     let rows = env.wait_finished(&[long.id], Duration::from_secs(10)).await;
     assert_eq!(
         (rows[0].status.as_str(), rows[0].attempts),

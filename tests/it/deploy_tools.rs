@@ -12,7 +12,7 @@ use swarm_director::http::{
     auth::Access,
 };
 
-use crate::support::{TestEnv, nats_server::spare_port};
+use crate::support::{TestEnv, eventually, nats_server::spare_port};
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -174,19 +174,16 @@ async fn nginx_balances_two_live_apis_with_the_shipped_config_and_rides_out_one_
     let listen = spare_port();
     let _nginx = Nginx::start(listen, first.port(), second.port());
     // nginx is up once its own health answers.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("nginx to answer", Duration::from_secs(10), || async {
         let answer = tokio::time::timeout(
             Duration::from_secs(1),
             try_get(listen, "/nginx-health", token),
         )
         .await;
-        if matches!(&answer, Ok(Ok(a)) if a.starts_with("HTTP/1.1 200") && a.contains("healthy")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "nginx never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        matches!(&answer, Ok(Ok(a)) if a.starts_with("HTTP/1.1 200") && a.contains("healthy"))
+            .then_some(())
+    })
+    .await;
 
     for _ in 0..10 {
         let queues = http_get(listen, "/v1/queues", token).await;

@@ -16,7 +16,7 @@ use swarm_director::{
 use tokio::process::Child;
 use uuid::Uuid;
 
-use crate::support::{TestEnv, count, nats_server::NatsServer, tcp_proxy::TcpProxy};
+use crate::support::{TestEnv, count, eventually, nats_server::NatsServer, tcp_proxy::TcpProxy};
 
 /// A `swarmd worker` process with a short lease, so orphaned tasks come back quickly.
 fn spawn_worker(env: &TestEnv, extra: &[(&str, &str)]) -> Child {
@@ -118,13 +118,12 @@ async fn a_nats_restart_mid_run_loses_nothing() {
     // NATS 2.9 may keep acknowledged work-queue messages after a SIGKILL (their deletion was
     // not yet on disk); the consumers are past them, so they are never delivered again.
     // Acks of the last commits may still be on their way.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut consumers = env.consumer_backlog().await;
-    while consumers != (0, 0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        consumers = env.consumer_backlog().await;
-    }
-    assert_eq!(consumers, (0, 0), "nothing pending or unacknowledged");
+    eventually(
+        "nothing pending or unacknowledged",
+        Duration::from_secs(10),
+        || async { (env.consumer_backlog().await == (0, 0)).then_some(()) },
+    )
+    .await;
     println!(
         "NATS killed and restarted after {before} of 5,000 tasks: all 5,000 completed {:.2} s \
          after the restart; {} acknowledged messages resurrected in the stream by the kill",
@@ -228,28 +227,22 @@ async fn a_worker_holding_outcomes_through_an_outage_is_unready_and_still_stops_
         .collect();
     let ids = publish_all(&env, &tasks).await;
     // Claimed while the database answers; their outcomes arrive while it does not.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the tasks claimed", Duration::from_secs(10), || async {
         let claimed: i64 =
             sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'processing'")
                 .fetch_one(env.store.primary())
                 .await
                 .unwrap();
-        if claimed == 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the tasks are claimed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (claimed == 20).then_some(())
+    })
+    .await;
     proxy.cut();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while liveness.stall().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "a held batch makes the worker stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "a held batch to make the worker stalled",
+        Duration::from_secs(10),
+        || async { liveness.stall().map(|_| ()) },
+    )
+    .await;
     assert!(liveness.held().count() > 0);
     assert!(
         liveness.stall().unwrap().contains("held"),
@@ -431,11 +424,10 @@ async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
     let ids = publish_all(&env, &tasks).await;
     // Every task claimed (its row says processing), then the database goes away while the
     // agents still run: their batch commit must fail.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while env.store.tasks(&ids).await.unwrap().len() < ids.len() {
-        assert!(Instant::now() < deadline, "the tasks were never claimed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the tasks claimed", Duration::from_secs(10), || async {
+        (env.store.tasks(&ids).await.unwrap().len() == ids.len()).then_some(())
+    })
+    .await;
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(

@@ -19,7 +19,7 @@ use swarm_director::{
 };
 use tower::ServiceExt;
 
-use crate::support::{TestEnv, schemas::assert_openapi_response};
+use crate::support::{TestEnv, eventually, schemas::assert_openapi_response};
 
 async fn get_json(app: &axum::Router, path: &str) -> (u16, Value) {
     let request = Request::get(path).body(Body::empty()).unwrap();
@@ -71,15 +71,13 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
         s.worker.agents = vec!["quality".into()];
         s.worker.concurrency = 7;
     }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let present = loop {
+    let present = eventually("the worker to answer", Duration::from_secs(10), || async {
         let present = roll_call(&env.broker, Duration::from_millis(200))
             .await
             .unwrap();
-        if !present.is_empty() || tokio::time::Instant::now() > deadline {
-            break present;
-        }
-    };
+        (!present.is_empty()).then_some(present)
+    })
+    .await;
     assert_eq!(present.len(), 1, "{present:?}");
     assert_eq!(present[0].agents, "only quality");
     assert_eq!(present[0].concurrency, 7);
