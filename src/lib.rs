@@ -20,6 +20,7 @@
 //!   API and who may use it (token roles, request bounds).
 //! - [`telemetry`]: logs, and traces carried in NATS headers and exported over OTLP.
 //! - [`scale`]: host readings, the workers' roll call, scale-up/down signals and sizing.
+//! - [`schedule`]: periodic schedules: fire times, exactly-once fire tasks, the ticker.
 //! - [`store`]: PostgreSQL pools, embedded migrations, the task queries and the day
 //!   partitions that expire whole (retention).
 //! - [`waiter`]: waiting for tasks' outcomes (announced on NATS, the store read once).
@@ -38,6 +39,7 @@ pub mod http;
 pub mod metrics;
 pub mod mirror;
 pub mod scale;
+pub mod schedule;
 pub mod store;
 pub mod task;
 pub mod telemetry;

@@ -9,6 +9,7 @@ mod mirror;
 mod processes;
 mod prune;
 mod publish;
+mod schedule;
 mod status;
 mod worker;
 
@@ -70,6 +71,8 @@ pub enum Command {
     Mirror(mirror::Args),
     /// Remove finished tasks older than the retention period (workers do it hourly).
     Prune(prune::Args),
+    /// Periodic tasks: add, list, remove, pause, resume, trigger.
+    Schedule(schedule::Args),
 }
 
 /// Sets up logs and traces from the command line; call once, before `run`, inside the
@@ -109,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate::run(settings).await,
         Command::Mirror(args) => mirror::run(settings, args).await,
         Command::Prune(args) => prune::run(settings, args).await,
+        Command::Schedule(args) => schedule::run(settings, args).await,
     }
 }
 

@@ -218,6 +218,12 @@ impl Worker {
         if let Some(upkeep) = self.upkeep.take() {
             sidecars.spawn(upkeep.run(UPKEEP_INTERVAL, stopped(stopping_rx.clone())));
         }
+        // Schedules fire from whichever worker takes their row first.
+        sidecars.spawn(crate::schedule::run_ticker(
+            self.store.clone(),
+            self.broker.clone(),
+            stopped(stopping_rx.clone()),
+        ));
         // Delayed tasks move to the tasks stream when due, whichever worker is up.
         sidecars.spawn({
             let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));

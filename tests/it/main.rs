@@ -28,6 +28,7 @@ mod properties;
 mod replicas;
 mod retention;
 mod scale;
+mod schedules;
 mod secrets;
 mod servers;
 mod traces;

@@ -1,0 +1,151 @@
+//! `swarmd schedule`: periodic tasks — add, list, remove, pause, resume, trigger. Workers
+//! fire them (see `crate::schedule`); this command only edits their rows.
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+
+use crate::{
+    config::Settings,
+    schedule::{CatchUp, Overlap, Schedule, next_aligned, valid_name},
+    store::Store,
+    task::{Codec, DEFAULT_PRIORITY},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create a schedule, or redefine the one of that name.
+    Add {
+        /// Letters, digits, `_` and `-`.
+        name: String,
+        /// Fire every this long (e.g. 10s, 5m; whole seconds, at least 1 s), on a grid
+        /// from the Unix epoch.
+        #[arg(long, value_parser = crate::waiter::parse_wait)]
+        every: std::time::Duration,
+        /// Agent type of each fire's task.
+        #[arg(long)]
+        agent: String,
+        /// Each fire's input, as JSON.
+        #[arg(long, default_value = "null")]
+        data: String,
+        /// 0-9, higher runs first.
+        #[arg(long, default_value_t = DEFAULT_PRIORITY, value_parser = clap::value_parser!(u8).range(0..=9))]
+        priority: u8,
+        /// While the previous fire's task runs: skip this fire, or allow it beside.
+        #[arg(long, value_enum, default_value = "allow")]
+        overlap: Overlap,
+        /// After no worker ran for a while: make up for none, the latest, or all missed fires.
+        #[arg(long, value_enum, default_value = "one")]
+        catch_up: CatchUp,
+    },
+    /// Every schedule with its next fire.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a schedule (tasks already fired run on).
+    Remove { name: String },
+    /// Stop firing a schedule until resumed.
+    Pause { name: String },
+    /// Fire a paused schedule again, from its next fire time.
+    Resume { name: String },
+    /// Fire a schedule once now, besides its times.
+    Trigger { name: String },
+}
+
+pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.database)
+        .await
+        .context("connecting to PostgreSQL")?;
+    match args.command {
+        Command::Add {
+            name,
+            every,
+            agent,
+            data,
+            priority,
+            overlap,
+            catch_up,
+        } => {
+            if !valid_name(&name) {
+                bail!("schedule name {name:?} must be 1-64 letters, digits, '_' or '-'");
+            }
+            let every_secs = u32::try_from(every.as_secs())
+                .ok()
+                .filter(|secs| *secs >= 1 && every.subsec_nanos() == 0)
+                .context("--every must be a whole number of seconds, at least 1 s")?;
+            let data = serde_json::from_str(&data).context("--data is not valid JSON")?;
+            let schedule = Schedule {
+                name,
+                agent_type: agent,
+                data,
+                priority,
+                every_secs,
+                overlap,
+                catch_up,
+                paused: false,
+                next_fire: next_aligned(Utc::now(), every_secs),
+                last_fire: None,
+                last_task: None,
+            };
+            // Each fire must be a valid task: checked once here rather than at every fire.
+            schedule.fire(schedule.next_fire).validate()?;
+            store.put_schedule(&schedule).await?;
+            println!(
+                "schedule {} fires {} every {every_secs} s, next at {}",
+                schedule.name, schedule.agent_type, schedule.next_fire
+            );
+        }
+        Command::List { json } => {
+            let schedules = store.schedules().await?;
+            if json {
+                for schedule in &schedules {
+                    println!("{}", serde_json::to_string(schedule)?);
+                }
+            } else if schedules.is_empty() {
+                println!("(no schedules)");
+            }
+            if !json {
+                for s in &schedules {
+                    let state = if s.paused { "paused" } else { "active" };
+                    println!(
+                        "{:<24} every {:>6} s  {:<12} {state:<7} next {}  last {}",
+                        s.name,
+                        s.every_secs,
+                        s.agent_type,
+                        s.next_fire,
+                        s.last_fire.map_or("-".to_string(), |t| t.to_string())
+                    );
+                }
+            }
+        }
+        Command::Remove { name } => found(store.remove_schedule(&name).await?, &name)?,
+        Command::Pause { name } => found(store.pause_schedule(&name, true).await?, &name)?,
+        Command::Resume { name } => found(store.pause_schedule(&name, false).await?, &name)?,
+        Command::Trigger { name } => {
+            let schedule = store
+                .schedule(&name)
+                .await?
+                .with_context(|| format!("no schedule {name:?}"))?;
+            let broker = super::connect_broker(&settings).await?;
+            let task = schedule.fire(Utc::now());
+            broker.publish(&task, Codec::MessagePack).await?;
+            println!("{}", task.id);
+        }
+    }
+    Ok(())
+}
+
+fn found(done: bool, name: &str) -> anyhow::Result<()> {
+    if done {
+        Ok(())
+    } else {
+        bail!("no schedule {name:?}")
+    }
+}

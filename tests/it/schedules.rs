@@ -1,0 +1,135 @@
+//! Periodic schedules: fired by whichever worker takes the row, each fire exactly once
+//! (its task id derives from the fire), paused and resumed, missed fires made up for as
+//! configured.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::support::{TestEnv, succeeds};
+
+/// Fire times of the tasks a schedule's agent made (`data.schedule` = `name`), in order.
+async fn fires(env: &TestEnv, name: &str) -> Vec<(DateTime<Utc>, String)> {
+    sqlx::query_as(
+        "SELECT created_at, status FROM tasks WHERE data->>'schedule' = $1 ORDER BY created_at",
+    )
+    .bind(name)
+    .fetch_all(env.store.primary())
+    .await
+    .unwrap()
+}
+
+fn add(env: &TestEnv, name: &str, every: &str, extra: &[&str]) -> tokio::process::Command {
+    let mut command = env.swarmd();
+    command
+        .args(["schedule", "add", name, "--every", every, "--agent", "echo"])
+        .args(["--data", &format!(r#"{{"schedule": "{name}"}}"#)])
+        .args(extra);
+    command
+}
+
+/// Consecutive fire times `secs` apart.
+fn on_the_grid(times: &[(DateTime<Utc>, String)], secs: i64) {
+    for pair in times.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_seconds(), secs, "{times:?}");
+    }
+    for (at, _) in times {
+        assert_eq!(at.timestamp() % secs, 0, "on the grid: {at}");
+        assert_eq!(at.timestamp_subsec_micros(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_fire_a_2s_schedule_once_per_period() {
+    let env = TestEnv::new().await;
+    let (a, b) = (env.spawn(env.worker()), env.spawn(env.worker()));
+    succeeds(&mut add(&env, "tick", "2s", &[])).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    succeeds(env.swarmd().args(["schedule", "remove", "tick"])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.stop().await;
+    b.stop().await;
+    let fired = fires(&env, "tick").await;
+    assert!((3..=4).contains(&fired.len()), "{fired:?}");
+    on_the_grid(&fired, 2);
+    assert!(fired.iter().all(|(_, status)| status == "completed"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_fires_are_made_up_for_as_configured_and_pause_holds_them() {
+    let env = TestEnv::new().await;
+    succeeds(&mut add(&env, "all", "1s", &["--catch-up", "all"])).await;
+    succeeds(&mut add(&env, "one", "1s", &["--catch-up", "one"])).await;
+    succeeds(&mut add(&env, "none", "1s", &["--catch-up", "none"])).await;
+    let added = Utc::now();
+    // No worker for 4 s: three or four fires of each are missed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let worker = env.spawn(env.worker());
+    let started = Utc::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    succeeds(env.swarmd().args(["schedule", "pause", "all"])).await;
+    let listed = succeeds(env.swarmd().args(["schedule", "list", "--json"])).await;
+    let listed: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["name"], "all");
+    assert_eq!(listed[0]["paused"], true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_pause = fires(&env, "all").await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let paused = fires(&env, "all").await.len();
+    assert_eq!(paused, before_pause, "nothing fires while paused");
+    succeeds(env.swarmd().args(["schedule", "resume", "all"])).await;
+    let trigger = succeeds(env.swarmd().args(["schedule", "trigger", "none"])).await;
+    let triggered: uuid::Uuid = String::from_utf8_lossy(&trigger.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    worker.stop().await;
+
+    let missed = |times: &[(DateTime<Utc>, String)]| {
+        times
+            .iter()
+            .filter(|(at, _)| *at < started - chrono::Duration::seconds(1))
+            .count()
+    };
+    // all: every missed fire, each once, on the grid, then the regular ones.
+    let all = fires(&env, "all").await;
+    assert!(missed(&all) >= 3, "{all:?}");
+    assert!(
+        all[0].0 <= added + chrono::Duration::seconds(1),
+        "from the first: {all:?}"
+    );
+    assert!(
+        fires(&env, "all").await.len() > paused,
+        "fires again once resumed"
+    );
+    // one: a single make-up fire for the missed ones.
+    let one = fires(&env, "one").await;
+    assert_eq!(missed(&one), 0, "{one:?}");
+    on_the_grid(&one, 1);
+    // none: the missed ones dropped.
+    let none: Vec<_> = fires(&env, "none")
+        .await
+        .into_iter()
+        .filter(|(at, _)| at.timestamp_subsec_micros() == 0)
+        .collect();
+    assert!(
+        none.iter()
+            .all(|(at, _)| *at >= started - chrono::Duration::seconds(1)),
+        "{none:?}"
+    );
+    let triggered_row = env
+        .store
+        .task(triggered)
+        .await
+        .unwrap()
+        .expect("the trigger fired");
+    assert_eq!(triggered_row.status, "completed");
+    env.cleanup().await;
+}
