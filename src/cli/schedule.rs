@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use crate::{
     config::Settings,
-    schedule::{CatchUp, Overlap, Schedule, next_aligned, valid_name},
+    schedule::{CatchUp, Overlap, Schedule, valid_name},
     store::Store,
     task::{Codec, DEFAULT_PRIORITY},
 };
@@ -25,8 +25,15 @@ enum Command {
         name: String,
         /// Fire every this long (e.g. 10s, 5m; whole seconds, at least 1 s), on a grid
         /// from the Unix epoch.
-        #[arg(long, value_parser = crate::waiter::parse_wait)]
-        every: std::time::Duration,
+        #[arg(long, value_parser = crate::waiter::parse_wait, required_unless_present = "cron", conflicts_with = "cron")]
+        every: Option<std::time::Duration>,
+        /// Fire at the local times this cron expression names (seconds first, e.g.
+        /// '0 */5 * * * *'), in `--tz`.
+        #[arg(long)]
+        cron: Option<String>,
+        /// Time zone of `--cron` (IANA name, e.g. Europe/Berlin).
+        #[arg(long, default_value = "UTC", requires = "cron")]
+        tz: String,
         /// Agent type of each fire's task.
         #[arg(long)]
         agent: String,
@@ -67,6 +74,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         Command::Add {
             name,
             every,
+            cron,
+            tz,
             agent,
             data,
             priority,
@@ -76,30 +85,42 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             if !valid_name(&name) {
                 bail!("schedule name {name:?} must be 1-64 letters, digits, '_' or '-'");
             }
-            let every_secs = u32::try_from(every.as_secs())
-                .ok()
-                .filter(|secs| *secs >= 1 && every.subsec_nanos() == 0)
-                .context("--every must be a whole number of seconds, at least 1 s")?;
+            let every_secs = every
+                .map(|every| {
+                    u32::try_from(every.as_secs())
+                        .ok()
+                        .filter(|secs| *secs >= 1 && every.subsec_nanos() == 0)
+                        .context("--every must be a whole number of seconds, at least 1 s")
+                })
+                .transpose()?;
             let data = serde_json::from_str(&data).context("--data is not valid JSON")?;
-            let schedule = Schedule {
+            let mut schedule = Schedule {
                 name,
                 agent_type: agent,
                 data,
                 priority,
                 every_secs,
+                cron,
+                time_zone: tz,
                 overlap,
                 catch_up,
                 paused: false,
-                next_fire: next_aligned(Utc::now(), every_secs),
+                next_fire: Utc::now(),
                 last_fire: None,
                 last_task: None,
             };
+            schedule.next_fire = schedule
+                .first_after(Utc::now())
+                .map_err(anyhow::Error::msg)?;
             // Each fire must be a valid task: checked once here rather than at every fire.
             schedule.fire(schedule.next_fire).validate()?;
             store.put_schedule(&schedule).await?;
             println!(
-                "schedule {} fires {} every {every_secs} s, next at {}",
-                schedule.name, schedule.agent_type, schedule.next_fire
+                "schedule {} fires {} {}, next at {}",
+                schedule.name,
+                schedule.agent_type,
+                when(&schedule),
+                schedule.next_fire
             );
         }
         Command::List { json } => {
@@ -115,9 +136,9 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
                 for s in &schedules {
                     let state = if s.paused { "paused" } else { "active" };
                     println!(
-                        "{:<24} every {:>6} s  {:<12} {state:<7} next {}  last {}",
+                        "{:<24} {:<36} {:<12} {state:<7} next {}  last {}",
                         s.name,
-                        s.every_secs,
+                        when(s),
                         s.agent_type,
                         s.next_fire,
                         s.last_fire.map_or("-".to_string(), |t| t.to_string())
@@ -126,8 +147,17 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Remove { name } => found(store.remove_schedule(&name).await?, &name)?,
-        Command::Pause { name } => found(store.pause_schedule(&name, true).await?, &name)?,
-        Command::Resume { name } => found(store.pause_schedule(&name, false).await?, &name)?,
+        Command::Pause { name } => found(store.pause_schedule(&name, true, None).await?, &name)?,
+        Command::Resume { name } => {
+            let schedule = store
+                .schedule(&name)
+                .await?
+                .with_context(|| format!("no schedule {name:?}"))?;
+            let next = schedule
+                .first_after(Utc::now())
+                .map_err(anyhow::Error::msg)?;
+            found(store.pause_schedule(&name, false, Some(next)).await?, &name)?;
+        }
         Command::Trigger { name } => {
             let schedule = store
                 .schedule(&name)
@@ -140,6 +170,15 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// When a schedule fires, in words.
+fn when(schedule: &Schedule) -> String {
+    match (&schedule.cron, schedule.every_secs) {
+        (Some(cron), _) => format!("cron '{cron}' ({})", schedule.time_zone),
+        (None, Some(secs)) => format!("every {secs} s"),
+        (None, None) => "never".into(),
+    }
 }
 
 fn found(done: bool, name: &str) -> anyhow::Result<()> {

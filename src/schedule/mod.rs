@@ -4,8 +4,11 @@
 //! fire published twice — two workers, a retry after a failed commit — is one task:
 //! JetStream drops the copy within its duplicate window, and the row is keyed by both.
 
+mod cron_times;
 mod store;
 mod ticker;
+
+pub use cron_times::CronTimes;
 
 pub use ticker::run as run_ticker;
 
@@ -50,7 +53,11 @@ pub struct Schedule {
     pub agent_type: String,
     pub data: Value,
     pub priority: u8,
-    pub every_secs: u32,
+    /// Fires every this many seconds, on a grid from the Unix epoch; or
+    pub every_secs: Option<u32>,
+    /// fires at the local times a cron expression (seconds first) names in `time_zone`.
+    pub cron: Option<String>,
+    pub time_zone: String,
     pub overlap: Overlap,
     pub catch_up: CatchUp,
     pub paused: bool,
@@ -63,36 +70,72 @@ pub struct Schedule {
 const FIRE_NAMESPACE: Uuid = Uuid::from_u128(0x5d0c_2a61_8f3e_4b7a_9c11_2e6f_40a8_d3b7);
 
 impl Schedule {
-    fn every(&self) -> Duration {
-        Duration::seconds(i64::from(self.every_secs.max(1)))
+    /// The first fire time after `now`.
+    pub fn first_after(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+        match (&self.cron, self.every_secs) {
+            (Some(expression), _) => CronTimes::new(expression, &self.time_zone)?
+                .after(now)
+                .next()
+                .ok_or_else(|| format!("cron expression {expression:?} never fires again")),
+            (None, Some(secs)) => Ok(next_aligned(now, secs)),
+            (None, None) => Err("a schedule needs an interval or a cron expression".into()),
+        }
     }
 
     /// The fires due at `now` and the fire time after them. Missed fires (late by more
-    /// than [`ON_TIME`]) are made up for as `catch_up` says; the next fire is the first
-    /// fire time after `now`.
-    pub fn due(&self, now: DateTime<Utc>) -> (Vec<DateTime<Utc>>, DateTime<Utc>) {
+    /// than [`ON_TIME`]) are made up for as `catch_up` says (at most [`MAX_CATCH_UP`], from
+    /// the last day); the next fire is the first fire time after `now`.
+    pub fn due(&self, now: DateTime<Utc>) -> Result<(Vec<DateTime<Utc>>, DateTime<Utc>), String> {
         if self.next_fire > now {
-            return (Vec::new(), self.next_fire);
+            return Ok((Vec::new(), self.next_fire));
         }
-        let every = self.every();
-        // Arithmetic, not stepping: after a month down, a 1 s schedule has millions of fires.
-        let behind = (now - self.next_fire).num_milliseconds() / every.num_milliseconds();
-        let latest = self.next_fire + every * i32::try_from(behind).unwrap_or(i32::MAX);
-        let next = latest + every;
-        let on_time = now - latest <= ON_TIME;
-        let fires = match self.catch_up {
-            CatchUp::All => {
+        let (missed, next) = match (&self.cron, self.every_secs) {
+            (Some(expression), _) => {
+                let times = CronTimes::new(expression, &self.time_zone)?;
+                let oldest = now - Duration::days(1);
+                let mut missed = std::collections::VecDeque::new();
+                if self.next_fire >= oldest {
+                    missed.push_back(self.next_fire);
+                }
+                let mut next = None;
+                for at in times.after(self.next_fire.max(oldest)) {
+                    if at > now {
+                        next = Some(at);
+                        break;
+                    }
+                    if missed.len() as i64 == MAX_CATCH_UP {
+                        missed.pop_front();
+                    }
+                    missed.push_back(at);
+                }
+                let next = next.ok_or_else(|| format!("{expression:?} never fires again"))?;
+                (Vec::from(missed), next)
+            }
+            (None, Some(secs)) => {
+                let every = Duration::seconds(i64::from(secs.max(1)));
+                // Arithmetic, not stepping: after a month down, a 1 s schedule has millions
+                // of fires.
+                let behind = (now - self.next_fire).num_milliseconds() / every.num_milliseconds();
+                let latest = self.next_fire + every * i32::try_from(behind).unwrap_or(i32::MAX);
                 let count = (behind + 1).min(MAX_CATCH_UP);
-                (0..count)
+                let missed = (0..count)
                     .rev()
                     .map(|back| latest - every * i32::try_from(back).unwrap_or(0))
-                    .collect()
+                    .collect();
+                (missed, latest + every)
             }
-            CatchUp::One => vec![latest],
-            CatchUp::None if on_time => vec![latest],
-            CatchUp::None => Vec::new(),
+            (None, None) => return Err("a schedule needs an interval or a cron expression".into()),
         };
-        (fires, next)
+        let latest = missed.last().copied();
+        let fires = match self.catch_up {
+            CatchUp::All => missed,
+            CatchUp::One => latest.into_iter().collect(),
+            CatchUp::None => latest
+                .filter(|at| now - *at <= ON_TIME)
+                .into_iter()
+                .collect(),
+        };
+        Ok((fires, next))
     }
 
     /// The task of the fire at `at`: the same id and creation time however often made.
@@ -135,7 +178,9 @@ mod tests {
             agent_type: "echo".into(),
             data: Value::Null,
             priority: 5,
-            every_secs: secs,
+            every_secs: Some(secs),
+            cron: None,
+            time_zone: "UTC".into(),
             overlap: Overlap::Allow,
             catch_up,
             paused: false,
@@ -152,10 +197,12 @@ mod tests {
     #[test]
     fn an_on_time_tick_fires_once_and_moves_to_the_next_period() {
         for catch_up in [CatchUp::None, CatchUp::One, CatchUp::All] {
-            let (fires, next) = every(10, catch_up, at(0)).due(at(0) + Duration::milliseconds(150));
+            let (fires, next) = every(10, catch_up, at(0))
+                .due(at(0) + Duration::milliseconds(150))
+                .unwrap();
             assert_eq!((fires, next), (vec![at(0)], at(10)), "{catch_up:?}");
         }
-        let (fires, next) = every(10, CatchUp::One, at(10)).due(at(5));
+        let (fires, next) = every(10, CatchUp::One, at(10)).due(at(5)).unwrap();
         assert_eq!((fires, next), (vec![], at(10)), "not due yet");
     }
 
@@ -163,21 +210,60 @@ mod tests {
     fn missed_fires_are_made_up_for_as_configured() {
         // Down from 0 to 25 s on a 10 s schedule: fires at 0, 10, 20 were missed.
         let now = at(25);
-        assert_eq!(every(10, CatchUp::None, at(0)).due(now), (vec![], at(30)));
+        assert_eq!(
+            every(10, CatchUp::None, at(0)).due(now),
+            Ok((vec![], at(30)))
+        );
         assert_eq!(
             every(10, CatchUp::One, at(0)).due(now),
-            (vec![at(20)], at(30))
+            Ok((vec![at(20)], at(30)))
         );
         assert_eq!(
             every(10, CatchUp::All, at(0)).due(now),
-            (vec![at(0), at(10), at(20)], at(30))
+            Ok((vec![at(0), at(10), at(20)], at(30)))
         );
         // A month down on a 1 s schedule: bounded, and quick.
-        let (fires, next) =
-            every(1, CatchUp::All, at(0)).due(at(30 * 86_400) + Duration::milliseconds(1));
+        let (fires, next) = every(1, CatchUp::All, at(0))
+            .due(at(30 * 86_400) + Duration::milliseconds(1))
+            .unwrap();
         assert_eq!(fires.len() as i64, MAX_CATCH_UP);
         assert_eq!(fires.last(), Some(&at(30 * 86_400)));
         assert_eq!(next, at(30 * 86_400 + 1));
+    }
+
+    #[test]
+    fn a_cron_schedule_makes_up_for_missed_local_times() {
+        // Every 15 minutes in Berlin, down from 00:40 to 01:20 UTC on the spring-forward
+        // night: 00:45 (01:45 CET), 01:00 (03:00 CEST, where the gap ends) and 01:15 missed.
+        let mut schedule = every(
+            1,
+            CatchUp::All,
+            DateTime::parse_from_rfc3339("2026-03-29T00:45:00Z")
+                .unwrap()
+                .into(),
+        );
+        schedule.every_secs = None;
+        schedule.cron = Some("0 */15 * * * *".into());
+        schedule.time_zone = "Europe/Berlin".into();
+        let now: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-03-29T01:20:00Z")
+            .unwrap()
+            .into();
+        let (fires, next) = schedule.due(now).unwrap();
+        let utc = |t: &str| -> DateTime<Utc> { DateTime::parse_from_rfc3339(t).unwrap().into() };
+        assert_eq!(
+            fires,
+            [
+                utc("2026-03-29T00:45:00Z"),
+                utc("2026-03-29T01:00:00Z"),
+                utc("2026-03-29T01:15:00Z")
+            ]
+        );
+        assert_eq!(next, utc("2026-03-29T01:30:00Z"));
+        schedule.catch_up = CatchUp::One;
+        assert_eq!(schedule.due(now).unwrap().0, [utc("2026-03-29T01:15:00Z")]);
+        schedule.catch_up = CatchUp::None;
+        assert!(schedule.due(now).unwrap().0.is_empty());
+        assert_eq!(schedule.first_after(now), Ok(utc("2026-03-29T01:30:00Z")));
     }
 
     #[test]

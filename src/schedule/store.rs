@@ -14,7 +14,9 @@ struct Row {
     agent_type: String,
     data: Value,
     priority: i16,
-    every_secs: i32,
+    every_secs: Option<i32>,
+    cron: Option<String>,
+    time_zone: String,
     overlap: String,
     catch_up: String,
     paused: bool,
@@ -30,7 +32,11 @@ impl From<Row> for Schedule {
             agent_type: row.agent_type,
             data: row.data,
             priority: u8::try_from(row.priority.clamp(0, 9)).unwrap_or(5),
-            every_secs: u32::try_from(row.every_secs.max(1)).unwrap_or(1),
+            every_secs: row
+                .every_secs
+                .map(|secs| u32::try_from(secs.max(1)).unwrap_or(1)),
+            cron: row.cron,
+            time_zone: row.time_zone,
             overlap: if row.overlap == "skip" {
                 Overlap::Skip
             } else {
@@ -64,19 +70,20 @@ fn catch_up_text(catch_up: CatchUp) -> &'static str {
     }
 }
 
-const COLUMNS: &str = "name, agent_type, data, priority, every_secs, overlap, catch_up, paused, \
-                       next_fire, last_fire, last_task";
+const COLUMNS: &str = "name, agent_type, data, priority, every_secs, cron, time_zone, overlap, \
+                       catch_up, paused, next_fire, last_fire, last_task";
 
 impl Store {
     /// Creates the schedule, or redefines the one of that name (its next fire recomputed).
     pub async fn put_schedule(&self, schedule: &Schedule) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO schedules (name, agent_type, data, priority, every_secs, overlap,
-                                    catch_up, paused, next_fire)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                    catch_up, paused, next_fire, cron, time_zone)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (name) DO UPDATE
                 SET agent_type = EXCLUDED.agent_type, data = EXCLUDED.data,
                     priority = EXCLUDED.priority, every_secs = EXCLUDED.every_secs,
+                    cron = EXCLUDED.cron, time_zone = EXCLUDED.time_zone,
                     overlap = EXCLUDED.overlap, catch_up = EXCLUDED.catch_up,
                     next_fire = EXCLUDED.next_fire",
         )
@@ -84,11 +91,17 @@ impl Store {
         .bind(&schedule.agent_type)
         .bind(&schedule.data)
         .bind(i16::from(schedule.priority))
-        .bind(i32::try_from(schedule.every_secs).unwrap_or(i32::MAX))
+        .bind(
+            schedule
+                .every_secs
+                .map(|secs| i32::try_from(secs).unwrap_or(i32::MAX)),
+        )
         .bind(overlap_text(schedule.overlap))
         .bind(catch_up_text(schedule.catch_up))
         .bind(schedule.paused)
         .bind(schedule.next_fire)
+        .bind(&schedule.cron)
+        .bind(&schedule.time_zone)
         .execute(self.primary())
         .await
         .map_err(StoreError::query("storing a schedule"))?;
@@ -128,18 +141,22 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Pauses or resumes a schedule; false when there was none of that name. Resuming
-    /// starts at the next fire time: fires missed while paused were not wanted.
-    pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<bool, StoreError> {
+    /// Pauses or resumes a schedule, moving its next fire when given (a resumed schedule
+    /// starts at its next fire time: fires missed while paused were not wanted); false when
+    /// there was none of that name.
+    pub async fn pause_schedule(
+        &self,
+        name: &str,
+        paused: bool,
+        next_fire: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE schedules SET paused = $2,
-                    next_fire = CASE WHEN $2 THEN next_fire
-                                     ELSE to_timestamp((floor(extract(epoch FROM now()) / every_secs) + 1)
-                                                       * every_secs) END
+            "UPDATE schedules SET paused = $2, next_fire = COALESCE($3, next_fire)
               WHERE name = $1",
         )
         .bind(name)
         .bind(paused)
+        .bind(next_fire)
         .execute(self.primary())
         .await
         .map_err(StoreError::query("pausing a schedule"))?;

@@ -33,7 +33,14 @@ pub async fn tick(store: &Store, broker: &Broker) -> anyhow::Result<usize> {
     let due = Store::due_schedules(&mut tx).await?;
     let mut fired = 0;
     for schedule in due {
-        let (mut fires, next) = schedule.due(Utc::now());
+        let (mut fires, next) = match schedule.due(Utc::now()) {
+            Ok(due) => due,
+            Err(error) => {
+                // Refused at `schedule add`; a row edited by hand is reported, not fired.
+                tracing::error!(schedule = %schedule.name, %error, "cannot compute fire times");
+                continue;
+            }
+        };
         if schedule.overlap == Overlap::Skip
             && let Some(last) = schedule.last_task
             && Store::still_running(&mut tx, last).await?

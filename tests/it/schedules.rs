@@ -133,3 +133,46 @@ async fn missed_fires_are_made_up_for_as_configured_and_pause_holds_them() {
     assert_eq!(triggered_row.status, "completed");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_in_a_time_zone_fires_at_its_local_times_and_bad_ones_are_refused() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn(env.worker());
+    succeeds(&mut add_cron(
+        &env,
+        "crony",
+        "*/2 * * * * *",
+        "Europe/Berlin",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    succeeds(env.swarmd().args(["schedule", "pause", "crony"])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.stop().await;
+    let fired = fires(&env, "crony").await;
+    assert!((2..=3).contains(&fired.len()), "{fired:?}");
+    on_the_grid(&fired, 2);
+    let listed = succeeds(env.swarmd().args(["schedule", "list"])).await;
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("cron '*/2 * * * * *' (Europe/Berlin)")
+    );
+    for (cron, tz, why) in [
+        ("every two seconds", "UTC", "cron expression"),
+        ("*/2 * * * * *", "Mars/Olympus", "time zone"),
+    ] {
+        let refused = add_cron(&env, "bad", cron, tz).output().await.unwrap();
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains(why));
+    }
+    env.cleanup().await;
+}
+
+fn add_cron(env: &TestEnv, name: &str, cron: &str, tz: &str) -> tokio::process::Command {
+    let mut command = env.swarmd();
+    command
+        .args([
+            "schedule", "add", name, "--cron", cron, "--tz", tz, "--agent", "echo",
+        ])
+        .args(["--data", &format!(r#"{{"schedule": "{name}"}}"#)]);
+    command
+}
