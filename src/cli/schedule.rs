@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use crate::{
     config::Settings,
-    schedule::{CatchUp, Overlap, Schedule, valid_name},
+    schedule::{CatchUp, Definition, Overlap, Schedule},
     store::Store,
     task::{Codec, DEFAULT_PRIORITY},
 };
@@ -82,9 +82,6 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             overlap,
             catch_up,
         } => {
-            if !valid_name(&name) {
-                bail!("schedule name {name:?} must be 1-64 letters, digits, '_' or '-'");
-            }
             let every_secs = every
                 .map(|every| {
                     u32::try_from(every.as_secs())
@@ -94,26 +91,19 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let data = serde_json::from_str(&data).context("--data is not valid JSON")?;
-            let mut schedule = Schedule {
+            let schedule = Definition {
                 name,
                 agent_type: agent,
                 data,
-                priority,
+                priority: Some(priority),
                 every_secs,
+                time_zone: cron.is_some().then_some(tz),
                 cron,
-                time_zone: tz,
-                overlap,
-                catch_up,
-                paused: false,
-                next_fire: Utc::now(),
-                last_fire: None,
-                last_task: None,
-            };
-            schedule.next_fire = schedule
-                .first_after(Utc::now())
-                .map_err(anyhow::Error::msg)?;
-            // Each fire must be a valid task: checked once here rather than at every fire.
-            schedule.fire(schedule.next_fire).validate()?;
+                overlap: Some(overlap),
+                catch_up: Some(catch_up),
+            }
+            .schedule(Utc::now())
+            .map_err(anyhow::Error::msg)?;
             store.put_schedule(&schedule).await?;
             println!(
                 "schedule {} fires {} {}, next at {}",

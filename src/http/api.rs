@@ -16,7 +16,7 @@ use axum::{
     http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use chrono::Utc;
 use serde::Deserialize;
@@ -110,6 +110,7 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
     let reads = Router::new()
         .route("/v1/queues", get(queues))
         .route("/v1/dlq", get(dead_letters))
+        .route("/v1/schedules", get(super::schedules::list))
         .with_state(state.clone())
         .route("/v1/scale", get(probes::scale))
         .with_state(probes)
@@ -127,6 +128,8 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .layer(timeout(waiting_timeout));
     let writes = Router::new()
         .route("/v1/dlq/{id}/replay", post(replay))
+        .route("/v1/schedules", post(super::schedules::put))
+        .route("/v1/schedules/{name}", delete(super::schedules::remove))
         .with_state(state)
         .route_layer(guard(Role::Write))
         .layer(timeout(limits.request_timeout));

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod probes;
 mod publish;
+mod schedules;
 
 use std::{net::SocketAddr, time::Instant};
 

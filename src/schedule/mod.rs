@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::task::{DEFAULT_MAX_ATTEMPTS, TaskEnvelope};
 
 /// What happens to a fire while the previous fire's task has not finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// The fire is dropped.
@@ -30,7 +30,7 @@ pub enum Overlap {
 }
 
 /// Which fires missed while no worker ran are made up for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
     /// None: the schedule resumes at its next fire time.
@@ -41,6 +41,8 @@ pub enum CatchUp {
     All,
 }
 
+/// Longest interval of an `every` schedule: a year.
+pub const MAX_EVERY_SECS: u32 = 366 * 86_400;
 /// Most missed fires made up for at once (`catch_up = all`).
 pub const MAX_CATCH_UP: i64 = 1000;
 /// A fire this late is on time (ticks come every 200 ms); later, it was missed.
@@ -161,6 +163,79 @@ pub fn next_aligned(now: DateTime<Utc>, every_secs: u32) -> DateTime<Utc> {
     let millis = now.timestamp_millis();
     let next = (millis.div_euclid(every) + 1) * every;
     DateTime::from_timestamp_millis(next).unwrap_or(now)
+}
+
+/// A schedule as an operator defines it (CLI flags, `POST /v1/schedules`): exactly one of
+/// `every_secs` and `cron`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    pub name: String,
+    pub agent_type: String,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default)]
+    pub priority: Option<u8>,
+    #[serde(default)]
+    pub every_secs: Option<u32>,
+    #[serde(default)]
+    pub cron: Option<String>,
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub overlap: Option<Overlap>,
+    #[serde(default)]
+    pub catch_up: Option<CatchUp>,
+}
+
+impl Definition {
+    /// The schedule this defines, first firing after `now`.
+    ///
+    /// Fails with a reason fit for the operator: a bad name, both or neither of an interval
+    /// and a cron expression, an unreadable expression or zone, a fire that would not be a
+    /// valid task.
+    pub fn schedule(self, now: DateTime<Utc>) -> Result<Schedule, String> {
+        if !valid_name(&self.name) {
+            return Err(format!(
+                "schedule name {:?} must be 1-64 letters, digits, '_' or '-'",
+                self.name
+            ));
+        }
+        match (&self.cron, self.every_secs) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err("give either every_secs or cron, not both or neither".into());
+            }
+            (None, Some(secs)) if !(1..=MAX_EVERY_SECS).contains(&secs) => {
+                return Err(format!("every_secs must be 1 to {MAX_EVERY_SECS} (a year)"));
+            }
+            _ => {}
+        }
+        if self.cron.is_none() && self.time_zone.is_some() {
+            return Err("time_zone goes with cron".into());
+        }
+        let mut schedule = Schedule {
+            name: self.name,
+            agent_type: self.agent_type,
+            data: self.data,
+            priority: self.priority.unwrap_or(crate::task::DEFAULT_PRIORITY),
+            every_secs: self.every_secs,
+            cron: self.cron,
+            time_zone: self.time_zone.unwrap_or_else(|| "UTC".into()),
+            overlap: self.overlap.unwrap_or(Overlap::Allow),
+            catch_up: self.catch_up.unwrap_or(CatchUp::One),
+            paused: false,
+            next_fire: now,
+            last_fire: None,
+            last_task: None,
+        };
+        schedule.next_fire = schedule.first_after(now)?;
+        // Each fire must be a valid task: checked once here rather than at every fire.
+        schedule
+            .fire(schedule.next_fire)
+            .validate()
+            .map_err(|e| e.to_string())?;
+        Ok(schedule)
+    }
 }
 
 /// Whether `name` may name a schedule (as an agent type may: letters, digits, `_`, `-`).

@@ -45,7 +45,9 @@ async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let openapi = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schemathesis.toml");
     let run = tokio::process::Command::new(&st)
+        .args(["--config-file", config])
         .args(["run", openapi, "--url", &url])
         .args(["-H", "Authorization: Bearer contract-token"])
         .args([

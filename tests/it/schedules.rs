@@ -176,3 +176,85 @@ fn add_cron(env: &TestEnv, name: &str, cron: &str, tz: &str) -> tokio::process::
         .args(["--data", &format!(r#"{{"schedule": "{name}"}}"#)]);
     command
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_defined_listed_and_removed_over_http() {
+    use axum::{
+        body::Body,
+        http::{Request, StatusCode},
+    };
+    use serde_json::json;
+
+    use crate::api::{app, call, get, post_to};
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("sched-token"));
+    let definition = json!({"name": "nightly", "agent_type": "echo", "data": {"n": 1},
+                            "cron": "0 30 2 * * *", "time_zone": "Europe/Berlin",
+                            "overlap": "skip", "catch_up": "none"});
+    let (status, body) = call(
+        &app,
+        post_to("/v1/schedules", definition.to_string(), Some("sched-token")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    crate::support::schemas::assert_openapi_response("post", "/v1/schedules", 201, &body);
+    let next: DateTime<Utc> = serde_json::from_value(body["next_fire"].clone()).unwrap();
+    let local = next.with_timezone(&chrono_tz::Europe::Berlin);
+    assert_eq!(local.format("%H:%M:%S").to_string(), "02:30:00");
+    // A read token may list but not define.
+    let (status, _) = call(
+        &app,
+        post_to(
+            "/v1/schedules",
+            definition.to_string(),
+            Some("reader-token"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, listed) = call(&app, get("/v1/schedules")).await;
+    assert_eq!(status, StatusCode::OK);
+    crate::support::schemas::assert_openapi_response("get", "/v1/schedules", 200, &listed);
+    assert_eq!(listed["schedules"][0]["name"], "nightly");
+    for (bad, why) in [
+        (
+            json!({"name": "x", "agent_type": "echo", "cron": "nope"}),
+            "cron expression",
+        ),
+        (
+            json!({"name": "x", "agent_type": "echo"}),
+            "either every_secs or cron",
+        ),
+        (
+            json!({"name": "x", "agent_type": "echo", "every_secs": 5, "cron": "* * * * * *"}),
+            "either every_secs or cron",
+        ),
+        (
+            json!({"name": "x y", "agent_type": "echo", "every_secs": 5}),
+            "schedule name",
+        ),
+    ] {
+        let (status, body) = call(
+            &app,
+            post_to("/v1/schedules", bad.to_string(), Some("sched-token")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{body}"
+        );
+    }
+    let delete = |name: &str| {
+        Request::delete(format!("/v1/schedules/{name}"))
+            .header("authorization", "Bearer sched-token")
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        call(&app, delete("nightly")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(call(&app, delete("nightly")).await.0, StatusCode::NOT_FOUND);
+    env.cleanup().await;
+}

@@ -1,0 +1,71 @@
+//! `/v1/schedules`: list, define and remove periodic schedules (what `swarmd schedule`
+//! does); workers fire them.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use serde_json::json;
+
+use super::api::{ApiError, ApiState};
+use crate::schedule::Definition;
+
+/// `GET /v1/schedules`.
+pub(super) async fn list(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let schedules = state
+        .store
+        .schedules()
+        .await
+        .map_err(|e| ApiError::internal("cannot read the schedules", e))?;
+    Ok(Json(json!({ "schedules": schedules })).into_response())
+}
+
+/// `POST /v1/schedules`: creates the schedule, or redefines the one of that name.
+pub(super) async fn put(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let definition: Definition = serde_path_to_error::deserialize(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("{}: {}", e.path(), e.inner()),
+        )
+    })?;
+    let schedule = definition
+        .schedule(Utc::now())
+        .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", why))?;
+    state
+        .store
+        .put_schedule(&schedule)
+        .await
+        .map_err(|e| ApiError::internal("cannot store the schedule", e))?;
+    Ok((StatusCode::CREATED, Json(schedule)).into_response())
+}
+
+/// `DELETE /v1/schedules/{name}`.
+pub(super) async fn remove(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let removed = state
+        .store
+        .remove_schedule(&name)
+        .await
+        .map_err(|e| ApiError::internal("cannot remove the schedule", e))?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no schedule {name:?}"),
+        ))
+    }
+}
