@@ -138,7 +138,13 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     };
     let broker = super::connect_broker(&settings).await?;
     let keyed = tasks.iter().any(|t| t.idempotency_key.is_some());
-    let store = if keyed || args.wait.is_some() {
+    let now = Utc::now();
+    let delayed: Vec<TaskEnvelope> = tasks
+        .iter()
+        .filter(|t| t.not_before.is_some_and(|due| due > now))
+        .cloned()
+        .collect();
+    let store = if keyed || args.wait.is_some() || !delayed.is_empty() {
         Some(
             Store::connect(&settings.database)
                 .await
@@ -168,6 +174,14 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         Some(_) => Some(broker.watch_outcomes(&ids).await?),
         None => None,
     };
+    // A task due later is recorded `scheduled`, so it can be read while it waits.
+    let delayed: Vec<TaskEnvelope> = delayed
+        .into_iter()
+        .filter(|task| holder(task) == task.id)
+        .collect();
+    if let (Some(store), false) = (&store, delayed.is_empty()) {
+        store.record_queued(&delayed, None).await?;
+    }
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_style(
         indicatif::ProgressStyle::with_template(
@@ -195,8 +209,9 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         }
     }
     if let (Some(store), false) = (&store, failed.is_empty()) {
-        // Nothing will run these: their keys are free for the next try.
+        // Nothing will run these: their keys are free for the next try, their rows go.
         store.release_keys(&failed).await?;
+        store.forget_queued(&failed).await?;
     }
     let published = tasks.len() - failures.len() - duplicates;
     let summary = format!(
