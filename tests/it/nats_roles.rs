@@ -11,7 +11,7 @@ use swarm_director::{
     task::{Codec, TaskEnvelope},
 };
 
-use crate::support::{TestEnv, nats_server::NatsServer, succeeds};
+use crate::support::{TestEnv, eventually, nats_server::NatsServer, succeeds};
 
 const ROLES: &str = include_str!("../../deploy/nats/roles.conf");
 const USERS: [(&str, &str); 4] = [
@@ -181,19 +181,12 @@ async fn each_role_does_its_job_and_nothing_more() {
         }
     };
     let http = |method: &str, path: &str| http_with(method, path, "");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let listed = loop {
-        if let Some(response) = http("GET", "/v1/dlq").await
-            && response.contains(&stray.id.to_string())
-        {
-            break response;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the API lists the dead letter"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let listed = eventually("the API to list the dead letter", Duration::from_secs(20), || {
+        let stray = stray.id.to_string();
+        let request = http("GET", "/v1/dlq");
+        async move { request.await.filter(|response| response.contains(&stray)) }
+    })
+    .await;
     assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
     for path in ["/v1/queues", "/v1/scale"] {
         let response = http("GET", path).await.unwrap();

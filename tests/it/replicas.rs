@@ -55,19 +55,12 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
     let (found, _) = store.read_task(task.id).await.unwrap();
     assert!(found.is_some(), "read-your-write");
     // ... and once replicated it comes from the standby.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let found = eventually("the replica to serve the row", Duration::from_secs(10), || async {
         let (found, from) = store.read_task(task.id).await.unwrap();
-        if from == ReadFrom::Replica {
-            assert_eq!(found.unwrap().status, "queued");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica never served the row"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (from == ReadFrom::Replica).then_some(found)
+    })
+    .await;
+    assert_eq!(found.unwrap().status, "queued");
     let (standby, port, from) = store.read_probe().await.unwrap();
     assert_eq!(
         (standby, port, from),
@@ -169,17 +162,13 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
         .record_queued(std::slice::from_ref(&first), None)
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the API to read the replica", Duration::from_secs(10), || async {
         let (status, from, body) = get_task(&app, first.id).await;
         assert_eq!((status, body["status"].as_str()), (200, Some("queued")));
-        if from == "replica" {
-            break;
-        }
-        assert_eq!(from, "primary");
-        assert!(Instant::now() < deadline, "the API never read the replica");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        assert!(["primary", "replica"].contains(&from.as_str()), "{from}");
+        (from == "replica").then_some(())
+    })
+    .await;
 
     // The standby stops replaying: a task written now is on the primary only. The API still
     // finds it (read-your-write, from the primary); the counts come from the standby, which
