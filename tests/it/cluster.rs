@@ -10,7 +10,7 @@ use serde_json::json;
 use swarm_director::task::{Codec, TaskEnvelope};
 use tokio::process::Child;
 
-use crate::support::{TestEnv, nats_cluster::NatsCluster};
+use crate::support::{TestEnv, eventually, nats_cluster::NatsCluster};
 
 fn spawn_worker(env: &TestEnv) -> Child {
     env.swarmd()
@@ -117,19 +117,15 @@ async fn the_surviving_worker_finishes_everything() {
     }
     doomed.start_kill().unwrap();
     doomed.wait().await.unwrap();
-    let rows = {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if env.store.count_finished(&ids).await.unwrap() as usize == ids.len() {
-                break env.store.tasks(&ids).await.unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the survivor did not finish the work"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    eventually(
+        "the survivor to finish the work",
+        Duration::from_secs(60),
+        || async {
+            (env.store.count_finished(&ids).await.unwrap() as usize == ids.len()).then_some(())
+        },
+    )
+    .await;
+    let rows = env.store.tasks(&ids).await.unwrap();
     assert!(rows.iter().all(|r| r.status == "completed"));
     assert_eq!(
         rewritten_after_finishing(&env, &ids).await,

@@ -51,7 +51,12 @@ async fn a_delayed_task_runs_on_time_across_a_worker_restart() {
         0
     );
     // The CLI recorded its task: readable, `scheduled`, while it waits.
-    let waiting = env.store.task(id).await.unwrap().expect("a row while it waits");
+    let waiting = env
+        .store
+        .task(id)
+        .await
+        .unwrap()
+        .expect("a row while it waits");
     assert_eq!(waiting.status, "scheduled");
     first.stop().await;
     tokio::time::sleep(Duration::from_secs(1)).await;

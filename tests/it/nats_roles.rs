@@ -181,11 +181,15 @@ async fn each_role_does_its_job_and_nothing_more() {
         }
     };
     let http = |method: &str, path: &str| http_with(method, path, "");
-    let listed = eventually("the API to list the dead letter", Duration::from_secs(20), || {
-        let stray = stray.id.to_string();
-        let request = http("GET", "/v1/dlq");
-        async move { request.await.filter(|response| response.contains(&stray)) }
-    })
+    let listed = eventually(
+        "the API to list the dead letter",
+        Duration::from_secs(20),
+        || {
+            let stray = stray.id.to_string();
+            let request = http("GET", "/v1/dlq");
+            async move { request.await.filter(|response| response.contains(&stray)) }
+        },
+    )
     .await;
     assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
     for path in ["/v1/queues", "/v1/scale"] {

@@ -55,10 +55,14 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
     let (found, _) = store.read_task(task.id).await.unwrap();
     assert!(found.is_some(), "read-your-write");
     // ... and once replicated it comes from the standby.
-    let found = eventually("the replica to serve the row", Duration::from_secs(10), || async {
-        let (found, from) = store.read_task(task.id).await.unwrap();
-        (from == ReadFrom::Replica).then_some(found)
-    })
+    let found = eventually(
+        "the replica to serve the row",
+        Duration::from_secs(10),
+        || async {
+            let (found, from) = store.read_task(task.id).await.unwrap();
+            (from == ReadFrom::Replica).then_some(found)
+        },
+    )
     .await;
     assert_eq!(found.unwrap().status, "queued");
     let (standby, port, from) = store.read_probe().await.unwrap();
@@ -162,12 +166,16 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
         .record_queued(std::slice::from_ref(&first), None)
         .await
         .unwrap();
-    eventually("the API to read the replica", Duration::from_secs(10), || async {
-        let (status, from, body) = get_task(&app, first.id).await;
-        assert_eq!((status, body["status"].as_str()), (200, Some("queued")));
-        assert!(["primary", "replica"].contains(&from.as_str()), "{from}");
-        (from == "replica").then_some(())
-    })
+    eventually(
+        "the API to read the replica",
+        Duration::from_secs(10),
+        || async {
+            let (status, from, body) = get_task(&app, first.id).await;
+            assert_eq!((status, body["status"].as_str()), (200, Some("queued")));
+            assert!(["primary", "replica"].contains(&from.as_str()), "{from}");
+            (from == "replica").then_some(())
+        },
+    )
     .await;
 
     // The standby stops replaying: a task written now is on the primary only. The API still

@@ -3,7 +3,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use crate::support::TestEnv;
+use crate::support::{TestEnv, eventually};
 
 /// Distinctive strings put where secrets go; none may appear in any captured output.
 const SECRETS: [&str; 5] = [
@@ -135,11 +135,10 @@ async fn no_output_of_any_command_shows_a_secret() {
             Some(response)
         }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while client("/health", None).await.is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "the API starts");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the API to start", Duration::from_secs(20), || {
+        client("/health", None)
+    })
+    .await;
     for (path, token) in [
         ("/metrics", Some("tok-read-d2c8")),
         ("/v1/queues", Some("tok-read-d2c8")),
@@ -185,19 +184,15 @@ async fn exported_spans_carry_no_secret() {
         .await
         .unwrap();
     assert!(published.status.success());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("the task to be done", Duration::from_secs(20), || async {
         let finished: i64 =
             sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'completed'")
                 .fetch_one(env.store.primary())
                 .await
                 .unwrap();
-        if finished == 1 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the task is done");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (finished == 1).then_some(())
+    })
+    .await;
     // SIGTERM: the worker shuts down gracefully and flushes its spans.
     let pid = worker.id().unwrap().to_string();
     let sent = tokio::process::Command::new("kill")
