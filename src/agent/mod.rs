@@ -3,6 +3,7 @@
 //! [`AgentError::Retryable`] is tried again after a delay, [`AgentError::Permanent`] is not.
 
 pub mod builtin;
+mod progress;
 mod registry;
 
 use std::time::Instant;
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use progress::{Progress, ProgressBoard, WRITE_EVERY};
 pub use registry::AgentRegistry;
 
 /// What an agent knows about the task it runs.
@@ -22,6 +24,11 @@ pub struct AgentContext {
     pub max_attempts: u32,
     /// When the runtime stops waiting for this attempt.
     pub deadline: Instant,
+    /// Where to report progress (`progress.report(fraction, detail)`).
+    pub progress: Progress,
+    /// The last progress an earlier attempt reported (`{"fraction", "detail", "at"}`), to
+    /// resume from after a retry.
+    pub checkpoint: Option<Value>,
 }
 
 /// Why an agent did not produce a result.

@@ -326,6 +326,7 @@ async fn task(
         "max_attempts": record.max_attempts,
         "result": result,
         "result_ref": record.result_ref,
+        "progress": record.progress,
         "data_ref": record.data_ref,
         "last_error": record.last_error,
         "errors": record.errors,

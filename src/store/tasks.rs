@@ -103,6 +103,8 @@ pub struct Claimed {
     pub previous_errors: Vec<AttemptError>,
     /// When this claim was stored.
     pub started_at: DateTime<Utc>,
+    /// The last progress an earlier attempt reported.
+    pub checkpoint: Option<Value>,
 }
 
 /// The final word of one attempt, as stored.
@@ -230,6 +232,8 @@ pub struct TaskRecord {
     /// Where the result was put when too large for a row (it is then null).
     #[sqlx(json(nullable))]
     pub result_ref: Option<PayloadRef>,
+    /// The agent's latest progress report (`{"fraction", "detail", "at"}`).
+    pub progress: Option<Value>,
 }
 
 impl Store {
@@ -250,7 +254,7 @@ impl Store {
         let columns = EnvelopeColumns::of(claims.iter().map(|c| c.task));
         let attempts: Vec<i32> = claims.iter().map(|c| c.attempt as i32).collect();
         let trace_ids: Vec<Option<&str>> = claims.iter().map(|c| c.trace_id.as_deref()).collect();
-        let rows: Vec<(Uuid, Value, DateTime<Utc>)> = sqlx::query_as(
+        let rows: Vec<(Uuid, Value, DateTime<Utc>, Option<Value>)> = sqlx::query_as(
             "INSERT INTO tasks (id, agent_type, priority, data, status, attempts, max_attempts,
                                 idempotency_key, created_at, replay_of, trace_id, worker_id,
                                 started_at, updated_at, data_ref)
@@ -267,7 +271,7 @@ impl Store {
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
                     updated_at = now()
               WHERE tasks.status NOT IN ('completed', 'dead')
-             RETURNING id, errors, started_at",
+             RETURNING id, errors, started_at, progress",
         )
         .bind(&columns.ids)
         .bind(&columns.agent_types)
@@ -286,10 +290,11 @@ impl Store {
         .map_err(StoreError::query("claiming tasks"))?;
         Ok(rows
             .into_iter()
-            .map(|(id, errors, started_at)| {
+            .map(|(id, errors, started_at, checkpoint)| {
                 let claimed = Claimed {
                     previous_errors: serde_json::from_value(errors).unwrap_or_default(),
                     started_at,
+                    checkpoint,
                 };
                 (id, claimed)
             })
@@ -460,6 +465,31 @@ impl Store {
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("settling tasks"))?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Stores agents' latest progress reports on their unfinished rows, in one statement;
+    /// returns the ids whose row took it (a task may have no row yet).
+    pub async fn record_progress(
+        &self,
+        reports: &[(Uuid, Value)],
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        if reports.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<Uuid> = reports.iter().map(|(id, _)| *id).collect();
+        let values: Vec<&Value> = reports.iter().map(|(_, report)| report).collect();
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "UPDATE tasks SET progress = p.progress
+               FROM UNNEST($1::uuid[], $2::jsonb[]) AS p(id, progress)
+              WHERE tasks.id = p.id AND tasks.status NOT IN ('completed', 'dead')
+             RETURNING tasks.id",
+        )
+        .bind(&ids)
+        .bind(&values)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("recording progress"))?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 

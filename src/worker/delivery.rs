@@ -43,6 +43,8 @@ pub struct TaskDelivery {
     pub trace: opentelemetry::Context,
     /// The producer asked for the final outcome to be announced (`Swarm-Announce: outcome`).
     pub announce: bool,
+    /// The last progress an earlier attempt reported, when this is a redelivery.
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 impl TaskDelivery {

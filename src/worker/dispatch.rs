@@ -135,6 +135,7 @@ impl Dispatch<'_> {
                             task: Arc::new(task),
                             trace: crate::telemetry::extract(message.headers.as_ref()),
                             announce: super::delivery::asks_for_announcement(&message),
+                            checkpoint: None,
                             info,
                             previous_errors: Vec::new(),
                             started_at: chrono::Utc::now(),
@@ -167,6 +168,7 @@ impl Dispatch<'_> {
             };
             p.delivery.previous_errors = claimed.previous_errors;
             p.delivery.started_at = claimed.started_at;
+            p.delivery.checkpoint = claimed.checkpoint;
             let limit = p.delivery.task.max_attempts + worker.settings.crash_allowance;
             if p.delivery.attempt() > limit {
                 // Delivered again and again without an outcome: it kills or hangs workers.
@@ -220,6 +222,7 @@ impl Dispatch<'_> {
             let claimed = Claimed {
                 previous_errors: Vec::new(),
                 started_at,
+                checkpoint: None,
             };
             runnable.insert(p.delivery.task.id, claimed);
         }
@@ -248,6 +251,7 @@ impl Dispatch<'_> {
             let claimed = Claimed {
                 previous_errors: Vec::new(),
                 started_at,
+                checkpoint: None,
             };
             runnable.insert(id, claimed);
         }
@@ -414,7 +418,11 @@ impl TaskRunner {
         let outcome = {
             let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
             let run = self
-                .attempt(&delivery.task, delivery.attempt())
+                .attempt(
+                    &delivery.task,
+                    delivery.attempt(),
+                    delivery.checkpoint.clone(),
+                )
                 .instrument(agent_span);
             tokio::pin!(run);
             // Most agents answer at their first poll: no timers, no `processing` write.
@@ -447,7 +455,12 @@ impl TaskRunner {
 
     /// One attempt at `task`: not before it is due, only while it holds its idempotency key,
     /// its data read back and a large result put aside when they travel by claim check.
-    async fn attempt(&self, task: &Arc<crate::task::TaskEnvelope>, attempt: u32) -> Outcome {
+    async fn attempt(
+        &self,
+        task: &Arc<crate::task::TaskEnvelope>,
+        attempt: u32,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Outcome {
         let (broker, executor) = (&self.broker, &self.executor);
         if let Err(outcome) = delay::wait_until_due(broker, executor, task, attempt).await {
             return outcome;
@@ -459,7 +472,7 @@ impl TaskRunner {
             Ok(task) => task,
             Err(outcome) => return outcome,
         };
-        let outcome = executor.execute(&task, attempt).await;
+        let outcome = executor.execute_from(&task, attempt, checkpoint).await;
         claim_check::with_large_result_stored(broker, executor, &task, attempt, outcome).await
     }
 

@@ -10,7 +10,7 @@ use futures::FutureExt;
 
 use super::{Outcome, RetryPolicy};
 use crate::{
-    agent::{AgentContext, AgentError, AgentRegistry},
+    agent::{AgentContext, AgentError, AgentRegistry, Progress, ProgressBoard},
     cache::ResultCache,
     dlq::DeadReason,
     task::TaskEnvelope,
@@ -24,6 +24,8 @@ pub struct Executor {
     default_timeout: Duration,
     cache: Option<Arc<ResultCache>>,
     max_result_bytes: usize,
+    /// Where agents' progress reports go, when the worker stores them.
+    progress: Option<Arc<ProgressBoard>>,
     /// Permits of CPU-bound agents: two per core, however many slots the worker has, so
     /// hundreds of slots never mean hundreds of busy threads.
     cpu: Arc<tokio::sync::Semaphore>,
@@ -41,10 +43,17 @@ impl Executor {
             default_timeout,
             cache: None,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            progress: None,
             cpu: Arc::new(tokio::sync::Semaphore::new(
                 crate::scale::available_cores() * 2,
             )),
         }
+    }
+
+    /// Gives agents' progress reports to `board` (the worker writes them to their rows).
+    pub fn with_progress(mut self, board: Arc<ProgressBoard>) -> Self {
+        self.progress = Some(board);
+        self
     }
 
     /// Fails results larger than `bytes` of JSON, permanently.
@@ -68,6 +77,16 @@ impl Executor {
     /// Unknown agents and permanent errors are dead at once; retryable errors and timeouts
     /// are retried after the policy's delay until `max_attempts` is spent.
     pub async fn execute(&self, task: &TaskEnvelope, attempt: u32) -> Outcome {
+        self.execute_from(task, attempt, None).await
+    }
+
+    /// As [`Self::execute`], resuming from the progress an earlier attempt reported.
+    pub async fn execute_from(
+        &self,
+        task: &TaskEnvelope,
+        attempt: u32,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Outcome {
         if let Some(expires_at) = task.expires_at
             && chrono::Utc::now() >= expires_at
         {
@@ -101,6 +120,12 @@ impl Executor {
             attempt,
             max_attempts: task.max_attempts,
             deadline: Instant::now() + timeout,
+            progress: self
+                .progress
+                .clone()
+                .map(|board| Progress::new(task.id, board))
+                .unwrap_or_default(),
+            checkpoint,
         };
         let run = async {
             if agent.cpu_bound() {

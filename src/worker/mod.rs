@@ -28,6 +28,7 @@ pub mod gauges;
 pub mod hold;
 pub mod liveness;
 pub mod outcome;
+mod progress_writer;
 pub mod retry;
 pub mod runner;
 pub mod settler;

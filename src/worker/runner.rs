@@ -104,6 +104,8 @@ pub struct Worker {
     meter: Arc<ScaleMeter>,
     pub(super) held: Arc<HeldBatches>,
     liveness: Arc<Liveness>,
+    /// Agents' progress reports, written to their rows by a sidecar.
+    progress: Arc<crate::agent::ProgressBoard>,
 }
 
 impl Worker {
@@ -120,6 +122,8 @@ impl Worker {
                 .unwrap_or(Duration::from_secs(300)),
         )
         .with_max_result_bytes(settings.max_result_bytes);
+        let progress = Arc::new(crate::agent::ProgressBoard::default());
+        let executor = executor.with_progress(progress.clone());
         let held = Arc::new(HeldBatches::default());
         let liveness = Arc::new(Liveness::new(
             held.clone(),
@@ -129,6 +133,7 @@ impl Worker {
         Self {
             held,
             liveness,
+            progress,
             worker_id: settings.worker_id(),
             dead_letters: DeadLetterStream::of(&broker),
             broker,
@@ -218,6 +223,11 @@ impl Worker {
         if let Some(upkeep) = self.upkeep.take() {
             sidecars.spawn(upkeep.run(UPKEEP_INTERVAL, stopped(stopping_rx.clone())));
         }
+        sidecars.spawn(super::progress_writer::run(
+            self.store.clone(),
+            self.progress.clone(),
+            stopped(stopping_rx.clone()),
+        ));
         // Schedules fire from whichever worker takes their row first.
         sidecars.spawn(crate::schedule::run_ticker(
             self.store.clone(),

@@ -24,6 +24,7 @@ mod nats_roles;
 mod pipeline;
 mod pools;
 mod priority;
+mod progress;
 mod properties;
 mod replicas;
 mod retention;

@@ -385,6 +385,11 @@ async fn the_partitioning_migration_keeps_rows_stored_before_it() {
         include_str!("../../schemas/migrations/0002_task_partitions.sql"),
         include_str!("../../schemas/migrations/0003_completed_at_brin.sql"),
         include_str!("../../schemas/migrations/0004_payload_refs.sql"),
+        include_str!("../../schemas/migrations/0005_task_keys.sql"),
+        include_str!("../../schemas/migrations/0006_scheduled_status.sql"),
+        include_str!("../../schemas/migrations/0007_schedules.sql"),
+        include_str!("../../schemas/migrations/0008_cron_schedules.sql"),
+        include_str!("../../schemas/migrations/0009_progress.sql"),
     ];
     sqlx::raw_sql(sqlx::AssertSqlSafe(migrations[0]))
         .execute(store.primary())

@@ -176,6 +176,8 @@ mod tests {
             attempt: 1,
             max_attempts: 3,
             deadline: std::time::Instant::now(),
+            progress: Default::default(),
+            checkpoint: None,
         }
     }
 

@@ -1,5 +1,7 @@
 //! `sleep`: waits `ms` milliseconds (`{"ms": 5}`), then returns `{"slept_ms": ms}`.
-//! Stands in for slow I/O-bound work in tests of leases, timeouts and shutdown.
+//! Stands in for slow I/O-bound work in tests of leases, timeouts, shutdown and progress:
+//! it reports progress in tenths, and after a retry resumes from the last one reported
+//! (`{"slept_ms": ms, "resumed_from": n}`).
 
 use std::time::Duration;
 
@@ -16,12 +18,33 @@ impl Agent for SleepAgent {
         "sleep"
     }
 
-    async fn run(&self, input: &Value, _context: &AgentContext) -> Result<Value, AgentError> {
+    async fn run(&self, input: &Value, context: &AgentContext) -> Result<Value, AgentError> {
         let ms = input
             .get("ms")
             .and_then(Value::as_u64)
             .ok_or_else(|| AgentError::invalid_input("ms", "a whole number of milliseconds"))?;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok(json!({ "slept_ms": ms }))
+        // Resumed after a retry: what an earlier attempt slept already counts.
+        let resumed_from = context
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.pointer("/detail/slept_ms"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(ms);
+        let step = (ms / 10).max(1);
+        let mut slept = resumed_from;
+        while slept < ms {
+            let nap = step.min(ms - slept);
+            tokio::time::sleep(Duration::from_millis(nap)).await;
+            slept += nap;
+            context
+                .progress
+                .report(slept as f64 / ms as f64, json!({ "slept_ms": slept }));
+        }
+        if resumed_from > 0 {
+            Ok(json!({ "slept_ms": ms, "resumed_from": resumed_from }))
+        } else {
+            Ok(json!({ "slept_ms": ms }))
+        }
     }
 }
