@@ -33,6 +33,12 @@ impl ProgressBoard {
             .collect()
     }
 
+    /// Drops the report of a task that ended: nothing will read it as a checkpoint, and a
+    /// short task that never had an unfinished row would otherwise be retried for seconds.
+    pub fn forget(&self, task_id: &Uuid) {
+        self.latest.lock().expect("progress lock").remove(task_id);
+    }
+
     /// Puts back reports whose task had no row yet (it gets one within a second), unless a
     /// newer report came meanwhile or they are too old.
     pub fn put_back(&self, unapplied: Vec<(Uuid, Value)>, first_taken: Instant) {
@@ -83,5 +89,36 @@ impl Progress {
             .lock()
             .expect("progress lock")
             .insert(self.task_id, (report, Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_report_wins_and_an_ended_task_is_forgotten() {
+        let board = Arc::new(ProgressBoard::default());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (progress_a, progress_b) = (
+            Progress::new(a, board.clone()),
+            Progress::new(b, board.clone()),
+        );
+        progress_a.report(0.2, json!(1));
+        progress_a.report(7.0, json!(2)); // clamped
+        progress_b.report(f64::NAN, json!(3));
+        board.forget(&b);
+        let taken = board.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, a);
+        assert_eq!(taken[0].1["fraction"], 1.0);
+        assert_eq!(taken[0].1["detail"], 2);
+        assert!(board.take().is_empty(), "taken off the board");
+        // Not applied (no row yet): back on the board, unless a newer report came.
+        progress_a.report(0.5, json!("newer"));
+        board.put_back(taken, Instant::now());
+        assert_eq!(board.take()[0].1["detail"], "newer");
+        // A handle without a board reports nowhere.
+        Progress::default().report(0.5, json!(null));
     }
 }

@@ -432,6 +432,10 @@ impl TaskRunner {
             }
         };
         metrics.in_flight.dec();
+        // A retry reads the last report as its checkpoint; any other end needs it no more.
+        if !matches!(outcome, Outcome::Retry { .. } | Outcome::Abandoned) {
+            self.executor.forget_progress(&delivery.task.id);
+        }
         let agent_label = self.executor.registry().label(&delivery.task.agent_type);
         metrics
             .agent_duration

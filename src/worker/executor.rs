@@ -56,6 +56,13 @@ impl Executor {
         self
     }
 
+    /// Forgets the progress report of a task whose attempt ended without a retry to follow.
+    pub fn forget_progress(&self, task_id: &uuid::Uuid) {
+        if let Some(board) = &self.progress {
+            board.forget(task_id);
+        }
+    }
+
     /// Fails results larger than `bytes` of JSON, permanently.
     pub fn with_max_result_bytes(mut self, bytes: usize) -> Self {
         self.max_result_bytes = bytes;
