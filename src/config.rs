@@ -308,6 +308,37 @@ pub struct NatsSettings {
     /// reference in the message and the row. Default 262144 (256 KiB).
     /// Env: `SWARM_CLAIM_CHECK_BYTES`.
     pub claim_check_bytes: usize,
+    /// Where delayed tasks wait: `auto` (default) uses the server's own message schedules
+    /// on NATS ≥ 2.12 and the fleet's delay stream on older servers; `stream` always the
+    /// delay stream; `native` the server's schedules, refused with the version needed on a
+    /// server older than 2.12. Env: `SWARM_DELAYS`.
+    pub delays: DelayMode,
+}
+
+/// Where delayed tasks wait until due (`nats.delays`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelayMode {
+    /// The server's message schedules where it has them (≥ 2.12), else the delay stream.
+    #[default]
+    Auto,
+    /// The fleet's delay stream, held by its workers, on every server.
+    Stream,
+    /// The server's message schedules (`Nats-Schedule: @at …`, NATS ≥ 2.12).
+    Native,
+}
+
+impl std::str::FromStr for DelayMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "stream" => Ok(Self::Stream),
+            "native" => Ok(Self::Native),
+            other => Err(format!("expected auto, stream or native, got {other:?}")),
+        }
+    }
 }
 
 impl Default for NatsSettings {
@@ -332,6 +363,7 @@ impl Default for NatsSettings {
             max_deliver: 110,
             announce_outcomes: true,
             claim_check_bytes: 256 * 1024,
+            delays: DelayMode::Auto,
         }
     }
 }
@@ -735,6 +767,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_CLAIM_CHECK_BYTES") {
             self.nats.claim_check_bytes = parsed("SWARM_CLAIM_CHECK_BYTES", v)?;
+        }
+        if let Some(v) = get("SWARM_DELAYS") {
+            self.nats.delays = parsed("SWARM_DELAYS", v)?;
         }
         if let Some(v) = get("SWARM_ANNOUNCE_OUTCOMES") {
             self.nats.announce_outcomes = parsed("SWARM_ANNOUNCE_OUTCOMES", v)?;

@@ -1,6 +1,12 @@
 //! The connection to NATS and the idempotent setup of the tasks stream and its consumers.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::jetstream::{
     self,
@@ -8,7 +14,7 @@ use async_nats::jetstream::{
 };
 
 use super::{AgentFilter, BrokerError, PriorityPuller, Subjects};
-use crate::config::NatsSettings;
+use crate::config::{DelayMode, NatsSettings};
 
 /// Largest task message the stream accepts (bytes). Bigger bodies are refused at publish.
 pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
@@ -20,6 +26,10 @@ pub struct Broker {
     jetstream: jetstream::Context,
     settings: NatsSettings,
     subjects: Subjects,
+    /// Whether the tasks stream takes message schedules (NATS ≥ 2.12): delayed tasks may be
+    /// held in it on `<prefix>.held.<id>`, and it republishes every stored message. Known
+    /// once [`Broker::ensure_stream`] ran; until then the delay stream serves.
+    schedules: Arc<AtomicBool>,
 }
 
 impl Broker {
@@ -84,6 +94,7 @@ impl Broker {
             subjects: Subjects::new(settings.subject_prefix.clone()),
             settings: settings.clone(),
             client,
+            schedules: Arc::default(),
         }
     }
 
@@ -107,7 +118,15 @@ impl Broker {
     ///
     /// Fails when JetStream is unavailable or refuses the configuration.
     pub async fn ensure_stream(&self) -> Result<(), BrokerError> {
-        let config = jetstream::stream::Config {
+        // A request first: the server's version is known once the connection is made (a
+        // client that retries its first connect returns before), and a stream that takes
+        // schedules keeps them (the server refuses to turn them off).
+        let already = match self.jetstream.get_stream(&self.settings.stream).await {
+            Ok(stream) => stream.cached_info().config.allow_message_schedules,
+            Err(_) => false,
+        };
+        let schedules = already || self.schedules_wanted()?;
+        let mut config = jetstream::stream::Config {
             name: self.settings.stream.clone(),
             subjects: vec![self.subjects.stream_subject()],
             retention: RetentionPolicy::WorkQueue,
@@ -128,13 +147,79 @@ impl Broker {
             description: Some("SwarmDirector tasks, keyed by priority and agent type".into()),
             ..Default::default()
         };
+        if schedules {
+            // Delayed tasks are held on their own subjects until the server publishes them
+            // to their task subject; the republish covers both, so a held task can be shown
+            // `scheduled` and a task the server published rings the workers' doorbells.
+            config.subjects.push(self.subjects.held_stream_subject());
+            config.subjects.push(self.subjects.alarms_stream_subject());
+            config.allow_message_schedules = true;
+            config.republish = Some(jetstream::stream::Republish {
+                source: self.subjects.everything(),
+                destination: self.subjects.stored_tasks(),
+                headers_only: false,
+            });
+        }
         super::stream_setup::ensure(&self.jetstream, config)
             .await
             .map_err(|reason| BrokerError::Stream {
                 stream: self.settings.stream.clone(),
                 reason,
             })?;
+        self.schedules.store(schedules, Ordering::Relaxed);
         self.ensure_delay_stream().await
+    }
+
+    /// Whether a new tasks stream should take message schedules: on servers that have them,
+    /// unless delays are kept in the delay stream (a stream that takes schedules cannot
+    /// refuse new messages, and cannot stop taking schedules). Asking for native delays on
+    /// an older server is an error naming the version needed.
+    fn schedules_wanted(&self) -> Result<bool, BrokerError> {
+        let capable = self
+            .server_version()
+            .is_some_and(|version| version.at_least(2, 12));
+        match self.settings.delays {
+            DelayMode::Native if !capable => Err(BrokerError::Unsupported {
+                feature: "native delayed tasks (SWARM_DELAYS=native)",
+                needs: "2.12",
+                server: self
+                    .server_version()
+                    .map_or_else(|| "unknown".into(), |v| v.to_string()),
+            }),
+            DelayMode::Native | DelayMode::Auto => Ok(capable),
+            DelayMode::Stream => Ok(false),
+        }
+    }
+
+    /// Reads whether the tasks stream takes message schedules, for a process that did not
+    /// set the stream up itself (a worker sharing a connection).
+    ///
+    /// Fails when the stream cannot be read.
+    pub async fn read_stream_features(&self) -> Result<(), BrokerError> {
+        let stream = self
+            .jetstream
+            .get_stream(&self.settings.stream)
+            .await
+            .map_err(|e| BrokerError::Stream {
+                stream: self.settings.stream.clone(),
+                reason: e.to_string(),
+            })?;
+        let config = &stream.cached_info().config;
+        let held = self.subjects.held_stream_subject();
+        let takes = config.allow_message_schedules && config.subjects.contains(&held);
+        self.schedules.store(takes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the tasks stream takes message schedules (see [`Broker::ensure_stream`]).
+    pub fn stream_takes_schedules(&self) -> bool {
+        self.schedules.load(Ordering::Relaxed)
+    }
+
+    /// Whether delayed tasks are held by the server's message schedules rather than the
+    /// delay stream.
+    pub fn delays_held_by_server(&self) -> bool {
+        self.stream_takes_schedules() && self.settings.delays != DelayMode::Stream
     }
 
     /// A puller over the lanes `filter` admits; their consumers are created as tasks show

@@ -1,4 +1,8 @@
-//! Delayed tasks. A task whose `not_before` lies ahead is published to the delay stream
+//! Delayed tasks. On NATS ≥ 2.12 a task whose `not_before` lies ahead is held by the
+//! server's own message schedules: published to `<prefix>.held.<id>` in the tasks stream
+//! with `Nats-Schedule: @at <due>` and its task subject as `Nats-Schedule-Target`; the
+//! server publishes it there when due (its Raft group keeps the wait) and removes the held
+//! copy. On older servers (or with `SWARM_DELAYS=stream`) it is published to the delay stream
 //! `<stream>_DELAYED` (subjects `<prefix>.delayed.p<N>.<agent_type>`, header
 //! `Swarm-Not-Before`) instead of the tasks stream. Every worker runs a mover on one shared
 //! consumer of it: a message not yet due is nak'd with the time left — the broker keeps the
@@ -31,7 +35,44 @@ pub fn not_before_header(due: DateTime<Utc>) -> String {
     due.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Headers of the server's message schedules (ADR-51, NATS ≥ 2.12).
+const SCHEDULE: &str = "Nats-Schedule";
+const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+
+/// How many delayed tasks wait where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DelayedCounts {
+    pub held_by_server: u64,
+    pub in_delay_stream: u64,
+}
+
+impl DelayedCounts {
+    pub fn total(&self) -> u64 {
+        self.held_by_server + self.in_delay_stream
+    }
+}
+
 impl Broker {
+    /// Where `task`, due at `due`, waits — held by the server's message schedules on its own
+    /// subject, or in the delay stream — with the headers that make it wait there added to
+    /// `headers`.
+    pub(super) fn hold(
+        &self,
+        task: &crate::task::TaskEnvelope,
+        due: DateTime<Utc>,
+        headers: &mut HeaderMap,
+    ) -> String {
+        headers.insert(headers::NOT_BEFORE, not_before_header(due).as_str());
+        if !self.delays_held_by_server() {
+            return self.subjects().delayed(task.priority, &task.agent_type);
+        }
+        let at = format!("@at {}", not_before_header(due));
+        headers.insert(SCHEDULE, at.as_str());
+        let target = self.subjects().task(task.priority, &task.agent_type);
+        headers.insert(SCHEDULE_TARGET, target.as_str());
+        self.subjects().held(&task.id)
+    }
+
     /// The delay stream's name.
     pub fn delay_stream(&self) -> String {
         format!("{}_DELAYED", self.settings().stream)
@@ -57,6 +98,41 @@ impl Broker {
                 stream: self.delay_stream(),
                 reason,
             })
+    }
+
+    /// Tasks waiting for their `not_before`: held by the server's schedules, and in the
+    /// delay stream (each 0 where there is none).
+    ///
+    /// Fails when the tasks stream cannot be read.
+    pub async fn delayed_counts(&self) -> Result<DelayedCounts, BrokerError> {
+        let stream_error = |stream: String, e: &dyn std::fmt::Display| BrokerError::Stream {
+            stream,
+            reason: e.to_string(),
+        };
+        let tasks = &self.settings().stream;
+        let mut counts = DelayedCounts::default();
+        if self.stream_takes_schedules() {
+            let stream = self
+                .jetstream()
+                .get_stream(tasks)
+                .await
+                .map_err(|e| stream_error(tasks.clone(), &e))?;
+            let mut held = stream
+                .info_with_subjects(self.subjects().held_stream_subject())
+                .await
+                .map_err(|e| stream_error(tasks.clone(), &e))?;
+            while let Some(entry) = held.next().await {
+                let (_, count) = entry.map_err(|e| stream_error(tasks.clone(), &e))?;
+                counts.held_by_server += count as u64;
+            }
+        }
+        // Absent until a worker or `swarmd migrate` made it.
+        if let Ok(mut stream) = self.jetstream().get_stream(self.delay_stream()).await
+            && let Ok(info) = stream.info().await
+        {
+            counts.in_delay_stream = info.state.messages;
+        }
+        Ok(counts)
     }
 
     /// Moves due tasks to the tasks stream until `stop` completes, holding the rest.
@@ -160,9 +236,9 @@ impl Broker {
 }
 
 impl Broker {
-    /// Puts `task`, delivered before its `not_before`, in the delay stream (a producer
-    /// published it straight to its task subject, or clocks disagree). Its own message id:
-    /// the tasks stream already holds the task's id, and would drop it as a copy.
+    /// Holds `task`, delivered before its `not_before`, until due (a producer published it
+    /// straight to its task subject, or clocks disagree). Its own message id: the tasks
+    /// stream already holds the task's id, and would drop it as a copy.
     pub async fn defer(&self, task: &crate::task::TaskEnvelope) -> Result<(), BrokerError> {
         let due = task.not_before.unwrap_or_else(Utc::now);
         let body = crate::task::Codec::Json.encode(task)?;
@@ -173,8 +249,7 @@ impl Broker {
             headers::CONTENT_TYPE,
             crate::task::Codec::Json.content_type(),
         );
-        headers.insert(headers::NOT_BEFORE, not_before_header(due).as_str());
-        let subject = self.subjects().delayed(task.priority, &task.agent_type);
+        let subject = self.hold(task, due, &mut headers);
         self.jetstream()
             .publish_with_headers(subject.clone(), headers, body)
             .await

@@ -30,7 +30,7 @@ impl Doorbell {
     }
 
     fn priorities_of(&self, subject: &str) -> Priorities {
-        match self.subjects.parse_task(subject) {
+        match self.subjects.parse_task(&self.subjects.unstored(subject)) {
             Some((priority, agent)) if self.filter.admits(agent) => {
                 let lane = (priority, agent.to_string());
                 self.active.lock().expect("lanes lock").ring(lane);

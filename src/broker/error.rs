@@ -17,8 +17,12 @@ pub enum BrokerError {
     Stream { stream: String, reason: String },
     #[error("cannot set up consumer {consumer}: {reason}")]
     Consumer { consumer: String, reason: String },
-    #[error("NATS server {version} lacks {feature}")]
-    Unsupported { version: String, feature: String },
+    #[error("{feature} needs NATS server {needs} or later; the server is {server}")]
+    Unsupported {
+        feature: &'static str,
+        needs: &'static str,
+        server: String,
+    },
     #[error("cannot publish to {subject}: {source}")]
     Publish {
         subject: String,

@@ -20,6 +20,7 @@ mod subjects;
 
 pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
 pub use connection::Broker;
+pub use delayed::DelayedCounts;
 pub use doorbell::Doorbell;
 pub use error::BrokerError;
 pub use lanes::{AgentFilter, lane_name};

@@ -16,7 +16,7 @@ pub mod headers {
     /// pays for announcements nobody waits for).
     pub const ANNOUNCE: &str = "Swarm-Announce";
     pub const ANNOUNCE_OUTCOME: &str = "outcome";
-    /// When a delayed task is due (RFC 3339), on the delay stream's messages.
+    /// When a delayed task is due (RFC 3339), on held and delay-stream messages.
     pub const NOT_BEFORE: &str = "Swarm-Not-Before";
 }
 
@@ -112,12 +112,6 @@ impl Broker {
         options: PublishOptions,
     ) -> Result<PublishAckFuture, BrokerError> {
         task.validate()?;
-        // A task due later waits in the delay stream, not the tasks stream.
-        let due_later = task.not_before.filter(|due| *due > chrono::Utc::now());
-        let subject = match due_later {
-            Some(_) => self.subjects().delayed(task.priority, &task.agent_type),
-            None => self.subjects().task(task.priority, &task.agent_type),
-        };
         let mut body = options.codec.encode(task)?;
         if body.len() > self.claim_check_bytes() && task.data_ref.is_none() {
             // Too large to travel: the data goes to the Object Store, a reference instead.
@@ -130,12 +124,11 @@ impl Broker {
         if options.announce {
             headers.insert(headers::ANNOUNCE, headers::ANNOUNCE_OUTCOME);
         }
-        if let Some(due) = due_later {
-            headers.insert(
-                headers::NOT_BEFORE,
-                super::delayed::not_before_header(due).as_str(),
-            );
-        }
+        // A task due later is held until due, not put on its lane.
+        let subject = match task.not_before.filter(|due| *due > chrono::Utc::now()) {
+            Some(due) => self.hold(task, due, &mut headers),
+            None => self.subjects().task(task.priority, &task.agent_type),
+        };
         // The producer's span: the worker's spans for this task become its children.
         let span = tracing::debug_span!(
             "publish",

@@ -133,13 +133,21 @@ impl PriorityPuller {
     }
 
     /// The subjects this worker listens to: one per agent type for a dedicated pool, all
-    /// task subjects otherwise.
+    /// task subjects otherwise. On a stream that takes schedules, their stored copies: a task
+    /// the server published when due never passes the task subject on core NATS.
     fn listened_subjects(&self) -> Vec<String> {
         let subjects = self.broker.subjects();
-        match &self.filter {
+        let listened: Vec<String> = match &self.filter {
             AgentFilter::Only(set) => set.iter().map(|a| subjects.any_priority(a)).collect(),
             _ => vec![subjects.all_tasks()],
+        };
+        if !self.broker.stream_takes_schedules() {
+            return listened;
         }
+        listened
+            .iter()
+            .map(|subject| subjects.stored_copy_of(subject))
+            .collect()
     }
 
     /// The lanes of `priorities` to ask, highest priority first, each priority's lanes

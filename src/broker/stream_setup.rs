@@ -52,6 +52,8 @@ fn with_fleet_fields(mut current: Config, wanted: &Config) -> Config {
     current.allow_direct = wanted.allow_direct;
     current.republish = wanted.republish.clone();
     current.description = wanted.description.clone();
+    // Never turned off once on: tasks held by the server's schedules still wait there.
+    current.allow_message_schedules |= wanted.allow_message_schedules;
     current
 }
 

@@ -66,6 +66,61 @@ impl Subjects {
         format!("{}.delayed.p{priority}.{agent_type}", self.prefix)
     }
 
+    /// Where a delayed task is held by the server's message schedules (one subject per
+    /// task: a subject holds one schedule).
+    pub fn held(&self, id: &uuid::Uuid) -> String {
+        format!("{}.held.{id}", self.prefix)
+    }
+
+    /// What the tasks stream takes for held tasks.
+    pub fn held_stream_subject(&self) -> String {
+        format!("{}.held.*", self.prefix)
+    }
+
+    /// Every subject of the fleet: what a stream that takes schedules republishes, so the
+    /// copies read `<prefix>.stored.tasks.…` and `<prefix>.stored.held.…`.
+    pub fn everything(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    /// The subject a republished copy was published on, from the copy's own subject
+    /// (`<prefix>.stored.tasks.p1.a` → `<prefix>.tasks.p1.a`).
+    pub fn unstored<'a>(&self, subject: &'a str) -> std::borrow::Cow<'a, str> {
+        match subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(".stored."))
+        {
+            Some(rest) => format!("{}.{rest}", self.prefix).into(),
+            None => subject.into(),
+        }
+    }
+
+    /// Where a stream that takes schedules republishes what is stored under `subject`.
+    pub fn stored_copy_of(&self, subject: &str) -> String {
+        match subject.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => format!("{}.stored{rest}", self.prefix),
+            None => subject.to_string(),
+        }
+    }
+
+    /// Whether `subject` holds a delayed task (the server's schedule or the delay stream).
+    pub fn is_delayed(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(".held.") || rest.starts_with(".delayed."))
+    }
+
+    /// Where the server publishes a schedule's alarm when it is due (see
+    /// `schedule::alarm`).
+    pub fn alarms_due(&self) -> String {
+        format!("{}.alarms.due", self.prefix)
+    }
+
+    /// What the tasks stream takes for schedule alarms.
+    pub fn alarms_stream_subject(&self) -> String {
+        format!("{}.alarms.>", self.prefix)
+    }
+
     /// What the delay stream takes.
     pub fn delayed_stream_subject(&self) -> String {
         format!("{}.delayed.*.*", self.prefix)
@@ -141,5 +196,17 @@ mod tests {
         assert_eq!(subjects.parse_task("acme.swarm.tasks.p9.x"), Some((9, "x")));
         assert_eq!(subjects.stream_subject(), "acme.swarm.tasks.*.*");
         assert_eq!(subjects.priority_filter(0), "acme.swarm.tasks.p0.*");
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            subjects.held(&id),
+            "acme.swarm.held.00000000-0000-0000-0000-000000000000"
+        );
+        assert!(subjects.is_delayed(&subjects.held(&id)));
+        assert!(subjects.is_delayed(&subjects.delayed(1, "a")));
+        assert!(!subjects.is_delayed(&subject));
+        let stored = subjects.stored_copy_of(&subject);
+        assert_eq!(stored, "acme.swarm.stored.tasks.p7.email");
+        assert_eq!(subjects.unstored(&stored), subject);
+        assert_eq!(subjects.unstored(&subject), subject);
     }
 }

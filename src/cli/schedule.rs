@@ -105,6 +105,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             .schedule(Utc::now())
             .map_err(anyhow::Error::msg)?;
             store.put_schedule(&schedule).await?;
+            set_alarm(&settings, &schedule.name, schedule.next_fire).await;
             println!(
                 "schedule {} fires {} {}, next at {}",
                 schedule.name,
@@ -147,6 +148,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
                 .first_after(Utc::now())
                 .map_err(anyhow::Error::msg)?;
             found(store.pause_schedule(&name, false, Some(next)).await?, &name)?;
+            set_alarm(&settings, &name, next).await;
         }
         Command::Trigger { name } => {
             let schedule = store
@@ -176,5 +178,18 @@ fn found(done: bool, name: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("no schedule {name:?}")
+    }
+}
+
+/// Sets the server's alarm for a schedule's next fire, where the server has alarms; without
+/// it (a user that may not publish alarms) the workers' ticker fires it within seconds.
+async fn set_alarm(settings: &crate::config::Settings, name: &str, at: chrono::DateTime<Utc>) {
+    let set = async {
+        let broker = super::connect_broker(settings).await?;
+        crate::schedule::alarm::set(&broker, name, at).await?;
+        anyhow::Ok(())
+    };
+    if let Err(error) = set.await {
+        tracing::debug!(%error, "cannot set the schedule's alarm; the workers' ticker fires it");
     }
 }

@@ -40,16 +40,17 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         info.state.messages,
         info.state.bytes
     );
-    // Delayed tasks wait in their own stream until due (absent before a worker made it).
-    if let Ok(mut delayed) = broker.jetstream().get_stream(broker.delay_stream()).await
-        && let Ok(info) = delayed.info().await
-    {
-        println!(
-            "scheduled (not due yet, stream {}): {}",
-            broker.delay_stream(),
-            info.state.messages
-        );
-    }
+    let delayed = broker
+        .delayed_counts()
+        .await
+        .context("counting delayed tasks")?;
+    println!(
+        "scheduled (not due yet): {} — held by the server's schedules: {}, in the delay stream {}: {}",
+        delayed.total(),
+        delayed.held_by_server,
+        broker.delay_stream(),
+        delayed.in_delay_stream
+    );
     let backlog = broker.backlog().await.context("reading the backlog")?;
     println!(
         "\n{:<9} {:>9} {:>10} {:>12}",

@@ -327,6 +327,7 @@ async fn task(
         "result": result,
         "result_ref": record.result_ref,
         "progress": record.progress,
+        "not_before": record.not_before,
         "data_ref": record.data_ref,
         "last_error": record.last_error,
         "errors": record.errors,

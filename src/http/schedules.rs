@@ -46,6 +46,12 @@ pub(super) async fn put(
         .put_schedule(&schedule)
         .await
         .map_err(|e| ApiError::internal("cannot store the schedule", e))?;
+    if let Err(error) =
+        crate::schedule::alarm::set(&state.broker, &schedule.name, schedule.next_fire).await
+    {
+        // Stored: the workers' ticker fires it within seconds.
+        tracing::debug!(%error, "cannot set the schedule's alarm");
+    }
     Ok((StatusCode::CREATED, Json(schedule)).into_response())
 }
 

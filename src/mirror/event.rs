@@ -12,6 +12,8 @@ use crate::{
 /// Where a move puts the task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
+    /// `scheduled_tasks`, scored by when it is due: a delayed task not due yet.
+    Scheduled,
     /// `agent_tasks`, scored by priority.
     Waiting,
     Processing,
@@ -23,6 +25,7 @@ pub enum Place {
 impl Place {
     pub fn as_str(self) -> &'static str {
         match self {
+            Place::Scheduled => "scheduled",
             Place::Waiting => "waiting",
             Place::Processing => "processing",
             Place::Completed => "completed",
@@ -39,6 +42,9 @@ pub struct MirrorEvent {
     pub place: Place,
     pub rank: u64,
     pub priority: i64,
+    /// Its score in a sorted set: the priority in `agent_tasks`, the due time (Unix
+    /// seconds) in `scheduled_tasks`.
+    pub score: f64,
     pub json: String,
     /// When the fleet made the move, for the mirror-lag measure.
     pub at: DateTime<Utc>,
@@ -55,8 +61,18 @@ impl MirrorEvent {
             place,
             rank,
             priority: task.priority,
+            score: task.priority as f64,
             json: task.to_python_json(),
             at: Utc::now(),
+        }
+    }
+
+    /// A delayed task, due at `due`: shown in `scheduled_tasks` until it waits on its lane
+    /// (rank 1: any later move of the task replaces it).
+    pub fn scheduled(task: &TaskEnvelope, due: DateTime<Utc>) -> Self {
+        Self {
+            score: due.timestamp_micros() as f64 / 1e6,
+            ..Self::new(Place::Scheduled, 1, &LegacyTask::waiting(task))
         }
     }
 
@@ -131,6 +147,10 @@ impl MirrorEvent {
             task = task.taken(worker, started);
         }
         let (place, rank) = match row.status.as_str() {
+            "scheduled" => {
+                let due = row.not_before.unwrap_or(row.created_at);
+                return Some(Self::scheduled(&envelope, due));
+            }
             "processing" => (Place::Processing, rank(delivery, true)),
             "failed" => (Place::Waiting, rank(delivery + 1, false)),
             "completed" => {

@@ -3,12 +3,13 @@
 //! NATS queue group: one worker process mirrors each) and queues a "waiting" move for each.
 //! A publish the stream refused (limits, a subject it does not take) is never shown.
 
+use chrono::Utc;
 use futures::StreamExt;
 
 use super::{Mirror, MirrorEvent};
 use crate::{
     broker::{Broker, BrokerError, headers},
-    task::Codec,
+    task::{Codec, WAIT_OUT_UP_TO},
 };
 
 /// Header of a republished message: the subject it was stored under.
@@ -60,7 +61,15 @@ pub async fn run(
             .unwrap_or_default();
         let lane = broker.subjects().parse_task(&stored_as);
         if task.validate().is_ok() && lane == Some((task.priority, task.agent_type.as_str())) {
-            mirror.record(MirrorEvent::published(&task));
+            // One published straight to its lane before it is due goes back to wait (see
+            // `worker::delay`): scheduled, not waiting, so no legacy consumer takes it early.
+            let event = match task.not_before {
+                Some(due) if due - Utc::now() > WAIT_OUT_UP_TO => {
+                    MirrorEvent::scheduled(&task, due)
+                }
+                _ => MirrorEvent::published(&task),
+            };
+            mirror.record(event);
         }
     }
 }

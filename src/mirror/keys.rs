@@ -5,13 +5,18 @@
 pub struct LegacyKeys {
     /// Sorted set: member = task JSON, score = priority (waiting tasks).
     pub agent_tasks: String,
+    /// Sorted set: member = task JSON, score = when it is due (Unix seconds): delayed tasks
+    /// not due yet. Not one of the seed's keys — `agent_tasks` scores by priority, and a
+    /// legacy consumer popping it would run a delayed task early — but the shape tools such
+    /// as Sidekiq's `schedule` set use.
+    pub scheduled_tasks: String,
     /// Hash: id -> task JSON (being processed).
     pub processing_tasks: String,
     /// Hash: id -> task JSON with `result`.
     pub completed_tasks: String,
     /// Hash: id -> task JSON with `last_error` (given up).
     pub failed_tasks: String,
-    /// Hash: id -> the member the fleet wrote to `agent_tasks` for it. Tells our members
+    /// Hash: id -> the member the fleet wrote to `agent_tasks` (or `scheduled_tasks`) for it. Tells our members
     /// from a legacy producer's, and lets a task's member be moved without a scan.
     pub mirrored_waiting: String,
     /// Hash: id -> rank of the newest state written, so a late write never moves a task
@@ -31,6 +36,7 @@ impl LegacyKeys {
     pub fn new(prefix: &str) -> Self {
         Self {
             agent_tasks: format!("{prefix}agent_tasks"),
+            scheduled_tasks: format!("{prefix}scheduled_tasks"),
             processing_tasks: format!("{prefix}processing_tasks"),
             completed_tasks: format!("{prefix}completed_tasks"),
             failed_tasks: format!("{prefix}failed_tasks"),
@@ -51,9 +57,10 @@ impl LegacyKeys {
     }
 
     /// Every key, for tests and `mirror rebuild`.
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.agent_tasks,
+            &self.scheduled_tasks,
             &self.processing_tasks,
             &self.completed_tasks,
             &self.failed_tasks,

@@ -70,9 +70,16 @@ async fn shown(
         }
     }
     if let Some(member) = waiting {
-        let score: Option<f64> = redis.zscore(&keys.agent_tasks, &member).await?;
-        if score.is_some() {
-            places.push((Place::Waiting, member));
+        let (waiting, scheduled): (Option<f64>, Option<f64>) = redis::pipe()
+            .zscore(&keys.agent_tasks, &member)
+            .zscore(&keys.scheduled_tasks, &member)
+            .query_async(redis)
+            .await?;
+        if waiting.is_some() {
+            places.push((Place::Waiting, member.clone()));
+        }
+        if scheduled.is_some() {
+            places.push((Place::Scheduled, member));
         }
     }
     Ok(places)
@@ -185,6 +192,7 @@ pub async fn rebuild(
     let ours: Vec<String> = redis.hvals(&keys.mirrored_waiting).await?;
     for chunk in ours.chunks(500) {
         let _: () = redis.zrem(&keys.agent_tasks, chunk).await?;
+        let _: () = redis.zrem(&keys.scheduled_tasks, chunk).await?;
     }
     let _: () = redis
         .del(&[

@@ -8,9 +8,9 @@ use std::sync::LazyLock;
 /// monotonic (a repeated one is refused by its rank), so writing the call again is safe.
 ///
 /// KEYS: agent_tasks, processing_tasks, completed_tasks, failed_tasks, mirrored_waiting,
-/// mirror_state. ARGV: force ("1" ignores rank and finality: rebuilds), then for each move
-/// id, kind (waiting | hidden: waiting but not shown | processing | completed | failed),
-/// rank, json, score.
+/// mirror_state, scheduled_tasks. ARGV: force ("1" ignores rank and finality: rebuilds), then
+/// for each move id, kind (scheduled | waiting | hidden: waiting but not shown | processing |
+/// completed | failed), rank, json, score.
 pub static TRANSITION: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(TRANSITION_CODE));
 
@@ -36,10 +36,15 @@ for i = 2, #ARGV, 5 do
     local old = redis.call('HGET', KEYS[5], id)
     if old then
       redis.call('ZREM', KEYS[1], old)
+      redis.call('ZREM', KEYS[7], old)
       redis.call('HDEL', KEYS[5], id)
     end
     redis.call('HDEL', KEYS[2], id)
-    if kind == 'waiting' then
+    if kind == 'scheduled' then
+      redis.call('ZADD', KEYS[7], score, json)
+      redis.call('HSET', KEYS[5], id, json)
+      redis.call('HSET', KEYS[6], id, rank)
+    elseif kind == 'waiting' then
       redis.call('ZADD', KEYS[1], score, json)
       redis.call('HSET', KEYS[5], id, json)
       redis.call('HSET', KEYS[6], id, rank)

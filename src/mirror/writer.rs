@@ -312,13 +312,14 @@ pub async fn write(
         let call = pipe
             .cmd("EVALSHA")
             .arg(script.get_hash())
-            .arg(6)
+            .arg(7)
             .arg(&keys.agent_tasks)
             .arg(&keys.processing_tasks)
             .arg(&keys.completed_tasks)
             .arg(&keys.failed_tasks)
             .arg(&keys.mirrored_waiting)
             .arg(&keys.mirror_state)
+            .arg(&keys.scheduled_tasks)
             .arg(if force { "1" } else { "0" });
         for event in moves {
             let kind = match event.place {
@@ -330,7 +331,7 @@ pub async fn write(
                 .arg(kind)
                 .arg(event.rank)
                 .arg(&event.json)
-                .arg(event.priority);
+                .arg(event.score);
         }
         call.ignore();
     }
@@ -360,6 +361,7 @@ mod tests {
             place,
             rank,
             priority: 5,
+            score: 5.0,
             json: format!("{id}:{rank}"),
             at: Utc::now(),
         }

@@ -3,7 +3,10 @@
 //! whose id (UUIDv5 of the name and fire time) and creation time derive from the fire, so a
 //! fire published twice — two workers, a retry after a failed commit — is one task:
 //! JetStream drops the copy within its duplicate window, and the row is keyed by both.
+//! On NATS ≥ 2.12 the server's own message schedules say when ([`alarm`]); on older
+//! servers every worker's ticker looks five times a second.
 
+pub mod alarm;
 mod cron_times;
 mod store;
 mod ticker;

@@ -5,33 +5,57 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::Overlap;
 use crate::{broker::Broker, store::Store, task::Codec};
 
-/// How often due schedules are looked for: fires are late by at most about this.
+/// How often due schedules are looked for without alarms: fires are late by at most
+/// about this.
 const TICK: Duration = Duration::from_millis(200);
+/// How often they are looked for behind the server's alarms: only an alarm never set (or
+/// lost) waits for it.
+const TICK_BEHIND_ALARMS: Duration = Duration::from_secs(2);
 
-/// Fires due schedules until `stop` completes.
+/// Fires due schedules until `stop` completes: when the server's alarm for one rings, and
+/// on a steady tick.
 pub async fn run(store: Store, broker: Broker, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
+    let mut rings = super::alarm::rings(&broker).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot take schedule alarms; the ticker alone fires schedules");
+        None
+    });
+    let pause = if rings.is_some() {
+        TICK_BEHIND_ALARMS
+    } else {
+        TICK
+    };
+    let mut rang: Option<async_nats::jetstream::Message> = None;
     loop {
-        if let Err(error) = tick(&store, &broker).await {
-            tracing::warn!(%error, "cannot fire schedules; trying again");
+        match tick(&store, &broker).await {
+            Ok(advanced) => {
+                super::alarm::set_all(&broker, &advanced).await;
+                if let Some(alarm) = rang.take()
+                    && let Err(error) = alarm.ack().await
+                {
+                    tracing::debug!(%error, "cannot acknowledge an alarm; it rings again");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot fire schedules; trying again"),
         }
         tokio::select! {
             () = &mut stop => return,
-            () = tokio::time::sleep(TICK) => {}
+            () = tokio::time::sleep(pause) => {}
+            alarm = super::alarm::next(&mut rings), if rang.is_none() => rang = Some(alarm),
         }
     }
 }
 
-/// One look: the fires made.
-pub async fn tick(store: &Store, broker: &Broker) -> anyhow::Result<usize> {
+/// One look: the schedules advanced, with their next fire time (for their alarms).
+pub async fn tick(store: &Store, broker: &Broker) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
     let mut tx = store.begin_schedules().await?;
     let due = Store::due_schedules(&mut tx).await?;
-    let mut fired = 0;
+    let mut advanced = Vec::with_capacity(due.len());
     for schedule in due {
         let (mut fires, next) = match schedule.due(Utc::now()) {
             Ok(due) => due,
@@ -53,10 +77,10 @@ pub async fn tick(store: &Store, broker: &Broker) -> anyhow::Result<usize> {
             let task = schedule.fire(at);
             broker.publish(&task, Codec::MessagePack).await?;
             last = Some((at, task.id));
-            fired += 1;
         }
         Store::advance_schedule(&mut tx, &schedule.name, next, last).await?;
+        advanced.push((schedule.name.clone(), next));
     }
     tx.commit().await?;
-    Ok(fired)
+    Ok(advanced)
 }

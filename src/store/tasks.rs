@@ -234,6 +234,8 @@ pub struct TaskRecord {
     pub result_ref: Option<PayloadRef>,
     /// The agent's latest progress report (`{"fraction", "detail", "at"}`).
     pub progress: Option<Value>,
+    /// When a delayed task is due (set for tasks recorded `scheduled`).
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -339,10 +341,11 @@ impl Store {
         let columns = EnvelopeColumns::of(tasks.iter());
         sqlx::query(
             "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
-                                idempotency_key, created_at, trace_id, data_ref)
+                                idempotency_key, created_at, trace_id, data_ref, not_before)
              SELECT t.id, t.agent_type, t.priority, t.data,
                     CASE WHEN t.not_before > now() THEN 'scheduled' ELSE 'queued' END,
-                    t.max_attempts, t.idempotency_key, t.created_at, $8, t.data_ref
+                    t.max_attempts, t.idempotency_key, t.created_at, $8, t.data_ref,
+                    t.not_before
                FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
                            $6::text[], $7::timestamptz[], $9::jsonb[], $10::timestamptz[])
                     AS t(id, agent_type, priority, data, max_attempts, idempotency_key,

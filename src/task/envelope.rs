@@ -61,8 +61,8 @@ pub struct TaskEnvelope {
     /// `dead` with reason `expired` instead of running late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
-    /// No attempt begins before this instant (UTC, RFC 3339): the task waits in the delay
-    /// stream until then (see `broker::delayed`).
+    /// No attempt begins before this instant (UTC, RFC 3339): the task is held until then
+    /// (see `broker::delayed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
     /// How long `idempotency_key` stays taken: absent, until the task holding it finishes
@@ -123,6 +123,10 @@ pub fn valid_agent_type(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
+
+/// A task delivered at most this long before its `not_before` waits it out where it is;
+/// one earlier is held again until due.
+pub const WAIT_OUT_UP_TO: chrono::Duration = chrono::Duration::milliseconds(50);
 
 impl TaskEnvelope {
     /// A new task with a fresh id, the default priority and attempts, created now.

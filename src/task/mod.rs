@@ -10,6 +10,6 @@ mod properties;
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use envelope::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EnvelopeError, MAX_DATA_DEPTH, MAX_PRIORITY,
-    MAX_TIMEOUT_SECS, TaskEnvelope, check_value, integral, valid_agent_type,
+    MAX_TIMEOUT_SECS, TaskEnvelope, WAIT_OUT_UP_TO, check_value, integral, valid_agent_type,
 };
 pub use payload_ref::PayloadRef;

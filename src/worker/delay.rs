@@ -1,16 +1,37 @@
 //! A task delivered before its `not_before` — published straight to its task subject, or a
 //! clock ahead of the mover's — never runs early: a moment's wait is waited out, a longer
-//! one sends it to the delay stream (no attempt spent), from where it comes back when due.
+//! one holds it again (no attempt spent) until it is due.
 
 use chrono::Utc;
 
 use super::{Executor, Outcome};
-use crate::{broker::Broker, task::TaskEnvelope};
+use crate::{
+    broker::Broker,
+    task::{TaskEnvelope, WAIT_OUT_UP_TO},
+};
 
-/// Waits shorter than this are slept through rather than sent round the delay stream.
-const SHORT_WAIT: chrono::Duration = chrono::Duration::milliseconds(50);
+/// Whether `task` is too early to wait out: it is held again instead, without being shown
+/// `processing` in between.
+pub(super) fn is_early(task: &TaskEnvelope) -> bool {
+    task.not_before
+        .is_some_and(|due| due - Utc::now() > WAIT_OUT_UP_TO)
+}
 
-/// `Ok` once `task` is due.
+/// Holds `task` again until it is due (no attempt spent); a failure to do so is a failed
+/// attempt, retried as any other.
+pub(super) async fn hold_again(
+    broker: &Broker,
+    executor: &Executor,
+    task: &TaskEnvelope,
+    attempt: u32,
+) -> Outcome {
+    match broker.defer(task).await {
+        Ok(()) => Outcome::Deferred,
+        Err(error) => executor.failed_attempt(task, attempt, error.to_string()),
+    }
+}
+
+/// `Ok` once `task` is due: a short wait is slept through.
 pub(super) async fn wait_until_due(
     broker: &Broker,
     executor: &Executor,
@@ -24,12 +45,9 @@ pub(super) async fn wait_until_due(
     if left <= chrono::Duration::zero() {
         return Ok(());
     }
-    if left <= SHORT_WAIT {
+    if left <= WAIT_OUT_UP_TO {
         tokio::time::sleep(left.to_std().unwrap_or_default()).await;
         return Ok(());
     }
-    match broker.defer(task).await {
-        Ok(()) => Err(Outcome::Deferred),
-        Err(error) => Err(executor.failed_attempt(task, attempt, error.to_string())),
-    }
+    Err(hold_again(broker, executor, task, attempt).await)
 }

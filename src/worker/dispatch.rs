@@ -415,7 +415,10 @@ impl TaskRunner {
             trace_id = trace_id.as_deref().unwrap_or(""),
         );
         let _ = span.set_parent(delivery.trace.clone());
-        let outcome = {
+        let outcome = if delay::is_early(&delivery.task) {
+            let (broker, executor) = (&self.broker, &self.executor);
+            delay::hold_again(broker, executor, &delivery.task, delivery.attempt()).await
+        } else {
             let agent_span = tracing::debug_span!(parent: &span, "agent.run", agent_type = %delivery.task.agent_type);
             let run = self
                 .attempt(

@@ -31,6 +31,7 @@ pub mod outcome;
 mod progress_writer;
 pub mod retry;
 pub mod runner;
+mod scheduled_view;
 pub mod settler;
 pub mod strays;
 mod unique;

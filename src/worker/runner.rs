@@ -202,6 +202,8 @@ impl Worker {
     /// retried, since JetStream keeps every unacknowledged task.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         let agents = self.settings.agent_filter()?;
+        // Where delayed tasks wait decides what the doorbell and the scheduled view listen to.
+        set_up("the tasks stream", || self.broker.read_stream_features()).await?;
         let puller = set_up("the lanes", || self.broker.priority_puller(agents.clone())).await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -234,6 +236,16 @@ impl Worker {
             self.broker.clone(),
             stopped(stopping_rx.clone()),
         ));
+        // Delayed tasks read `scheduled` (row and mirror) while they wait.
+        sidecars.spawn({
+            let (broker, store) = (self.broker.clone(), self.store.clone());
+            let (mirror, stop) = (self.mirror.clone(), stopped(stopping_rx.clone()));
+            async move {
+                if let Err(error) = super::scheduled_view::run(broker, store, mirror, stop).await {
+                    tracing::warn!(%error, "cannot show delayed tasks as scheduled");
+                }
+            }
+        });
         // Delayed tasks move to the tasks stream when due, whichever worker is up.
         sidecars.spawn({
             let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));

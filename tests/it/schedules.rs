@@ -258,3 +258,50 @@ async fn schedules_are_defined_listed_and_removed_over_http() {
     assert_eq!(call(&app, delete("nightly")).await.0, StatusCode::NOT_FOUND);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fires_start_on_time_woken_by_the_servers_alarms_where_it_has_them() {
+    let env = TestEnv::new().await;
+    let version = env
+        .broker
+        .server_version()
+        .expect("the server says its version");
+    let alarms = version.at_least(2, 12);
+    let worker = env.spawn(env.worker());
+    succeeds(&mut add(&env, "prompt", "1s", &[])).await;
+    if alarms {
+        // The next fire waits in the stream as the server's own schedule.
+        let stream = env.stream().await;
+        let mut held = stream
+            .info_with_subjects(format!("{}.alarms.set.*", env.settings.nats.subject_prefix))
+            .await
+            .unwrap();
+        let mut set = 0;
+        while let Some(entry) = futures::StreamExt::next(&mut held).await {
+            set += entry.unwrap().1;
+        }
+        assert_eq!(set, 1, "one alarm for the schedule");
+    }
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    succeeds(env.swarmd().args(["schedule", "remove", "prompt"])).await;
+    worker.stop().await;
+    let started: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT created_at, started_at FROM tasks WHERE data->>'schedule' = 'prompt'
+          ORDER BY created_at",
+    )
+    .fetch_all(env.store.primary())
+    .await
+    .unwrap();
+    assert!(started.len() >= 3, "{started:?}");
+    let mut late: Vec<i64> = started
+        .iter()
+        .map(|(due, started)| (started.expect("it ran") - *due).num_milliseconds())
+        .collect();
+    late.sort_unstable();
+    println!("NATS {version}: fires started {late:?} ms after they were due");
+    assert!(late[0] >= 0, "never early: {late:?}");
+    // Behind alarms the ticker looks every 2 s: without them, fires would be up to 2 s late.
+    let bound = if alarms { 500 } else { 1000 };
+    assert!(*late.last().unwrap() < bound, "on time: {late:?}");
+    env.cleanup().await;
+}

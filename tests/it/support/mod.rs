@@ -206,6 +206,24 @@ impl TestEnv {
     pub async fn cap_stream(&self, max_messages: i64) {
         let mut stream = self.stream().await;
         let mut config = stream.info().await.expect("stream info").config.clone();
+        if config.allow_message_schedules {
+            // A stream that takes message schedules (NATS 2.12+) cannot refuse new messages,
+            // nor stop taking schedules: made again, empty, as `SWARM_DELAYS=stream` makes it.
+            self.broker.delete_stream().await.expect("stream deleted");
+            let mut settings = self.settings.nats.clone();
+            settings.delays = swarm_director::config::DelayMode::Stream;
+            let broker = Broker::with_client(self.broker.client().clone(), &settings);
+            broker.ensure_stream().await.expect("stream made again");
+            config = self
+                .stream()
+                .await
+                .info()
+                .await
+                .expect("info")
+                .config
+                .clone();
+            assert!(!config.allow_message_schedules);
+        }
         config.max_messages = max_messages;
         config.discard = async_nats::jetstream::stream::DiscardPolicy::New;
         self.broker
