@@ -591,6 +591,10 @@ pub struct WorkerSettings {
     pub default_timeout_secs: f64,
     /// Seconds to let in-flight tasks finish after SIGTERM/ctrl-c. Default 25.
     pub shutdown_grace_secs: f64,
+    /// Seconds a running agent told of its task's cancellation may take to stop before the
+    /// attempt is abandoned (the task ends `cancelled` either way). Default 5.
+    /// Env: `SWARM_CANCEL_GRACE_SECS`.
+    pub cancel_grace_secs: f64,
     /// Worker id written with each result. Default `<hostname>-<pid>`. Env: `SWARM_WORKER_ID`.
     pub id: Option<String>,
     /// Delay before the second attempt, in milliseconds. Default 2000 (the seed's 2 s).
@@ -670,6 +674,7 @@ impl Default for WorkerSettings {
             commit_parallelism: 2,
             default_timeout_secs: 300.0,
             shutdown_grace_secs: 25.0,
+            cancel_grace_secs: 5.0,
             id: None,
             retry_base_ms: 2000,
             retry_factor: 2.0,
@@ -872,6 +877,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_MAX_RESULT_BYTES") {
             self.worker.max_result_bytes = parsed("SWARM_MAX_RESULT_BYTES", v)?;
+        }
+        if let Some(v) = get("SWARM_CANCEL_GRACE_SECS") {
+            self.worker.cancel_grace_secs = parsed("SWARM_CANCEL_GRACE_SECS", v)?;
         }
         if let Some(v) = get("SWARM_SHUTDOWN_GRACE_SECS") {
             self.worker.shutdown_grace_secs = parsed("SWARM_SHUTDOWN_GRACE_SECS", v)?;

@@ -3,6 +3,7 @@
 //! [`AgentError::Retryable`] is tried again after a delay, [`AgentError::Permanent`] is not.
 
 pub mod builtin;
+mod cancel;
 mod progress;
 mod registry;
 
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
+pub use cancel::{CancelBoard, Cancellation, RunningGuard};
 pub use progress::{Progress, ProgressBoard, WRITE_EVERY};
 pub use registry::AgentRegistry;
 
@@ -29,6 +31,10 @@ pub struct AgentContext {
     /// The last progress an earlier attempt reported (`{"fraction", "detail", "at"}`), to
     /// resume from after a retry.
     pub checkpoint: Option<Value>,
+    /// Whether the task was cancelled while it runs (`cancellation.cancelled().await`): an
+    /// agent that stops then ends the task `cancelled` at once; one that does not is
+    /// abandoned after the worker's grace period.
+    pub cancellation: Cancellation,
 }
 
 /// Why an agent did not produce a result.

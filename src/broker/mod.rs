@@ -3,6 +3,7 @@
 //! on subjects no lane reads (strays).
 
 mod backlog;
+mod cancellations;
 mod connection;
 mod delayed;
 mod doorbell;
@@ -19,6 +20,7 @@ mod stream_setup;
 mod subjects;
 
 pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
+pub use cancellations::CancelNotice;
 pub use connection::Broker;
 pub use delayed::DelayedCounts;
 pub use doorbell::Doorbell;

@@ -51,6 +51,11 @@ impl Subjects {
         format!("{}.tasks.p{priority}.*", self.prefix)
     }
 
+    /// Where cancellations are announced to every worker (core NATS).
+    pub fn cancellations(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
     /// Where workers answer roll calls.
     pub fn roll_call(&self) -> String {
         format!("{}.workers.roll", self.prefix)

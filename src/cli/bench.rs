@@ -179,7 +179,7 @@ async fn bench(
         bar.set_position((tasks as u64).saturating_sub(left));
         if left == 0 {
             let (done,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM tasks WHERE status IN ('completed', 'dead')
+                "SELECT count(*) FROM tasks WHERE status IN ('completed', 'dead', 'cancelled')
                         AND worker_id IS DISTINCT FROM $1",
             )
             .bind(HISTORY_WORKER)

@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod cancel;
 mod demo;
 mod dlq;
 mod migrate;
@@ -63,6 +64,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Measure enqueue rate, burn-down rate, latency, CPU and memory of a worker fleet.
     Bench(bench::Args),
+    /// Cancel tasks: by id, or every unfinished one of an agent type.
+    Cancel(cancel::Args),
     /// Inspect, replay and purge dead letters.
     Dlq(dlq::Args),
     /// Apply the database migrations and exit.
@@ -108,6 +111,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(settings, args).await,
         Command::Demo(args) => demo::run(settings, args).await,
         Command::Bench(args) => bench::run(settings, args).await,
+        Command::Cancel(args) => cancel::run(settings, args).await,
         Command::Dlq(args) => dlq::run(settings, args).await,
         Command::Migrate => migrate::run(settings).await,
         Command::Mirror(args) => mirror::run(settings, args).await,

@@ -128,6 +128,8 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .layer(timeout(waiting_timeout));
     let writes = Router::new()
         .route("/v1/dlq/{id}/replay", post(replay))
+        .route("/v1/tasks/{id}/cancel", post(super::cancel::one))
+        .route("/v1/tasks/cancel", post(super::cancel::many))
         .route("/v1/schedules", post(super::schedules::put))
         .route("/v1/schedules/{name}", delete(super::schedules::remove))
         .with_state(state)
@@ -328,6 +330,7 @@ async fn task(
         "result_ref": record.result_ref,
         "progress": record.progress,
         "not_before": record.not_before,
+        "cancelled_by": record.cancelled_by,
         "data_ref": record.data_ref,
         "last_error": record.last_error,
         "errors": record.errors,

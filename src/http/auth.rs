@@ -143,6 +143,20 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Who a request with `headers` acts as, for records such as `cancelled_by`: the
+    /// position of its token among the configured ones (`token #2`), never the token.
+    pub fn caller(&self, headers: &HeaderMap) -> String {
+        match self.authenticate(headers) {
+            Ok(Some((index, role))) => {
+                let role = if role == Role::Write { "write" } else { "read" };
+                format!("{role} token #{}", index + 1)
+            }
+            _ => "anonymous".into(),
+        }
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();

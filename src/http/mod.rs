@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+mod cancel;
 pub mod probes;
 mod publish;
 mod schedules;

@@ -159,6 +159,8 @@ impl MirrorEvent {
                 (Place::Completed, u64::MAX)
             }
             "dead" => (Place::Failed, u64::MAX),
+            // As the seed shows a task given up, `cancelled` as its last error (the row's).
+            "cancelled" => (Place::Failed, u64::MAX),
             _ => return None,
         };
         Some(Self::new(place, rank, &task))

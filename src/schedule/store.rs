@@ -185,12 +185,13 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         id: Uuid,
     ) -> Result<bool, StoreError> {
-        let finished: Option<bool> =
-            sqlx::query_scalar("SELECT status IN ('completed', 'dead') FROM tasks WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(StoreError::query("reading a fire's task"))?;
+        let finished: Option<bool> = sqlx::query_scalar(
+            "SELECT status IN ('completed', 'dead', 'cancelled') FROM tasks WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::query("reading a fire's task"))?;
         Ok(finished != Some(true))
     }
 

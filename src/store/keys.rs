@@ -57,7 +57,7 @@ impl Store {
                      OR (k.held_until IS NULL AND EXISTS (
                             SELECT 1 FROM tasks t
                              WHERE t.id = k.task_id AND t.created_at = k.task_created_at
-                               AND t.status IN ('completed', 'dead')))
+                               AND t.status IN ('completed', 'dead', 'cancelled')))
                      OR (k.held_until IS NULL AND k.claimed_at < now() - interval '{ORPHANED_AFTER}'
                          AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = k.task_id))
                  RETURNING idempotency_key, task_id)

@@ -2,12 +2,14 @@
 //! migrations and the task queries. Writes go through the primary pool; every statement
 //! that touches many tasks is one round trip.
 
+mod cancel;
 mod keys;
 mod pool;
 mod retention;
 mod router;
 mod tasks;
 
+pub use cancel::{CancelFilter, CancelReport};
 pub use pool::{Store, StoreError};
 pub use retention::{DAYS_AHEAD, PartitionReport, partition_name};
 pub use router::ReadFrom;

@@ -189,7 +189,7 @@ impl Store {
             let trimmed = sqlx::query(
                 "DELETE FROM tasks_default WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM tasks_default
-                     WHERE status IN ('completed', 'dead') AND completed_at < $1
+                     WHERE status IN ('completed', 'dead', 'cancelled') AND completed_at < $1
                      LIMIT $2))",
             )
             .bind(cutoff)
@@ -210,13 +210,14 @@ impl Store {
               WHERE k.claimed_at < $1 AND (k.held_until IS NULL OR k.held_until < $1)
                 AND NOT EXISTS (SELECT 1 FROM tasks t
                                  WHERE t.id = k.task_id AND t.created_at = k.task_created_at
-                                   AND t.status NOT IN ('completed', 'dead'))",
+                                   AND t.status NOT IN ('completed', 'dead', 'cancelled'))",
         )
         .bind(cutoff)
         .execute(&self.primary)
         .await
         .map_err(StoreError::query("forgetting idempotency keys"))?
         .rows_affected();
+        self.forget_cancellations_before(cutoff).await?;
         Ok(())
     }
 
@@ -241,7 +242,7 @@ impl Store {
         // Its day has no partition any more: what is kept lands in `tasks_default`.
         let kept = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO tasks SELECT * FROM {name}
-              WHERE status NOT IN ('completed', 'dead') OR completed_at >= $1"
+              WHERE status NOT IN ('completed', 'dead', 'cancelled') OR completed_at >= $1"
         )))
         .bind(cutoff)
         .execute(&mut *tx)

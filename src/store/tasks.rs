@@ -30,6 +30,8 @@ pub enum TaskStatus {
     Failed,
     /// No attempt will follow: given up, or permanently invalid.
     Dead,
+    /// Cancelled on request (`cancelled_by` says who): no attempt follows.
+    Cancelled,
 }
 
 impl TaskStatus {
@@ -41,12 +43,16 @@ impl TaskStatus {
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
             TaskStatus::Dead => "dead",
+            TaskStatus::Cancelled => "cancelled",
         }
     }
 
-    /// Whether no attempt follows (`completed` or `dead`).
+    /// Whether no attempt follows (`completed`, `dead` or `cancelled`).
     pub fn is_final(self) -> bool {
-        matches!(self, TaskStatus::Completed | TaskStatus::Dead)
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Dead | TaskStatus::Cancelled
+        )
     }
 
     /// Whether a status as stored or announced names a final one.
@@ -65,6 +71,7 @@ impl std::str::FromStr for TaskStatus {
             "completed" => TaskStatus::Completed,
             "failed" => TaskStatus::Failed,
             "dead" => TaskStatus::Dead,
+            "cancelled" => TaskStatus::Cancelled,
             other => return Err(format!("unknown task status {other:?}")),
         })
     }
@@ -113,6 +120,7 @@ pub enum SettledStatus {
     Completed,
     Failed,
     Dead,
+    Cancelled,
 }
 
 impl SettledStatus {
@@ -121,6 +129,7 @@ impl SettledStatus {
             SettledStatus::Completed => TaskStatus::Completed.as_str(),
             SettledStatus::Failed => TaskStatus::Failed.as_str(),
             SettledStatus::Dead => TaskStatus::Dead.as_str(),
+            SettledStatus::Cancelled => TaskStatus::Cancelled.as_str(),
         }
     }
 }
@@ -135,6 +144,8 @@ pub struct Settled {
     /// Where the result was put when too large for the row (`result` is then `None`).
     pub result_ref: Option<PayloadRef>,
     pub error: Option<String>,
+    /// Who cancelled the task, for a `cancelled` outcome.
+    pub cancelled_by: Option<String>,
     /// The row to create when this outcome is the task's first write.
     pub origin: Origin,
 }
@@ -234,6 +245,8 @@ pub struct TaskRecord {
     pub result_ref: Option<PayloadRef>,
     /// The agent's latest progress report (`{"fraction", "detail", "at"}`).
     pub progress: Option<Value>,
+    /// Who cancelled the task (status `cancelled`; `completed_at` says when).
+    pub cancelled_by: Option<String>,
     /// When a delayed task is due (set for tasks recorded `scheduled`).
     pub not_before: Option<DateTime<Utc>>,
 }
@@ -272,7 +285,7 @@ impl Store {
                 SET status = 'processing', attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     worker_id = EXCLUDED.worker_id, started_at = EXCLUDED.started_at,
                     updated_at = now()
-              WHERE tasks.status NOT IN ('completed', 'dead')
+              WHERE tasks.status NOT IN ('completed', 'dead', 'cancelled')
              RETURNING id, errors, started_at, progress",
         )
         .bind(&columns.ids)
@@ -320,7 +333,7 @@ impl Store {
               CROSS JOIN LATERAL (SELECT status FROM tasks
                                    WHERE tasks.id = u.id AND tasks.created_at = u.created_at
                                    LIMIT 1) AS t
-              WHERE t.status IN ('completed', 'dead')",
+              WHERE t.status IN ('completed', 'dead', 'cancelled')",
         )
         .bind(&ids)
         .bind(&created)
@@ -417,35 +430,43 @@ impl Store {
             "INSERT INTO tasks AS tasks
                     (id, agent_type, priority, data, status, attempts, max_attempts,
                      idempotency_key, created_at, replay_of, trace_id, worker_id, started_at,
-                     result, last_error, errors, completed_at, updated_at, data_ref, result_ref)
+                     result, last_error, errors, completed_at, updated_at, data_ref, result_ref,
+                     cancelled_by)
              SELECT t.id, t.agent_type, t.priority, t.data, t.status, t.attempt,
                     t.max_attempts, t.idempotency_key, t.created_at, t.replay_of, t.trace_id,
                     $6, t.started_at, t.result, t.error,
                     CASE WHEN t.error IS NULL THEN '[]'::jsonb
                          ELSE jsonb_build_array(jsonb_build_object(
                               'attempt', t.attempt, 'error', t.error, 'at', now())) END,
-                    CASE WHEN t.status IN ('completed', 'dead') THEN now() END, now(),
-                    t.data_ref, t.result_ref
+                    CASE WHEN t.status IN ('completed', 'dead', 'cancelled') THEN now() END, now(),
+                    t.data_ref, t.result_ref, t.cancelled_by
                FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],
                            $7::text[], $8::int2[], $9::jsonb[], $10::int4[], $11::text[],
                            $12::timestamptz[], $13::uuid[], $14::text[], $15::timestamptz[],
-                           $16::jsonb[], $17::jsonb[])
+                           $16::jsonb[], $17::jsonb[], $18::text[])
                     AS t(id, attempt, status, result, error, agent_type, priority, data,
                          max_attempts, idempotency_key, created_at, replay_of, trace_id,
-                         started_at, data_ref, result_ref)
+                         started_at, data_ref, result_ref, cancelled_by)
              ON CONFLICT (id, created_at) DO UPDATE
                 SET status = EXCLUDED.status,
                     attempts = GREATEST(tasks.attempts, EXCLUDED.attempts),
                     result = EXCLUDED.result,
                     result_ref = EXCLUDED.result_ref,
                     last_error = COALESCE(EXCLUDED.last_error, tasks.last_error),
-                    errors = tasks.errors || EXCLUDED.errors,
+                    errors = CASE WHEN tasks.status = 'cancelled' THEN tasks.errors
+                                  ELSE tasks.errors || EXCLUDED.errors END,
                     worker_id = EXCLUDED.worker_id,
                     started_at = COALESCE(tasks.started_at, EXCLUDED.started_at),
-                    completed_at = EXCLUDED.completed_at,
+                    completed_at = COALESCE(CASE WHEN tasks.status = 'cancelled'
+                                                 THEN tasks.completed_at END,
+                                            EXCLUDED.completed_at),
+                    cancelled_by = COALESCE(tasks.cancelled_by, EXCLUDED.cancelled_by),
                     updated_at = now()
-              WHERE tasks.status NOT IN ('completed', 'dead')
-                AND (EXCLUDED.status = 'completed' OR tasks.attempts <= EXCLUDED.attempts)
+              WHERE (tasks.status NOT IN ('completed', 'dead', 'cancelled')
+                     AND (EXCLUDED.status = 'completed' OR tasks.attempts <= EXCLUDED.attempts))
+                 -- A worker ending a task cancelled meanwhile agrees with the row: applied,
+                 -- so its delivery is acknowledged and the mirror moved.
+                 OR (EXCLUDED.status = 'cancelled' AND tasks.status = 'cancelled')
              RETURNING tasks.id",
         )
         .bind(&columns.ids)
@@ -465,6 +486,12 @@ impl Store {
         .bind(&started)
         .bind(&columns.data_refs)
         .bind(&result_refs)
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.cancelled_by.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&self.primary)
         .await
         .map_err(StoreError::query("settling tasks"))?;
@@ -485,7 +512,7 @@ impl Store {
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "UPDATE tasks SET progress = p.progress
                FROM UNNEST($1::uuid[], $2::jsonb[]) AS p(id, progress)
-              WHERE tasks.id = p.id AND tasks.status NOT IN ('completed', 'dead')
+              WHERE tasks.id = p.id AND tasks.status NOT IN ('completed', 'dead', 'cancelled')
              RETURNING tasks.id",
         )
         .bind(&ids)
@@ -560,7 +587,7 @@ impl Store {
             "SELECT agent_type,
                     count(*) FILTER (WHERE status = 'completed') AS completed,
                     count(*) FILTER (WHERE status = 'dead') AS dead,
-                    count(*) FILTER (WHERE status NOT IN ('completed', 'dead')) AS unfinished,
+                    count(*) FILTER (WHERE status NOT IN ('completed', 'dead', 'cancelled')) AS unfinished,
                     count(*) FILTER (WHERE attempts > 1) AS retried,
                     percentile_cont(0.5) WITHIN GROUP (ORDER BY
                         extract(epoch FROM completed_at - created_at))::float8 * 1000 AS p50_ms,
@@ -578,7 +605,7 @@ impl Store {
     /// How many of `ids` are `completed` or `dead`.
     pub async fn count_finished(&self, ids: &[Uuid]) -> Result<i64, StoreError> {
         let (count,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status IN ('completed', 'dead')",
+            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status IN ('completed', 'dead', 'cancelled')",
         )
         .bind(ids)
         .fetch_one(&self.primary)

@@ -415,7 +415,9 @@ impl TaskRunner {
             trace_id = trace_id.as_deref().unwrap_or(""),
         );
         let _ = span.set_parent(delivery.trace.clone());
-        let outcome = if delay::is_early(&delivery.task) {
+        let outcome = if let Some(by) = self.executor.cancelled_by(&delivery.task.id) {
+            Outcome::Cancelled { by }
+        } else if delay::is_early(&delivery.task) {
             let (broker, executor) = (&self.broker, &self.executor);
             delay::hold_again(broker, executor, &delivery.task, delivery.attempt()).await
         } else {

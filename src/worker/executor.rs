@@ -10,7 +10,9 @@ use futures::FutureExt;
 
 use super::{Outcome, RetryPolicy};
 use crate::{
-    agent::{AgentContext, AgentError, AgentRegistry, Progress, ProgressBoard},
+    agent::{
+        AgentContext, AgentError, AgentRegistry, CancelBoard, Cancellation, Progress, ProgressBoard,
+    },
     cache::ResultCache,
     dlq::DeadReason,
     task::TaskEnvelope,
@@ -26,6 +28,10 @@ pub struct Executor {
     max_result_bytes: usize,
     /// Where agents' progress reports go, when the worker stores them.
     progress: Option<Arc<ProgressBoard>>,
+    /// The worker's cancellations: what not to run, and how to tell a running agent.
+    cancels: Option<Arc<CancelBoard>>,
+    /// How long a cancelled agent may take to stop before its attempt is abandoned.
+    cancel_grace: Duration,
     /// Permits of CPU-bound agents: two per core, however many slots the worker has, so
     /// hundreds of slots never mean hundreds of busy threads.
     cpu: Arc<tokio::sync::Semaphore>,
@@ -34,6 +40,9 @@ pub struct Executor {
 /// Largest result stored unless configured otherwise (`worker.max_result_bytes`); results
 /// over the claim-check size go to the Object Store, not the row.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long a cancelled agent may take to stop unless configured otherwise.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 impl Executor {
     pub fn new(registry: AgentRegistry, retry: RetryPolicy, default_timeout: Duration) -> Self {
@@ -44,6 +53,8 @@ impl Executor {
             cache: None,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             progress: None,
+            cancels: None,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             cpu: Arc::new(tokio::sync::Semaphore::new(
                 crate::scale::available_cores() * 2,
             )),
@@ -54,6 +65,19 @@ impl Executor {
     pub fn with_progress(mut self, board: Arc<ProgressBoard>) -> Self {
         self.progress = Some(board);
         self
+    }
+
+    /// Stops tasks `board` names: none starts, a running one is told and, after `grace`,
+    /// abandoned.
+    pub fn with_cancellations(mut self, board: Arc<CancelBoard>, grace: Duration) -> Self {
+        self.cancels = Some(board);
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Who cancelled `task_id`, when this worker knows it was.
+    pub fn cancelled_by(&self, task_id: &uuid::Uuid) -> Option<String> {
+        self.cancels.as_ref()?.cancelled_by(task_id)
     }
 
     /// Forgets the progress report of a task whose attempt ended without a retry to follow.
@@ -94,6 +118,9 @@ impl Executor {
         attempt: u32,
         checkpoint: Option<serde_json::Value>,
     ) -> Outcome {
+        if let Some(by) = self.cancelled_by(&task.id) {
+            return Outcome::Cancelled { by };
+        }
         if let Some(expires_at) = task.expires_at
             && chrono::Utc::now() >= expires_at
         {
@@ -122,6 +149,13 @@ impl Executor {
             .timeout
             .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
             .unwrap_or(self.default_timeout);
+        let (cancellation, _running) = match &self.cancels {
+            Some(board) => {
+                let (cancellation, guard) = board.watch(task.id);
+                (cancellation, Some(guard))
+            }
+            None => (Cancellation::default(), None),
+        };
         let context = AgentContext {
             task_id: task.id,
             attempt,
@@ -133,6 +167,7 @@ impl Executor {
                 .map(|board| Progress::new(task.id, board))
                 .unwrap_or_default(),
             checkpoint,
+            cancellation: cancellation.clone(),
         };
         let run = async {
             if agent.cpu_bound() {
@@ -162,7 +197,19 @@ impl Executor {
                     .await
             }
         };
-        let error = match tokio::time::timeout(timeout, run).await {
+        let guarded = tokio::time::timeout(timeout, run);
+        tokio::pin!(guarded);
+        let finished = tokio::select! {
+            biased;
+            finished = &mut guarded => finished,
+            by = cancellation.cancelled() => {
+                // Told: the agent may stop by itself within the grace period; either way the
+                // task ends cancelled (an answer after the cancel is not its outcome).
+                let _ = tokio::time::timeout(self.cancel_grace, &mut guarded).await;
+                return Outcome::Cancelled { by };
+            }
+        };
+        let error = match finished {
             Ok(Err(panic)) => format!("agent panicked: {}", panic_message(&panic)),
             Ok(Ok(Ok(result))) => {
                 if let Err(error) = self.check_result(&result) {

@@ -18,6 +18,7 @@
 
 pub mod alarm;
 pub mod assembly;
+mod cancel_listener;
 mod claim_check;
 mod delay;
 pub mod delivery;

@@ -15,6 +15,9 @@ use crate::{
     task::PayloadRef,
 };
 
+/// The last error of a cancelled task, in its row and the legacy mirror.
+pub const CANCELLED: &str = "cancelled";
+
 /// The result of running (or refusing to run) one delivery of a task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -30,8 +33,10 @@ pub enum Outcome {
     Duplicate,
     /// The worker stopped before the attempt finished: hand the task back at once.
     Abandoned,
-    /// Not due yet: put in the delay stream until its `not_before`; no attempt was spent.
+    /// Not due yet: held until its `not_before`; no attempt was spent.
     Deferred,
+    /// Cancelled on request (`by`): it did not run, or its agent was stopped.
+    Cancelled { by: String },
 }
 
 /// What a settlement stores before the broker hears of it.
@@ -66,6 +71,7 @@ impl Outcome {
             result: result.cloned(),
             result_ref: None,
             error: error.map(|e| storable_text(e)),
+            cancelled_by: None,
             origin: Origin::of(
                 delivery.task.clone(),
                 crate::telemetry::trace_id(&delivery.trace),
@@ -87,6 +93,10 @@ impl Outcome {
                 settled(SettledStatus::Dead, None, Some(error)),
                 Box::new(delivery.dead_letter(*reason, error, worker_id)),
             ),
+            Outcome::Cancelled { by } => Record::Task(Settled {
+                cancelled_by: Some(storable_text(by)),
+                ..settled(SettledStatus::Cancelled, None, Some(&CANCELLED.to_string()))
+            }),
             Outcome::Duplicate | Outcome::Abandoned | Outcome::Deferred => Record::Nothing,
         }
     }
@@ -111,6 +121,10 @@ impl Outcome {
             Outcome::Dead { error, .. } => Some(MirrorEvent::failed(
                 delivery, worker_id, started, error, true,
             )),
+            // As the seed shows a task given up, with `cancelled` as its last error.
+            Outcome::Cancelled { .. } => Some(MirrorEvent::failed(
+                delivery, worker_id, started, CANCELLED, true,
+            )),
             Outcome::Duplicate | Outcome::Abandoned | Outcome::Deferred => None,
         }
     }
@@ -123,7 +137,7 @@ impl Outcome {
             | Outcome::Duplicate
             | Outcome::Deferred => AckKind::Ack,
             Outcome::Retry { delay, .. } => AckKind::Nak(Some(*delay)),
-            Outcome::Dead { .. } => AckKind::Term,
+            Outcome::Dead { .. } | Outcome::Cancelled { .. } => AckKind::Term,
             Outcome::Abandoned => AckKind::Nak(None),
         }
     }
@@ -137,6 +151,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Deferred => "deferred",
             Outcome::Abandoned => "abandoned",
+            Outcome::Cancelled { .. } => "cancelled",
         }
     }
 }

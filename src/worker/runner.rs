@@ -106,6 +106,8 @@ pub struct Worker {
     liveness: Arc<Liveness>,
     /// Agents' progress reports, written to their rows by a sidecar.
     progress: Arc<crate::agent::ProgressBoard>,
+    /// What was cancelled, fed by a sidecar from NATS and PostgreSQL.
+    cancels: Arc<crate::agent::CancelBoard>,
 }
 
 impl Worker {
@@ -123,7 +125,12 @@ impl Worker {
         )
         .with_max_result_bytes(settings.max_result_bytes);
         let progress = Arc::new(crate::agent::ProgressBoard::default());
-        let executor = executor.with_progress(progress.clone());
+        let cancels = Arc::new(crate::agent::CancelBoard::default());
+        let cancel_grace =
+            Duration::try_from_secs_f64(settings.cancel_grace_secs).unwrap_or(Duration::ZERO);
+        let executor = executor
+            .with_progress(progress.clone())
+            .with_cancellations(cancels.clone(), cancel_grace);
         let held = Arc::new(HeldBatches::default());
         let liveness = Arc::new(Liveness::new(
             held.clone(),
@@ -134,6 +141,7 @@ impl Worker {
             held,
             liveness,
             progress,
+            cancels,
             worker_id: settings.worker_id(),
             dead_letters: DeadLetterStream::of(&broker),
             broker,
@@ -234,6 +242,13 @@ impl Worker {
         sidecars.spawn(crate::schedule::run_ticker(
             self.store.clone(),
             self.broker.clone(),
+            stopped(stopping_rx.clone()),
+        ));
+        // Cancellations reach this worker by NATS at once and from PostgreSQL behind it.
+        sidecars.spawn(super::cancel_listener::run(
+            self.broker.clone(),
+            self.store.clone(),
+            self.cancels.clone(),
             stopped(stopping_rx.clone()),
         ));
         // Delayed tasks read `scheduled` (row and mirror) while they wait.

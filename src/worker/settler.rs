@@ -124,6 +124,8 @@ pub struct WorkerCounts {
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
     pub abandoned: AtomicU64,
+    /// Tasks ended `cancelled` (not run, or their agent stopped).
+    pub cancelled: AtomicU64,
     /// Late outcomes of an attempt that another worker overtook: the agent ran twice, the
     /// first commit won and this one was not applied (duplicate executions).
     pub fenced: AtomicU64,
@@ -140,6 +142,7 @@ impl WorkerCounts {
             "duplicate" => &self.duplicates,
             "rejected" => &self.rejected,
             "abandoned" => &self.abandoned,
+            "cancelled" => &self.cancelled,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -255,6 +258,7 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
     }
     drop(hold);
     drop(commit_spans);
+    end_fenced_by_a_cancel(sinks, &mut batch, &mut applied).await;
     for mut settlement in batch {
         let row = match &settlement.record {
             Record::Task(settled) | Record::Dead(settled, _) => Some(settled),
@@ -301,6 +305,52 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
     sinks.progress.touch();
 }
 
+/// Outcomes fenced off because their task was cancelled meanwhile (the cancel committed
+/// between the agent's answer and this commit): the delivery ends as cancelled — legacy
+/// keys, acknowledgement, counts and announcement agree with the row.
+async fn end_fenced_by_a_cancel(
+    sinks: &Sinks,
+    batch: &mut [Settlement],
+    applied: &mut HashSet<uuid::Uuid>,
+) {
+    let fenced: Vec<uuid::Uuid> = batch
+        .iter()
+        .filter_map(|s| match &s.record {
+            Record::Task(settled) | Record::Dead(settled, _)
+                if s.unstorable.is_none() && !applied.contains(&settled.id) =>
+            {
+                Some(settled.id)
+            }
+            _ => None,
+        })
+        .collect();
+    if fenced.is_empty() {
+        return;
+    }
+    let cancelled = match sinks.store.cancelled_among(&fenced).await {
+        Ok(cancelled) => cancelled,
+        Err(error) => {
+            // Left fenced: the redelivery is recognised as finished at claim.
+            tracing::debug!(%error, "cannot tell cancelled tasks from late outcomes");
+            return;
+        }
+    };
+    for settlement in batch.iter_mut() {
+        let Some(delivery) = settlement.delivery.clone() else {
+            continue;
+        };
+        let Some(by) = cancelled.get(&delivery.task.id) else {
+            continue;
+        };
+        let outcome = Outcome::Cancelled { by: by.clone() };
+        settlement.record = outcome.record(&delivery, &sinks.worker_id);
+        settlement.mirror = outcome.mirror_event(&delivery, &sinks.worker_id);
+        settlement.ack = outcome.ack_kind();
+        settlement.label = outcome.label();
+        applied.insert(delivery.task.id);
+    }
+}
+
 /// Tells waiters a final outcome now stored, when its producer asked (a retry is not final:
 /// nothing is announced).
 async fn announce(broker: &Broker, settlement: &Settlement) {
@@ -312,6 +362,9 @@ async fn announce(broker: &Broker, settlement: &Settlement) {
             (settled, "completed")
         }
         Record::Dead(settled, _) => (settled, "dead"),
+        Record::Task(settled) if settled.status == SettledStatus::Cancelled => {
+            (settled, "cancelled")
+        }
         _ => return,
     };
     let announcement = Announcement {

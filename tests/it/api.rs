@@ -674,16 +674,19 @@ async fn requests_beyond_the_bounds_get_503_instead_of_piling_up() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "overloaded");
     holder.abort();
-    // A request not answered in time.
+    // A request not answered in time: its body never ends (a route that answers within
+    // the timer's first millisecond would race a nanosecond bound).
     let hasty = api::router(
         state(),
         api::Limits {
-            request_timeout: Duration::from_nanos(1),
+            request_timeout: Duration::from_millis(200),
             max_concurrent: 8,
             max_wait: Duration::ZERO,
         },
     );
-    let (status, body) = call(&hasty, get("/v1/queues")).await;
+    let (_keep_open, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let endless = Body::from_stream(tokio_stream_of(body));
+    let (status, body) = call(&hasty, post(endless, Some("s3cret"))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "timeout");
     env.cleanup().await;

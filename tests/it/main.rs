@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod bad_input;
 mod cache;
+mod cancel;
 mod claim_check;
 mod cli;
 mod cluster;

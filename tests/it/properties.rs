@@ -71,6 +71,7 @@ async fn whatever_validates_is_stored_and_read_back_unchanged() {
             result: Some(decoded.data.clone()),
             result_ref: None,
             error: None,
+            cancelled_by: None,
             origin: Origin::of(
                 std::sync::Arc::new(decoded.clone()),
                 None,

@@ -39,6 +39,7 @@ async fn complete(store: &Store, task: &TaskEnvelope) {
         result: Some(json!({"ok": true})),
         result_ref: None,
         error: None,
+        cancelled_by: None,
         origin: Origin::of(Arc::new(task.clone()), None, Utc::now()),
     };
     let applied = store.settle(&[&settled], WORKER).await.unwrap();

@@ -178,6 +178,7 @@ mod tests {
             deadline: std::time::Instant::now(),
             progress: Default::default(),
             checkpoint: None,
+            cancellation: Default::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! `sleep`: waits `ms` milliseconds (`{"ms": 5}`), then returns `{"slept_ms": ms}`.
 //! Stands in for slow I/O-bound work in tests of leases, timeouts, shutdown and progress:
 //! it reports progress in tenths, and after a retry resumes from the last one reported
-//! (`{"slept_ms": ms, "resumed_from": n}`).
+//! (`{"slept_ms": ms, "resumed_from": n}`). It stops when its task is cancelled, unless
+//! told `"ignore_cancel": true`.
 
 use std::time::Duration;
 
@@ -33,9 +34,20 @@ impl Agent for SleepAgent {
             .min(ms);
         let step = (ms / 10).max(1);
         let mut slept = resumed_from;
+        // `"ignore_cancel": true` stands in for an agent that never looks (tests of the
+        // grace period).
+        let hears_cancel = !input
+            .get("ignore_cancel")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         while slept < ms {
             let nap = step.min(ms - slept);
-            tokio::time::sleep(Duration::from_millis(nap)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(nap)) => {}
+                by = context.cancellation.cancelled(), if hears_cancel => {
+                    return Err(AgentError::Permanent(format!("cancelled by {by}")));
+                }
+            }
             slept += nap;
             context
                 .progress
