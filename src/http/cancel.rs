@@ -76,6 +76,13 @@ pub(super) async fn many(
     let Json(body) = body?;
     let invalid =
         |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
+    // A member given as null is not a member left out: the contract has no nullable one.
+    if let Some((name, _)) = body
+        .as_object()
+        .and_then(|members| members.iter().find(|(_, value)| value.is_null()))
+    {
+        return Err(invalid(format!("{name}: null is not allowed")));
+    }
     let bulk: Bulk = serde_path_to_error::deserialize(body)
         .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))?;
     let by = format!("api:{}", state.access.caller(&headers));

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 
+use super::WorkerError;
 use crate::{
     agent::CancelBoard,
     broker::{Broker, CancelNotice},
@@ -19,71 +20,80 @@ const REFRESH: Duration = Duration::from_secs(5);
 /// delivered is ended by its row (already `cancelled`) when it is claimed.
 const REMEMBER: chrono::Duration = chrono::Duration::days(8);
 
-/// Runs until `stop` completes.
-pub async fn run(
-    broker: Broker,
-    store: Store,
-    board: Arc<CancelBoard>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    // Subscribed before reading PostgreSQL: nothing falls between the two.
-    let mut notices = loop {
-        match broker.cancellation_notices().await {
-            Ok(notices) => break notices,
-            Err(error) => {
-                tracing::warn!(%error, "cannot hear cancellations yet; retrying");
-                tokio::select! {
-                    () = &mut stop => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    };
-    let mut read_up_to = Utc::now() - REMEMBER;
-    let mut refresh = tokio::time::interval(REFRESH);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            notice = notices.next() => match notice {
-                Some(message) => match serde_json::from_slice::<CancelNotice>(&message.payload) {
-                    Ok(notice) => {
-                        let now = Utc::now();
-                        for id in notice.ids {
-                            board.cancel(id, &notice.by, now);
+/// A worker's cancellation feed, subscribed and primed: nothing cancelled before it was
+/// made can slip past the worker's first pull.
+pub struct Listening {
+    notices: async_nats::Subscriber,
+    read_up_to: DateTime<Utc>,
+}
+
+/// Subscribes to the notices, then reads what PostgreSQL lists (in that order: nothing
+/// falls between the two) into `board`.
+///
+/// Fails when either cannot be done.
+pub async fn start(
+    broker: &Broker,
+    store: &Store,
+    board: &CancelBoard,
+) -> Result<Listening, WorkerError> {
+    let notices = broker.cancellation_notices().await?;
+    let since = Utc::now() - REMEMBER;
+    let rows = store.cancellations_since(since).await?;
+    Ok(Listening {
+        notices,
+        read_up_to: take(board, rows, since),
+    })
+}
+
+impl Listening {
+    /// Keeps `board` fed until `stop` completes.
+    pub async fn run(
+        mut self,
+        store: Store,
+        board: Arc<CancelBoard>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                notice = self.notices.next() => match notice {
+                    Some(message) => match serde_json::from_slice::<CancelNotice>(&message.payload) {
+                        Ok(notice) => {
+                            let now = Utc::now();
+                            for id in notice.ids {
+                                board.cancel(id, &notice.by, now);
+                            }
                         }
-                    }
-                    Err(error) => tracing::debug!(%error, "ignoring a malformed cancellation notice"),
+                        Err(error) => tracing::debug!(%error, "ignoring a malformed cancellation notice"),
+                    },
+                    None => return,
                 },
-                None => return,
-            },
-            _ = refresh.tick() => {
-                read_up_to = read_from_store(&store, &board, read_up_to).await;
-                board.forget_before(Utc::now() - REMEMBER);
+                _ = refresh.tick() => {
+                    match store.cancellations_since(self.read_up_to).await {
+                        Ok(rows) => self.read_up_to = take(&board, rows, self.read_up_to),
+                        Err(error) => tracing::debug!(%error, "cannot read cancellations; trying again"),
+                    }
+                    board.forget_before(Utc::now() - REMEMBER);
+                }
             }
         }
     }
 }
 
-/// Reads cancellations after `since` into `board`; returns where the next read starts.
-async fn read_from_store(
-    store: &Store,
+/// Puts `rows` on `board`; returns where the next read starts.
+fn take(
     board: &CancelBoard,
+    rows: Vec<(uuid::Uuid, String, DateTime<Utc>)>,
     since: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    match store.cancellations_since(since).await {
-        Ok(rows) => {
-            let mut latest = since;
-            for (id, by, at) in rows {
-                board.cancel(id, &by, at);
-                latest = latest.max(at);
-            }
-            // Rows committed a moment late with an earlier time are read again next round.
-            latest - chrono::Duration::seconds(2)
-        }
-        Err(error) => {
-            tracing::debug!(%error, "cannot read cancellations; trying again");
-            since
-        }
+    let mut latest = since;
+    for (id, by, at) in rows {
+        board.cancel(id, &by, at);
+        latest = latest.max(at);
     }
+    // Rows committed a moment late with an earlier time are read again next round.
+    latest - chrono::Duration::seconds(2)
 }

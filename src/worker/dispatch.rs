@@ -155,6 +155,12 @@ impl Dispatch<'_> {
         };
         for mut p in pending {
             let Some(claimed) = runnable.remove(&p.delivery.task.id) else {
+                if worker.executor.cancelled_by(&p.delivery.task.id).is_some() {
+                    // Finished because it was cancelled: the runner ends this delivery as
+                    // cancelled (legacy keys, counts) without starting the agent.
+                    running.spawn(self.runner.clone().run(p));
+                    continue;
+                }
                 let outcome = Outcome::Duplicate;
                 self.settle(
                     p.acker,

@@ -212,6 +212,11 @@ impl Worker {
         let agents = self.settings.agent_filter()?;
         // Where delayed tasks wait decides what the doorbell and the scheduled view listen to.
         set_up("the tasks stream", || self.broker.read_stream_features()).await?;
+        // Known before the first pull: a task cancelled earlier never starts.
+        let cancellations = set_up("cancellations", || {
+            super::cancel_listener::start(&self.broker, &self.store, &self.cancels)
+        })
+        .await?;
         let puller = set_up("the lanes", || self.broker.priority_puller(agents.clone())).await?;
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let (stopping_tx, stopping_rx) = watch::channel(false);
@@ -245,8 +250,7 @@ impl Worker {
             stopped(stopping_rx.clone()),
         ));
         // Cancellations reach this worker by NATS at once and from PostgreSQL behind it.
-        sidecars.spawn(super::cancel_listener::run(
-            self.broker.clone(),
+        sidecars.spawn(cancellations.run(
             self.store.clone(),
             self.cancels.clone(),
             stopped(stopping_rx.clone()),

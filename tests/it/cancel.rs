@@ -3,7 +3,10 @@
 //! cancel racing completion ends in exactly one final state — row, answer and legacy keys
 //! agreeing.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use axum::http::StatusCode;
 use chrono::Utc;
@@ -126,8 +129,13 @@ async fn queued_and_delayed_tasks_cancelled_before_a_worker_comes_never_run() {
             .hget(&keys.failed_tasks, id.to_string())
             .await
             .unwrap();
-        let shown: serde_json::Value =
-            serde_json::from_str(&shown.expect("in failed_tasks")).unwrap();
+        let shown = shown.unwrap_or_else(|| {
+            panic!(
+                "{id} not in failed_tasks ({with_row} queued, {} straight, {} delayed)",
+                without_row.id, delayed.id
+            )
+        });
+        let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
         assert_eq!(shown["last_error"], "cancelled", "{shown}");
     }
     let finished_row = env.store.task(finished.id).await.unwrap().unwrap();
@@ -156,6 +164,8 @@ async fn a_running_task_is_cancelled_over_http_and_one_that_will_not_stop_is_aba
     .await;
     let asked = Instant::now();
     for task in [&listens, &deaf] {
+        let cancelled_before = worker.counts.cancelled.load(Ordering::Relaxed);
+        let sent = Instant::now();
         let (status, body) = call(
             &app,
             post_to(
@@ -173,6 +183,17 @@ async fn a_running_task_is_cancelled_over_http_and_one_that_will_not_stop_is_aba
             200,
             &body,
         );
+        if task.id == listens.id {
+            // Told across NATS, the agent stops and its delivery is settled cancelled.
+            eventually("the agent stopped", Duration::from_secs(3), || async {
+                (worker.counts.cancelled.load(Ordering::Relaxed) > cancelled_before).then_some(())
+            })
+            .await;
+            println!(
+                "a listening agent stopped {:?} after the cancel was sent",
+                sent.elapsed()
+            );
+        }
     }
     // The row is final at once; the agents are told and stop (or are dropped).
     let (_, read) = call(&app, get(format!("/v1/tasks/{}", listens.id))).await;

@@ -392,6 +392,7 @@ async fn the_partitioning_migration_keeps_rows_stored_before_it() {
         include_str!("../../schemas/migrations/0008_cron_schedules.sql"),
         include_str!("../../schemas/migrations/0009_progress.sql"),
         include_str!("../../schemas/migrations/0010_not_before.sql"),
+        include_str!("../../schemas/migrations/0011_cancellation.sql"),
     ];
     sqlx::raw_sql(sqlx::AssertSqlSafe(migrations[0]))
         .execute(store.primary())
