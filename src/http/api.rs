@@ -111,6 +111,9 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .route("/v1/queues", get(queues))
         .route("/v1/dlq", get(dead_letters))
         .route("/v1/schedules", get(super::schedules::list))
+        .route("/v1/tasks", get(super::browse::tasks))
+        .route("/v1/throughput", get(super::browse::throughput))
+        .route("/v1/workers", get(super::browse::workers))
         .with_state(state.clone())
         .route("/v1/scale", get(probes::scale))
         .with_state(probes)
@@ -128,6 +131,10 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .layer(timeout(waiting_timeout));
     let writes = Router::new()
         .route("/v1/dlq/{id}/replay", post(replay))
+        .route(
+            "/v1/dlq/replay",
+            post(super::replay_matching::replay_matching),
+        )
         .route("/v1/tasks/{id}/cancel", post(super::cancel::one))
         .route("/v1/tasks/cancel", post(super::cancel::many))
         .route("/v1/schedules", post(super::schedules::put))
@@ -375,7 +382,7 @@ struct DeadLetterQuery {
 }
 
 /// A query parameter given empty (`?reason=`) is no filter, as forms send it.
-fn empty_is_none<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+pub(super) fn empty_is_none<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: std::str::FromStr,

@@ -58,7 +58,7 @@ pub(super) async fn one(
 /// A bulk cancel: ids, or a filter over unfinished rows.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Bulk {
+pub(super) struct Bulk {
     #[serde(default)]
     ids: Option<Vec<Uuid>>,
     #[serde(default)]
@@ -76,6 +76,9 @@ pub(super) async fn many(
     let Json(body) = body?;
     let invalid =
         |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
+    if !body.is_object() {
+        return Err(invalid("the body must be a JSON object".into()));
+    }
     // A member given as null is not a member left out: the contract has no nullable one.
     if let Some((name, _)) = body
         .as_object()

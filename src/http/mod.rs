@@ -4,9 +4,11 @@
 
 pub mod api;
 pub mod auth;
+mod browse;
 mod cancel;
 pub mod probes;
 mod publish;
+mod replay_matching;
 mod schedules;
 
 use std::{net::SocketAddr, time::Instant};

@@ -7,12 +7,14 @@ mod keys;
 mod pool;
 mod retention;
 mod router;
+mod search;
 mod tasks;
 
 pub use cancel::{CancelFilter, CancelReport};
 pub use pool::{Store, StoreError};
 pub use retention::{DAYS_AHEAD, PartitionReport, partition_name};
 pub use router::ReadFrom;
+pub use search::{MinuteCounts, TaskSearch, TaskSummary};
 pub use tasks::{
     AgentSummary, Claim, Claimed, Origin, RowKey, Settled, SettledStatus, TaskRecord, TaskStatus,
 };

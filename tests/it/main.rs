@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod bad_input;
+mod browse;
 mod cache;
 mod cancel;
 mod claim_check;

@@ -1,0 +1,80 @@
+//! `POST /v1/dlq/replay`: replays every dead letter matching a filter (what `swarmd dlq
+//! replay --all` does), server-side. The dashboard asks `GET /v1/dlq` for the count first
+//! and shows it in its confirmation.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api::{ApiError, ApiState};
+use crate::dlq::{self, DeadLetterStream, DeadReason, Filter};
+
+/// Which dead letters: all of them when every part is left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Matching {
+    #[serde(default)]
+    agent_type: Option<String>,
+    #[serde(default)]
+    reason: Option<DeadReason>,
+    #[serde(default)]
+    since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    until: Option<DateTime<Utc>>,
+}
+
+/// `POST /v1/dlq/replay`.
+pub(super) async fn replay_matching(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let invalid =
+        |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
+    if !body.is_object() {
+        return Err(invalid("the body must be a JSON object".into()));
+    }
+    if let Some((name, _)) = body
+        .as_object()
+        .and_then(|members| members.iter().find(|(_, value)| value.is_null()))
+    {
+        return Err(invalid(format!("{name}: null is not allowed")));
+    }
+    let matching: Matching = serde_path_to_error::deserialize(body)
+        .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))?;
+    let filter = Filter {
+        agent_type: matching.agent_type,
+        reason: matching.reason,
+        since: matching.since,
+        until: matching.until,
+    };
+    let dead_letters = DeadLetterStream::of(&state.broker);
+    let targets = dead_letters
+        .list(&filter)
+        .await
+        .map_err(|e| ApiError::internal("cannot read the dead letters", e))?;
+    let mut replayed = Vec::new();
+    let mut failed = Vec::new();
+    for stored in &targets {
+        match dlq::replay(&state.broker, &dead_letters, stored).await {
+            Ok(new_id) => replayed.push(json!({ "id": stored.letter.id, "replay": new_id })),
+            Err(error) => {
+                failed.push(json!({ "id": stored.letter.id, "error": error.to_string() }))
+            }
+        }
+    }
+    Ok(Json(json!({
+        "matched": targets.len(),
+        "replayed": replayed,
+        "failed": failed,
+    }))
+    .into_response())
+}

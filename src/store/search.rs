@@ -1,0 +1,117 @@
+//! Finding tasks for operators (the dashboard's task list, `GET /v1/tasks`): by status,
+//! agent type, priority, creation time, and inside their data (JSON containment, served by
+//! a GIN index) or their data, result and errors (text), newest first, a page at a time.
+//! Also the per-minute outcome counts of the overview, read from the rows (the BRIN index on
+//! `completed_at`), so they survive restarts.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// What to look for; every part optional.
+#[derive(Debug, Default, Clone)]
+pub struct TaskSearch {
+    pub statuses: Vec<String>,
+    pub agent_type: Option<String>,
+    pub priority: Option<i16>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Tasks whose data contains this JSON (`data @> value`).
+    pub contains: Option<Value>,
+    /// Tasks whose data, result or last error contains this text (any case).
+    pub text: Option<String>,
+    /// Only tasks created before this one (the previous page's last).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// One task in a list.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TaskSummary {
+    pub id: Uuid,
+    pub agent_type: String,
+    pub priority: i16,
+    pub status: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub data: Value,
+}
+
+/// Outcomes of one minute.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MinuteCounts {
+    pub minute: DateTime<Utc>,
+    pub completed: i64,
+    pub dead: i64,
+    pub cancelled: i64,
+}
+
+impl Store {
+    /// The tasks `search` finds, newest first.
+    ///
+    /// Fails when PostgreSQL cannot be read.
+    pub async fn search_tasks(&self, search: &TaskSearch) -> Result<Vec<TaskSummary>, StoreError> {
+        let pattern = search.text.as_ref().map(|text| {
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let (before_at, before_id) = search.before.unzip();
+        sqlx::query_as(
+            "SELECT id, agent_type, priority, status, attempts, created_at, completed_at,
+                    last_error, data
+               FROM tasks
+              WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
+                AND ($2::text IS NULL OR agent_type = $2)
+                AND ($3::int2 IS NULL OR priority = $3)
+                AND ($4::timestamptz IS NULL OR created_at >= $4)
+                AND ($5::timestamptz IS NULL OR created_at < $5)
+                AND ($6::jsonb IS NULL OR data @> $6)
+                AND ($7::text IS NULL OR data::text ILIKE $7 OR result::text ILIKE $7
+                     OR last_error ILIKE $7)
+                AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9))
+              ORDER BY created_at DESC, id DESC
+              LIMIT $10",
+        )
+        .bind(&search.statuses)
+        .bind(search.agent_type.as_deref())
+        .bind(search.priority)
+        .bind(search.since)
+        .bind(search.until)
+        .bind(search.contains.as_ref())
+        .bind(pattern)
+        .bind(before_at)
+        .bind(before_id)
+        .bind(search.limit)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("searching tasks"))
+    }
+
+    /// Outcomes per minute over the last `minutes`, oldest first (minutes without any are
+    /// left out).
+    ///
+    /// Fails when PostgreSQL cannot be read.
+    pub async fn outcomes_per_minute(&self, minutes: i32) -> Result<Vec<MinuteCounts>, StoreError> {
+        sqlx::query_as(
+            "SELECT date_trunc('minute', completed_at) AS minute,
+                    count(*) FILTER (WHERE status = 'completed') AS completed,
+                    count(*) FILTER (WHERE status = 'dead') AS dead,
+                    count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+               FROM tasks
+              WHERE completed_at >= date_trunc('minute', now()) - make_interval(mins => $1)
+              GROUP BY 1 ORDER BY 1",
+        )
+        .bind(minutes)
+        .fetch_all(&self.primary)
+        .await
+        .map_err(StoreError::query("counting outcomes per minute"))
+    }
+}
