@@ -17,9 +17,11 @@ MODERN_NATS_URL ?= nats://127.0.0.1:$(or $(SWARM_MODERN_NATS_PORT),4225)
 MODERN_NATS_BIN ?= $(or $(SWARM_TOOLS_DIR),$(HOME)/.cache/swarmdirector)/nats-server-$(MODERN_NATS_VERSION)/bin/nats-server
 # The second pass: every integration test that talks to NATS (the deploy-file, PostgreSQL
 # replica/TLS and contract-fuzzing tests do not depend on the broker's version).
-BROKER_TESTS := kind(test) & not test(/^(deploy|deploy_tools|pools|replicas|secrets)::/) & not test(/schemathesis/)
+BROKER_TESTS := kind(test) & not test(/^(deploy|deploy_tools|pools|replicas|secrets|ui)::/) & not test(/schemathesis/)
+# The dashboard in a real browser: its own target (it needs Chromium and playwright-core).
+UI_TESTS := test(/^ui::/)
 
-.PHONY: demo test services tools build release lint fmt validate-deploy fuzz secrets
+.PHONY: demo test test-ui services tools build release lint fmt validate-deploy fuzz secrets
 
 ## Run a demo fleet on the local services and print what it did.
 demo: services
@@ -30,18 +32,28 @@ demo: services
 test: services tools
 	@status=0; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast || status=1; \
+		$(CARGO) nextest run --no-fail-fast -E 'not $(UI_TESTS)' || status=1; \
 		echo "== the broker-facing tests again, on NATS $(MODERN_NATS_VERSION) at $(MODERN_NATS_URL) =="; \
 		SWARM_NATS_URL=$(MODERN_NATS_URL) SWARM_TEST_NATS_SERVER=$(MODERN_NATS_BIN) \
 		SWARM_TEST_NATS_VERSION=$(MODERN_NATS_VERSION) \
 			$(CARGO) nextest run --no-fail-fast --test it -E '$(BROKER_TESTS)' || status=1; \
+		$(MAKE) --no-print-directory test-ui || status=1; \
 	else \
-		$(CARGO) test --no-fail-fast || status=1; \
+		$(CARGO) test --no-fail-fast -- --skip ui:: || status=1; \
 		SWARM_NATS_URL=$(MODERN_NATS_URL) SWARM_TEST_NATS_SERVER=$(MODERN_NATS_BIN) \
 		SWARM_TEST_NATS_VERSION=$(MODERN_NATS_VERSION) \
 			$(CARGO) test --no-fail-fast --test it || status=1; \
 	fi; \
 	exit $$status
+
+## The dashboard in headless Chromium (tests/ui/dashboard.mjs through tests/it/ui.rs);
+## reported SKIPPED, not passed, where Chromium or playwright-core cannot be installed.
+test-ui: services
+	@rc=0; bash scripts/ensure-ui-tools.sh || rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "== UI tests: SKIPPED (Chromium or playwright-core cannot be installed here) =="; exit 0; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	echo "== UI tests: the dashboard in headless Chromium (screenshots in target/ui-artifacts/) =="; \
+	$(CARGO) nextest run --no-fail-fast --test it -E '$(UI_TESTS)'
 
 ## Install the external programs the suite runs (schemathesis, nats-py and redis-py in
 ## ~/.cache/swarmdirector; nginx and promtool from Debian).

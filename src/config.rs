@@ -221,7 +221,14 @@ pub struct ApiSettings {
     /// 429 with `Retry-After`. `0` turns the limit off. Default 200.
     /// Env: `SWARM_API_RATE_LIMIT`.
     pub rate_limit_per_sec: f64,
+    /// Where the dashboard links a task's trace id: `{trace_id}` is replaced. Default
+    /// Jaeger's `http://localhost:16686/trace/{trace_id}`; empty shows the id unlinked.
+    /// Env: `SWARM_UI_TRACE_URL`.
+    pub trace_url: String,
 }
+
+/// Jaeger's trace page, where the dashboard links trace ids unless told otherwise.
+pub const DEFAULT_TRACE_URL: &str = "http://localhost:16686/trace/{trace_id}";
 
 impl Default for ApiSettings {
     fn default() -> Self {
@@ -236,6 +243,7 @@ impl Default for ApiSettings {
             max_wait_secs: 60.0,
             max_concurrent_requests: 512,
             rate_limit_per_sec: 200.0,
+            trace_url: DEFAULT_TRACE_URL.into(),
         }
     }
 }
@@ -907,6 +915,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_API_REQUEST_TIMEOUT_SECS") {
             self.api.request_timeout_secs = parsed("SWARM_API_REQUEST_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = lookup("SWARM_UI_TRACE_URL") {
+            self.api.trace_url = v;
         }
         if let Some(v) = get("SWARM_API_MAX_WAIT_SECS") {
             self.api.max_wait_secs = parsed("SWARM_API_MAX_WAIT_SECS", v)?;

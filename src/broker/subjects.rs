@@ -56,6 +56,16 @@ impl Subjects {
         format!("{}.cancel", self.prefix)
     }
 
+    /// Where workers tell live viewers what they did (`settled`, `progress`; core NATS).
+    pub fn worker_event(&self, kind: &str) -> String {
+        format!("{}.events.{kind}", self.prefix)
+    }
+
+    /// Every worker event.
+    pub fn worker_events(&self) -> String {
+        format!("{}.events.*", self.prefix)
+    }
+
     /// Where workers answer roll calls.
     pub fn roll_call(&self) -> String {
         format!("{}.workers.roll", self.prefix)

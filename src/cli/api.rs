@@ -47,6 +47,8 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         access: Arc::new(access),
         redis,
         meter: Arc::new(ScaleMeter::new(settings.scale.clone())),
+        events: Default::default(),
+        trace_url: settings.api.trace_url.clone(),
     });
     let addr = args.addr.unwrap_or_else(|| settings.api.addr.clone());
     let limits = api::Limits::of(&settings.api)

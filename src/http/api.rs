@@ -53,6 +53,10 @@ pub struct ApiState {
     pub redis: Option<redis::aio::ConnectionManager>,
     /// Serves `/v1/scale`.
     pub meter: Arc<ScaleMeter>,
+    /// Live events for the dashboard (`/v1/events`).
+    pub events: super::events::EventHub,
+    /// Where the dashboard links trace ids (`{trace_id}` replaced).
+    pub trace_url: String,
 }
 
 /// The state of the routes that may wait for outcomes.
@@ -104,7 +108,8 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
     let public = Router::new()
         .route("/ready", get(probes::ready))
         .with_state(probes.clone())
-        .route("/health", get(move || health(insecure)));
+        .route("/health", get(move || health(insecure)))
+        .merge(super::ui::router(state.trace_url.clone()));
     // A request that may wait for outcomes has its wait on top of the usual bound.
     let waiting_timeout = limits.request_timeout.saturating_add(limits.max_wait);
     let reads = Router::new()
@@ -114,6 +119,7 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .route("/v1/tasks", get(super::browse::tasks))
         .route("/v1/throughput", get(super::browse::throughput))
         .route("/v1/workers", get(super::browse::workers))
+        .route("/v1/events", get(super::events::events))
         .with_state(state.clone())
         .route("/v1/scale", get(probes::scale))
         .with_state(probes)
@@ -330,6 +336,7 @@ async fn task(
         "id": record.id,
         "agent_type": record.agent_type,
         "priority": record.priority,
+        "data": record.data,
         "status": record.status,
         "attempts": record.attempts,
         "max_attempts": record.max_attempts,

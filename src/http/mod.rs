@@ -6,10 +6,12 @@ pub mod api;
 pub mod auth;
 mod browse;
 mod cancel;
+pub mod events;
 pub mod probes;
 mod publish;
 mod replay_matching;
 mod schedules;
+pub mod ui;
 
 use std::{net::SocketAddr, time::Instant};
 

@@ -239,6 +239,7 @@ impl Worker {
             sidecars.spawn(upkeep.run(UPKEEP_INTERVAL, stopped(stopping_rx.clone())));
         }
         sidecars.spawn(super::progress_writer::run(
+            self.broker.clone(),
             self.store.clone(),
             self.progress.clone(),
             stopped(stopping_rx.clone()),
@@ -327,6 +328,7 @@ impl Worker {
                     .settings()
                     .announce_outcomes
                     .then(|| self.broker.clone()),
+                viewers: Some(self.broker.clone()),
             },
             SettlerConfig {
                 batch: self.settings.commit_batch,

@@ -176,6 +176,8 @@ pub struct Sinks {
     pub progress: Arc<Liveness>,
     /// Announces final outcomes once committed, when enabled (`nats.announce_outcomes`).
     pub announcer: Option<Broker>,
+    /// Tells live viewers (the dashboard) what each batch settled, on core NATS.
+    pub viewers: Option<Broker>,
 }
 
 /// Starts the settler; it runs until every sender is dropped and all batches are settled.
@@ -259,6 +261,7 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
     drop(hold);
     drop(commit_spans);
     end_fenced_by_a_cancel(sinks, &mut batch, &mut applied).await;
+    let mut settled = Vec::new();
     for mut settlement in batch {
         let row = match &settlement.record {
             Record::Task(settled) | Record::Dead(settled, _) => Some(settled),
@@ -301,8 +304,36 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
         }
         sinks.counts.count(settlement.label);
         record_metrics(&settlement);
+        if let Some(settled_row) = row_of(&settlement.record) {
+            settled.push((settled_row.id, settlement.label));
+        }
     }
     sinks.progress.touch();
+    if let (Some(broker), false) = (&sinks.viewers, settled.is_empty()) {
+        tell_viewers(broker, &settled).await;
+    }
+}
+
+fn row_of(record: &Record) -> Option<&crate::store::Settled> {
+    match record {
+        Record::Task(settled) | Record::Dead(settled, _) => Some(settled),
+        _ => None,
+    }
+}
+
+/// One `settled` event per batch: `{"tasks": [[id, outcome], ...]}` (a few bytes per task;
+/// nobody pays more when nobody watches).
+async fn tell_viewers(broker: &Broker, settled: &[(uuid::Uuid, &'static str)]) {
+    let tasks: Vec<(String, &str)> = settled
+        .iter()
+        .map(|(id, label)| (id.to_string(), *label))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "tasks": tasks }))
+        .expect("a settled event serialises");
+    let subject = broker.subjects().worker_event("settled");
+    if let Err(error) = broker.client().publish(subject, body.into()).await {
+        tracing::debug!(%error, "cannot tell viewers of a settled batch");
+    }
 }
 
 /// Outcomes fenced off because their task was cancelled meanwhile (the cancel committed

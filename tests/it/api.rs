@@ -38,6 +38,8 @@ fn app_with(env: &TestEnv, token: Option<&str>, rate_limit_per_sec: f64) -> axum
             access: Arc::new(access),
             redis: Some(swarm_director::mirror::connect(&env.settings.redis).unwrap()),
             meter: Arc::default(),
+            events: Default::default(),
+            trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
         }),
         api::Limits::default(),
     )
@@ -654,6 +656,8 @@ async fn requests_beyond_the_bounds_get_503_instead_of_piling_up() {
             access: Arc::new(Access::with_tokens(&["s3cret"], &[READER], 0.0)),
             redis: None,
             meter: Arc::default(),
+            events: Default::default(),
+            trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
         })
     };
     // One request at a time: while one holds the only slot (its body never ends), the next

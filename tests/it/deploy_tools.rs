@@ -161,6 +161,8 @@ async fn nginx_balances_two_live_apis_with_the_shipped_config_and_rides_out_one_
                 access: Arc::new(Access::with_tokens(&[token], &[], 0.0)),
                 redis: None,
                 meter: Arc::default(),
+                events: Default::default(),
+                trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
             }),
             api::Limits::default(),
         )

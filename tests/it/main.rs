@@ -35,6 +35,7 @@ mod schedules;
 mod secrets;
 mod servers;
 mod traces;
+mod ui;
 mod unique;
 mod waiting;
 mod wire;

@@ -49,6 +49,8 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
             access: Arc::new(swarm_director::http::auth::Access::insecure()),
             redis: None,
             meter: meter.clone(),
+            events: Default::default(),
+            trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
         }),
         api::Limits::default(),
     );

@@ -175,6 +175,8 @@ async fn an_http_producers_traceparent_is_continued_through_the_api() {
             access: std::sync::Arc::new(swarm_director::http::auth::Access::insecure()),
             redis: None,
             meter: std::sync::Arc::default(),
+            events: Default::default(),
+            trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
         }),
         swarm_director::http::api::Limits::default(),
     );

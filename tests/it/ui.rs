@@ -1,0 +1,160 @@
+//! The dashboard in a real browser: headless Chromium (Debian's, driven by playwright-core
+//! from npm, no browser download) against a real `swarmd api` and a worker. The browser
+//! side is `tests/ui/dashboard.mjs`; screenshots go to `target/ui-artifacts/`. Run by
+//! `make test-ui` (part of `make test`) once `scripts/ensure-ui-tools.sh` found or installed
+//! Chromium and playwright-core; without them that target reports the test skipped.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use swarm_director::{
+    agent::{Agent, AgentContext, AgentError, AgentRegistry},
+    task::{Codec, TaskEnvelope},
+};
+
+use crate::support::{TestEnv, eventually};
+
+/// Fails for good until switched on: dead letters that a replay then completes.
+struct Late(Arc<AtomicBool>);
+
+#[async_trait]
+impl Agent for Late {
+    fn name(&self) -> &'static str {
+        "late"
+    }
+    async fn run(&self, input: &Value, _: &AgentContext) -> Result<Value, AgentError> {
+        if self.0.load(Ordering::SeqCst) {
+            Ok(json!({ "done": input }))
+        } else {
+            Err(AgentError::permanent("late: not ready yet"))
+        }
+    }
+}
+
+fn tool(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_a_real_browser() {
+    let tools = tool(
+        "SWARM_TOOLS_DIR",
+        &format!("{}/.cache/swarmdirector", std::env::var("HOME").unwrap()),
+    );
+    let playwright = tool(
+        "SWARM_TEST_PLAYWRIGHT",
+        &format!("{tools}/ui-node/node_modules/playwright-core"),
+    );
+    let chromium = tool("SWARM_TEST_CHROMIUM", "/usr/bin/chromium");
+    assert!(
+        std::path::Path::new(&playwright).exists() && std::path::Path::new(&chromium).exists(),
+        "playwright-core ({playwright}) and Chromium ({chromium}) are installed: run `make test-ui`"
+    );
+    let env = TestEnv::new().await;
+    let ready = Arc::new(AtomicBool::new(false));
+    let registry = || AgentRegistry::with_builtins().with(Late(ready.clone()));
+    let worker = env.spawn(env.worker_with_agents(registry(), |s| s.worker.concurrency = 2));
+
+    // Three dead letters that a replay will complete once `late` is ready.
+    let lates: Vec<TaskEnvelope> = (0..3)
+        .map(|i| TaskEnvelope::new("late", json!({ "n": i })))
+        .collect();
+    for task in &lates {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+    env.wait_dead_letters(3, Duration::from_secs(15)).await;
+    ready.store(true, Ordering::SeqCst);
+
+    let needle = "needle-4711";
+    let found = TaskEnvelope::new("echo", json!({ "customer": needle, "note": "find me" }));
+    env.broker.publish(&found, Codec::Json).await.unwrap();
+    env.wait_finished(&[found.id], Duration::from_secs(10))
+        .await;
+    // A long task first (it holds one of the two slots), then a backlog for the other.
+    let sleeper = TaskEnvelope::new("sleep", json!({ "ms": 60_000 })).with_priority(9);
+    env.broker.publish(&sleeper, Codec::Json).await.unwrap();
+    let backlog: Vec<TaskEnvelope> = (0..150)
+        .map(|_| TaskEnvelope::new("sleep", json!({ "ms": 20 })))
+        .collect();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = env
+        .swarmd()
+        .args(["api", "--addr", &format!("127.0.0.1:{port}")])
+        .env("SWARM_API_TOKEN", "ui-write-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    eventually("the API to listen", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+    let results = env
+        .broker
+        .publish_many(&backlog, Codec::Json, 256, || {})
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+
+    let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ui-artifacts");
+    let scenario = json!({
+        "needle": needle,
+        "needle_id": found.id,
+        "sleeper_id": sleeper.id,
+        "late_agent": "late",
+    });
+    let run = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/ui/dashboard.mjs"
+        ))
+        .env("BASE", &base)
+        .env("TOKEN", "ui-write-token")
+        .env("SCENARIO", scenario.to_string())
+        .env("ARTIFACTS", artifacts)
+        .env("PLAYWRIGHT", &playwright)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let run = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser run ends within two minutes")
+        .expect("node runs");
+    let said = String::from_utf8_lossy(&run.stdout);
+    let complained = String::from_utf8_lossy(&run.stderr);
+    println!("{said}");
+    assert!(
+        run.status.success(),
+        "the browser run failed: {complained}\n{said}"
+    );
+
+    // What the clicks did, as the database tells it.
+    let sleeper_row = env.store.task(sleeper.id).await.unwrap().unwrap();
+    assert_eq!(sleeper_row.status, "cancelled");
+    let replays: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tasks WHERE replay_of IS NOT NULL")
+            .fetch_all(env.store.primary())
+            .await
+            .unwrap();
+    assert_eq!(replays.len(), 3, "every dead letter replayed once");
+    let rows = env.wait_finished(&replays, Duration::from_secs(15)).await;
+    assert!(rows.iter().all(|r| r.status == "completed"), "{rows:?}");
+    api.kill().await.unwrap();
+    worker.stop().await;
+    env.cleanup().await;
+}
