@@ -418,6 +418,12 @@ pub struct DatabaseSettings {
     /// does the same at once. Unfinished tasks are never removed. Default 7.
     /// Env: `SWARM_RETENTION_DAYS`.
     pub retention_days: u32,
+    /// Index task data for searches by content (`GET /v1/tasks?contains=`, the dashboard): a
+    /// GIN index over `data`, made by `swarmd migrate` and workers at start. Off by default:
+    /// every task's row write then updates it, which cost 15 % of the burn-down rate here
+    /// (docs/performance.md); without it such a search reads the rows newest first.
+    /// Env: `SWARM_SEARCH_INDEX`.
+    pub search_index: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -432,6 +438,7 @@ impl Default for DatabaseSettings {
             max_lifetime_secs: None,
             migrate_on_start: true,
             retention_days: 7,
+            search_index: false,
         }
     }
 }
@@ -824,6 +831,9 @@ impl Settings {
         }
         if let Some(v) = get("SWARM_MIGRATE_ON_START") {
             self.database.migrate_on_start = parsed("SWARM_MIGRATE_ON_START", v)?;
+        }
+        if let Some(v) = get("SWARM_SEARCH_INDEX") {
+            self.database.search_index = parsed("SWARM_SEARCH_INDEX", v)?;
         }
         if let Some(v) = get("SWARM_RETENTION_DAYS") {
             self.database.retention_days = parsed("SWARM_RETENTION_DAYS", v)?;

@@ -12,6 +12,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     store.migrate().await.context("applying migrations")?;
+    if settings.database.search_index {
+        store
+            .ensure_search_index()
+            .await
+            .context("creating the search index")?;
+        println!("task data indexed for searches by content (SWARM_SEARCH_INDEX)");
+    }
     let report = store
         .upkeep_partitions(chrono::Utc::now(), None)
         .await

@@ -130,6 +130,12 @@ async fn connect_fleet(
         .context("connecting to PostgreSQL")?;
     if migrate {
         store.migrate().await.context("applying migrations")?;
+        if settings.database.search_index {
+            store
+                .ensure_search_index()
+                .await
+                .context("creating the search index")?;
+        }
     }
     Ok((store, connect_broker(settings).await?))
 }

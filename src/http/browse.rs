@@ -44,7 +44,7 @@ pub(super) struct TaskQuery {
     q: Option<String>,
     #[serde(default, deserialize_with = "empty_is_none")]
     limit: Option<i64>,
-    /// `<created_at>,<id>` of the previous page's last task.
+    /// The previous page's last task id (its `next_before`).
     #[serde(default)]
     before: Option<String>,
 }
@@ -101,9 +101,10 @@ pub(super) async fn tasks(
         return Err(bad("limit must be 1 to 500 and priority 0 to 9".into()));
     }
     let before = match nonempty(query.before) {
-        Some(cursor) => Some(parse_cursor(&cursor).ok_or_else(|| {
-            bad("before must be `<created_at>,<id>` (a page's next_before)".into())
-        })?),
+        Some(cursor) => Some(
+            Uuid::parse_str(&cursor)
+                .map_err(|_| bad("before must be a task id (a page's next_before)".into()))?,
+        ),
         None => None,
     };
     let search = TaskSearch {
@@ -123,19 +124,9 @@ pub(super) async fn tasks(
         .await
         .map_err(|e| ApiError::internal("cannot search the tasks", e))?;
     let next_before = (found.len() as i64 == limit)
-        .then(|| {
-            found
-                .last()
-                .map(|t| format!("{},{}", t.created_at.to_rfc3339(), t.id))
-        })
+        .then(|| found.last().map(|t| t.id))
         .flatten();
     Ok(Json(json!({ "tasks": found, "next_before": next_before })).into_response())
-}
-
-fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let (at, id) = cursor.rsplit_once(',')?;
-    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
-    Some((at, Uuid::parse_str(id).ok()?))
 }
 
 /// `GET /v1/throughput`: outcomes per minute over the last hour.

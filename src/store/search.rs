@@ -23,8 +23,8 @@ pub struct TaskSearch {
     pub contains: Option<Value>,
     /// Tasks whose data, result or last error contains this text (any case).
     pub text: Option<String>,
-    /// Only tasks created before this one (the previous page's last).
-    pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Only tasks listed after this one (the previous page's last).
+    pub before: Option<Uuid>,
     pub limit: i64,
 }
 
@@ -52,7 +52,21 @@ pub struct MinuteCounts {
 }
 
 impl Store {
-    /// The tasks `search` finds, newest first.
+    /// Makes the GIN index that serves searches by data content (`database.search_index`).
+    /// Existing partitions are indexed now (a while on a large table); new ones inherit it.
+    ///
+    /// Fails when PostgreSQL refuses.
+    pub async fn ensure_search_index(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "CREATE INDEX IF NOT EXISTS tasks_data_search ON tasks USING gin (data jsonb_path_ops)",
+        )
+        .execute(&self.primary)
+        .await
+        .map_err(StoreError::query("creating the data search index"))?;
+        Ok(())
+    }
+
+    /// The tasks `search` finds, newest first (by id: see the module's note).
     ///
     /// Fails when PostgreSQL cannot be read.
     pub async fn search_tasks(&self, search: &TaskSearch) -> Result<Vec<TaskSummary>, StoreError> {
@@ -63,7 +77,6 @@ impl Store {
                 .replace('_', "\\_");
             format!("%{escaped}%")
         });
-        let (before_at, before_id) = search.before.unzip();
         sqlx::query_as(
             "SELECT id, agent_type, priority, status, attempts, created_at, completed_at,
                     last_error, data
@@ -76,9 +89,9 @@ impl Store {
                 AND ($6::jsonb IS NULL OR data @> $6)
                 AND ($7::text IS NULL OR data::text ILIKE $7 OR result::text ILIKE $7
                      OR last_error ILIKE $7)
-                AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9))
-              ORDER BY created_at DESC, id DESC
-              LIMIT $10",
+                AND ($8::uuid IS NULL OR id < $8)
+              ORDER BY id DESC
+              LIMIT $9",
         )
         .bind(&search.statuses)
         .bind(search.agent_type.as_deref())
@@ -87,8 +100,7 @@ impl Store {
         .bind(search.until)
         .bind(search.contains.as_ref())
         .bind(pattern)
-        .bind(before_at)
-        .bind(before_id)
+        .bind(search.before)
         .bind(search.limit)
         .fetch_all(&self.primary)
         .await
