@@ -388,6 +388,25 @@ struct DeadLetterQuery {
     before: Option<u64>,
 }
 
+/// The body of a request that takes a JSON object of optional members: anything else (an
+/// array, a member given as null — the contract has no nullable one — or a member of the
+/// wrong shape) is 422 `invalid_body` naming what is wrong.
+pub(super) fn object_body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let Json(body) = body?;
+    let invalid =
+        |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
+    let Some(members) = body.as_object() else {
+        return Err(invalid("the body must be a JSON object".into()));
+    };
+    if let Some((name, _)) = members.iter().find(|(_, value)| value.is_null()) {
+        return Err(invalid(format!("{name}: null is not allowed")));
+    }
+    serde_path_to_error::deserialize(body)
+        .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))
+}
+
 /// A query parameter given empty (`?reason=`) is no filter, as forms send it.
 pub(super) fn empty_is_none<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
 where

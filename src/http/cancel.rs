@@ -73,21 +73,9 @@ pub(super) async fn many(
     headers: HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
+    let bulk: Bulk = super::api::object_body(body)?;
     let invalid =
         |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
-    if !body.is_object() {
-        return Err(invalid("the body must be a JSON object".into()));
-    }
-    // A member given as null is not a member left out: the contract has no nullable one.
-    if let Some((name, _)) = body
-        .as_object()
-        .and_then(|members| members.iter().find(|(_, value)| value.is_null()))
-    {
-        return Err(invalid(format!("{name}: null is not allowed")));
-    }
-    let bulk: Bulk = serde_path_to_error::deserialize(body)
-        .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))?;
     let by = format!("api:{}", state.access.caller(&headers));
     match (bulk.ids, bulk.agent_type) {
         (Some(ids), None) if bulk.status.is_none() => {

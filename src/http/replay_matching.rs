@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::{
     Json,
     extract::{State, rejection::JsonRejection},
-    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -36,20 +35,7 @@ pub(super) async fn replay_matching(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
-    let invalid =
-        |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
-    if !body.is_object() {
-        return Err(invalid("the body must be a JSON object".into()));
-    }
-    if let Some((name, _)) = body
-        .as_object()
-        .and_then(|members| members.iter().find(|(_, value)| value.is_null()))
-    {
-        return Err(invalid(format!("{name}: null is not allowed")));
-    }
-    let matching: Matching = serde_path_to_error::deserialize(body)
-        .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))?;
+    let matching: Matching = super::api::object_body(body)?;
     let filter = Filter {
         agent_type: matching.agent_type,
         reason: matching.reason,

@@ -13,7 +13,6 @@ use chrono::Utc;
 use redis::AsyncCommands as _;
 use serde_json::json;
 use swarm_director::{
-    broker::headers,
     mirror::LegacyKeys,
     task::{Codec, TaskEnvelope},
 };
@@ -22,21 +21,6 @@ use crate::{
     api::{app, call, get, post_to},
     support::{TestEnv, eventually, succeeds},
 };
-
-/// Publishes `task` as a NATS producer would: no row until a worker takes it.
-async fn publish_straight(env: &TestEnv, task: &TaskEnvelope) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(headers::MSG_ID, task.id.to_string().as_str());
-    headers.insert(headers::CONTENT_TYPE, "application/json");
-    env.broker
-        .publish_raw(
-            env.broker.subjects().task(task.priority, &task.agent_type),
-            headers,
-            Codec::Json.encode(task).unwrap(),
-        )
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_and_delayed_tasks_cancelled_before_a_worker_comes_never_run() {
@@ -56,7 +40,7 @@ async fn queued_and_delayed_tasks_cancelled_before_a_worker_comes_never_run() {
     }
     let with_row = queued.id;
     let without_row = doomed();
-    publish_straight(&env, &without_row).await;
+    env.publish_straight(&without_row).await;
     let finished = TaskEnvelope::new("echo", json!("done first"));
     env.broker.publish(&finished, Codec::Json).await.unwrap();
     // A pool of `echo` only finishes that one; the `fail` tasks wait.

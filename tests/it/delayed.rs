@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
-use swarm_director::{
-    broker::headers,
-    task::{Codec, TaskEnvelope},
-};
+use swarm_director::task::{Codec, TaskEnvelope};
 
 use crate::support::{TestEnv, nats_server::NatsServer, succeeds};
 
@@ -87,17 +84,7 @@ async fn a_task_published_straight_to_its_subject_early_waits_without_spending_a
     // A producer that ignores the delay stream: its only attempt must not be used up.
     let mut task = TaskEnvelope::new("echo", json!("direct")).with_max_attempts(1);
     task.not_before = Some(Utc::now() + chrono::Duration::seconds(2));
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(headers::MSG_ID, task.id.to_string().as_str());
-    headers.insert(headers::CONTENT_TYPE, "application/json");
-    env.broker
-        .publish_raw(
-            env.broker.subjects().task(task.priority, "echo"),
-            headers,
-            Codec::Json.encode(&task).unwrap(),
-        )
-        .await
-        .unwrap();
+    env.publish_straight(&task).await;
     let rows = env.wait_finished(&[task.id], Duration::from_secs(15)).await;
     let counts = worker.stop().await;
     assert_eq!(rows[0].status, "completed");
@@ -253,17 +240,7 @@ async fn a_delayed_task_published_straight_to_nats_reads_scheduled_in_its_row_an
     let mut task = TaskEnvelope::new("echo", json!("straight"));
     let due = Utc::now() + chrono::Duration::seconds(3);
     task.not_before = Some(due);
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(headers::MSG_ID, task.id.to_string().as_str());
-    headers.insert(headers::CONTENT_TYPE, "application/json");
-    env.broker
-        .publish_raw(
-            env.broker.subjects().task(task.priority, "echo"),
-            headers,
-            Codec::Json.encode(&task).unwrap(),
-        )
-        .await
-        .unwrap();
+    env.publish_straight(&task).await;
     let mut redis = env.redis().await;
     let row = crate::support::eventually("a scheduled row", Duration::from_secs(2), || async {
         env.store

@@ -160,6 +160,28 @@ impl TestEnv {
         })
     }
 
+    /// Publishes `task` as a NATS producer would, straight to its task subject with its id as
+    /// `Nats-Msg-Id`, bypassing the library's publisher (no delay handling, no row).
+    pub async fn publish_straight(&self, task: &swarm_director::task::TaskEnvelope) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            swarm_director::broker::headers::MSG_ID,
+            task.id.to_string().as_str(),
+        );
+        headers.insert(
+            swarm_director::broker::headers::CONTENT_TYPE,
+            "application/json",
+        );
+        self.broker
+            .publish_raw(
+                self.broker.subjects().task(task.priority, &task.agent_type),
+                headers,
+                swarm_director::task::Codec::Json.encode(task).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Waits until every id is `completed` or `dead`; panics after `timeout`.
     pub async fn wait_finished(&self, ids: &[Uuid], timeout: Duration) -> Vec<TaskRecord> {
         let deadline = Instant::now() + timeout;
