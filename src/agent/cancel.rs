@@ -110,6 +110,13 @@ impl Cancellation {
             .is_some_and(|receiver| receiver.borrow().is_some())
     }
 
+    /// Who cancelled the task, if it was by now.
+    pub fn cancelled_by(&self) -> Option<String> {
+        self.receiver
+            .as_ref()
+            .and_then(|receiver| receiver.borrow().clone())
+    }
+
     /// Completes with who cancelled the task, when it is; never without a board.
     pub async fn cancelled(&self) -> String {
         let Some(mut receiver) = self.receiver.clone() else {

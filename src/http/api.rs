@@ -139,7 +139,11 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .route("/v1/dlq/{id}/replay", post(replay))
         .route(
             "/v1/dlq/replay",
-            post(super::replay_matching::replay_matching),
+            post(super::dead_letter_actions::replay_matching),
+        )
+        .route(
+            "/v1/dlq/purge",
+            post(super::dead_letter_actions::purge_matching),
         )
         .route("/v1/tasks/{id}/cancel", post(super::cancel::one))
         .route("/v1/tasks/cancel", post(super::cancel::many))

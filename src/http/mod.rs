@@ -6,10 +6,10 @@ pub mod api;
 pub mod auth;
 mod browse;
 mod cancel;
+mod dead_letter_actions;
 pub mod events;
 pub mod probes;
 mod publish;
-mod replay_matching;
 mod schedules;
 pub mod ui;
 

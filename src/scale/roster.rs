@@ -19,6 +19,9 @@ pub struct WorkerPresence {
     pub agents: String,
     pub concurrency: usize,
     pub in_flight: usize,
+    /// The `swarmd` version it runs (empty from workers older than this field).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// Answers roll calls with `presence()` until `stop` completes.

@@ -442,6 +442,17 @@ impl TaskRunner {
                 Poll::Pending => self.keep_running(&delivery, &acker, run).await,
             }
         };
+        // A failure while a cancel arrived ends cancelled: no retry, no dead letter. (A result
+        // stands: the database decides between it and the cancel.)
+        let outcome = match outcome {
+            Outcome::Retry { .. } | Outcome::Dead { .. } => {
+                match self.executor.cancelled_by(&delivery.task.id) {
+                    Some(by) => Outcome::Cancelled { by },
+                    None => outcome,
+                }
+            }
+            outcome => outcome,
+        };
         metrics.in_flight.dec();
         // A retry reads the last report as its checkpoint; any other end needs it no more.
         if !matches!(outcome, Outcome::Retry { .. } | Outcome::Abandoned) {

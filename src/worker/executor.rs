@@ -209,6 +209,11 @@ impl Executor {
                 return Outcome::Cancelled { by };
             }
         };
+        // An agent that stopped because it was told answers in the same instant: its answer
+        // is not the task's outcome.
+        if let Some(by) = cancellation.cancelled_by() {
+            return Outcome::Cancelled { by };
+        }
         let error = match finished {
             Ok(Err(panic)) => format!("agent panicked: {}", panic_message(&panic)),
             Ok(Ok(Ok(result))) => {

@@ -291,6 +291,7 @@ impl Worker {
                 agents: agents.clone(),
                 concurrency,
                 in_flight: concurrency.saturating_sub(slots.available_permits()),
+                version: env!("CARGO_PKG_VERSION").to_string(),
             };
             let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));
             async move {

@@ -70,7 +70,10 @@ async fn the_dashboard_works_in_a_real_browser() {
     for task in &lates {
         env.broker.publish(task, Codec::Json).await.unwrap();
     }
-    env.wait_dead_letters(3, Duration::from_secs(15)).await;
+    // And one that will never succeed, to be purged.
+    let hopeless = TaskEnvelope::new("fail", json!({ "permanent": true }));
+    env.broker.publish(&hopeless, Codec::Json).await.unwrap();
+    env.wait_dead_letters(4, Duration::from_secs(15)).await;
     ready.store(true, Ordering::SeqCst);
 
     let needle = "needle-4711";
@@ -154,6 +157,12 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert_eq!(replays.len(), 3, "every dead letter replayed once");
     let rows = env.wait_finished(&replays, Duration::from_secs(15)).await;
     assert!(rows.iter().all(|r| r.status == "completed"), "{rows:?}");
+    let left = env
+        .dead_letters()
+        .list(&swarm_director::dlq::Filter::default())
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "replayed or purged, none left: {left:?}");
     api.kill().await.unwrap();
     worker.stop().await;
     env.cleanup().await;

@@ -104,6 +104,15 @@ try {
   check(globalThis.lastDialog === "Replay all 2 matching dead letters?", `the confirmation (${globalThis.lastDialog})`);
   await page.waitForSelector("#letters[data-total='0']");
 
+  step = "purge all matching deletes them after a confirmation with the count";
+  await page.fill("#dlq-filters input[name=agent_type]", "fail");
+  await page.click("#dlq-filters button[type=submit]");
+  await page.waitForSelector("#letters[data-total='1']");
+  await page.click("#purge-all");
+  await page.waitForSelector("#dlq-action:has-text('purged 1 of 1')");
+  check(globalThis.lastDialog === "Purge all 1 matching dead letters for good?", `the confirmation (${globalThis.lastDialog})`);
+  await page.waitForSelector("#letters[data-total='0']");
+
   step = "the workers and schedules pages";
   await page.click("a[href='#/workers']");
   await page.waitForSelector("#workers tr td");

@@ -181,15 +181,27 @@ const views = {
   async dlq(view) {
     view.innerHTML = `<div class="card"><form class="filters" id="dlq-filters">
         <input name="agent_type" placeholder="agent type"><input name="reason" placeholder="reason">
-        <button type="submit">Filter</button> <button type="button" id="replay-all">Replay all matching</button></form>
+        <input name="since" type="datetime-local" title="failed from"><input name="until" type="datetime-local" title="failed before">
+        <button type="submit">Filter</button></form>
+        <p><button type="button" id="replay-selected">Replay selected</button> <button type="button" id="purge-selected">Purge selected</button>
+        <button type="button" id="replay-all">Replay all matching</button> <button type="button" id="purge-all">Purge all matching</button></p>
         <p id="dlq-action" role="status"></p><table id="letters"></table></div>`;
     const form = $("#dlq-filters");
-    const filter = () => Object.fromEntries([...new FormData(form)].filter(([, v]) => v));
+    const filter = () => Object.fromEntries([...new FormData(form)].filter(([, v]) => v).map(([k, v]) => [k, form.elements[k].type === "datetime-local" ? new Date(v).toISOString() : v]));
+    const selected = () => [...document.querySelectorAll("#letters input[type=checkbox]:checked")].map((box) => box.value);
     const show = async () => {
       const page = await api(`/v1/dlq?${new URLSearchParams(filter())}`);
       $("#letters").dataset.total = page.total;
-      $("#letters").innerHTML = `<tr><th>id</th><th>agent</th><th>reason</th><th>error</th><th>failed at</th><th></th></tr>` + page.dead_letters.map((l) => `<tr><td>${esc(l.id)}</td><td>${esc(l.agent_type)}</td><td>${esc(l.reason)}</td><td>${esc(l.error).slice(0, 160)}</td><td>${esc(l.failed_at)}</td><td><button data-replay="${esc(l.id)}">Replay</button></td></tr>`).join("");
+      $("#letters").innerHTML = `<tr><th></th><th>id</th><th>agent</th><th>reason</th><th>error</th><th>failed at</th><th></th></tr>` + page.dead_letters.map((l) => `<tr><td><input type="checkbox" value="${esc(l.id)}" aria-label="select ${esc(l.id)}"></td><td>${esc(l.id)}</td><td>${esc(l.agent_type)}</td><td>${esc(l.reason)}</td><td>${esc(l.error).slice(0, 160)}</td><td>${esc(l.failed_at)}</td><td><button data-replay="${esc(l.id)}">Replay</button></td></tr>`).join("");
       return page.total;
+    };
+    const act = async (action, body, question) => {
+      if (question && !confirm(question)) return;
+      try {
+        const r = await api(`/v1/dlq/${action}`, { method: "POST", body: JSON.stringify(body) });
+        $("#dlq-action").textContent = action === "replay" ? `replayed ${r.replayed.length} of ${r.matched}` : `purged ${r.purged.length} of ${r.matched}`;
+        await show();
+      } catch (error) { $("#dlq-action").textContent = error.message; }
     };
     form.addEventListener("submit", (e) => { e.preventDefault(); show().catch(alert); });
     $("#letters").addEventListener("click", async (e) => {
@@ -197,19 +209,17 @@ const views = {
       try { const r = await api(`/v1/dlq/${id}/replay`, { method: "POST", body: "{}" }); $("#dlq-action").textContent = `replayed as ${r.id}`; await show(); }
       catch (error) { $("#dlq-action").textContent = error.message; }
     });
-    $("#replay-all").addEventListener("click", async () => {
-      const total = await show();
-      if (!confirm(`Replay all ${total} matching dead letters?`)) return;
-      try { const r = await api("/v1/dlq/replay", { method: "POST", body: JSON.stringify(filter()) }); $("#dlq-action").textContent = `replayed ${r.replayed.length} of ${r.matched}`; await show(); }
-      catch (error) { $("#dlq-action").textContent = error.message; }
-    });
+    $("#replay-selected").addEventListener("click", () => act("replay", { ...filter(), ids: selected() }));
+    $("#purge-selected").addEventListener("click", () => act("purge", { ...filter(), ids: selected() }, `Purge ${selected().length} selected dead letters for good?`));
+    $("#replay-all").addEventListener("click", async () => { const total = await show(); act("replay", filter(), `Replay all ${total} matching dead letters?`); });
+    $("#purge-all").addEventListener("click", async () => { const total = await show(); act("purge", filter(), `Purge all ${total} matching dead letters for good?`); });
     await show();
     onLive(() => {});
   },
 
   async workers(view) {
     const [{ workers }, queues] = await Promise.all([api("/v1/workers"), api("/v1/queues")]);
-    view.innerHTML = `<div class="card"><h2>Workers</h2><table id="workers"><tr><th>id</th><th>agents</th><th class="num">concurrency</th><th class="num">in flight</th><th class="num">pid</th></tr>${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.agents)}</td><td class="num">${w.concurrency}</td><td class="num">${w.in_flight}</td><td class="num">${w.pid}</td></tr>`).join("")}</table></div>
+    view.innerHTML = `<div class="card"><h2>Workers</h2><table id="workers"><tr><th>id</th><th>agents (pool)</th><th class="num">concurrency</th><th class="num">in flight</th><th class="num">pid</th><th>version</th></tr>${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.agents)}</td><td class="num">${w.concurrency}</td><td class="num">${w.in_flight}</td><td class="num">${w.pid}</td><td>${esc(w.version || "–")}</td></tr>`).join("")}</table></div>
       <div class="card"><h2>Backlog per agent type</h2><table>${Object.entries(queues.agent_types || {}).map(([a, n]) => `<tr><td>${esc(a)}</td><td class="num">${n}</td></tr>`).join("") || `<tr><td class="muted">nothing waiting</td></tr>`}</table></div>`;
     onLive(() => {});
   },
