@@ -49,6 +49,10 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         meter: Arc::new(ScaleMeter::new(settings.scale.clone())),
         events: Default::default(),
         trace_url: settings.api.trace_url.clone(),
+        legacy_keys: settings
+            .redis
+            .mirror
+            .then(|| crate::mirror::LegacyKeys::of(&settings.redis)),
     });
     let addr = args.addr.unwrap_or_else(|| settings.api.addr.clone());
     let limits = api::Limits::of(&settings.api)

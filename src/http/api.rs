@@ -57,6 +57,8 @@ pub struct ApiState {
     pub events: super::events::EventHub,
     /// Where the dashboard links trace ids (`{trace_id}` replaced).
     pub trace_url: String,
+    /// The legacy mirror's keys, when the fleet keeps it (`GET /v1/tasks/{id}/legacy`).
+    pub legacy_keys: Option<crate::mirror::LegacyKeys>,
 }
 
 /// The state of the routes that may wait for outcomes.
@@ -120,6 +122,7 @@ pub fn router(state: Arc<ApiState>, limits: Limits) -> Router {
         .route("/v1/throughput", get(super::browse::throughput))
         .route("/v1/workers", get(super::browse::workers))
         .route("/v1/events", get(super::events::events))
+        .route("/v1/tasks/{id}/legacy", get(super::browse::legacy))
         .with_state(state.clone())
         .route("/v1/scale", get(probes::scale))
         .with_state(probes)
@@ -349,6 +352,7 @@ async fn task(
         "progress": record.progress,
         "not_before": record.not_before,
         "cancelled_by": record.cancelled_by,
+        "worker_id": record.worker_id,
         "data_ref": record.data_ref,
         "last_error": record.last_error,
         "errors": record.errors,

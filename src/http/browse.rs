@@ -146,3 +146,33 @@ pub(super) async fn workers(State(state): State<Arc<ApiState>>) -> Result<Respon
         .map_err(|e| ApiError::internal("cannot call the roll", e))?;
     Ok(Json(json!({ "workers": workers })).into_response())
 }
+
+/// `GET /v1/tasks/{id}/legacy`: where the legacy mirror shows the task, and as what JSON.
+pub(super) async fn legacy(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{id:?} is not a task id"),
+        )
+    })?;
+    let (Some(redis), Some(keys)) = (&state.redis, &state.legacy_keys) else {
+        return Ok(Json(json!({ "mirror": false, "places": [] })).into_response());
+    };
+    let mut redis = redis.clone();
+    let shown = crate::mirror::rebuild::shown(&mut redis, keys, &id.to_string())
+        .await
+        .map_err(|e| ApiError::internal("cannot read the legacy keys", e))?;
+    let places: Vec<_> = shown
+        .iter()
+        .map(|(place, text)| {
+            let task = serde_json::from_str::<serde_json::Value>(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.clone()));
+            json!({ "key": place.key(keys), "place": place.as_str(), "task": task })
+        })
+        .collect();
+    Ok(Json(json!({ "mirror": true, "places": places })).into_response())
+}

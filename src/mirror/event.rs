@@ -23,6 +23,17 @@ pub enum Place {
 }
 
 impl Place {
+    /// The key of `keys` that shows a task in this place.
+    pub fn key(self, keys: &super::LegacyKeys) -> &str {
+        match self {
+            Place::Scheduled => &keys.scheduled_tasks,
+            Place::Waiting => &keys.agent_tasks,
+            Place::Processing => &keys.processing_tasks,
+            Place::Completed => &keys.completed_tasks,
+            Place::Failed => &keys.failed_tasks,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Place::Scheduled => "scheduled",

@@ -42,7 +42,7 @@ impl Drift {
 }
 
 /// Every place the legacy keys show task `id`, with its JSON there.
-async fn shown(
+pub async fn shown(
     redis: &mut ConnectionManager,
     keys: &LegacyKeys,
     id: &str,

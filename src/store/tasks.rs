@@ -437,7 +437,8 @@ impl Store {
                     $6, t.started_at, t.result, t.error,
                     CASE WHEN t.error IS NULL THEN '[]'::jsonb
                          ELSE jsonb_build_array(jsonb_build_object(
-                              'attempt', t.attempt, 'error', t.error, 'at', now())) END,
+                              'attempt', t.attempt, 'error', t.error, 'at', now(),
+                              'worker', $6::text)) END,
                     CASE WHEN t.status IN ('completed', 'dead', 'cancelled') THEN now() END, now(),
                     t.data_ref, t.result_ref, t.cancelled_by
                FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[],

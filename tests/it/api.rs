@@ -40,6 +40,7 @@ fn app_with(env: &TestEnv, token: Option<&str>, rate_limit_per_sec: f64) -> axum
             meter: Arc::default(),
             events: Default::default(),
             trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
+            legacy_keys: Some(swarm_director::mirror::LegacyKeys::of(&env.settings.redis)),
         }),
         api::Limits::default(),
     )
@@ -658,6 +659,7 @@ async fn requests_beyond_the_bounds_get_503_instead_of_piling_up() {
             meter: Arc::default(),
             events: Default::default(),
             trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
+            legacy_keys: Some(swarm_director::mirror::LegacyKeys::of(&env.settings.redis)),
         })
     };
     // One request at a time: while one holds the only slot (its body never ends), the next

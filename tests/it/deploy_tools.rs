@@ -163,6 +163,7 @@ async fn nginx_balances_two_live_apis_with_the_shipped_config_and_rides_out_one_
                 meter: Arc::default(),
                 events: Default::default(),
                 trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
+                legacy_keys: None,
             }),
             api::Limits::default(),
         )

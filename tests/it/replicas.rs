@@ -159,6 +159,7 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
             meter: Arc::default(),
             events: Default::default(),
             trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
+            legacy_keys: None,
         }),
         api::Limits::default(),
     );

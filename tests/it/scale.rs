@@ -51,6 +51,7 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
             meter: meter.clone(),
             events: Default::default(),
             trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
+            legacy_keys: None,
         }),
         api::Limits::default(),
     );

@@ -177,6 +177,7 @@ async fn an_http_producers_traceparent_is_continued_through_the_api() {
             meter: std::sync::Arc::default(),
             events: Default::default(),
             trace_url: swarm_director::config::DEFAULT_TRACE_URL.into(),
+            legacy_keys: None,
         }),
         swarm_director::http::api::Limits::default(),
     );

@@ -61,7 +61,17 @@ async fn the_dashboard_works_in_a_real_browser() {
     let env = TestEnv::new().await;
     let ready = Arc::new(AtomicBool::new(false));
     let registry = || AgentRegistry::with_builtins().with(Late(ready.clone()));
-    let worker = env.spawn(env.worker_with_agents(registry(), |s| s.worker.concurrency = 2));
+    // With the legacy mirror, so the task page shows its view.
+    let mut settings = env.settings.clone();
+    settings.worker.concurrency = 2;
+    let assembled = swarm_director::worker::assemble(
+        &settings,
+        swarm_director::broker::Broker::with_client(env.broker.client().clone(), &settings.nats),
+        env.store.clone(),
+        registry(),
+    )
+    .expect("valid Redis settings");
+    let worker = env.spawn_assembled(assembled);
 
     // Three dead letters that a replay will complete once `late` is ready.
     let lates: Vec<TaskEnvelope> = (0..3)

@@ -76,6 +76,10 @@ try {
   await page.waitForSelector(`#results tr[data-id='${scenario.needle_id}']`);
   await shot(page, "tasks");
 
+  step = "a finished task's page shows its legacy mirror entry";
+  await page.goto(`${base}/ui#/task/${scenario.needle_id}`);
+  await page.waitForSelector("#legacy code:has-text('completed_tasks')");
+
   step = "a running sleep task shows progress and is cancelled from its page";
   await page.goto(`${base}/ui#/task/${scenario.sleeper_id}`);
   await page.waitForSelector("#progress");

@@ -149,7 +149,7 @@ const views = {
   async task(view, _params, id) {
     const task = await api(`/v1/tasks/${id}`);
     const trace = task.trace_id && state.traceUrl ? `<a href="${esc(state.traceUrl.replace("{trace_id}", task.trace_id))}" target="_blank" rel="noopener">${esc(task.trace_id)}</a>` : esc(task.trace_id || "–");
-    const errors = (task.errors || []).map((e) => `<tr><td class="num">${e.attempt}</td><td>${esc(e.at)}</td><td>${esc(e.error)}</td></tr>`).join("");
+    const errors = (task.errors || []).map((e) => `<tr><td class="num">${e.attempt}</td><td>${esc(e.at)}</td><td>${esc(e.worker || "–")}</td><td>${esc(e.error)}</td></tr>`).join("");
     const fraction = task.progress?.fraction;
     view.innerHTML = `<div class="card"><h2>Task <code>${esc(task.id)}</code></h2>
       <p>Status <strong id="task-status" class="status-${task.status}">${task.status}</strong>${task.cancelled_by ? ` by ${esc(task.cancelled_by)}` : ""} ·
@@ -157,9 +157,16 @@ const views = {
       <p>Progress <progress id="progress" max="1" value="${fraction ?? 0}"></progress> <span id="progress-text">${fraction === undefined ? "–" : `${Math.round(fraction * 100)} %`}</span></p>
       <p><button id="cancel" ${["completed", "dead", "cancelled"].includes(task.status) ? "disabled" : ""}>Cancel task</button> <span id="action" role="status"></span></p>
       <h3>Timeline</h3><table><tr><td>created</td><td>${esc(task.created_at)}</td></tr><tr><td>due</td><td>${esc(task.not_before || "–")}</td></tr><tr><td>started</td><td>${esc(task.started_at || "–")}</td></tr><tr><td>finished</td><td>${esc(task.completed_at || "–")}</td></tr></table>
-      <h3>Attempts</h3><table><tr><th class="num">attempt</th><th>at</th><th>error</th></tr>${errors || `<tr><td colspan="3" class="muted">none failed</td></tr>`}</table>
+      <h3>Attempts</h3><table><tr><th class="num">attempt</th><th>at</th><th>worker</th><th>error</th></tr>${errors || `<tr><td colspan="4" class="muted">none failed</td></tr>`}</table>
+      <p class="muted">Last run by ${esc(task.worker_id || "–")}.</p>
       <h3>Result</h3><pre>${esc(JSON.stringify(task.result ?? task.result_ref ?? null, null, 2))}</pre>
-      <h3>Data</h3><pre>${esc(JSON.stringify(task.data ?? task.data_ref ?? null, null, 2))}</pre></div>`;
+      <h3>Data</h3><pre>${esc(JSON.stringify(task.data ?? task.data_ref ?? null, null, 2))}</pre>
+      <h3>Legacy mirror</h3><div id="legacy" class="muted">…</div></div>`;
+    api(`/v1/tasks/${id}/legacy`).then((view) => {
+      $("#legacy").innerHTML = !view.mirror ? "the fleet keeps no legacy mirror"
+        : view.places.length === 0 ? "not shown in the legacy keys"
+        : view.places.map((p) => `<p>in <code>${esc(p.key)}</code></p><pre>${esc(JSON.stringify(p.task, null, 2))}</pre>`).join("");
+    }).catch((error) => { $("#legacy").textContent = error.message; });
     $("#cancel").addEventListener("click", async () => {
       try {
         const answer = await api(`/v1/tasks/${id}/cancel`, { method: "POST", body: "{}" });
