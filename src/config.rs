@@ -418,10 +418,11 @@ pub struct DatabaseSettings {
     /// does the same at once. Unfinished tasks are never removed. Default 7.
     /// Env: `SWARM_RETENTION_DAYS`.
     pub retention_days: u32,
-    /// Index task data for searches by content (`GET /v1/tasks?contains=`, the dashboard): a
-    /// GIN index over `data`, made by `swarmd migrate` and workers at start. Off by default:
-    /// every task's row write then updates it, which cost 15 % of the burn-down rate here
-    /// (docs/performance.md); without it such a search reads the rows newest first.
+    /// Index task searches (`GET /v1/tasks?contains=` and `?q=`, the dashboard): a GIN over
+    /// `data` and a trigram GIN over data, result and last error, made by `swarmd migrate`
+    /// and workers at start. Off by default: every task's row write then updates them, which
+    /// cost 17 % of the burn-down rate here (docs/performance.md); without them a search
+    /// reads the rows newest first.
     /// Env: `SWARM_SEARCH_INDEX`.
     pub search_index: bool,
 }

@@ -51,18 +51,45 @@ pub struct MinuteCounts {
     pub cancelled: i64,
 }
 
+/// The text a text search reads: data, result and last error (the expression the trigram
+/// index is built on, so the search must use it as written).
+const SEARCHED_TEXT: &str =
+    "data::text || ' ' || coalesce(result::text, '') || ' ' || coalesce(last_error, '')";
+
 impl Store {
-    /// Makes the GIN index that serves searches by data content (`database.search_index`).
-    /// Existing partitions are indexed now (a while on a large table); new ones inherit it.
+    /// Makes the indexes that serve searches (`database.search_index`): a GIN over `data` for
+    /// JSON containment and a trigram GIN over the searched text. Existing partitions are
+    /// indexed now (a while on a large table); new ones inherit them.
     ///
     /// Fails when PostgreSQL refuses.
     pub async fn ensure_search_index(&self) -> Result<(), StoreError> {
+        let doing = "creating the search indexes";
         sqlx::query(
             "CREATE INDEX IF NOT EXISTS tasks_data_search ON tasks USING gin (data jsonb_path_ops)",
         )
         .execute(&self.primary)
         .await
-        .map_err(StoreError::query("creating the data search index"))?;
+        .map_err(StoreError::query(doing))?;
+        // Text search: trigrams of the searched text (PostgreSQL's pg_trgm, installed where
+        // the database allows; its operator class named by the schema it lives in).
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            .execute(&self.primary)
+            .await
+            .map_err(StoreError::query(doing))?;
+        let (schema,): (String,) = sqlx::query_as(
+            "SELECT quote_ident(n.nspname) FROM pg_extension e
+               JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'",
+        )
+        .fetch_one(&self.primary)
+        .await
+        .map_err(StoreError::query(doing))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE INDEX IF NOT EXISTS tasks_text_search ON tasks
+               USING gin (({SEARCHED_TEXT}) {schema}.gin_trgm_ops)"
+        )))
+        .execute(&self.primary)
+        .await
+        .map_err(StoreError::query(doing))?;
         Ok(())
     }
 
@@ -77,7 +104,7 @@ impl Store {
                 .replace('_', "\\_");
             format!("%{escaped}%")
         });
-        sqlx::query_as(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, agent_type, priority, status, attempts, created_at, completed_at,
                     last_error, data
                FROM tasks
@@ -87,12 +114,11 @@ impl Store {
                 AND ($4::timestamptz IS NULL OR created_at >= $4)
                 AND ($5::timestamptz IS NULL OR created_at < $5)
                 AND ($6::jsonb IS NULL OR data @> $6)
-                AND ($7::text IS NULL OR data::text ILIKE $7 OR result::text ILIKE $7
-                     OR last_error ILIKE $7)
+                AND ($7::text IS NULL OR ({SEARCHED_TEXT}) ILIKE $7)
                 AND ($8::uuid IS NULL OR id < $8)
               ORDER BY id DESC
-              LIMIT $9",
-        )
+              LIMIT $9"
+        )))
         .bind(&search.statuses)
         .bind(search.agent_type.as_deref())
         .bind(search.priority)
