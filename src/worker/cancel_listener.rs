@@ -16,8 +16,9 @@ use crate::{
 
 /// How often PostgreSQL is read for cancellations a notice did not bring.
 const REFRESH: Duration = Duration::from_secs(5);
-/// How far back cancellations are remembered: a task cancelled longer ago and still not
-/// delivered is ended by its row (already `cancelled`) when it is claimed.
+/// How far back cancellations are remembered (beyond the default retention). A task
+/// cancelled longer ago and delivered only now may run: its row, already `cancelled`,
+/// fences its result off and the delivery ends cancelled.
 const REMEMBER: chrono::Duration = chrono::Duration::days(8);
 
 /// A worker's cancellation feed, subscribed and primed: nothing cancelled before it was
