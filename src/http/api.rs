@@ -276,6 +276,17 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The task id a path names, or 400 `invalid_id`.
+pub(super) fn task_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{text:?} is not a task id"),
+        )
+    })
+}
+
 async fn task(
     State(Waiting {
         api: state,
@@ -284,13 +295,7 @@ async fn task(
     Path(id): Path<String>,
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{id:?} is not a task id"),
-        )
-    })?;
+    let id = task_id(&id)?;
     let wait = WaitQuery::patience(query, max_wait)?;
     // Listening before reading: an outcome committed in between is still heard.
     let watch = match wait {

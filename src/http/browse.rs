@@ -152,13 +152,7 @@ pub(super) async fn legacy(
     State(state): State<Arc<ApiState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{id:?} is not a task id"),
-        )
-    })?;
+    let id = super::api::task_id(&id)?;
     let (Some(redis), Some(keys)) = (&state.redis, &state.legacy_keys) else {
         return Ok(Json(json!({ "mirror": false, "places": [] })).into_response());
     };

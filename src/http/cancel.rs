@@ -27,13 +27,7 @@ pub(super) async fn one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{id:?} is not a task id"),
-        )
-    })?;
+    let id = super::api::task_id(&id)?;
     let by = format!("api:{}", state.access.caller(&headers));
     let report = cancel_ids(&state, &[id], &by).await?;
     if let Some((_, status)) = report.finished.first() {

@@ -57,14 +57,23 @@ impl Matching {
     }
 }
 
+/// The dead letters a request's body names, with the stream they are in.
+async fn chosen(
+    state: &ApiState,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<(DeadLetterStream, Vec<dlq::StoredDeadLetter>), ApiError> {
+    let matching: Matching = super::api::object_body(body)?;
+    let dead_letters = DeadLetterStream::of(&state.broker);
+    let targets = matching.targets(&dead_letters).await?;
+    Ok((dead_letters, targets))
+}
+
 /// `POST /v1/dlq/replay`.
 pub(super) async fn replay_matching(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let matching: Matching = super::api::object_body(body)?;
-    let dead_letters = DeadLetterStream::of(&state.broker);
-    let targets = matching.targets(&dead_letters).await?;
+    let (dead_letters, targets) = chosen(&state, body).await?;
     let mut replayed = Vec::new();
     let mut failed = Vec::new();
     for stored in &targets {
@@ -88,9 +97,7 @@ pub(super) async fn purge_matching(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let matching: Matching = super::api::object_body(body)?;
-    let dead_letters = DeadLetterStream::of(&state.broker);
-    let targets = matching.targets(&dead_letters).await?;
+    let (dead_letters, targets) = chosen(&state, body).await?;
     let mut purged = Vec::new();
     for stored in &targets {
         dead_letters
