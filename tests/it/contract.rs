@@ -2,7 +2,7 @@
 //! live `swarmd api` against `schemas/openapi.json` — no 5xx, no schema-valid request
 //! rejected, no schema-violating request accepted, no undocumented status or body.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use crate::support::{TestEnv, eventually, venv_program};
 
@@ -20,28 +20,10 @@ fn schemathesis() -> PathBuf {
 async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
     let st = schemathesis();
     let env = TestEnv::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut api = env
-        .swarmd()
-        .args(["api", "--addr", &format!("127.0.0.1:{port}")])
-        .env("SWARM_API_TOKEN", "contract-token")
-        // No worker runs here: a `?wait=` ends at its (short) deadline with what is known.
-        .env("SWARM_API_MAX_WAIT_SECS", "0.2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    eventually("the API to listen", Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-    })
-    .await;
+    // No worker runs here: a `?wait=` ends at its (short) deadline with what is known.
+    let (mut api, url) = env
+        .spawn_api("contract-token", &[("SWARM_API_MAX_WAIT_SECS", "0.2")])
+        .await;
     let openapi = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json");
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schemathesis.toml");
     let run = tokio::process::Command::new(&st)

@@ -10,33 +10,15 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde_json::json;
 use swarm_director::{
-    agent::{Agent, AgentContext, AgentError, AgentRegistry},
+    agent::AgentRegistry,
     dlq::{DeadLetter, DeadReason, Filter},
     task::{Codec, TaskEnvelope},
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::support::TestEnv;
-
-/// Fails permanently until its switch is turned on: a dependency fixed after the fact.
-struct Switch(Arc<AtomicBool>);
-
-#[async_trait]
-impl Agent for Switch {
-    fn name(&self) -> &'static str {
-        "switch"
-    }
-    async fn run(&self, input: &Value, _: &AgentContext) -> Result<Value, AgentError> {
-        if self.0.load(Ordering::SeqCst) {
-            Ok(json!({ "done": input }))
-        } else {
-            Err(AgentError::permanent("switch is off"))
-        }
-    }
-}
+use crate::support::{TestEnv, switch::Switch};
 
 async fn output(command: &mut tokio::process::Command) -> (bool, String, String) {
     let out = command.output().await.expect("swarmd runs");

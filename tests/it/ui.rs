@@ -5,7 +5,6 @@
 //! Chromium and playwright-core; without them that target reports the test skipped.
 
 use std::{
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,31 +12,13 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde_json::json;
 use swarm_director::{
-    agent::{Agent, AgentContext, AgentError, AgentRegistry},
+    agent::AgentRegistry,
     task::{Codec, TaskEnvelope},
 };
 
-use crate::support::{TestEnv, eventually};
-
-/// Fails for good until switched on: dead letters that a replay then completes.
-struct Late(Arc<AtomicBool>);
-
-#[async_trait]
-impl Agent for Late {
-    fn name(&self) -> &'static str {
-        "late"
-    }
-    async fn run(&self, input: &Value, _: &AgentContext) -> Result<Value, AgentError> {
-        if self.0.load(Ordering::SeqCst) {
-            Ok(json!({ "done": input }))
-        } else {
-            Err(AgentError::permanent("late: not ready yet"))
-        }
-    }
-}
+use crate::support::{TestEnv, switch::Switch};
 
 fn tool(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -60,7 +41,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     );
     let env = TestEnv::new().await;
     let ready = Arc::new(AtomicBool::new(false));
-    let registry = || AgentRegistry::with_builtins().with(Late(ready.clone()));
+    let registry = || AgentRegistry::with_builtins().with(Switch(ready.clone()));
     // With the legacy mirror, so the task page shows its view.
     let mut settings = env.settings.clone();
     settings.worker.concurrency = 2;
@@ -73,9 +54,9 @@ async fn the_dashboard_works_in_a_real_browser() {
     .expect("valid Redis settings");
     let worker = env.spawn_assembled(assembled);
 
-    // Three dead letters that a replay will complete once `late` is ready.
+    // Three dead letters that a replay will complete once `switch` is on.
     let lates: Vec<TaskEnvelope> = (0..3)
-        .map(|i| TaskEnvelope::new("late", json!({ "n": i })))
+        .map(|i| TaskEnvelope::new("switch", json!({ "n": i })))
         .collect();
     for task in &lates {
         env.broker.publish(task, Codec::Json).await.unwrap();
@@ -98,26 +79,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .map(|_| TaskEnvelope::new("sleep", json!({ "ms": 20 })))
         .collect();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut api = env
-        .swarmd()
-        .args(["api", "--addr", &format!("127.0.0.1:{port}")])
-        .env("SWARM_API_TOKEN", "ui-write-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    eventually("the API to listen", Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-    })
-    .await;
+    let (mut api, base) = env.spawn_api("ui-write-token", &[]).await;
     let results = env
         .broker
         .publish_many(&backlog, Codec::Json, 256, || {})
@@ -129,7 +91,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         "needle": needle,
         "needle_id": found.id,
         "sleeper_id": sleeper.id,
-        "late_agent": "late",
+        "late_agent": "switch",
     });
     let run = tokio::process::Command::new("node")
         .arg(concat!(

@@ -7,6 +7,7 @@ pub mod pg_cluster;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod schemas;
+pub mod switch;
 pub mod tcp_proxy;
 
 use std::time::{Duration, Instant};
@@ -126,6 +127,37 @@ impl TestEnv {
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         command
+    }
+
+    /// A real `swarmd api` process for this environment on a spare loopback port, with
+    /// `token` as its write token and `extra` settings, once it listens. Returns the process
+    /// (killed when dropped) and its base URL.
+    pub async fn spawn_api(
+        &self,
+        token: &str,
+        extra: &[(&str, &str)],
+    ) -> (tokio::process::Child, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let api = self
+            .swarmd()
+            .args(["api", "--addr", &format!("127.0.0.1:{port}")])
+            .env("SWARM_API_TOKEN", token)
+            .envs(extra.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("swarmd api starts");
+        eventually("the API to listen", Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        (api, format!("http://127.0.0.1:{port}"))
     }
 
     /// Starts `worker` in the background; stop it with [`RunningWorker::stop`].
