@@ -118,9 +118,8 @@ impl Executor {
         attempt: u32,
         checkpoint: Option<serde_json::Value>,
     ) -> Outcome {
-        if let Some(by) = self.cancelled_by(&task.id) {
-            return Outcome::Cancelled { by };
-        }
+        // A task cancelled before this attempt was stopped by the runner; one cancelled from
+        // here on is signalled through its watch below.
         if let Some(expires_at) = task.expires_at
             && chrono::Utc::now() >= expires_at
         {
