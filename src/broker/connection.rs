@@ -13,8 +13,9 @@ use async_nats::jetstream::{
     stream::{DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use super::{AgentFilter, BrokerError, PriorityPuller, Subjects};
+use super::{BrokerError, PriorityPuller, Subjects};
 use crate::config::{DelayMode, NatsSettings};
+use crate::task::AgentFilter;
 
 /// Largest task message the stream accepts (bytes). Bigger bodies are refused at publish.
 pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;

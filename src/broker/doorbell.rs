@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 
-use super::{AgentFilter, Priorities, Subjects, lane_counts::ActiveLanes};
+use super::{Priorities, Subjects, lane_counts::ActiveLanes};
+use crate::task::AgentFilter;
 
 /// A live subscription to the task subjects that signals new publishes.
 pub struct Doorbell {

@@ -15,7 +15,8 @@ use std::{
 use async_nats::jetstream;
 use futures::StreamExt;
 
-use super::{AgentFilter, BrokerError, Subjects, puller::Lane};
+use super::{BrokerError, Subjects, puller::Lane};
+use crate::task::AgentFilter;
 
 /// Longest the per-subject message counts may take.
 pub(super) const COUNTS_TIMEOUT: Duration = Duration::from_secs(2);

@@ -25,7 +25,7 @@ pub use connection::Broker;
 pub use delayed::DelayedCounts;
 pub use doorbell::Doorbell;
 pub use error::BrokerError;
-pub use lanes::{AgentFilter, lane_name};
+pub use lanes::lane_name;
 pub use payloads::PayloadError;
 pub use publisher::{PublishOptions, PublishReceipt, headers};
 pub use puller::{Priorities, PriorityPuller};

@@ -21,10 +21,10 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::{
-    AgentFilter, Broker, BrokerError, Doorbell,
+    Broker, BrokerError, Doorbell,
     lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter, LaneKey},
 };
-use crate::task::MAX_PRIORITY;
+use crate::task::{AgentFilter, MAX_PRIORITY};
 
 /// Longest a no-wait fetch may take before the worker stops waiting for its answer. A
 /// healthy server answers in well under a millisecond; NATS 2.9 can hold a no-wait request

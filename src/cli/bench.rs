@@ -237,7 +237,9 @@ async fn bench(
         tasks,
         agent: args.agent.clone(),
         workers: args.workers,
-        concurrency: args.concurrency.unwrap_or(settings.worker.concurrency),
+        concurrency: args
+            .concurrency
+            .unwrap_or_else(|| crate::scale::slots(settings.worker.concurrency)),
         mirror: !args.no_mirror,
         history: args.history,
         enqueue_per_sec,

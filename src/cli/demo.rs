@@ -59,7 +59,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     println!(
         "SwarmDirector demo: {} workers (concurrency {} each) on stream {} / PostgreSQL schema {}",
         args.workers,
-        settings.worker.concurrency,
+        crate::scale::slots(settings.worker.concurrency),
         settings.nats.stream,
         store.schema()
     );

@@ -6,17 +6,18 @@ use anyhow::Context;
 
 use crate::{
     agent::{AgentRegistry, builtin::CrashAgent},
-    broker::AgentFilter,
-    config::Settings,
-    http, worker,
+    config::{Concurrency, Settings},
+    http,
+    task::AgentFilter,
+    worker,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Tasks run at once, or `auto` to size from the cores and memory (overrides
     /// SWARM_CONCURRENCY / worker.concurrency).
-    #[arg(long, value_parser = parse_concurrency)]
-    concurrency: Option<usize>,
+    #[arg(long)]
+    concurrency: Option<Concurrency>,
     /// Take only these agent types (comma-separated): a dedicated pool. Overrides
     /// SWARM_WORKER_AGENTS.
     #[arg(long, value_delimiter = ',', conflicts_with = "exclude_agents")]
@@ -112,18 +113,6 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     ran?;
     Ok(())
-}
-
-fn parse_concurrency(value: &str) -> Result<usize, String> {
-    match value {
-        "auto" => Ok(crate::scale::auto_concurrency()),
-        _ => match value.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "{value:?} is neither a positive number nor \"auto\""
-            )),
-        },
-    }
 }
 
 fn parse_processes(value: &str) -> Result<usize, String> {

@@ -10,5 +10,5 @@ pub use host::{HostSampler, HostUsage};
 pub use roster::{WorkerPresence, answer_roll_calls, roll_call};
 pub use signals::{ROLL_CALL_WAIT, ScaleMeter, ScaleSignals};
 pub use sizing::{
-    auto_concurrency, available_cores, available_memory_bytes, optimal_worker_processes,
+    auto_concurrency, available_cores, available_memory_bytes, optimal_worker_processes, slots,
 };

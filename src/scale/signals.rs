@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use super::{HostSampler, HostUsage, WorkerPresence, roll_call, sizing};
 use crate::{
-    broker::{AgentFilter, Backlog, Broker, BrokerError},
+    broker::{Backlog, Broker, BrokerError},
     config::ScaleSettings,
+    task::AgentFilter,
 };
 
 /// How long a roll call waits for answers.

@@ -2,6 +2,7 @@
 //! `get_optimal_worker_count`) and how many tasks one process should run at once.
 
 use super::host::{cgroup_memory_limit, total_memory_bytes};
+use crate::config::Concurrency;
 
 /// In-flight tasks per core for `--concurrency auto` (the default). Agents mostly wait on I/O
 /// (model calls, mail servers), so one core keeps many busy; and a worker's throughput is
@@ -49,6 +50,14 @@ pub fn concurrency_for(cores: usize, memory_bytes: u64) -> usize {
 /// `--concurrency auto` on this machine.
 pub fn auto_concurrency() -> usize {
     concurrency_for(available_cores(), available_memory_bytes())
+}
+
+/// The task slots a concurrency setting gives on this machine.
+pub fn slots(setting: Concurrency) -> usize {
+    match setting {
+        Concurrency::Auto => auto_concurrency(),
+        Concurrency::Fixed(n) => n,
+    }
 }
 
 #[cfg(test)]

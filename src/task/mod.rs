@@ -1,12 +1,14 @@
 //! The wire contract: what a task looks like on the broker, and how its bytes are read.
 //! `schemas/task-envelope.schema.json` is the same contract for other languages.
 
+mod agent_filter;
 mod codec;
 mod envelope;
 mod payload_ref;
 #[cfg(test)]
 mod properties;
 
+pub use agent_filter::AgentFilter;
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use envelope::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EnvelopeError, MAX_DATA_DEPTH, MAX_PRIORITY,

@@ -218,7 +218,9 @@ impl Worker {
         })
         .await?;
         let puller = set_up("the lanes", || self.broker.priority_puller(agents.clone())).await?;
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        // "auto" is resolved here, where the worker runs: it is this machine that is sized.
+        let concurrency = crate::scale::slots(self.settings.concurrency);
+        let slots = Arc::new(Semaphore::new(concurrency));
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -283,7 +285,7 @@ impl Worker {
             stopped(stopping_rx.clone()),
         ));
         sidecars.spawn({
-            let (slots, concurrency) = (slots.clone(), self.settings.concurrency);
+            let slots = slots.clone();
             let (worker_id, agents) = (self.worker_id.clone(), agents.to_string());
             let presence = move || WorkerPresence {
                 worker_id: worker_id.clone(),
@@ -302,7 +304,7 @@ impl Worker {
         });
         set_up("the dead-letter stream", || self.dead_letters.ensure()).await?;
         // After the dead-letter stream exists: the first sweep has somewhere to put strays.
-        if !matches!(agents, crate::broker::AgentFilter::Only(_)) {
+        if !matches!(agents, crate::task::AgentFilter::Only(_)) {
             sidecars.spawn(super::strays::run(
                 self.broker.clone(),
                 self.dead_letters.clone(),
@@ -362,14 +364,14 @@ impl Worker {
         };
         tracing::info!(
             worker_id = %self.worker_id,
-            concurrency = self.settings.concurrency,
+            concurrency,
             %agents,
             "worker started"
         );
 
         let rescan = Duration::from_millis(self.settings.idle_rescan_ms);
         // The fewest free slots worth a fetch while tasks are in flight.
-        let refill = (self.settings.fetch_batch.min(self.settings.concurrency) / 4).max(1);
+        let refill = (self.settings.fetch_batch.min(concurrency) / 4).max(1);
         let mut stop = shutdown_rx.clone();
         let pull = async {
             let mut scan = Priorities::ALL;

@@ -198,32 +198,14 @@ fn mapping(yaml: &Yaml) -> BTreeMap<String, Yaml> {
         .unwrap_or_default()
 }
 
-/// Environment variables the program reads: every `"SWARM_..."` / `"OTEL_..."` literal in
-/// its sources (settings, clap `env = ...`).
+/// Environment variables the program reads: the settings table's and those read outside it.
 fn program_env() -> BTreeSet<String> {
-    fn walk(dir: &Path, found: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, found);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let source = std::fs::read_to_string(&path).unwrap();
-                for piece in source.split('"').skip(1).step_by(2) {
-                    let named = piece.starts_with("SWARM_") || piece.starts_with("OTEL_");
-                    if named && piece.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
-                        found.insert(piece.to_string());
-                    }
-                }
-            }
-        }
-    }
-    let mut found = BTreeSet::new();
-    walk(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut found,
-    );
-    assert!(found.contains("SWARM_NATS_URL") && found.contains("SWARM_LOG"));
-    found
+    use swarm_director::config::table::{PROCESS_VARIABLES, SETTINGS};
+    SETTINGS
+        .iter()
+        .map(|setting| setting.env.to_string())
+        .chain(PROCESS_VARIABLES.iter().map(|(name, ..)| name.to_string()))
+        .collect()
 }
 
 /// `swarmd <args> --help` succeeds only when every subcommand and flag in `args` exists.

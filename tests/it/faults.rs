@@ -213,7 +213,7 @@ async fn a_worker_holding_outcomes_through_an_outage_is_unready_and_still_stops_
     let mut settings = env.settings.worker.clone();
     settings.stall_after_secs = 1.0;
     settings.shutdown_grace_secs = 2.0;
-    settings.concurrency = 64;
+    settings.concurrency = swarm_director::config::Concurrency::Fixed(64);
     let worker = swarm_director::worker::Worker::new(
         env.broker.clone(),
         store,

@@ -195,7 +195,10 @@ async fn a_hostile_corpus_ends_in_dead_letters_and_good_work_flows() {
         env.broker.publish(task, Codec::MessagePack).await.unwrap();
     }
 
-    let worker = env.spawn(env.worker_with(|s| s.worker.concurrency = 64));
+    let worker =
+        env.spawn(env.worker_with(|s| {
+            s.worker.concurrency = swarm_director::config::Concurrency::Fixed(64)
+        }));
     let mut ids: Vec<uuid::Uuid> = good.iter().map(|t| t.id).collect();
     ids.extend([email_bomb.id, big_review.id, unknown.id]);
     let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
@@ -299,7 +302,10 @@ async fn rows_the_database_refuses_cost_their_own_message_only() {
     for task in &tasks {
         env.broker.publish(task, Codec::MessagePack).await.unwrap();
     }
-    let worker = env.spawn(env.worker_with(|s| s.worker.concurrency = 64));
+    let worker =
+        env.spawn(env.worker_with(|s| {
+            s.worker.concurrency = swarm_director::config::Concurrency::Fixed(64)
+        }));
     let good: Vec<uuid::Uuid> = tasks
         .iter()
         .filter(|t| t.id != at_claim.id)

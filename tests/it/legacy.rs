@@ -67,7 +67,7 @@ async fn a_native_task_moves_through_the_legacy_keys_in_the_seeds_shape() {
     let k = keys(&env);
     // One slot, kept busy, so the observed task is seen waiting first.
     let fleet = env.spawn_assembled(env.legacy_worker(|s| {
-        s.worker.concurrency = 1;
+        s.worker.concurrency = swarm_director::config::Concurrency::Fixed(1);
         s.worker.fetch_batch = 1;
     }));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -266,7 +266,10 @@ async fn a_legacy_task_taken_in_stays_waiting_as_its_producer_wrote_it_until_it_
     let env = TestEnv::new().await;
     let k = keys(&env);
     // One slot, held by a long task: the next one is taken in and waits in the stream.
-    let fleet = env.spawn_assembled(env.legacy_worker(|s| s.worker.concurrency = 1));
+    let fleet =
+        env.spawn_assembled(env.legacy_worker(|s| {
+            s.worker.concurrency = swarm_director::config::Concurrency::Fixed(1)
+        }));
     let busy = enqueue_task(&env, "sleep", json!({"ms": 1500}), 9).await;
     eventually("the long task running", Duration::from_secs(10), || {
         hash_entry(&env, &k.processing_tasks, busy)

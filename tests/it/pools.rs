@@ -6,7 +6,7 @@ use std::{process::Stdio, time::Duration};
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use serde_json::json;
 use swarm_director::{
-    broker::AgentFilter,
+    task::AgentFilter,
     task::{Codec, TaskEnvelope},
 };
 use uuid::Uuid;
@@ -123,7 +123,7 @@ async fn lanes_of_one_priority_take_turns() {
         quality.push(publish(&env, "quality", json!({"text": "Short."}), 5).await);
     }
     let worker = env.spawn(env.worker_with(|s| {
-        s.worker.concurrency = 16;
+        s.worker.concurrency = swarm_director::config::Concurrency::Fixed(16);
         s.worker.fetch_batch = 16;
     }));
     let quality_done = env.wait_finished(&quality, Duration::from_secs(30)).await;

@@ -27,7 +27,7 @@ async fn a_backlog_drains_highest_priority_first() {
         env.broker.publish(task, Codec::MessagePack).await.unwrap();
     }
     let worker = env.spawn(env.worker_with(|s| {
-        s.worker.concurrency = 1;
+        s.worker.concurrency = swarm_director::config::Concurrency::Fixed(1);
         s.worker.fetch_batch = 1;
     }));
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
@@ -55,7 +55,7 @@ async fn batches_take_the_top_of_the_backlog() {
     }
     // Ten slots: the first batch must be exactly the ten priority-8 tasks.
     let worker = env.spawn(env.worker_with(|s| {
-        s.worker.concurrency = 10;
+        s.worker.concurrency = swarm_director::config::Concurrency::Fixed(10);
         s.worker.fetch_batch = 10;
     }));
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();

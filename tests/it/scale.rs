@@ -6,7 +6,6 @@ use std::{sync::Arc, time::Duration};
 use axum::{body::Body, http::Request};
 use serde_json::{Value, json};
 use swarm_director::{
-    broker::AgentFilter,
     config::ScaleSettings,
     http::{
         api::{self, ApiState},
@@ -14,6 +13,7 @@ use swarm_director::{
     },
     metrics::Metrics,
     scale::{ScaleMeter, roll_call},
+    task::AgentFilter,
     task::{Codec, TaskEnvelope},
     worker::gauges,
 };
@@ -72,7 +72,7 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
     // One quality worker answers the roll call; the email backlog is 30 per worker.
     let worker = env.spawn(env.worker_with(|s| {
         s.worker.agents = vec!["quality".into()];
-        s.worker.concurrency = 7;
+        s.worker.concurrency = swarm_director::config::Concurrency::Fixed(7);
     }));
     let present = eventually("the worker to answer", Duration::from_secs(10), || async {
         let present = roll_call(&env.broker, Duration::from_millis(200))

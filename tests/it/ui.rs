@@ -44,7 +44,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     let registry = || AgentRegistry::with_builtins().with(Switch(ready.clone()));
     // With the legacy mirror, so the task page shows its view.
     let mut settings = env.settings.clone();
-    settings.worker.concurrency = 2;
+    settings.worker.concurrency = swarm_director::config::Concurrency::Fixed(2);
     let assembled = swarm_director::worker::assemble(
         &settings,
         swarm_director::broker::Broker::with_client(env.broker.client().clone(), &settings.nats),

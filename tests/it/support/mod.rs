@@ -59,7 +59,7 @@ impl TestEnv {
         settings.database.schema = format!("test_{tag}");
         settings.redis.key_prefix = format!("test:{tag}:");
         settings.database.max_connections = Some(4);
-        settings.worker.concurrency = 16;
+        settings.worker.concurrency = swarm_director::config::Concurrency::Fixed(16);
         settings.worker.retry_base_ms = 100;
         settings.worker.idle_rescan_ms = 100;
         settings.worker.shutdown_grace_secs = 5.0;
