@@ -13,9 +13,8 @@ use async_nats::jetstream::{
     stream::{DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use super::{BrokerError, PriorityPuller, Subjects};
+use super::{BrokerError, Subjects};
 use crate::config::{DelayMode, NatsSettings};
-use crate::task::AgentFilter;
 
 /// Largest task message the stream accepts (bytes). Bigger bodies are refused at publish.
 pub const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
@@ -221,17 +220,6 @@ impl Broker {
     /// delay stream.
     pub fn delays_held_by_server(&self) -> bool {
         self.stream_takes_schedules() && self.settings.delays != DelayMode::Stream
-    }
-
-    /// A puller over the lanes `filter` admits; their consumers are created as tasks show
-    /// up in them.
-    ///
-    /// Fails when the stream is missing.
-    pub async fn priority_puller(
-        &self,
-        filter: AgentFilter,
-    ) -> Result<PriorityPuller, BrokerError> {
-        PriorityPuller::new(self.clone(), filter).await
     }
 
     /// Deletes the tasks stream and its consumers, and the claim-check bucket (tests,

@@ -15,7 +15,7 @@ use std::{
 use async_nats::jetstream;
 use futures::StreamExt;
 
-use super::{BrokerError, Subjects, puller::Lane};
+use super::{BrokerError, Subjects, lanes::Lane};
 use crate::task::AgentFilter;
 
 /// Longest the per-subject message counts may take.

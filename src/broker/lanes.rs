@@ -14,7 +14,43 @@ use async_nats::jetstream::{
 
 use futures::StreamExt;
 
+use std::{
+    sync::{Mutex, atomic::AtomicBool},
+    time::Instant,
+};
+
 use super::{Broker, BrokerError};
+use crate::task::MAX_PRIORITY;
+
+/// A set of priorities, bit `p` for priority `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priorities(u16);
+
+impl Priorities {
+    pub const ALL: Priorities = Priorities((1 << (MAX_PRIORITY + 1)) - 1);
+    pub const NONE: Priorities = Priorities(0);
+
+    pub fn with(self, priority: u8) -> Self {
+        Priorities(self.0 | 1 << priority.min(MAX_PRIORITY))
+    }
+
+    pub fn union(self, other: Priorities) -> Self {
+        Priorities(self.0 | other.0)
+    }
+
+    pub fn contains(self, priority: u8) -> bool {
+        self.0 & (1 << priority) != 0
+    }
+}
+
+/// A lane as a worker pulls it: its consumer and what the worker knows about it.
+pub(super) struct Lane {
+    pub(super) consumer: PullConsumer,
+    /// The last no-wait fetch went unanswered.
+    pub(super) stuck: AtomicBool,
+    /// When the counts last showed messages in the lane.
+    pub(super) seen: Mutex<Instant>,
+}
 
 /// Durable name of the consumer of one lane. Agent types are subject tokens, which may hold
 /// characters a consumer name may not (it becomes a directory name): those are replaced and a

@@ -23,8 +23,9 @@ use tokio::sync::watch;
 use super::{
     Broker, BrokerError, Doorbell,
     lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter, LaneKey},
+    lanes::{Lane, Priorities},
 };
-use crate::task::{AgentFilter, MAX_PRIORITY};
+use crate::task::AgentFilter;
 
 /// Longest a no-wait fetch may take before the worker stops waiting for its answer. A
 /// healthy server answers in well under a millisecond; NATS 2.9 can hold a no-wait request
@@ -40,27 +41,6 @@ const CREATE_PATIENCE: Duration = Duration::from_millis(250);
 /// How long a scan that follows a short one waits for fresh counts before asking the lanes
 /// it knows (a healthy stream answers in a few milliseconds).
 const RECOUNT_PATIENCE: Duration = Duration::from_millis(250);
-
-/// A set of priorities, bit `p` for priority `p`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Priorities(u16);
-
-impl Priorities {
-    pub const ALL: Priorities = Priorities((1 << (MAX_PRIORITY + 1)) - 1);
-    pub const NONE: Priorities = Priorities(0);
-
-    pub fn with(self, priority: u8) -> Self {
-        Priorities(self.0 | 1 << priority.min(MAX_PRIORITY))
-    }
-
-    pub fn union(self, other: Priorities) -> Self {
-        Priorities(self.0 | other.0)
-    }
-
-    pub fn contains(self, priority: u8) -> bool {
-        self.0 & (1 << priority) != 0
-    }
-}
 
 /// Pulls from the lanes a worker serves, highest priority first.
 pub struct PriorityPuller {
@@ -84,12 +64,17 @@ pub struct PriorityPuller {
     turn: AtomicUsize,
 }
 
-pub(super) struct Lane {
-    consumer: PullConsumer,
-    /// The last no-wait fetch went unanswered.
-    stuck: AtomicBool,
-    /// When the counts last showed messages in the lane.
-    pub(super) seen: Mutex<Instant>,
+impl Broker {
+    /// A puller over the lanes `filter` admits; their consumers are created as tasks show
+    /// up in them.
+    ///
+    /// Fails when the stream is missing.
+    pub async fn priority_puller(
+        &self,
+        filter: AgentFilter,
+    ) -> Result<PriorityPuller, BrokerError> {
+        PriorityPuller::new(self.clone(), filter).await
+    }
 }
 
 impl PriorityPuller {

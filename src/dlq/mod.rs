@@ -5,6 +5,6 @@ mod record;
 mod replay;
 mod stream;
 
-pub use record::{AttemptError, DeadLetter, DeadReason, RawMessage, Source};
+pub use record::{DeadLetter, DeadReason, RawMessage, Source};
 pub use replay::{ReplayError, replay, replay_envelope};
 pub use stream::{DeadLetterStream, DlqError, Filter, PAGE_SCAN_LIMIT, Page, StoredDeadLetter};

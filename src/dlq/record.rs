@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::task::TaskEnvelope;
+use crate::task::{AttemptError, TaskEnvelope};
 
 /// Why a message ended in the dead-letter stream. Stable codes for scripts and filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,14 +78,6 @@ impl std::str::FromStr for DeadReason {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         serde_json::from_value(Value::from(s)).map_err(|_| format!("unknown reason {s:?}"))
     }
-}
-
-/// One failed attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptError {
-    pub attempt: u32,
-    pub error: String,
-    pub at: DateTime<Utc>,
 }
 
 /// The message as it arrived, for messages that never decoded into an envelope.

@@ -9,10 +9,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     error_handling::HandleErrorLayer,
-    extract::{
-        DefaultBodyLimit, Path, Query, State,
-        rejection::{JsonRejection, QueryRejection},
-    },
+    extract::{DefaultBodyLimit, Path, Query, State, rejection::QueryRejection},
     http::StatusCode,
     middleware,
     response::{IntoResponse, Response},
@@ -24,50 +21,25 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    broker::Broker,
     config::ApiSettings,
     dlq::{self, DeadLetter, DeadLetterStream, DeadReason, Filter, ReplayError},
     fault::{Classify, Fault},
     http::{
-        auth::{Access, Role, require},
+        auth::{Role, require},
         probes::{self, Probes},
     },
-    scale::ScaleMeter,
-    store::{ReadFrom, Store, TaskStatus},
+    store::{ReadFrom, TaskStatus},
 };
 
 use super::publish::WaitQuery;
-
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most tasks in one batch request.
-pub const MAX_BATCH: usize = 1000;
-
-/// What the handlers share.
-pub struct ApiState {
-    pub broker: Broker,
-    pub store: Store,
-    /// Who may call which route.
-    pub access: Arc<Access>,
-    /// Checked by `/ready` when the fleet uses Redis.
-    pub redis: Option<redis::aio::ConnectionManager>,
-    /// Serves `/v1/scale`.
-    pub meter: Arc<ScaleMeter>,
-    /// Live events for the dashboard (`/v1/events`).
-    pub events: super::events::EventHub,
-    /// Where the dashboard links trace ids (`{trace_id}` replaced).
-    pub trace_url: String,
-    /// The legacy mirror's keys, when the fleet keeps it (`GET /v1/tasks/{id}/legacy`).
-    pub legacy_keys: Option<crate::mirror::LegacyKeys>,
-}
-
-/// The state of the routes that may wait for outcomes.
-#[derive(Clone)]
-pub(super) struct Waiting {
-    pub(super) api: Arc<ApiState>,
-    /// Longest `?wait=` honoured (longer ones are cut to it).
-    pub(super) max_wait: Duration,
-}
+pub use super::{
+    request::ApiError,
+    state::{ApiState, MAX_BATCH, MAX_BODY_BYTES},
+};
+use super::{
+    request::{empty_is_none, task_id},
+    state::Waiting,
+};
 
 /// How a request is bounded besides its body size.
 #[derive(Debug, Clone, Copy)]
@@ -229,64 +201,6 @@ fn refusal(error: tower::BoxError) -> ApiError {
     }
 }
 
-/// An error as clients see it: a status, a stable code and a clear message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// A failure of ours: logged in full, reported without internals.
-    pub(super) fn internal(what: &str, error: impl std::fmt::Display) -> Self {
-        tracing::error!(%error, "{what}");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("{what}; try again"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "invalid_body"
-        };
-        Self::new(status, code, rejection.body_text())
-    }
-}
-
-/// The task id a path names, or 400 `invalid_id`.
-pub(super) fn task_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{text:?} is not a task id"),
-        )
-    })
-}
-
 async fn task(
     State(Waiting {
         api: state,
@@ -399,39 +313,6 @@ struct DeadLetterQuery {
     /// Only records stored before this sequence (the `next_before` of the previous page).
     #[serde(default, deserialize_with = "empty_is_none")]
     before: Option<u64>,
-}
-
-/// The body of a request that takes a JSON object of optional members: anything else (an
-/// array, a member given as null — the contract has no nullable one — or a member of the
-/// wrong shape) is 422 `invalid_body` naming what is wrong.
-pub(super) fn object_body<T: serde::de::DeserializeOwned>(
-    body: Result<Json<serde_json::Value>, JsonRejection>,
-) -> Result<T, ApiError> {
-    let Json(body) = body?;
-    let invalid =
-        |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
-    let Some(members) = body.as_object() else {
-        return Err(invalid("the body must be a JSON object".into()));
-    };
-    if let Some((name, _)) = members.iter().find(|(_, value)| value.is_null()) {
-        return Err(invalid(format!("{name}: null is not allowed")));
-    }
-    serde_path_to_error::deserialize(body)
-        .map_err(|e| invalid(format!("{}: {}", e.path(), e.inner())))
-}
-
-/// A query parameter given empty (`?reason=`) is no filter, as forms send it.
-pub(super) fn empty_is_none<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    let text = String::deserialize(de)?;
-    if text.is_empty() {
-        return Ok(None);
-    }
-    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 async fn dead_letters(

@@ -15,7 +15,10 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::api::{ApiError, ApiState, empty_is_none};
+use super::{
+    request::{ApiError, empty_is_none, task_id},
+    state::ApiState,
+};
 use crate::store::TaskSearch;
 
 /// How long the roll call waits for answers.
@@ -152,7 +155,7 @@ pub(super) async fn legacy(
     State(state): State<Arc<ApiState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = super::api::task_id(&id)?;
+    let id = task_id(&id)?;
     let (Some(redis), Some(keys)) = (&state.redis, &state.legacy_keys) else {
         return Ok(Json(json!({ "mirror": false, "places": [] })).into_response());
     };

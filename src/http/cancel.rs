@@ -13,7 +13,10 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::api::{ApiError, ApiState};
+use super::{
+    request::{ApiError, object_body, task_id},
+    state::ApiState,
+};
 use crate::store::{CancelFilter, CancelReport};
 
 /// Most ids one bulk cancel names.
@@ -27,7 +30,7 @@ pub(super) async fn one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = super::api::task_id(&id)?;
+    let id = task_id(&id)?;
     let by = format!("api:{}", state.access.caller(&headers));
     let report = cancel_ids(&state, &[id], &by).await?;
     if let Some((_, status)) = report.finished.first() {
@@ -67,7 +70,7 @@ pub(super) async fn many(
     headers: HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let bulk: Bulk = super::api::object_body(body)?;
+    let bulk: Bulk = object_body(body)?;
     let invalid =
         |why: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", why);
     let by = format!("api:{}", state.access.caller(&headers));

@@ -14,7 +14,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{ApiError, ApiState};
+use super::{
+    request::{ApiError, object_body},
+    state::ApiState,
+};
 use crate::dlq::{self, DeadLetterStream, DeadReason, Filter};
 
 /// Which dead letters: all of them when every part is left out.
@@ -62,7 +65,7 @@ async fn chosen(
     state: &ApiState,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(DeadLetterStream, Vec<dlq::StoredDeadLetter>), ApiError> {
-    let matching: Matching = super::api::object_body(body)?;
+    let matching: Matching = object_body(body)?;
     let dead_letters = DeadLetterStream::of(&state.broker);
     let targets = matching.targets(&dead_letters).await?;
     Ok((dead_letters, targets))

@@ -1,14 +1,7 @@
 //! `GET /v1/events`: live updates for the dashboard as server-sent events, pushed rather
-//! than polled per viewer. One hub per API process feeds every viewer: an `overview` (the
-//! backlog per priority and lane, outcomes per minute) read once a second while anybody
-//! watches, and what workers announce on `<prefix>.events.*` — `settled` (each settled
-//! batch: task ids and their new status) and `progress` (each round of progress reports).
+//! than polled per viewer, from the process's one [`EventHub`](super::event_hub::EventHub).
 
-use std::{
-    convert::Infallible,
-    sync::{Arc, OnceLock},
-    time::Duration,
-};
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     extract::State,
@@ -17,42 +10,15 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use futures::{Stream, StreamExt as _};
-use serde_json::{Value, json};
+use futures::Stream;
+use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::api::ApiState;
-
-/// How often the overview is read while somebody watches.
-const OVERVIEW_EVERY: Duration = Duration::from_secs(1);
-/// Outcomes per minute are read every this many overviews.
-const THROUGHPUT_EVERY: u32 = 5;
-/// Events a slow viewer may fall behind before it skips some.
-const BACKLOG: usize = 256;
-
-/// The process's feed of live events.
-#[derive(Default)]
-pub struct EventHub {
-    sender: OnceLock<broadcast::Sender<(String, Value)>>,
-}
-
-impl EventHub {
-    /// A receiver of every event from now on; the feeds start with the first viewer.
-    fn subscribe(&self, state: &Arc<ApiState>) -> broadcast::Receiver<(String, Value)> {
-        self.sender
-            .get_or_init(|| {
-                let (sender, _) = broadcast::channel(BACKLOG);
-                tokio::spawn(feed_overview(state.clone(), sender.clone()));
-                tokio::spawn(feed_worker_events(state.clone(), sender.clone()));
-                sender
-            })
-            .subscribe()
-    }
-}
+use super::state::ApiState;
 
 /// `GET /v1/events`.
 pub(super) async fn events(State(state): State<Arc<ApiState>>) -> Response {
-    let receiver = state.events.subscribe(&state);
+    let receiver = state.events.subscribe(&state.broker, &state.store);
     Sse::new(stream_of(receiver))
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -74,57 +40,4 @@ fn stream_of(
             }
         }
     })
-}
-
-async fn feed_overview(state: Arc<ApiState>, sender: broadcast::Sender<(String, Value)>) {
-    let mut tick = tokio::time::interval(OVERVIEW_EVERY);
-    let mut round = 0u32;
-    let mut throughput = Value::Null;
-    loop {
-        tick.tick().await;
-        if sender.receiver_count() == 0 {
-            continue;
-        }
-        if round.is_multiple_of(THROUGHPUT_EVERY) {
-            throughput = match state.store.outcomes_per_minute(60).await {
-                Ok(minutes) => json!(minutes),
-                Err(error) => {
-                    tracing::debug!(%error, "cannot count outcomes for the dashboard");
-                    throughput
-                }
-            };
-        }
-        round = round.wrapping_add(1);
-        let queues = match state.broker.backlog().await {
-            Ok(backlog) => json!(backlog),
-            Err(error) => {
-                tracing::debug!(%error, "cannot read the backlog for the dashboard");
-                continue;
-            }
-        };
-        let _ = sender.send((
-            "overview".into(),
-            json!({ "queues": queues, "throughput": throughput, "at": chrono::Utc::now() }),
-        ));
-    }
-}
-
-async fn feed_worker_events(state: Arc<ApiState>, sender: broadcast::Sender<(String, Value)>) {
-    let subject = state.broker.subjects().worker_events();
-    let mut events = match state.broker.client().subscribe(subject).await {
-        Ok(events) => events,
-        Err(error) => {
-            tracing::warn!(%error, "cannot hear the workers' events; the dashboard shows overviews only");
-            return;
-        }
-    };
-    while let Some(message) = events.next().await {
-        let kind = message.subject.rsplit('.').next().unwrap_or_default();
-        if !matches!(kind, "settled" | "progress") {
-            continue;
-        }
-        if let Ok(data) = serde_json::from_slice::<Value>(&message.payload) {
-            let _ = sender.send((kind.to_string(), data));
-        }
-    }
 }

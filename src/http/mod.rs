@@ -7,10 +7,13 @@ pub mod auth;
 mod browse;
 mod cancel;
 mod dead_letter_actions;
+mod event_hub;
 pub mod events;
 pub mod probes;
 mod publish;
+mod request;
 mod schedules;
+mod state;
 pub mod ui;
 
 use std::{net::SocketAddr, time::Instant};

@@ -20,7 +20,10 @@ use serde_json::{Value, json};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::api::{ApiError, ApiState, MAX_BATCH, Waiting};
+use super::{
+    request::ApiError,
+    state::{ApiState, MAX_BATCH, Waiting},
+};
 use crate::{
     broker::PublishOptions,
     fault::{Classify, Fault},

@@ -12,7 +12,7 @@ use axum::{
 use chrono::Utc;
 use serde_json::json;
 
-use super::api::{ApiError, ApiState};
+use super::{request::ApiError, state::ApiState};
 use crate::schedule::Definition;
 
 /// `GET /v1/schedules`.

@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use super::legacy_json::LegacyTask;
 use crate::{
-    dlq::AttemptError, store::TaskRecord, task::TaskEnvelope, worker::delivery::TaskDelivery,
+    store::TaskRecord,
+    task::{AttemptError, TaskEnvelope},
 };
 
 /// Where a move puts the task.
@@ -43,6 +44,18 @@ impl Place {
             Place::Failed => "failed",
         }
     }
+}
+
+/// One attempt of a task as the mirror shows it: plain task data, whoever ran it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub task: &'a TaskEnvelope,
+    /// 1 on the first delivery.
+    pub number: u32,
+    /// Errors of earlier attempts, as stored in the task's row.
+    pub previous_errors: &'a [AttemptError],
+    pub worker_id: &'a str,
+    pub started: DateTime<Utc>,
 }
 
 /// A task's new place and JSON. `rank` orders the states of one task (waiting before
@@ -92,43 +105,32 @@ impl MirrorEvent {
         Self::new(Place::Waiting, rank(1, false), &LegacyTask::waiting(task))
     }
 
-    fn taken(delivery: &TaskDelivery, worker_id: &str, started: DateTime<Utc>) -> LegacyTask {
-        LegacyTask::waiting(&delivery.task)
-            .with_history(&delivery.previous_errors)
-            .taken(worker_id, started)
+    fn taken(attempt: &Attempt) -> LegacyTask {
+        LegacyTask::waiting(attempt.task)
+            .with_history(attempt.previous_errors)
+            .taken(attempt.worker_id, attempt.started)
     }
 
-    /// A worker took delivery `d` of the task.
-    pub fn processing(delivery: &TaskDelivery, worker_id: &str, started: DateTime<Utc>) -> Self {
-        let task = Self::taken(delivery, worker_id, started);
-        Self::new(Place::Processing, rank(delivery.attempt(), true), &task)
+    /// A worker took the task for this attempt.
+    pub fn processing(attempt: &Attempt) -> Self {
+        let task = Self::taken(attempt);
+        Self::new(Place::Processing, rank(attempt.number, true), &task)
     }
 
     /// The attempt succeeded.
-    pub fn completed(
-        delivery: &TaskDelivery,
-        worker_id: &str,
-        started: DateTime<Utc>,
-        result: &Value,
-    ) -> Self {
-        let task = Self::taken(delivery, worker_id, started).completed(result.clone(), Utc::now());
+    pub fn completed(attempt: &Attempt, result: &Value) -> Self {
+        let task = Self::taken(attempt).completed(result.clone(), Utc::now());
         Self::new(Place::Completed, u64::MAX, &task)
     }
 
     /// The attempt failed: back to `agent_tasks` for the next delivery, or to
     /// `failed_tasks` when `final_failure`.
-    pub fn failed(
-        delivery: &TaskDelivery,
-        worker_id: &str,
-        started: DateTime<Utc>,
-        error: &str,
-        final_failure: bool,
-    ) -> Self {
-        let task = Self::taken(delivery, worker_id, started).failed(error, Utc::now());
+    pub fn failed(attempt: &Attempt, error: &str, final_failure: bool) -> Self {
+        let task = Self::taken(attempt).failed(error, Utc::now());
         if final_failure {
             Self::new(Place::Failed, u64::MAX, &task)
         } else {
-            Self::new(Place::Waiting, rank(delivery.attempt() + 1, false), &task)
+            Self::new(Place::Waiting, rank(attempt.number + 1, false), &task)
         }
     }
 

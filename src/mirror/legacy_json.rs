@@ -6,7 +6,7 @@ use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{dlq::AttemptError, task::TaskEnvelope};
+use crate::task::{AttemptError, TaskEnvelope};
 
 /// A task as the seed's `DistributedTaskQueue` stores it. Fields appear in the order the
 /// seed's dict gains them; absent ones are left out, as Python would.

@@ -21,7 +21,7 @@ mod writer;
 
 use std::time::Duration;
 
-pub use event::{MirrorEvent, Place};
+pub use event::{Attempt, MirrorEvent, Place};
 pub use intake::Intake;
 pub use keys::LegacyKeys;
 pub use legacy_json::LegacyTask;

@@ -3,26 +3,13 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, aio::ConnectionManager};
 use uuid::Uuid;
 
 use super::{LegacyKeys, LegacyTask, MirrorError, MirrorEvent, Place, writer};
-use crate::{
-    broker::Broker,
-    store::{Store, StoreError, TaskRecord},
-    task::Codec,
-};
+use crate::{broker::Broker, store::Store, task::Codec};
 
 const PAGE: i64 = 1000;
-
-/// Rows the catch-up rewrites.
-pub(super) async fn rows_changed_since(
-    store: &Store,
-    since: DateTime<Utc>,
-) -> Result<Vec<TaskRecord>, StoreError> {
-    store.tasks_changed_since(since).await
-}
 
 /// Differences between PostgreSQL and the legacy keys, one line each.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -242,7 +242,7 @@ impl Writer {
         let Some(since) = *self.dropped_since.lock().expect("mirror lock") else {
             return;
         };
-        match super::rebuild::rows_changed_since(&self.store, since).await {
+        match self.store.tasks_changed_since(since).await {
             Ok(rows) => {
                 let events: Vec<MirrorEvent> =
                     rows.iter().filter_map(MirrorEvent::from_row).collect();

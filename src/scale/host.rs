@@ -75,7 +75,7 @@ impl HostSampler {
         {
             return usage;
         }
-        let cores = super::sizing::available_cores();
+        let cores = available_cores();
         let now = read_cpu();
         let cpu_percent = match (now, previous.as_ref().map(|(s, _)| *s)) {
             (Some(now), Some(last)) => cpu_share(last, now, cores),
@@ -170,6 +170,21 @@ fn cgroup_cpu_quota() -> Option<f64> {
     let quota: f64 = parts.next()?.parse().ok()?;
     let period: f64 = parts.next()?.parse().ok()?;
     (period > 0.0).then(|| quota / period)
+}
+
+/// Cores this process may use (the cgroup CPU quota counts, as in a Kubernetes pod).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Memory this process may use: the cgroup limit when there is one, else the machine's.
+pub fn available_memory_bytes() -> u64 {
+    match (cgroup_memory_limit(), total_memory_bytes()) {
+        (Some(limit), Some(total)) => limit.min(total),
+        (Some(limit), None) => limit,
+        (None, Some(total)) => total,
+        (None, None) => 1 << 30,
+    }
 }
 
 /// The cgroup's memory limit, when it has one.

@@ -174,7 +174,7 @@ impl ScaleSignals {
             reasons,
             recommended_worker_processes: sizing::optimal_worker_processes(
                 host.cores,
-                sizing::available_memory_bytes(),
+                super::available_memory_bytes(),
             ),
             auto_concurrency: sizing::auto_concurrency(),
             thresholds: thresholds.clone(),

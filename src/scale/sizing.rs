@@ -1,7 +1,7 @@
 //! Sizing from the machine: how many worker processes a host should run (the seed's
 //! `get_optimal_worker_count`) and how many tasks one process should run at once.
 
-use super::host::{cgroup_memory_limit, total_memory_bytes};
+use super::host::{available_cores, available_memory_bytes};
 use crate::config::Concurrency;
 
 /// In-flight tasks per core for `--concurrency auto` (the default). Agents mostly wait on I/O
@@ -15,21 +15,6 @@ const TASKS_PER_CORE: usize = 128;
 /// Memory reserved per in-flight task: a task body may be 1 MiB and is held while it runs,
 /// together with its result and its copy in the commit batch.
 const BYTES_PER_TASK: u64 = 4 * 1024 * 1024;
-
-/// Cores this process may use (the cgroup CPU quota counts, as in a Kubernetes pod).
-pub fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// Memory this process may use: the cgroup limit when there is one, else the machine's.
-pub fn available_memory_bytes() -> u64 {
-    match (cgroup_memory_limit(), total_memory_bytes()) {
-        (Some(limit), Some(total)) => limit.min(total),
-        (Some(limit), None) => limit,
-        (None, Some(total)) => total,
-        (None, None) => 1 << 30,
-    }
-}
 
 /// The seed's rule for worker processes on one host: one per two cores or per 4 GiB of
 /// memory, whichever allows fewer, and at least one.

@@ -7,7 +7,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::router::{Replica, Replicas};
+use super::{
+    Store, StoreError,
+    router::{Replica, Replicas},
+};
 
 /// The options of `url`. A loopback server reached without an `sslmode` is reached without
 /// TLS: encrypting a connection that never leaves the host cost 37 % of the burn-down rate
@@ -24,58 +27,6 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     })
 }
 use crate::config::{DatabaseSettings, PoolProfile};
-
-/// A database failure, with what was being done.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("invalid database URL {url}: {source}")]
-    Url { url: String, source: sqlx::Error },
-    #[error("cannot connect to PostgreSQL at {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
-    #[error("cannot migrate schema {schema}: {source}")]
-    Migrate {
-        schema: String,
-        source: sqlx::migrate::MigrateError,
-    },
-    #[error("database query failed while {doing}: {source}")]
-    Query {
-        doing: &'static str,
-        source: sqlx::Error,
-    },
-}
-
-impl crate::fault::Classify for StoreError {
-    /// Permanent only when PostgreSQL refused a statement for the values it carried
-    /// (SQLSTATE classes 22, 23, 54) or a value could not be encoded; the rest is transient.
-    fn fault(&self) -> crate::fault::Fault {
-        use crate::fault::{Fault, sqlstate_fault};
-        match self {
-            StoreError::Query { source, .. } => match source {
-                sqlx::Error::Database(error) => error
-                    .code()
-                    .map_or(Fault::Transient, |code| sqlstate_fault(&code)),
-                sqlx::Error::Encode(_) => Fault::Permanent,
-                _ => Fault::Transient,
-            },
-            _ => Fault::Transient,
-        }
-    }
-}
-
-impl StoreError {
-    pub(crate) fn query(doing: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
-        move |source| Self::Query { doing, source }
-    }
-}
-
-/// The fleet's database: the primary pool for writes and read replicas, scoped to one
-/// schema.
-#[derive(Clone)]
-pub struct Store {
-    pub(super) primary: PgPool,
-    pub(super) replicas: Arc<Replicas>,
-    schema: String,
-}
 
 impl Store {
     /// Connects to the primary, creating the configured schema when it is missing.

@@ -13,10 +13,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::{
-    dlq::AttemptError,
-    task::{PayloadRef, TaskEnvelope},
-};
+use crate::task::{AttemptError, PayloadRef, TaskEnvelope};
 
 /// Lifecycle of a task row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

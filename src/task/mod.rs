@@ -2,6 +2,7 @@
 //! `schemas/task-envelope.schema.json` is the same contract for other languages.
 
 mod agent_filter;
+mod attempt_error;
 mod codec;
 mod envelope;
 mod payload_ref;
@@ -9,6 +10,7 @@ mod payload_ref;
 mod properties;
 
 pub use agent_filter::AgentFilter;
+pub use attempt_error::AttemptError;
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use envelope::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EnvelopeError, MAX_DATA_DEPTH, MAX_PRIORITY,

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::{
     broker::{Subjects, headers},
-    dlq::{AttemptError, DeadLetter, DeadReason, RawMessage, Source},
+    dlq::{DeadLetter, DeadReason, RawMessage, Source},
+    task::AttemptError,
     task::{Codec, TaskEnvelope, valid_agent_type},
 };
 
@@ -51,6 +52,17 @@ impl TaskDelivery {
     /// JetStream's delivery count: 1 on the first delivery.
     pub fn attempt(&self) -> u32 {
         self.info.delivered
+    }
+
+    /// This attempt as the legacy mirror shows it.
+    pub fn mirror_attempt<'a>(&'a self, worker_id: &'a str) -> crate::mirror::Attempt<'a> {
+        crate::mirror::Attempt {
+            task: &self.task,
+            number: self.attempt(),
+            previous_errors: &self.previous_errors,
+            worker_id,
+            started: self.started_at,
+        }
     }
 
     /// The dead letter of this task, with every attempt's error.

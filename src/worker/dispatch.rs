@@ -513,9 +513,7 @@ impl TaskRunner {
     ) -> Outcome {
         if let Some(mirror) = &self.mirror {
             mirror.record(MirrorEvent::processing(
-                delivery,
-                &self.worker_id,
-                delivery.started_at,
+                &delivery.mirror_attempt(&self.worker_id),
             ));
         }
         let mut abandon = self.abandon_rx.clone();

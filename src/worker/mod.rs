@@ -42,9 +42,46 @@ pub use assembly::{Assembled, assemble};
 pub use executor::{DEFAULT_MAX_RESULT_BYTES, Executor};
 pub use outcome::Outcome;
 pub use retry::RetryPolicy;
-pub use runner::{Worker, WorkerError};
 pub use settler::WorkerCounts;
 pub use upkeep::{Upkeep, UpkeepReport};
+
+use std::sync::Arc;
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    DeadLetters(#[from] crate::dlq::DlqError),
+    #[error(transparent)]
+    Legacy(#[from] crate::mirror::MirrorError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// One worker process's loop over the shared consumers. Holds no state another worker needs.
+pub struct Worker {
+    broker: crate::broker::Broker,
+    store: crate::store::Store,
+    dead_letters: crate::dlq::DeadLetterStream,
+    executor: Executor,
+    settings: crate::config::WorkerSettings,
+    worker_id: String,
+    counts: Arc<WorkerCounts>,
+    mirror: Option<crate::mirror::Mirror>,
+    intake: Option<(crate::mirror::Intake, std::time::Duration)>,
+    upkeep: Option<Upkeep>,
+    meter: Arc<crate::scale::ScaleMeter>,
+    held: Arc<hold::HeldBatches>,
+    liveness: Arc<liveness::Liveness>,
+    /// Agents' progress reports, written to their rows by a sidecar.
+    progress: Arc<crate::agent::ProgressBoard>,
+    /// What was cancelled, fed by a sidecar from NATS and PostgreSQL.
+    cancels: Arc<crate::agent::CancelBoard>,
+}
 
 /// Completes once `signal` is raised (shutdown began, or the grace period is over).
 async fn raised(signal: &mut tokio::sync::watch::Receiver<bool>) {

@@ -103,28 +103,18 @@ impl Outcome {
 
     /// How the legacy Redis keys show this outcome, if it moves the task there.
     pub fn mirror_event(&self, delivery: &TaskDelivery, worker_id: &str) -> Option<MirrorEvent> {
-        let started = delivery.started_at;
+        let attempt = delivery.mirror_attempt(worker_id);
         match self {
-            Outcome::Completed(result) => {
-                Some(MirrorEvent::completed(delivery, worker_id, started, result))
-            }
+            Outcome::Completed(result) => Some(MirrorEvent::completed(&attempt, result)),
             // The legacy entry shows where the result is, as the row does.
             Outcome::CompletedByRef(reference) => Some(MirrorEvent::completed(
-                delivery,
-                worker_id,
-                started,
+                &attempt,
                 &serde_json::json!({ "result_ref": reference }),
             )),
-            Outcome::Retry { error, .. } => Some(MirrorEvent::failed(
-                delivery, worker_id, started, error, false,
-            )),
-            Outcome::Dead { error, .. } => Some(MirrorEvent::failed(
-                delivery, worker_id, started, error, true,
-            )),
+            Outcome::Retry { error, .. } => Some(MirrorEvent::failed(&attempt, error, false)),
+            Outcome::Dead { error, .. } => Some(MirrorEvent::failed(&attempt, error, true)),
             // As the seed shows a task given up, with `cancelled` as its last error.
-            Outcome::Cancelled { .. } => Some(MirrorEvent::failed(
-                delivery, worker_id, started, CANCELLED, true,
-            )),
+            Outcome::Cancelled { .. } => Some(MirrorEvent::failed(&attempt, CANCELLED, true)),
             Outcome::Duplicate | Outcome::Abandoned | Outcome::Deferred => None,
         }
     }

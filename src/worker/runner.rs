@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use super::{
-    Executor, RetryPolicy,
+    Executor, RetryPolicy, Worker, WorkerError,
     alarm::RetryAlarms,
     dispatch::{Dispatch, TaskRunner},
     gauges,
@@ -23,13 +23,13 @@ use super::{
 };
 use crate::{
     agent::AgentRegistry,
-    broker::{Broker, BrokerError, Doorbell, Priorities},
+    broker::{Broker, Doorbell, Priorities},
     cache::ResultCache,
     config::WorkerSettings,
-    dlq::{DeadLetterStream, DlqError},
+    dlq::DeadLetterStream,
     mirror::{self, Intake, Mirror},
     scale::{ScaleMeter, WorkerPresence, answer_roll_calls},
-    store::{Store, StoreError},
+    store::Store,
 };
 
 /// A bell whose scan found nothing is followed up after 1 and 4 ms.
@@ -72,42 +72,6 @@ async fn set_up<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
             Err(error) => return Err(error),
         }
     }
-}
-
-/// Why a worker could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    DeadLetters(#[from] DlqError),
-    #[error(transparent)]
-    Legacy(#[from] crate::mirror::MirrorError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-}
-
-/// One worker process's loop over the shared consumers. Holds no state another worker needs.
-pub struct Worker {
-    pub(super) broker: Broker,
-    pub(super) store: Store,
-    dead_letters: DeadLetterStream,
-    pub(super) executor: Executor,
-    pub(super) settings: WorkerSettings,
-    pub(super) worker_id: String,
-    counts: Arc<WorkerCounts>,
-    pub(super) mirror: Option<Mirror>,
-    intake: Option<(Intake, Duration)>,
-    upkeep: Option<Upkeep>,
-    meter: Arc<ScaleMeter>,
-    pub(super) held: Arc<HeldBatches>,
-    liveness: Arc<Liveness>,
-    /// Agents' progress reports, written to their rows by a sidecar.
-    progress: Arc<crate::agent::ProgressBoard>,
-    /// What was cancelled, fed by a sidecar from NATS and PostgreSQL.
-    cancels: Arc<crate::agent::CancelBoard>,
 }
 
 impl Worker {
