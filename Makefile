@@ -17,7 +17,7 @@ MODERN_NATS_URL ?= nats://127.0.0.1:$(or $(SWARM_MODERN_NATS_PORT),4225)
 MODERN_NATS_BIN ?= $(or $(SWARM_TOOLS_DIR),$(HOME)/.cache/swarmdirector)/nats-server-$(MODERN_NATS_VERSION)/bin/nats-server
 # The second pass: every integration test that talks to NATS (the deploy-file, PostgreSQL
 # replica/TLS and contract-fuzzing tests do not depend on the broker's version).
-BROKER_TESTS := kind(test) & not test(/^(deploy|deploy_tools|pools|replicas|secrets|ui)::/) & not test(/schemathesis/)
+BROKER_TESTS := kind(test) & not test(/^(deploy_tools|pools|replicas|secrets|ui)::/) & not test(/schemathesis/)
 # The dashboard in a real browser: its own target (it needs Chromium and playwright-core).
 UI_TESTS := test(/^ui::/)
 

@@ -29,6 +29,7 @@
 //! - [`cli`]: one file per `swarmd` subcommand; `main.rs` only dispatches.
 
 pub mod agent;
+pub mod backoff;
 pub mod broker;
 pub mod cache;
 pub mod cli;

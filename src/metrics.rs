@@ -142,13 +142,21 @@ fn latency_buckets() -> Vec<f64> {
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     /// The process-wide metrics.
     pub fn global() -> &'static Metrics {
         &GLOBAL
     }
 
-    fn new() -> Self {
+    /// A set of metrics of its own, apart from the process-wide one (tests that must not
+    /// see what other work in the process records).
+    pub fn new() -> Self {
         let r = Registry::new();
         Self {
             http_requests: counter_vec(

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::{LegacyKeys, MirrorEvent, event::Place, scripts};
 use crate::{
+    backoff::Backoff,
     fault::{Bisection, Fault, redis_fault},
     metrics::Metrics,
     store::Store,
@@ -202,7 +203,7 @@ impl Writer {
     /// dropped alone, counted and logged (`mirror check` shows it), so it never holds the
     /// mirror.
     async fn write_until_done(&mut self, batch: &[MirrorEvent]) {
-        let mut pause = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let mut bisection = Bisection::new(batch.len());
         while let Some(range) = bisection.next() {
             match write(&mut self.redis, &self.keys, &batch[range.clone()], false).await {
@@ -211,7 +212,7 @@ impl Writer {
                         .written
                         .fetch_add(range.len() as u64, Ordering::Relaxed);
                     bisection.succeeded();
-                    pause = RETRY_FIRST;
+                    backoff.reset();
                 }
                 Err(error) if redis_fault(&error) == Fault::Permanent => {
                     if let Some(i) = bisection.failed() {
@@ -230,8 +231,7 @@ impl Writer {
                     {
                         tracing::warn!(%error, "legacy mirror cannot write to Redis; retrying");
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_MAX);
+                    backoff.wait().await;
                 }
             }
         }

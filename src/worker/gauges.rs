@@ -18,12 +18,13 @@ pub async fn run(
     broker: Broker,
     store: Store,
     meter: std::sync::Arc<ScaleMeter>,
+    metrics: &'static Metrics,
     every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
-        refresh(&broker, &store, &meter).await;
+        refresh(&broker, &store, &meter, metrics).await;
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(every) => {}
@@ -58,9 +59,8 @@ pub async fn watch_liveness(
     }
 }
 
-/// One refresh; a failed read leaves the previous value.
-pub async fn refresh(broker: &Broker, store: &Store, meter: &ScaleMeter) {
-    let metrics = Metrics::global();
+/// One refresh into `metrics`; a failed read leaves the previous value.
+pub async fn refresh(broker: &Broker, store: &Store, meter: &ScaleMeter, metrics: &Metrics) {
     let pool = store.primary();
     metrics
         .db_connections

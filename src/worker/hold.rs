@@ -17,6 +17,7 @@ use async_nats::jetstream::{AckKind, message::Acker};
 use tokio::sync::watch;
 
 use super::raised;
+use crate::backoff::Backoff;
 
 /// First and longest pause between tries.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -64,7 +65,7 @@ pub(super) struct Hold {
     board: Arc<HeldBatches>,
     /// Set while the batch is on the board.
     entry: Option<u64>,
-    pause: Duration,
+    pause: Backoff,
 }
 
 impl Hold {
@@ -72,7 +73,7 @@ impl Hold {
         Self {
             board,
             entry: None,
-            pause: FIRST_PAUSE,
+            pause: Backoff::new(FIRST_PAUSE, LONGEST_PAUSE),
         }
     }
 
@@ -89,8 +90,7 @@ impl Hold {
         for acker in ackers {
             let _ = acker.ack_with(AckKind::Progress).await;
         }
-        let pause = self.pause;
-        self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+        let pause = self.pause.next_pause();
         tokio::select! {
             _ = tokio::time::sleep(pause) => true,
             _ = raised(stop) => false,
@@ -102,7 +102,7 @@ impl Hold {
         if let Some(id) = self.entry.take() {
             self.board.leave(id);
         }
-        self.pause = FIRST_PAUSE;
+        self.pause.reset();
     }
 }
 
@@ -144,7 +144,7 @@ mod tests {
         for _ in 0..10 {
             hold.wait([], &mut stop).await;
         }
-        assert_eq!(hold.pause, LONGEST_PAUSE);
+        assert_eq!(hold.pause.peek(), LONGEST_PAUSE);
         tx.send(true).unwrap();
         let before = tokio::time::Instant::now();
         assert!(!hold.wait([], &mut stop).await);

@@ -23,6 +23,8 @@ pub struct Liveness {
     waiting_for_slots: AtomicBool,
     /// Milliseconds since `origin` when a batch was last settled.
     settled_ms: AtomicU64,
+    /// The pull loop has drained its lanes once and listens for new publishes.
+    listening: AtomicBool,
     held: Arc<HeldBatches>,
     stall_after: Duration,
 }
@@ -35,6 +37,7 @@ impl Liveness {
             turned_ms: AtomicU64::new(0),
             waiting_for_slots: AtomicBool::new(false),
             settled_ms: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
             held,
             stall_after,
         }
@@ -53,6 +56,17 @@ impl Liveness {
     pub fn waiting_for_slots(&self, waiting: bool) {
         self.waiting_for_slots.store(waiting, Ordering::Relaxed);
         self.turned();
+    }
+
+    /// The pull loop found its lanes empty and listens for new publishes (the doorbell).
+    pub fn listening(&self) {
+        self.listening.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the worker has set up, drained what was waiting and now hears new publishes
+    /// at once: from here a task published is picked up without a rescan.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
     }
 
     /// A batch was settled.

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::{
     agent::AgentRegistry,
+    backoff::Backoff,
     broker::{Broker, Doorbell, Priorities},
     cache::ResultCache,
     config::WorkerSettings,
@@ -60,14 +61,14 @@ async fn set_up<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     mut step: impl FnMut() -> F,
 ) -> Result<T, E> {
     let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         match step().await {
             Ok(done) => return Ok(done),
-            Err(error) if started.elapsed() + pause < SET_UP_PATIENCE => {
+            Err(error) if started.elapsed() + backoff.peek() < SET_UP_PATIENCE => {
+                let pause = backoff.next_pause();
                 tracing::warn!(%error, "cannot set up {what} yet; retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(error) => return Err(error),
         }
@@ -245,6 +246,7 @@ impl Worker {
             self.broker.clone(),
             self.store.clone(),
             self.meter.clone(),
+            crate::metrics::Metrics::global(),
             GAUGE_INTERVAL,
             stopped(stopping_rx.clone()),
         ));
@@ -402,7 +404,10 @@ impl Worker {
                     // Subscribe, then scan once more: a publish just before the subscription
                     // rang no bell.
                     match puller.doorbell().await {
-                        Ok(bell) => doorbell = Some(bell),
+                        Ok(bell) => {
+                            doorbell = Some(bell);
+                            self.liveness.listening();
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "cannot subscribe to the doorbell");
                             tokio::time::sleep(ERROR_BACKOFF).await;

@@ -70,7 +70,7 @@ async fn a_native_task_moves_through_the_legacy_keys_in_the_seeds_shape() {
         s.worker.concurrency = swarm_director::config::Concurrency::Fixed(1);
         s.worker.fetch_batch = 1;
     }));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fleet.ready().await;
     let blocker = TaskEnvelope::new("sleep", json!({"ms": 700})).with_priority(9);
     env.broker.publish(&blocker, Codec::Json).await.unwrap();
     let task = TaskEnvelope::new("sleep", json!({"ms": 300, "note": "é"})).with_priority(4);
@@ -672,7 +672,7 @@ async fn a_publish_the_stream_refuses_is_never_shown_waiting() {
     // A pool that leaves echo tasks alone, so the accepted one stays waiting.
     let fleet =
         env.spawn_assembled(env.legacy_worker(|s| s.worker.agents = vec!["quality".into()]));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.ready().await;
     let accepted = TaskEnvelope::new("echo", json!("kept"));
     env.broker.publish(&accepted, Codec::Json).await.unwrap();
     let refused = TaskEnvelope::new("echo", json!("refused"));

@@ -15,7 +15,6 @@ mod contract;
 mod dead_letters;
 mod delayed;
 mod delivery;
-mod deploy;
 mod deploy_tools;
 mod expiry;
 mod faults;

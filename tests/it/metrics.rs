@@ -157,8 +157,9 @@ async fn backlog_gauges_show_depth_and_age_per_priority() {
         env.broker.publish(&task, Codec::Json).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    gauges::refresh(&env.broker, &env.store, &Default::default()).await;
-    let metrics = Metrics::global();
+    // Its own metrics: nothing else running in this process can move these gauges.
+    let metrics = Metrics::new();
+    gauges::refresh(&env.broker, &env.store, &Default::default(), &metrics).await;
     assert_eq!(metrics.queue_size.with_label_values(&["p3"]).get(), 7);
     assert_eq!(metrics.queue_size.with_label_values(&["p4"]).get(), 0);
     let age = metrics.oldest_pending.with_label_values(&["3"]).get();

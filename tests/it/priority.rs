@@ -75,7 +75,7 @@ async fn an_idle_worker_picks_up_new_work_at_once() {
     let env = TestEnv::new().await;
     // A slow backstop rescan, so only the doorbell can explain a fast pick-up.
     let worker = env.spawn(env.worker_with(|s| s.worker.idle_rescan_ms = 10_000));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.ready().await;
     let mut latencies = Vec::new();
     for priority in [0u8, 9, 3, 0, 6, 1, 8, 0, 5, 2] {
         let task = TaskEnvelope::new("echo", json!(null)).with_priority(priority);

@@ -117,8 +117,8 @@ async fn signals_count_live_workers_and_recommend_from_the_backlog() {
     );
 
     // The same reading as gauges, for an autoscaler that scrapes Prometheus.
-    gauges::refresh(&env.broker, &env.store, &meter).await;
-    let metrics = Metrics::global();
+    let metrics = Metrics::new();
+    gauges::refresh(&env.broker, &env.store, &meter, &metrics).await;
     assert_eq!(metrics.fleet_workers.get(), 1);
     assert_eq!(metrics.backlog_per_worker.get(), 30.0);
     assert_eq!(metrics.scale_recommendation.get(), 1);

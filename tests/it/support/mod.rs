@@ -162,8 +162,8 @@ impl TestEnv {
 
     /// Starts `worker` in the background; stop it with [`RunningWorker::stop`].
     pub fn spawn(&self, worker: Worker) -> RunningWorker {
-        let counts = worker.counts();
-        run_in_background(counts, |stop| async move {
+        let (counts, liveness) = (worker.counts(), worker.liveness());
+        run_in_background(counts, liveness, |stop| async move {
             worker.run(stop).await.expect("worker runs");
         })
     }
@@ -183,8 +183,8 @@ impl TestEnv {
 
     /// Starts an assembled worker in the background.
     pub fn spawn_assembled(&self, assembled: worker::Assembled) -> RunningWorker {
-        let counts = assembled.worker.counts();
-        run_in_background(counts, |stop| async move {
+        let (counts, liveness) = (assembled.worker.counts(), assembled.worker.liveness());
+        run_in_background(counts, liveness, |stop| async move {
             assembled
                 .run(stop, Duration::from_secs(5))
                 .await
@@ -409,9 +409,18 @@ pub struct RunningWorker {
     stop_tx: watch::Sender<bool>,
     handle: JoinHandle<()>,
     pub counts: std::sync::Arc<WorkerCounts>,
+    liveness: std::sync::Arc<swarm_director::worker::liveness::Liveness>,
 }
 
 impl RunningWorker {
+    /// Waits until the worker has set up, drained what was waiting and hears new publishes.
+    pub async fn ready(&self) {
+        eventually("the worker listens", Duration::from_secs(30), || async {
+            self.liveness.is_listening().then_some(())
+        })
+        .await;
+    }
+
     /// Asks the worker to shut down and waits until it has.
     pub async fn stop(self) -> std::sync::Arc<WorkerCounts> {
         let _ = self.stop_tx.send(true);
@@ -429,7 +438,11 @@ pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
 }
 
 /// Runs `run` on a task until the returned handle is told to stop.
-fn run_in_background<F, Fut>(counts: std::sync::Arc<WorkerCounts>, run: F) -> RunningWorker
+fn run_in_background<F, Fut>(
+    counts: std::sync::Arc<WorkerCounts>,
+    liveness: std::sync::Arc<swarm_director::worker::liveness::Liveness>,
+    run: F,
+) -> RunningWorker
 where
     F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -442,6 +455,7 @@ where
         stop_tx,
         handle: tokio::spawn(run(stop)),
         counts,
+        liveness,
     }
 }
 
