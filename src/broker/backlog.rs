@@ -69,29 +69,29 @@ impl Broker {
     /// Fails when the stream cannot be read. Tasks in a lane no worker has served yet count
     /// as pending.
     pub async fn backlog(&self) -> Result<Backlog, BrokerError> {
-        let stream_error = |e: &dyn std::fmt::Display| BrokerError::Stream {
+        let stream_error = |source: super::NatsError| BrokerError::Stream {
             stream: self.settings().stream.clone(),
-            reason: e.to_string(),
+            source,
         };
         let stream = self
             .jetstream()
             .get_stream(&self.settings().stream)
             .await
-            .map_err(|e| stream_error(&e))?;
+            .map_err(|e| stream_error(e.into()))?;
         let mut stored = BTreeMap::new();
         let mut counts = stream
             .info_with_subjects(self.subjects().all_tasks())
             .await
-            .map_err(|e| stream_error(&e))?;
+            .map_err(|e| stream_error(e.into()))?;
         while let Some(entry) = counts.next().await {
-            let (subject, count) = entry.map_err(|e| stream_error(&e))?;
+            let (subject, count) = entry.map_err(|e| stream_error(e.into()))?;
             stored.insert(subject, count as u64);
         }
         let group_prefix = format!("{}-p", self.settings().consumer_group);
         let mut consumers = HashMap::new();
         let mut listed = stream.consumers();
         while let Some(info) = listed.next().await {
-            let info = info.map_err(|e| stream_error(&e))?;
+            let info = info.map_err(|e| stream_error(e.into()))?;
             if info.name.starts_with(&group_prefix) {
                 consumers.insert(info.config.filter_subject.clone(), info);
             }

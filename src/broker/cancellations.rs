@@ -32,12 +32,12 @@ impl Broker {
             self.client()
                 .publish(subject.clone(), body.into())
                 .await
-                .map_err(|e| BrokerError::Request(e.to_string()))?;
+                .map_err(|e| BrokerError::Request(e.into()))?;
         }
         self.client()
             .flush()
             .await
-            .map_err(|e| BrokerError::Request(e.to_string()))
+            .map_err(|e| BrokerError::Request(e.into()))
     }
 
     /// Every cancellation notice from now on.
@@ -48,12 +48,12 @@ impl Broker {
             .client()
             .subscribe(self.subjects().cancellations())
             .await
-            .map_err(|e| BrokerError::Request(e.to_string()))?;
+            .map_err(|e| BrokerError::Request(e.into()))?;
         // Known to the server before the caller reads what was cancelled so far.
         self.client()
             .flush()
             .await
-            .map_err(|e| BrokerError::Request(e.to_string()))?;
+            .map_err(|e| BrokerError::Request(e.into()))?;
         Ok(subscriber)
     }
 }

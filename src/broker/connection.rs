@@ -78,7 +78,7 @@ impl Broker {
         let client = tokio::time::timeout(Duration::from_secs(10), options.connect(urls))
             .await
             .map_err(|_| {
-                BrokerError::Request(format!("no NATS server answered at {}", settings.url))
+                BrokerError::Request(format!("no NATS server answered at {}", settings.url).into())
             })?
             .map_err(|source| BrokerError::Connect {
                 url: settings.url.to_string(),
@@ -162,9 +162,9 @@ impl Broker {
         }
         super::stream_setup::ensure(&self.jetstream, config)
             .await
-            .map_err(|reason| BrokerError::Stream {
+            .map_err(|source| BrokerError::Stream {
                 stream: self.settings.stream.clone(),
-                reason,
+                source,
             })?;
         self.schedules.store(schedules, Ordering::Relaxed);
         self.ensure_delay_stream().await
@@ -202,7 +202,7 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::Stream {
                 stream: self.settings.stream.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         let config = &stream.cached_info().config;
         let held = self.subjects.held_stream_subject();
@@ -237,7 +237,7 @@ impl Broker {
             .map(|_| ())
             .map_err(|e| BrokerError::Stream {
                 stream: self.settings.stream.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })
     }
 }

@@ -94,9 +94,9 @@ impl Broker {
         };
         super::stream_setup::ensure(self.jetstream(), config)
             .await
-            .map_err(|reason| BrokerError::Stream {
+            .map_err(|source| BrokerError::Stream {
                 stream: self.delay_stream(),
-                reason,
+                source,
             })
     }
 
@@ -105,10 +105,8 @@ impl Broker {
     ///
     /// Fails when the tasks stream cannot be read.
     pub async fn delayed_counts(&self) -> Result<DelayedCounts, BrokerError> {
-        let stream_error = |stream: String, e: &dyn std::fmt::Display| BrokerError::Stream {
-            stream,
-            reason: e.to_string(),
-        };
+        let stream_error =
+            |stream: String, source: super::NatsError| BrokerError::Stream { stream, source };
         let tasks = &self.settings().stream;
         let mut counts = DelayedCounts::default();
         if self.stream_takes_schedules() {
@@ -116,13 +114,13 @@ impl Broker {
                 .jetstream()
                 .get_stream(tasks)
                 .await
-                .map_err(|e| stream_error(tasks.clone(), &e))?;
+                .map_err(|e| stream_error(tasks.clone(), e.into()))?;
             let mut held = stream
                 .info_with_subjects(self.subjects().held_stream_subject())
                 .await
-                .map_err(|e| stream_error(tasks.clone(), &e))?;
+                .map_err(|e| stream_error(tasks.clone(), e.into()))?;
             while let Some(entry) = held.next().await {
-                let (_, count) = entry.map_err(|e| stream_error(tasks.clone(), &e))?;
+                let (_, count) = entry.map_err(|e| stream_error(tasks.clone(), e.into()))?;
                 counts.held_by_server += count as u64;
             }
         }
@@ -157,15 +155,15 @@ impl Broker {
     /// Takes delayed messages as they become available (a held one comes back when due).
     async fn move_due_tasks(&self) -> Result<(), BrokerError> {
         let name = format!("{}-delays", self.settings().consumer_group);
-        let consumer_error = |reason: String| BrokerError::Consumer {
+        let consumer_error = |source: crate::broker::NatsError| BrokerError::Consumer {
             consumer: name.clone(),
-            reason,
+            source,
         };
         let stream = self
             .jetstream()
             .get_stream(self.delay_stream())
             .await
-            .map_err(|e| consumer_error(e.to_string()))?;
+            .map_err(|e| consumer_error(e.into()))?;
         let consumer: jetstream::consumer::PullConsumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(name.clone()),
@@ -179,13 +177,13 @@ impl Broker {
                 ..Default::default()
             })
             .await
-            .map_err(|e| consumer_error(e.to_string()))?;
+            .map_err(|e| consumer_error(e.into()))?;
         let mut messages = consumer
             .messages()
             .await
-            .map_err(|e| consumer_error(e.to_string()))?;
+            .map_err(|e| consumer_error(e.into()))?;
         while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| consumer_error(e.to_string()))?;
+            let message = message.map_err(|e| consumer_error(e.into()))?;
             self.move_or_hold(message).await;
         }
         Ok(())

@@ -1,5 +1,8 @@
 //! Broker failures, one variant per operation so callers can tell setup from traffic.
 
+/// What the NATS client reported, kept whole (its kind and source chain) rather than as text.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A JetStream or NATS operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -13,10 +16,10 @@ pub enum BrokerError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot set up stream {stream}: {reason}")]
-    Stream { stream: String, reason: String },
-    #[error("cannot set up consumer {consumer}: {reason}")]
-    Consumer { consumer: String, reason: String },
+    #[error("cannot set up stream {stream}: {source}")]
+    Stream { stream: String, source: NatsError },
+    #[error("cannot set up consumer {consumer}: {source}")]
+    Consumer { consumer: String, source: NatsError },
     #[error("{feature} needs NATS server {needs} or later; the server is {server}")]
     Unsupported {
         feature: &'static str,
@@ -32,10 +35,10 @@ pub enum BrokerError {
     Encode(#[from] crate::task::EncodeError),
     #[error("invalid task: {0}")]
     Envelope(#[from] crate::task::EnvelopeError),
-    #[error("cannot pull from {consumer}: {reason}")]
-    Fetch { consumer: String, reason: String },
+    #[error("cannot pull from {consumer}: {source}")]
+    Fetch { consumer: String, source: NatsError },
     #[error("NATS request failed: {0}")]
-    Request(String),
+    Request(#[source] NatsError),
 }
 
 impl crate::fault::Classify for BrokerError {

@@ -88,10 +88,10 @@ impl LaneCounter {
             .stream
             .info_with_subjects(&self.filter_subject)
             .await
-            .map_err(|e| self.error(e.to_string()))?;
+            .map_err(|e| self.error(e.into()))?;
         let mut occupied = BTreeSet::new();
         while let Some(entry) = counts.next().await {
-            let (subject, count) = entry.map_err(|e| self.error(e.to_string()))?;
+            let (subject, count) = entry.map_err(|e| self.error(e.into()))?;
             if let Some((priority, agent)) = self.subjects.parse_task(&subject)
                 && count > 0
                 && self.agents.admits(agent)
@@ -119,10 +119,10 @@ impl LaneCounter {
         });
     }
 
-    fn error(&self, reason: String) -> BrokerError {
+    fn error(&self, source: super::NatsError) -> BrokerError {
         BrokerError::Fetch {
             consumer: "(subject counts)".into(),
-            reason,
+            source,
         }
     }
 }

@@ -109,21 +109,21 @@ impl Broker {
             inactive_threshold: settings.lane_expiry(),
             ..Default::default()
         };
-        let consumer_error = |reason: String| BrokerError::Consumer {
+        let consumer_error = |source: crate::broker::NatsError| BrokerError::Consumer {
             consumer: name.clone(),
-            reason,
+            source,
         };
         // Creating an existing durable updates its editable settings (ack wait, limits).
         let consumer: PullConsumer = stream
             .create_consumer(config)
             .await
-            .map_err(|e| consumer_error(e.to_string()))?;
+            .map_err(|e| consumer_error(e.into()))?;
         let info = consumer.cached_info();
         if info.config.filter_subject != filter {
-            return Err(consumer_error(format!(
+            return Err(consumer_error(crate::broker::NatsError::from(format!(
                 "server kept filter {:?} instead of {filter:?}",
                 info.config.filter_subject
-            )));
+            ))));
         }
         Ok(consumer)
     }

@@ -24,7 +24,7 @@ pub use cancellations::CancelNotice;
 pub use connection::Broker;
 pub use delayed::DelayedCounts;
 pub use doorbell::Doorbell;
-pub use error::BrokerError;
+pub use error::{BrokerError, NatsError};
 pub use lanes::Priorities;
 pub use lanes::lane_name;
 pub use payloads::PayloadError;

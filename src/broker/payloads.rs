@@ -6,13 +6,15 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{
+    ErrorCode,
+    context::{GetStreamError, GetStreamErrorKind},
     object_store::{self, GetErrorKind, ObjectStore},
     stream::StorageType,
 };
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
-use super::Broker;
+use super::{Broker, NatsError};
 use crate::{
     fault::{Classify, Fault},
     task::PayloadRef,
@@ -37,7 +39,7 @@ pub enum PayloadError {
     NoBucket(String),
     /// The broker could not be asked (down, timed out, refused for now).
     #[error("cannot reach the payload store: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] NatsError),
 }
 
 /// Most bytes reserved up front for an object, whatever its reference claims.
@@ -85,7 +87,7 @@ impl Broker {
             })
             .await
             .map(|_| ())
-            .map_err(|e| PayloadError::Unavailable(e.to_string()))
+            .map_err(|e| PayloadError::Unavailable(e.into()))
     }
 
     async fn payloads(&self, bucket: &str) -> Result<ObjectStore, PayloadError> {
@@ -93,11 +95,17 @@ impl Broker {
             .get_object_store(bucket)
             .await
             .map_err(|e| {
-                let text = e.to_string();
-                if text.contains("not found") {
+                // The bucket's stream is missing: decided by the server's error code.
+                let missing = std::error::Error::source(&e)
+                    .and_then(|source| source.downcast_ref::<GetStreamError>())
+                    .is_some_and(|source| {
+                        matches!(source.kind(), GetStreamErrorKind::JetStream(error)
+                            if error.error_code() == ErrorCode::STREAM_NOT_FOUND)
+                    });
+                if missing {
                     PayloadError::NoBucket(bucket.to_string())
                 } else {
-                    PayloadError::Unavailable(text)
+                    PayloadError::Unavailable(e.into())
                 }
             })
     }
@@ -108,10 +116,9 @@ impl Broker {
         let bucket = self.payload_bucket();
         let store = self.payloads(&bucket).await?;
         let mut reader = json;
-        store
-            .put(name.as_str(), &mut reader)
-            .await
-            .map_err(|e| PayloadError::Unavailable(format!("putting {bucket}/{name}: {e}")))?;
+        store.put(name.as_str(), &mut reader).await.map_err(|e| {
+            PayloadError::Unavailable(format!("putting {bucket}/{name}: {e}").into())
+        })?;
         Ok(PayloadRef {
             bucket,
             name,
@@ -135,7 +142,7 @@ impl Broker {
             .await
             .map_err(|e| match e.kind() {
                 GetErrorKind::NotFound | GetErrorKind::InvalidName => missing(),
-                _ => PayloadError::Unavailable(e.to_string()),
+                _ => PayloadError::Unavailable(e.into()),
             })?;
         // The size is the producer's word: a hint, bounded, never trusted for memory.
         let hint = usize::try_from(reference.size)
@@ -145,7 +152,7 @@ impl Broker {
         object
             .read_to_end(&mut json)
             .await
-            .map_err(|e| PayloadError::Unavailable(e.to_string()))?;
+            .map_err(|e| PayloadError::Unavailable(e.into()))?;
         serde_json::from_slice(&json).map_err(|e| PayloadError::Unreadable {
             bucket: reference.bucket.clone(),
             name: reference.name.clone(),

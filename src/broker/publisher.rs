@@ -156,7 +156,7 @@ impl Broker {
         let reference = self
             .put_payload(format!("{}.data", task.id), &json)
             .await
-            .map_err(|e| BrokerError::Request(e.to_string()))?;
+            .map_err(|e| BrokerError::Request(e.into()))?;
         Ok(TaskEnvelope {
             data: serde_json::Value::Null,
             data_ref: Some(reference),

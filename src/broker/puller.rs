@@ -86,7 +86,7 @@ impl PriorityPuller {
             .await
             .map_err(|e| BrokerError::Stream {
                 stream: broker.settings().stream.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         broker.remove_priority_consumers(&stream).await;
         let counter = LaneCounter {
@@ -333,19 +333,19 @@ impl PriorityPuller {
         patience: Duration,
         taken: &mut Vec<jetstream::Message>,
     ) -> Result<(), BrokerError> {
-        let fetch_error = |reason: String| BrokerError::Fetch {
+        let fetch_error = |source: crate::broker::NatsError| BrokerError::Fetch {
             consumer: consumer.cached_info().name.clone(),
-            reason,
+            source,
         };
         let mut batch = consumer
             .fetch()
             .max_messages(wanted)
             .messages()
             .await
-            .map_err(|e| fetch_error(e.to_string()))?;
+            .map_err(|e| fetch_error(e.into()))?;
         let drained = tokio::time::timeout(patience, async {
             while let Some(message) = batch.next().await {
-                taken.push(message.map_err(|e| fetch_error(e.to_string()))?);
+                taken.push(message.map_err(|e| fetch_error(e))?);
             }
             Ok(())
         })
@@ -368,7 +368,7 @@ impl PriorityPuller {
                 client
                     .subscribe(subject)
                     .await
-                    .map_err(|e| BrokerError::Request(e.to_string()))?,
+                    .map_err(|e| BrokerError::Request(e.into()))?,
             );
         }
         // The server must know the subscription before the caller's rescan, or a publish in
@@ -376,7 +376,7 @@ impl PriorityPuller {
         client
             .flush()
             .await
-            .map_err(|e| BrokerError::Request(e.to_string()))?;
+            .map_err(|e| BrokerError::Request(e.into()))?;
         Ok(Doorbell {
             subscriber: futures::stream::select_all(subscribers),
             subjects: self.broker.subjects().clone(),

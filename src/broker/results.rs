@@ -87,7 +87,7 @@ impl Broker {
         self.client()
             .publish(self.subjects().result(&outcome.id), payload.into())
             .await
-            .map_err(|e| BrokerError::Request(format!("cannot announce an outcome: {e}")))
+            .map_err(|e| BrokerError::Request(format!("cannot announce an outcome: {e}").into()))
     }
 
     /// Listens for the outcomes of `ids`. Subscribe before publishing the tasks: an
@@ -105,15 +105,16 @@ impl Broker {
                 .client()
                 .subscribe(subject.clone())
                 .await
-                .map_err(|e| BrokerError::Request(format!("cannot subscribe to {subject}: {e}")))?;
+                .map_err(|e| {
+                    BrokerError::Request(format!("cannot subscribe to {subject}: {e}").into())
+                })?;
             messages.push(subscriber);
         }
         // The server has every subscription once the flush returns: a task published on
         // another connection and finished at once is still announced to us.
-        self.client()
-            .flush()
-            .await
-            .map_err(|e| BrokerError::Request(format!("cannot subscribe to outcomes: {e}")))?;
+        self.client().flush().await.map_err(|e| {
+            BrokerError::Request(format!("cannot subscribe to outcomes: {e}").into())
+        })?;
         Ok(OutcomeWatch {
             messages,
             awaited: ids.iter().copied().collect(),

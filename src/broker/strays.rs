@@ -24,18 +24,18 @@ impl Broker {
     ///
     /// Fails when the stream cannot be read.
     pub async fn stray_subjects(&self) -> Result<Vec<String>, BrokerError> {
-        let error = |reason: String| BrokerError::Fetch {
+        let error = |source: crate::broker::NatsError| BrokerError::Fetch {
             consumer: "(stray subjects)".into(),
-            reason,
+            source,
         };
         let stream = self.tasks_stream().await?;
         let mut counts = stream
             .info_with_subjects(self.subjects().all_tasks())
             .await
-            .map_err(|e| error(e.to_string()))?;
+            .map_err(|e| error(e.into()))?;
         let mut strays = Vec::new();
         while let Some(entry) = counts.next().await {
-            let (subject, count) = entry.map_err(|e| error(e.to_string()))?;
+            let (subject, count) = entry.map_err(|e| error(e.into()))?;
             if count > 0 && self.subjects().parse_task(&subject).is_none() {
                 strays.push(subject);
             }
@@ -55,9 +55,9 @@ impl Broker {
             self.settings().consumer_group,
             name_hash(subject)
         );
-        let consumer_error = |reason: String| BrokerError::Consumer {
+        let consumer_error = |source: crate::broker::NatsError| BrokerError::Consumer {
             consumer: name.clone(),
-            reason,
+            source,
         };
         let stream = self.tasks_stream().await?;
         let consumer: PullConsumer = stream
@@ -72,16 +72,16 @@ impl Broker {
                 ..Default::default()
             })
             .await
-            .map_err(|e| consumer_error(e.to_string()))?;
+            .map_err(|e| consumer_error(e.into()))?;
         let mut batch = consumer
             .fetch()
             .max_messages(STRAY_BATCH)
             .messages()
             .await
-            .map_err(|e| consumer_error(e.to_string()))?;
+            .map_err(|e| consumer_error(e.into()))?;
         let mut messages = Vec::new();
         while let Some(message) = batch.next().await {
-            messages.push(message.map_err(|e| consumer_error(e.to_string()))?);
+            messages.push(message.map_err(|e| consumer_error(e))?);
         }
         Ok(messages)
     }
@@ -92,7 +92,7 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::Stream {
                 stream: self.settings().stream.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })
     }
 }

@@ -8,7 +8,10 @@ use async_nats::jetstream::{self, stream::Config};
 /// Creates the stream `wanted.name`, or updates the fields the fleet sets when one differs.
 ///
 /// Fails with the server's reason when the stream cannot be read, created or updated.
-pub(crate) async fn ensure(jetstream: &jetstream::Context, wanted: Config) -> Result<(), String> {
+pub(crate) async fn ensure(
+    jetstream: &jetstream::Context,
+    wanted: Config,
+) -> Result<(), super::NatsError> {
     match jetstream.get_stream(&wanted.name).await {
         Ok(stream) => {
             // `get_stream` just read the settings: no second request.
@@ -19,7 +22,7 @@ pub(crate) async fn ensure(jetstream: &jetstream::Context, wanted: Config) -> Re
                 jetstream
                     .update_stream(&merged)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(super::NatsError::from)?;
             }
             Ok(())
         }
@@ -30,7 +33,7 @@ pub(crate) async fn ensure(jetstream: &jetstream::Context, wanted: Config) -> Re
                 .get_stream(&wanted.name)
                 .await
                 .map(|_| ())
-                .map_err(|_| create.to_string()),
+                .map_err(|_| create.into()),
         },
     }
 }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use super::{DeadLetter, DeadReason};
-use crate::broker::{Broker, Subjects, headers};
+use crate::broker::{Broker, NatsError, Subjects, headers};
 
 /// How long dead letters are kept.
 const RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -27,8 +27,8 @@ const READ_IDLE: Duration = Duration::from_secs(2);
 /// A dead-letter stream operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
-    #[error("cannot set up dead-letter stream {stream}: {reason}")]
-    Setup { stream: String, reason: String },
+    #[error("cannot set up dead-letter stream {stream}: {source}")]
+    Setup { stream: String, source: NatsError },
     #[error("cannot publish dead letter {id}: {source}")]
     Publish {
         id: Uuid,
@@ -36,8 +36,8 @@ pub enum DlqError {
     },
     #[error("dead letter {id} does not fit in one {max_bytes}-byte broker message even when cut")]
     TooLarge { id: Uuid, max_bytes: usize },
-    #[error("cannot read dead-letter stream {stream}: {reason}")]
-    Read { stream: String, reason: String },
+    #[error("cannot read dead-letter stream {stream}: {source}")]
+    Read { stream: String, source: NatsError },
     #[error("dead letter #{sequence} is not a valid record: {reason}")]
     Corrupt { sequence: u64, reason: String },
 }
@@ -148,9 +148,9 @@ impl DeadLetterStream {
         };
         crate::broker::ensure_stream_config(&self.jetstream, config)
             .await
-            .map_err(|reason| DlqError::Setup {
+            .map_err(|source| DlqError::Setup {
                 stream: self.name.clone(),
-                reason,
+                source,
             })
     }
 
@@ -238,7 +238,7 @@ impl DeadLetterStream {
         filter: &Filter,
         mut visit: impl FnMut(StoredDeadLetter),
     ) -> Result<(), DlqError> {
-        let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
+        let read_error = |e: NatsError| self.read_error(e);
         let stream = self.stream().await?;
         if stream.cached_info().state.messages == 0 {
             return Ok(());
@@ -254,11 +254,14 @@ impl DeadLetterStream {
                 ..Default::default()
             })
             .await
-            .map_err(|e| read_error(&e))?;
-        let mut messages = consumer.messages().await.map_err(|e| read_error(&e))?;
+            .map_err(|e| read_error(e.into()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| read_error(e.into()))?;
         while let Ok(Some(message)) = tokio::time::timeout(READ_IDLE, messages.next()).await {
-            let message = message.map_err(|e| read_error(&e))?;
-            let info = message.info().map_err(|e| read_error(&e))?;
+            let message = message.map_err(|e| read_error(e.into()))?;
+            let info = message.info().map_err(|e| read_error(e))?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             match serde_json::from_slice::<DeadLetter>(&message.payload) {
                 Ok(letter) if filter.matches(&letter) => {
@@ -293,12 +296,12 @@ impl DeadLetterStream {
         limit: usize,
     ) -> Result<Page, DlqError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
-        let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
+        let read_error = |e: NatsError| self.read_error(e);
         let mut stream = self.stream().await?;
         let state = stream
             .info()
             .await
-            .map_err(|e| read_error(&e))?
+            .map_err(|e| read_error(e.into()))?
             .state
             .clone();
         let scope = filter
@@ -311,10 +314,10 @@ impl DeadLetterStream {
                 let mut counts = stream
                     .info_with_subjects(subject)
                     .await
-                    .map_err(|e| read_error(&e))?;
+                    .map_err(|e| read_error(e.into()))?;
                 let mut total = 0;
                 while let Some(entry) = counts.next().await {
-                    total += entry.map_err(|e| read_error(&e))?.1 as u64;
+                    total += entry.map_err(|e| read_error(e.into()))?.1 as u64;
                 }
                 total
             }
@@ -340,7 +343,7 @@ impl DeadLetterStream {
             let message = match stream.direct_get(at).await {
                 Ok(message) => message,
                 Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => continue,
-                Err(error) => return Err(read_error(&error)),
+                Err(error) => return Err(read_error(error.into())),
             };
             if scope
                 .as_ref()
@@ -388,12 +391,12 @@ impl DeadLetterStream {
             .delete_message(sequence)
             .await
             .map(|_| ())
-            .map_err(|e| self.read_error(&e))
+            .map_err(|e| self.read_error(e.into()))
     }
 
     /// Removes every record, or those of one agent type; returns how many.
     pub async fn purge(&self, agent_type: Option<&str>) -> Result<u64, DlqError> {
-        let read_error = |e: &dyn std::fmt::Display| self.read_error(e);
+        let read_error = |e: NatsError| self.read_error(e);
         let stream = self.stream().await?;
         let response = match agent_type {
             Some(agent) => {
@@ -404,7 +407,7 @@ impl DeadLetterStream {
             }
             None => stream.purge().await,
         }
-        .map_err(|e| read_error(&e))?;
+        .map_err(|e| read_error(e.into()))?;
         Ok(response.purged)
     }
 
@@ -412,13 +415,13 @@ impl DeadLetterStream {
         self.jetstream
             .get_stream(&self.name)
             .await
-            .map_err(|e| self.read_error(&e))
+            .map_err(|e| self.read_error(e.into()))
     }
 
-    fn read_error(&self, error: &dyn std::fmt::Display) -> DlqError {
+    fn read_error(&self, source: NatsError) -> DlqError {
         DlqError::Read {
             stream: self.name.clone(),
-            reason: error.to_string(),
+            source,
         }
     }
 
@@ -430,7 +433,7 @@ impl DeadLetterStream {
             .map(|_| ())
             .map_err(|e| DlqError::Setup {
                 stream: self.name.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })
     }
 }

@@ -28,7 +28,7 @@ pub async fn run(
         .client()
         .queue_subscribe(broker.subjects().stored_tasks(), group)
         .await
-        .map_err(|e| BrokerError::Request(e.to_string()))?;
+        .map_err(|e| BrokerError::Request(e.into()))?;
     tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {

@@ -36,7 +36,7 @@ pub async fn answer_roll_calls(
     let mut calls = client
         .subscribe(broker.subjects().roll_call())
         .await
-        .map_err(|e| BrokerError::Request(e.to_string()))?;
+        .map_err(|e| BrokerError::Request(e.into()))?;
     tokio::pin!(stop);
     loop {
         let call = tokio::select! {
@@ -68,15 +68,15 @@ pub async fn roll_call(
     let mut answers = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| BrokerError::Request(e.to_string()))?;
+        .map_err(|e| BrokerError::Request(e.into()))?;
     client
         .publish_with_reply(broker.subjects().roll_call(), inbox, "".into())
         .await
-        .map_err(|e| BrokerError::Request(e.to_string()))?;
+        .map_err(|e| BrokerError::Request(e.into()))?;
     client
         .flush()
         .await
-        .map_err(|e| BrokerError::Request(e.to_string()))?;
+        .map_err(|e| BrokerError::Request(e.into()))?;
     let mut present = Vec::new();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);

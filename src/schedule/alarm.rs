@@ -79,15 +79,15 @@ pub async fn rings(broker: &Broker) -> Result<Option<Rings>, BrokerError> {
         return Ok(None);
     }
     let name = format!("{}-alarms", broker.settings().consumer_group);
-    let consumer_error = |reason: String| BrokerError::Consumer {
+    let consumer_error = |source: crate::broker::NatsError| BrokerError::Consumer {
         consumer: name.clone(),
-        reason,
+        source,
     };
     let stream = broker
         .jetstream()
         .get_stream(&broker.settings().stream)
         .await
-        .map_err(|e| consumer_error(e.to_string()))?;
+        .map_err(|e| consumer_error(e.into()))?;
     let consumer: jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(name.clone()),
@@ -99,12 +99,12 @@ pub async fn rings(broker: &Broker) -> Result<Option<Rings>, BrokerError> {
             ..Default::default()
         })
         .await
-        .map_err(|e| consumer_error(e.to_string()))?;
+        .map_err(|e| consumer_error(e.into()))?;
     consumer
         .messages()
         .await
         .map(Some)
-        .map_err(|e| consumer_error(e.to_string()))
+        .map_err(|e| consumer_error(e.into()))
 }
 
 /// The next alarm to ring; pending forever without alarms or once their stream ended.

@@ -45,7 +45,7 @@ pub async fn run(
                 .client()
                 .queue_subscribe(subject, group.clone())
                 .await
-                .map_err(|e| BrokerError::Request(e.to_string()))?,
+                .map_err(|e| BrokerError::Request(e.into()))?,
         );
     }
     let mut sightings = futures::stream::select_all(subscriptions);

@@ -119,3 +119,27 @@ async fn a_claim_check_whose_object_is_gone_becomes_a_dead_letter_and_the_rest_f
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_never_made_is_told_apart_from_an_unreachable_one_by_its_error_code() {
+    use swarm_director::{broker::PayloadError, fault::Classify};
+    let env = TestEnv::new().await;
+    let reference = PayloadRef {
+        bucket: env.broker.payload_bucket(),
+        name: "x.data".into(),
+        size: 1,
+    };
+    // As on a fleet where `swarmd migrate` never ran: the test's bucket removed.
+    async_nats::jetstream::new(env.broker.client().clone())
+        .delete_object_store(&reference.bucket)
+        .await
+        .unwrap();
+    let error = env.broker.get_payload(&reference).await.unwrap_err();
+    assert!(
+        matches!(&error, PayloadError::NoBucket(bucket) if *bucket == reference.bucket),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("swarmd migrate"), "{error}");
+    assert_eq!(error.fault(), swarm_director::fault::Fault::Transient);
+    env.cleanup().await;
+}
