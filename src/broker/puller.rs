@@ -345,7 +345,7 @@ impl PriorityPuller {
             .map_err(|e| fetch_error(e.into()))?;
         let drained = tokio::time::timeout(patience, async {
             while let Some(message) = batch.next().await {
-                taken.push(message.map_err(|e| fetch_error(e))?);
+                taken.push(message.map_err(&fetch_error)?);
             }
             Ok(())
         })

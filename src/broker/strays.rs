@@ -81,7 +81,7 @@ impl Broker {
             .map_err(|e| consumer_error(e.into()))?;
         let mut messages = Vec::new();
         while let Some(message) = batch.next().await {
-            messages.push(message.map_err(|e| consumer_error(e))?);
+            messages.push(message.map_err(&consumer_error)?);
         }
         Ok(messages)
     }

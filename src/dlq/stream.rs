@@ -261,7 +261,7 @@ impl DeadLetterStream {
             .map_err(|e| read_error(e.into()))?;
         while let Ok(Some(message)) = tokio::time::timeout(READ_IDLE, messages.next()).await {
             let message = message.map_err(|e| read_error(e.into()))?;
-            let info = message.info().map_err(|e| read_error(e))?;
+            let info = message.info().map_err(&read_error)?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             match serde_json::from_slice::<DeadLetter>(&message.payload) {
                 Ok(letter) if filter.matches(&letter) => {
