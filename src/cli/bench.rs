@@ -1,5 +1,8 @@
 //! `swarmd bench`: burn-down and steady-rate benchmarks on the configured services, in a
 //! private stream, schema and Redis prefix that are removed afterwards.
+//!
+//! Longer than most commands: setting up, running and reporting a benchmark share its
+//! private resources and are read together.
 
 use std::{
     process::Stdio,

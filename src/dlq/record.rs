@@ -1,4 +1,6 @@
 //! The dead-letter record (`schemas/dead-letter.schema.json`).
+//!
+//! Over 400 lines with its unit tests; the code itself is under 300.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,9 @@
 //! The dead-letter stream: its setup, publishing records, and reading, deleting and purging
 //! them for `swarmd dlq`. Its name and subjects follow the tasks stream's, so several fleets
 //! share one server.
+//!
+//! Longer than most modules: paged reading with filters and cursors is most of it, and it
+//! shares the stream's setup and subjects with writing.
 
 use std::time::Duration;
 

@@ -6,6 +6,8 @@
 //! - Over the token's rate: 429 with `Retry-After`.
 //!
 //! Tokens are compared in constant time, against every configured token (no early exit).
+//!
+//! Over 400 lines with its unit tests; the code itself is under 300.
 
 use std::{
     collections::HashMap,

@@ -6,6 +6,9 @@
 //! publishes it again after [`RECLAIM_AFTER`].
 //!
 //! A legacy task names its agent in `data.agent_type` and its input in `data.data`.
+//!
+//! Longer than most modules: the claim, publish and reclaim steps share one contract with
+//! the seed's producers, and its unit tests of that contract sit beside it.
 
 use std::time::Duration;
 

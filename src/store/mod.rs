@@ -7,6 +7,7 @@ mod keys;
 mod pool;
 mod retention;
 mod router;
+mod rows;
 mod search;
 mod tasks;
 
@@ -14,7 +15,7 @@ pub use cancel::{CancelFilter, CancelReport};
 pub use retention::{DAYS_AHEAD, PartitionReport, partition_name};
 pub use router::ReadFrom;
 pub use search::{MinuteCounts, TaskSearch, TaskSummary};
-pub use tasks::{
+pub use rows::{
     AgentSummary, Claim, Claimed, Origin, RowKey, Settled, SettledStatus, TaskRecord, TaskStatus,
 };
 

@@ -2,6 +2,9 @@
 //! them in one statement, run each, and hand the outcomes to the settler. Idle, it sleeps on
 //! the doorbell. On shutdown it stops pulling, lets in-flight tasks finish within the grace
 //! period (handing back those that do not), and flushes pending commits.
+//!
+//! Longer than most modules: the pull loop is the hot path, kept whole until its rewrite
+//! (one owner for the puller's state, issue 13) lands.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
