@@ -5,13 +5,15 @@
 //! and only then acknowledge the message.
 //!
 //! # Layout
-//! - [`config`]: one typed settings tree (defaults, file, environment), secrets redacted.
+//! - [`config`]: one table of settings drives the typed tree (defaults, file, environment)
+//!   and the generated reference `docs/configuration.md`; secrets redacted.
 //! - [`task`]: the wire contract: the task envelope and its JSON / MessagePack codecs.
 //! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull,
 //!   outcomes announced on core NATS.
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
 //! - [`cache`]: the Redis result cache of deterministic agents.
 //! - [`fault`]: transient or permanent-for-one-message failures, and isolating the latter.
+//! - [`backoff`]: the one doubling pause of the fleet's own retry loops.
 //! - [`dlq`]: dead letters: the record, and the stream that keeps them for inspection and replay.
 //! - [`mirror`]: the seed's Redis queue contract: mirror of every task's state, intake of
 //!   legacy producers, drift check and rebuild.
@@ -27,6 +29,9 @@
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   the pull loop with graceful shutdown, and the hourly upkeep (retention).
 //! - [`cli`]: one file per `swarmd` subcommand; `main.rs` only dispatches.
+//!
+//! Layers point one way: no module imports another that imports it back, directly or
+//! around a loop (`tests/checks/layers.rs` fails on one).
 
 pub mod agent;
 pub mod backoff;
