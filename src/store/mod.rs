@@ -14,10 +14,10 @@ mod tasks;
 pub use cancel::{CancelFilter, CancelReport};
 pub use retention::{DAYS_AHEAD, PartitionReport, partition_name};
 pub use router::ReadFrom;
-pub use search::{MinuteCounts, TaskSearch, TaskSummary};
 pub use rows::{
     AgentSummary, Claim, Claimed, Origin, RowKey, Settled, SettledStatus, TaskRecord, TaskStatus,
 };
+pub use search::{MinuteCounts, TaskSearch, TaskSummary};
 
 /// A database failure, with what was being done.
 #[derive(Debug, thiserror::Error)]

@@ -209,4 +209,3 @@ pub struct AgentSummary {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
 }
-

@@ -14,9 +14,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    rows::{
-        AgentSummary, Claim, Claimed, RowKey, Settled, TaskRecord,
-    },
+    rows::{AgentSummary, Claim, Claimed, RowKey, Settled, TaskRecord},
 };
 use crate::task::{PayloadRef, TaskEnvelope};
 
