@@ -193,6 +193,9 @@ impl Worker {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        // Before any sidecar: the legacy intake dead-letters what cannot be a task at once,
+        // and a claim it could not settle waits out its reclaim period (found by a test).
+        set_up("the dead-letter stream", || self.dead_letters.ensure()).await?;
         let mut sidecars = JoinSet::new();
         if let Some(mirror) = self.mirror.clone() {
             let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));
@@ -271,7 +274,6 @@ impl Worker {
                 }
             }
         });
-        set_up("the dead-letter stream", || self.dead_letters.ensure()).await?;
         // After the dead-letter stream exists: the first sweep has somewhere to put strays.
         if !matches!(agents, crate::task::AgentFilter::Only(_)) {
             sidecars.spawn(super::strays::run(
