@@ -2,21 +2,29 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = swarm_director::cli::Cli::parse();
-    let _telemetry = match swarm_director::cli::init_telemetry(&cli) {
-        Ok(telemetry) => telemetry,
+    let runtime = match swarm_director::cli::runtime_for(&cli) {
+        Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: cannot start the async runtime: {err}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match swarm_director::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+    runtime.block_on(async {
+        let _telemetry = match swarm_director::cli::init_telemetry(&cli) {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        match swarm_director::cli::run(cli).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
         }
-    }
+    })
 }

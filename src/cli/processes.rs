@@ -29,11 +29,13 @@ pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> 
     let exe = std::env::current_exe().context("finding the swarmd executable")?;
     let args = without_processes_flag(std::env::args_os().skip(1));
     let base_id = settings.worker.worker_id();
+    let threads = super::threads_per_process(count);
     let start = |index: usize| {
         let mut command = Command::new(&exe);
         command
             .args(&args)
             .env("SWARM_WORKER_PROCESSES", "1")
+            .env(super::RUNTIME_THREADS, threads.to_string())
             .env("SWARM_WORKER_ID", format!("{base_id}-{index}"))
             .env(
                 "SWARM_METRICS_ADDR",

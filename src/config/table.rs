@@ -86,6 +86,12 @@ pub const PROCESS_VARIABLES: &[(&str, &str, &str)] = &[
         "worker processes one `swarmd worker` runs (`auto`: the seed's rule; `--processes`)",
     ),
     (
+        "SWARM_RUNTIME_THREADS",
+        "one per core",
+        "threads of a process's async runtime (`1`: one thread); `swarmd worker --processes N` \
+         and `swarmd bench` give each of their N workers cores / N",
+    ),
+    (
         "SWARM_LOG",
         "`info`",
         "log filter (`tracing` env-filter syntax)",
