@@ -59,7 +59,7 @@ pub struct Settlement {
     pub ack: AckKind,
     /// Counted under this label once the broker was told.
     pub label: &'static str,
-    /// The worker's in-flight slot, freed once the message is settled.
+    /// The worker's in-flight slot, freed once the message's batch goes to commit.
     pub slot: Option<OwnedSemaphorePermit>,
     /// The legacy-key move to make once the record is stored.
     pub mirror: Option<MirrorEvent>,
@@ -220,6 +220,12 @@ async fn run(mut rx: mpsc::Receiver<Settlement>, sinks: Sinks, config: SettlerCo
             .acquire_owned()
             .await
             .expect("the commit semaphore is never closed");
+        // A batch going to commit frees its slots: the pull loop refills while PostgreSQL
+        // works. Still bounded — at most `parallelism` batches commit at once (a held one
+        // keeps its leases alive), and the next waits above with its slots held.
+        for settlement in &mut batch {
+            settlement.slot = None;
+        }
         let sinks = sinks.clone();
         running.spawn(async move {
             settle_batch(&sinks, batch).await;
