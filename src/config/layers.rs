@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{
     ConfigError, Settings,
-    table::{SETTINGS, Setting, by_key},
+    table::{Kind, SETTINGS, Setting, by_key},
 };
 
 impl Default for Settings {
@@ -55,7 +55,7 @@ impl Settings {
             for (field, value) in fields {
                 let key = format!("{section}.{field}");
                 let setting = by_key(&key).ok_or(ConfigError::UnknownKey { key: key.clone() })?;
-                let text = as_text(&value).map_err(|reason| ConfigError::File {
+                let text = as_text(&value, setting.kind).map_err(|reason| ConfigError::File {
                     key: setting.key,
                     path: String::new(),
                     reason,
@@ -102,8 +102,9 @@ fn env_error(setting: &Setting, value: String, reason: String) -> ConfigError {
 }
 
 /// A TOML value as the text the environment would carry: lists comma separated, a table
-/// as `name=value` pairs.
-fn as_text(value: &toml::Value) -> Result<String, String> {
+/// as `name=value` pairs. An array is taken only where the setting is a list, a table only
+/// where it is a map.
+fn as_text(value: &toml::Value, kind: Kind) -> Result<String, String> {
     let scalar = |value: &toml::Value| match value {
         toml::Value::String(text) => Ok(text.clone()),
         toml::Value::Integer(n) => Ok(n.to_string()),
@@ -111,7 +112,12 @@ fn as_text(value: &toml::Value) -> Result<String, String> {
         toml::Value::Boolean(b) => Ok(b.to_string()),
         other => Err(format!("expected a single value, got {}", other.type_str())),
     };
+    let list = matches!(kind, Kind::List | Kind::UrlList | Kind::SecretList);
     match value {
+        toml::Value::Array(_) if !list => Err(format!("expected one {}, got a list", kind.name())),
+        toml::Value::Table(_) if kind != Kind::Map => {
+            Err(format!("expected one {}, got a table", kind.name()))
+        }
         toml::Value::Array(items) => Ok(items
             .iter()
             .map(scalar)
@@ -129,7 +135,7 @@ fn as_text(value: &toml::Value) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Concurrency, table::Kind};
+    use crate::config::Concurrency;
 
     #[test]
     fn tokens_never_print() {
@@ -239,6 +245,21 @@ mod tests {
         assert_eq!(settings.nats.stream, "S");
         assert_eq!(settings.worker.concurrency, Concurrency::Fixed(3));
         assert_eq!(settings.nats.subject_prefix, "swarm");
+        for shape in [
+            "[nats]\nstream = [\"S\", \"T\"]\n",
+            "[nats.stream]\nx = 1\n",
+        ] {
+            assert!(
+                matches!(
+                    Settings::default().apply_toml(shape),
+                    Err(ConfigError::File {
+                        key: "nats.stream",
+                        ..
+                    })
+                ),
+                "{shape}"
+            );
+        }
         for wrong in [
             "[nats]\nstreem = \"S\"\n",
             "[natz]\nstream = \"S\"\n",
