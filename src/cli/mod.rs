@@ -140,9 +140,18 @@ fn runtime_threads(value: Option<String>) -> std::io::Result<Option<usize>> {
 /// Names the async runtime's thread count of a `swarmd` process.
 pub const RUNTIME_THREADS: &str = "SWARM_RUNTIME_THREADS";
 
-/// The runtime threads each of `processes` worker processes on this host gets.
+/// The runtime threads each of `processes` worker processes on this host gets: what
+/// `SWARM_RUNTIME_THREADS` says when it is set, else an equal share of the cores.
 pub fn threads_per_process(processes: usize) -> usize {
-    (crate::scale::available_cores() / processes.max(1)).max(1)
+    runtime_threads(std::env::var(RUNTIME_THREADS).ok())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| share_of_cores(crate::scale::available_cores(), processes))
+}
+
+/// `cores` shared out between `processes`, at least one thread each.
+fn share_of_cores(cores: usize, processes: usize) -> usize {
+    (cores / processes.max(1)).max(1)
 }
 
 /// Runs the chosen subcommand.
@@ -245,10 +254,10 @@ mod tests {
             refused.to_string().contains("SWARM_RUNTIME_THREADS"),
             "{refused}"
         );
-        let cores = crate::scale::available_cores();
-        assert_eq!(threads_per_process(1), cores);
-        assert_eq!(threads_per_process(cores), 1);
-        assert_eq!(threads_per_process(cores * 4), 1, "never fewer than one");
-        assert_eq!(threads_per_process(0), cores);
+        assert_eq!(share_of_cores(2, 1), 2);
+        assert_eq!(share_of_cores(2, 2), 1);
+        assert_eq!(share_of_cores(8, 3), 2);
+        assert_eq!(share_of_cores(2, 8), 1, "never fewer than one");
+        assert_eq!(share_of_cores(4, 0), 4);
     }
 }

@@ -88,8 +88,8 @@ pub const PROCESS_VARIABLES: &[(&str, &str, &str)] = &[
     (
         "SWARM_RUNTIME_THREADS",
         "one per core",
-        "threads of a process's async runtime (`1`: one thread); `swarmd worker --processes N` \
-         and `swarmd bench` give each of their N workers cores / N",
+        "threads of a process's async runtime (`1`: one thread); unset, `swarmd worker \
+         --processes N` and `swarmd bench` give each of their N workers cores / N",
     ),
     (
         "SWARM_LOG",
