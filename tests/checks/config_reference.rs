@@ -26,27 +26,16 @@ fn the_configuration_page_is_rendered_from_the_settings_table() {
 #[test]
 fn every_variable_the_program_names_is_in_the_reference() {
     use swarm_director::config::table::{PROCESS_VARIABLES, SETTINGS};
-    fn walk(dir: &Path, found: &mut Vec<(String, String)>) {
-        for entry in std::fs::read_dir(dir).expect("read src") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                walk(&path, found);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let source = std::fs::read_to_string(&path).expect("read source");
-                for piece in source.split('"').skip(1).step_by(2) {
-                    let named = piece.starts_with("SWARM_") || piece.starts_with("OTEL_");
-                    if named && piece.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
-                        found.push((piece.to_string(), path.display().to_string()));
-                    }
-                }
+    let mut named = Vec::new();
+    for path in crate::rust_sources().1 {
+        let source = std::fs::read_to_string(&path).expect("read source");
+        for piece in source.split('"').skip(1).step_by(2) {
+            let is_variable = piece.starts_with("SWARM_") || piece.starts_with("OTEL_");
+            if is_variable && piece.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                named.push((piece.to_string(), path.display().to_string()));
             }
         }
     }
-    let mut named = Vec::new();
-    walk(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut named,
-    );
     let known = |name: &str| {
         SETTINGS.iter().any(|s| s.env == name) || PROCESS_VARIABLES.iter().any(|p| p.0 == name)
     };

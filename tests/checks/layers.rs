@@ -3,28 +3,13 @@
 //! `broker::puller` and `broker::lane_counts` are siblings, `worker` and `mirror` too), an
 //! import through a parent's `pub use` counts for the child that defines the item.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 type Module = Vec<String>;
 
 /// Every `.rs` file under `src/` with its module path (`src/broker/puller.rs` → broker::puller).
 fn source_files() -> Vec<(Module, String)> {
-    fn walk(dir: &Path, into: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("read src") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                walk(&path, into);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                into.push(path);
-            }
-        }
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut paths = Vec::new();
-    walk(&src, &mut paths);
+    let (src, paths) = crate::rust_sources();
     paths
         .into_iter()
         .filter(|path| !path.ends_with("main.rs"))
