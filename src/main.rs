@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = swarm_director::cli::Cli::parse();
-    let runtime = match swarm_director::cli::runtime_for(&cli) {
+    let runtime = match swarm_director::cli::runtime() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -104,12 +104,12 @@ pub fn init_telemetry(cli: &Cli) -> anyhow::Result<crate::telemetry::Telemetry> 
 /// The async runtime a command runs on: one thread per core, unless
 /// `SWARM_RUNTIME_THREADS` says how many (`1`: everything on one thread). Several worker
 /// processes started together on one host (`swarmd worker --processes N`, `swarmd bench`)
-/// share the cores out: each gets cores / N, and one thread per process measured 15–20 %
-/// more tasks/s than two per process on two cores (docs/performance.md) — fewer hand-offs
-/// between threads per message.
+/// share the cores out: each gets cores / N, and one thread per process measured 24 % more
+/// tasks/s than two per process on two cores (docs/performance.md) — fewer hand-offs of a
+/// message between threads.
 ///
 /// Fails when the variable is not a number or the runtime cannot start.
-pub fn runtime_for(_cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     match runtime_threads(std::env::var(RUNTIME_THREADS).ok())? {
         Some(0 | 1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
