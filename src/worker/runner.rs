@@ -15,7 +15,7 @@ use tokio::{
 
 use super::{
     Executor, RetryPolicy, Worker, WorkerError,
-    alarm::RetryAlarms,
+    alarm::{RetryAlarms, Woke},
     dispatch::{Dispatch, TaskRunner},
     gauges,
     hold::HeldBatches,
@@ -352,6 +352,9 @@ impl Worker {
             // Subscribed while the consumers are drained; dropped while a backlog keeps us busy,
             // so a busy worker does not receive a copy of every publish.
             let mut doorbell: Option<Doorbell> = None;
+            // Whether this scan follows a retry alarm, which is followed up when it finds
+            // nothing.
+            let mut after_alarm = false;
             loop {
                 // Wait for a free slot, then ask for as many tasks as there are free slots.
                 self.liveness.waiting_for_slots(true);
@@ -397,6 +400,12 @@ impl Worker {
                     continue;
                 }
                 bell_misses = 0;
+                if !messages.is_empty() {
+                    alarms.found();
+                } else if after_alarm {
+                    alarms.missed();
+                }
+                after_alarm = false;
                 let drained = messages.len() < wanted;
                 if !messages.is_empty() {
                     dispatch.run(messages, &slots, &mut running).await;
@@ -427,7 +436,7 @@ impl Worker {
                         Some(rung) => scan = rung,
                         None => doorbell = None,
                     },
-                    _ = alarms.wait(rescan) => {}
+                    woke = alarms.wait(rescan) => after_alarm = woke == Woke::Alarm,
                 }
                 self.liveness.turned();
             }
