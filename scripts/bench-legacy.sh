@@ -1,6 +1,7 @@
 #!/bin/bash
 # Legacy intake benchmark: N (20000) seed-style members ZADDed to agent_tasks (RESP through
-# redis-cli --pipe), then two plain `swarmd worker` processes take them in; prints the
+# redis-cli --pipe), then one plain `swarmd worker` (its default: a process per core) takes
+# them in; prints the
 # burn-down (first to last completion) as `swarmd bench` does. Compare with `swarmd bench`
 # run just before/after: issue 13 asks for >= 0.9 of it. BIN=path/to/swarmd, N=count.
 set -e
@@ -26,15 +27,14 @@ PY
 $BIN migrate >/dev/null
 redis-cli --pipe < /tmp/lb_$TAG.resp >/dev/null
 start=$(date +%s.%N)
-$BIN worker --no-migrate >/tmp/lb_w1.log 2>&1 & W1=$!
-$BIN worker --no-migrate >/tmp/lb_w2.log 2>&1 & W2=$!
+$BIN worker --no-migrate >/tmp/lb_w.log 2>&1 & W=$!
 while true; do
   c=$(psql "$SWARM_DATABASE_URL" -Atc "select count(*) from lb_$TAG.tasks where status='completed'")
   [ "$c" -ge "$N" ] && break
   sleep 0.2
 done
 end=$(date +%s.%N)
-kill $W1 $W2; wait $W1 $W2 2>/dev/null || true
+kill $W; wait $W 2>/dev/null || true
 psql "$SWARM_DATABASE_URL" -Atc "select round($N / extract(epoch from max(completed_at)-min(completed_at))) || ' tasks/s first->last completion' from lb_$TAG.tasks"
 echo "wall from worker start: $(python3 -c "print(round($N/($end-$start)))") tasks/s"
 psql "$SWARM_DATABASE_URL" -qc "set client_min_messages=warning; drop schema lb_$TAG cascade"

@@ -315,7 +315,7 @@ fn spawn_workers(settings: &Settings, args: &Args) -> anyhow::Result<Vec<tokio::
     (0..args.workers)
         .map(|_| {
             let mut worker = tokio::process::Command::new(&exe);
-            worker.args(["worker", "--no-migrate"]);
+            worker.args(["worker", "--no-migrate", "--processes", "1"]);
             if let Some(concurrency) = args.concurrency {
                 worker.arg("--concurrency").arg(concurrency.to_string());
             }

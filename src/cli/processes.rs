@@ -1,8 +1,9 @@
 //! `swarmd worker --processes N|auto`: one supervisor running N worker processes on this host,
-//! like Celery's prefork pool. `auto` is the seed's `get_optimal_worker_count` (one process
-//! per two cores or per 4 GiB, whichever is fewer). Each process gets its own worker id and
-//! metrics port; one that dies is started again; SIGTERM or ctrl-c reaches every process, and
-//! the supervisor returns once all have drained.
+//! like Celery's prefork pool. `auto` (the default) is one process per core
+//! (`scale::optimal_worker_processes`). Each process gets its own worker id and metrics port;
+//! one that dies is started again; SIGTERM or ctrl-c reaches every process, and the
+//! supervisor returns once all have drained. A supervisor killed outright (SIGKILL, OOM)
+//! cannot pass anything on: its processes notice it is gone and drain on their own.
 
 use std::{
     ffi::OsString,
@@ -22,6 +23,28 @@ const RESTART_PAUSE: Duration = Duration::from_secs(1);
 const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
+/// Names the supervisor's process id in the environment of the processes it starts.
+const SUPERVISOR_PID: &str = "SWARM_SUPERVISOR_PID";
+/// How often a supervised process checks that its supervisor is still there.
+const SUPERVISOR_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves once the supervisor that started this process is gone, so the process drains
+/// and exits as on SIGTERM instead of running on unsupervised (and unseen by whoever stops
+/// the supervisor). Never resolves in a process no supervisor started.
+pub async fn supervisor_gone() {
+    let supervisor = std::env::var(SUPERVISOR_PID)
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok());
+    let Some(supervisor) = supervisor else {
+        return std::future::pending().await;
+    };
+    // An orphan is adopted by init (or a subreaper): its parent id changes.
+    while std::os::unix::process::parent_id() == supervisor {
+        tokio::time::sleep(SUPERVISOR_CHECK).await;
+    }
+    tracing::warn!(supervisor, "the supervisor is gone: shutting down");
+}
+
 /// Runs `count` worker processes until ctrl-c or SIGTERM.
 ///
 /// Fails when a process cannot be started, or they keep dying.
@@ -35,6 +58,7 @@ pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> 
         command
             .args(&args)
             .env("SWARM_WORKER_PROCESSES", "1")
+            .env(SUPERVISOR_PID, std::process::id().to_string())
             .env(super::RUNTIME_THREADS, threads.to_string())
             .env("SWARM_WORKER_ID", format!("{base_id}-{index}"))
             .env(

@@ -38,10 +38,10 @@ pub struct Args {
     /// Do not use the Redis result cache.
     #[arg(long)]
     no_cache: bool,
-    /// Run this many worker processes, or `auto`: one per two cores or 4 GiB of memory,
-    /// whichever is fewer (the seed's get_optimal_worker_count). Default 1: this process.
-    #[arg(long, env = "SWARM_WORKER_PROCESSES", value_parser = parse_processes)]
-    processes: Option<usize>,
+    /// Run this many worker processes under one supervisor, or `auto`: one per core (at
+    /// most one per GiB of memory). With one, this process is the worker.
+    #[arg(long, env = "SWARM_WORKER_PROCESSES", default_value = "auto", value_parser = parse_processes)]
+    processes: usize,
     /// Register the `crash` agent, which aborts this process: for fault drills only.
     #[arg(long, env = "SWARM_ENABLE_CRASH_AGENT")]
     enable_crash_agent: bool,
@@ -76,8 +76,8 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    if let Some(processes) = args.processes.filter(|n| *n > 1) {
-        return super::processes::supervise(processes, &settings).await;
+    if args.processes > 1 {
+        return super::processes::supervise(args.processes, &settings).await;
     }
     let migrate = settings.database.migrate_on_start && !args.no_migrate;
     let (store, broker) = super::connect_fleet(&settings, migrate).await?;
@@ -107,7 +107,15 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         }
     }
     let ran = fleet
-        .run(super::shutdown_signal(), Duration::from_secs(5))
+        .run(
+            async {
+                tokio::select! {
+                    _ = super::shutdown_signal() => {}
+                    _ = super::processes::supervisor_gone() => {}
+                }
+            },
+            Duration::from_secs(5),
+        )
         .await
         .context("running the worker");
     let _ = stop_tx.send(true);

@@ -82,8 +82,15 @@ pub const PROCESS_VARIABLES: &[(&str, &str, &str)] = &[
     ("SWARM_CONFIG", "–", "TOML settings file (`--config`)"),
     (
         "SWARM_WORKER_PROCESSES",
-        "1",
-        "worker processes one `swarmd worker` runs (`auto`: the seed's rule; `--processes`)",
+        "`auto`",
+        "worker processes one `swarmd worker` runs under a supervisor (`--processes`; `auto`: \
+         one per core, at most one per GiB of memory; `1`: the command is the worker)",
+    ),
+    (
+        "SWARM_SUPERVISOR_PID",
+        "–",
+        "set by the supervisor for the processes it starts, which drain and exit once it is \
+         gone",
     ),
     (
         "SWARM_RUNTIME_THREADS",

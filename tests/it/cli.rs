@@ -285,6 +285,51 @@ async fn one_command_runs_several_worker_processes_and_stops_them_all() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_worker_runs_a_process_per_core_and_none_outlive_a_killed_supervisor() {
+    let env = TestEnv::new().await;
+    let expected = swarm_director::scale::optimal_worker_processes(
+        swarm_director::scale::available_cores(),
+        swarm_director::scale::available_memory_bytes(),
+    );
+    let mut supervisor = swarmd(&env)
+        .args(["worker", "--concurrency", "4", "--no-mirror", "--no-intake"])
+        .env_remove("SWARM_WORKER_PROCESSES")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let present = eventually(
+        "every process answering",
+        Duration::from_secs(30),
+        || async {
+            let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
+                .await
+                .unwrap();
+            (present.len() == expected).then_some(present)
+        },
+    )
+    .await;
+    let supervisor_pid = supervisor.id().unwrap();
+    if expected > 1 {
+        assert!(
+            present.iter().all(|p| p.pid != supervisor_pid),
+            "the supervisor runs no worker itself"
+        );
+    }
+
+    // SIGKILL: the supervisor cannot pass anything on; its processes notice and drain.
+    signal("-KILL", &supervisor_pid.to_string()).await;
+    supervisor.wait().await.unwrap();
+    eventually("no worker left", Duration::from_secs(30), || async {
+        let left = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
+            .await
+            .unwrap();
+        left.is_empty().then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_prints_its_summary_cleanly_and_logs_to_a_file() {
     let env = TestEnv::new().await;
     let log = std::env::temp_dir().join(format!("swarm-demo-{}.log", uuid::Uuid::new_v4()));

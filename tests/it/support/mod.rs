@@ -320,6 +320,8 @@ impl TestEnv {
             ("SWARM_REDIS_PREFIX", s.redis.key_prefix.clone()),
             ("SWARM_METRICS_ADDR", String::new()),
             ("SWARM_LOG", "warn".to_string()),
+            // One process per `swarmd worker`: a test that kills a worker kills the worker.
+            ("SWARM_WORKER_PROCESSES", "1".to_string()),
         ]
     }
 
