@@ -29,9 +29,8 @@ use super::{
     delivery::{self, DeliveryInfo, TaskDelivery},
     first_delivery::FirstDelivery,
     hold::Hold,
-    outcome::Record,
     raised,
-    settler::Settlement,
+    settlement::Settlement,
     unique,
 };
 use crate::{
@@ -109,21 +108,15 @@ impl Dispatch<'_> {
                     );
                     let (_, acker) = message.split();
                     let label = worker.executor.registry().label(&letter.agent_type);
-                    let record = Record::Rejected(Box::new(letter));
-                    let mut settlement = Settlement::new(acker, record, AckKind::Term, "rejected");
-                    settlement.slot = Some(slot);
-                    settlement.agent_label = label;
-                    if self.settle_tx.send(settlement).await.is_err() {
-                        tracing::error!("settler stopped; the message will be redelivered");
-                    }
+                    self.send(Settlement::rejected(letter, acker, label), slot)
+                        .await;
                 }
                 Ok(task) if !seen.insert(task.id) => {
                     // The same task twice in one batch (re-published after the duplicate
                     // window): run one copy; the other comes back later as a duplicate.
                     let (_, acker) = message.split();
-                    let later = AckKind::Nak(Some(Duration::from_secs(1)));
-                    self.settle(acker, Record::Nothing, later, "requeued", slot)
-                        .await;
+                    let later = Some(Duration::from_secs(1));
+                    self.send(Settlement::handed_back(acker, later), slot).await;
                 }
                 Ok(task) => {
                     let look_up = info.delivered == 1
@@ -164,15 +157,7 @@ impl Dispatch<'_> {
                     running.spawn(self.runner.clone().run(p));
                     continue;
                 }
-                let outcome = Outcome::Duplicate;
-                self.settle(
-                    p.acker,
-                    Record::Nothing,
-                    outcome.ack_kind(),
-                    outcome.label(),
-                    p.slot,
-                )
-                .await;
+                self.settle(Outcome::Duplicate, p).await;
                 continue;
             };
             p.delivery.previous_errors = claimed.previous_errors;
@@ -190,19 +175,7 @@ impl Dispatch<'_> {
                         p.delivery.attempt() as usize - 1 - p.delivery.previous_errors.len()
                     ),
                 };
-                let record = outcome.record(&p.delivery, &worker.worker_id);
-                let mut settlement =
-                    Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
-                settlement.slot = Some(p.slot);
-                settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
-                settlement.agent_label = worker
-                    .executor
-                    .registry()
-                    .label(&p.delivery.task.agent_type);
-                settlement.delivery = Some(Arc::new(p.delivery));
-                if self.settle_tx.send(settlement).await.is_err() {
-                    tracing::error!("settler stopped; the message will be redelivered");
-                }
+                self.settle(outcome, p).await;
                 continue;
             }
             running.spawn(self.runner.clone().run(p));
@@ -317,14 +290,8 @@ impl Dispatch<'_> {
             return true;
         }
         for p in pending.drain(..) {
-            self.settle(
-                p.acker,
-                Record::Nothing,
-                AckKind::Nak(None),
-                "requeued",
-                p.slot,
-            )
-            .await;
+            self.send(Settlement::handed_back(p.acker, None), p.slot)
+                .await;
         }
         false
     }
@@ -335,37 +302,30 @@ impl Dispatch<'_> {
         tracing::error!(task_id = %p.delivery.task.id, %error,
             "the database refuses this task; dead-lettering it");
         Metrics::global().unstorable.inc();
-        let outcome = Outcome::Dead {
-            reason: DeadReason::Unstorable,
-            error: format!("the database refuses this task: {error}"),
-        };
-        // No row to mark: the task never got one.
-        let record = match outcome.record(&p.delivery, &worker.worker_id) {
-            Record::Dead(_, letter) => Record::Rejected(letter),
-            other => other,
-        };
-        let mut settlement = Settlement::new(p.acker, record, outcome.ack_kind(), outcome.label());
-        settlement.slot = Some(p.slot);
-        settlement.mirror = outcome.mirror_event(&p.delivery, &worker.worker_id);
-        settlement.agent_label = worker
+        let label = worker
             .executor
             .registry()
             .label(&p.delivery.task.agent_type);
-        settlement.delivery = Some(Arc::new(p.delivery));
-        if self.settle_tx.send(settlement).await.is_err() {
-            tracing::error!("settler stopped; the message will be redelivered");
-        }
+        let delivery = Arc::new(p.delivery);
+        let settlement =
+            Settlement::unclaimable(delivery, p.acker, error, &worker.worker_id, label);
+        self.send(settlement, p.slot).await;
     }
 
-    async fn settle(
-        &self,
-        acker: Acker,
-        record: Record,
-        ack: AckKind,
-        label: &'static str,
-        slot: OwnedSemaphorePermit,
-    ) {
-        let mut settlement = Settlement::new(acker, record, ack, label);
+    /// Settles a decoded delivery that will not run with `outcome`.
+    async fn settle(&self, outcome: Outcome, p: Pending) {
+        let worker = self.worker;
+        let label = worker
+            .executor
+            .registry()
+            .label(&p.delivery.task.agent_type);
+        let delivery = Arc::new(p.delivery);
+        let settlement = Settlement::of(&outcome, delivery, p.acker, &worker.worker_id, label);
+        self.send(settlement, p.slot).await;
+    }
+
+    /// Hands `settlement` to the settler, with the slot it frees.
+    async fn send(&self, mut settlement: Settlement, slot: OwnedSemaphorePermit) {
         settlement.slot = Some(slot);
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!("settler stopped; the message will be redelivered");
@@ -467,16 +427,14 @@ impl TaskRunner {
             .with_label_values(&[agent_label])
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(task_id = %delivery.task.id, agent = %delivery.task.agent_type,
-            attempt = delivery.attempt(), outcome = outcome.label(),
+            attempt = delivery.attempt(), outcome = outcome.label().as_str(),
             elapsed_ms = started.elapsed().as_millis() as u64, "task ran");
         let task_id = delivery.task.id;
-        let record = outcome.record(&delivery, &self.worker_id);
-        let mut settlement = Settlement::new(acker, record, outcome.ack_kind(), outcome.label());
-        settlement.mirror = outcome.mirror_event(&delivery, &self.worker_id);
-        settlement.agent_label = agent_label;
+        let delivery = Arc::new(delivery);
+        let mut settlement =
+            Settlement::of(&outcome, delivery, acker, &self.worker_id, agent_label);
         settlement.span = span;
         settlement.slot = Some(slot);
-        settlement.delivery = Some(Arc::new(delivery));
         if self.settle_tx.send(settlement).await.is_err() {
             tracing::error!(%task_id, "settler stopped; the task will be redelivered");
         }

@@ -3,6 +3,8 @@
 //! - [`delivery`]: a JetStream message becomes a task or a rejection.
 //! - [`executor`]: runs one task's agent to an [`Outcome`] (no I/O besides the agent).
 //! - [`outcome`]: what an outcome means for the database row and the broker, in one place.
+//! - [`settlement`]: one delivery's settlement, made only from an outcome, a rejection or a
+//!   hand-back.
 //! - [`retry`]: the exponential, jittered delay between attempts.
 //! - [`strays`]: dead-letters messages on subjects no lane reads (`bad_subject`).
 //! - [`settler`]: commits outcomes in batches, then acknowledges each message.
@@ -14,7 +16,8 @@
 //! - [`dispatch`]: a fetched batch becomes claimed, running tasks.
 //! - [`first_delivery`]: whether a first delivery could repeat a finished task.
 //! - [`upkeep`]: task partitions created and expired, the legacy mirror trimmed.
-//! - [`runner`]: the pull loop and graceful shutdown around them.
+//! - [`pull`]: where the next batch comes from and when to look (doorbell, alarms, rescan).
+//! - [`runner`]: the worker loop and graceful shutdown around them.
 
 pub mod alarm;
 pub mod assembly;
@@ -30,9 +33,11 @@ pub mod hold;
 pub mod liveness;
 pub mod outcome;
 mod progress_writer;
+mod pull;
 pub mod retry;
 pub mod runner;
 mod scheduled_view;
+pub mod settlement;
 pub mod settler;
 pub mod strays;
 mod unique;

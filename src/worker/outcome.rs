@@ -1,6 +1,6 @@
 //! What happened to one delivery, and the single place where that decides what is stored
-//! (row, dead letter) and what the broker is told. Every path ends here: nothing acks on its
-//! own.
+//! (row, dead letter), what the legacy keys show, what the broker is told and what it is
+//! counted as. Every path ends here: nothing acks on its own (see `settlement`).
 
 use std::time::Duration;
 
@@ -14,6 +14,44 @@ use crate::{
     store::{Origin, Settled, SettledStatus},
     task::PayloadRef,
 };
+
+/// What a settled delivery is counted as (worker counts, metrics, logs, viewers' events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Completed,
+    Retry,
+    Dead,
+    Duplicate,
+    Deferred,
+    Abandoned,
+    Cancelled,
+    /// A message that never became a task (undecodable, over the size limit, ...).
+    Rejected,
+    /// Handed back unrun: a second copy in one batch, or a batch unclaimed at shutdown.
+    Requeued,
+}
+
+impl Label {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Label::Completed => "completed",
+            Label::Retry => "retry",
+            Label::Dead => "dead",
+            Label::Duplicate => "duplicate",
+            Label::Deferred => "deferred",
+            Label::Abandoned => "abandoned",
+            Label::Cancelled => "cancelled",
+            Label::Rejected => "rejected",
+            Label::Requeued => "requeued",
+        }
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The last error of a cancelled task, in its row and the legacy mirror.
 pub const CANCELLED: &str = "cancelled";
@@ -132,16 +170,16 @@ impl Outcome {
         }
     }
 
-    /// Short name for counters and logs.
-    pub fn label(&self) -> &'static str {
+    /// What this outcome is counted as.
+    pub fn label(&self) -> Label {
         match self {
-            Outcome::Completed(_) | Outcome::CompletedByRef(_) => "completed",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Dead { .. } => "dead",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Deferred => "deferred",
-            Outcome::Abandoned => "abandoned",
-            Outcome::Cancelled { .. } => "cancelled",
+            Outcome::Completed(_) | Outcome::CompletedByRef(_) => Label::Completed,
+            Outcome::Retry { .. } => Label::Retry,
+            Outcome::Dead { .. } => Label::Dead,
+            Outcome::Duplicate => Label::Duplicate,
+            Outcome::Deferred => Label::Deferred,
+            Outcome::Abandoned => Label::Abandoned,
+            Outcome::Cancelled { .. } => Label::Cancelled,
         }
     }
 }

@@ -1,10 +1,8 @@
-//! The pull loop: take as many tasks as there are free slots, highest priority first, claim
-//! them in one statement, run each, and hand the outcomes to the settler. Idle, it sleeps on
-//! the doorbell. On shutdown it stops pulling, lets in-flight tasks finish within the grace
-//! period (handing back those that do not), and flushes pending commits.
-//!
-//! Longer than most modules: the pull loop is the hot path, kept whole until its rewrite
-//! (one owner for the puller's state, issue 13) lands.
+//! The worker loop: set up the lanes and the sidecars, then take as many tasks as there are
+//! free slots (`pull` decides when to look and where), claim and run them (`dispatch`), and
+//! hand the outcomes to the settler. On shutdown it stops pulling, lets in-flight tasks
+//! finish within the grace period (handing back those that do not), and flushes pending
+//! commits.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -15,11 +13,12 @@ use tokio::{
 
 use super::{
     Executor, RetryPolicy, Worker, WorkerError,
-    alarm::{RetryAlarms, Woke},
+    alarm::RetryAlarms,
     dispatch::{Dispatch, TaskRunner},
     gauges,
     hold::HeldBatches,
     liveness::Liveness,
+    pull::Pull,
     raised,
     settler::{self, SettlerConfig, Sinks, WorkerCounts},
     upkeep::{UPKEEP_INTERVAL, Upkeep},
@@ -27,7 +26,7 @@ use super::{
 use crate::{
     agent::AgentRegistry,
     backoff::Backoff,
-    broker::{Broker, Doorbell, Priorities},
+    broker::Broker,
     cache::ResultCache,
     config::WorkerSettings,
     dlq::DeadLetterStream,
@@ -35,10 +34,6 @@ use crate::{
     scale::{ScaleMeter, WorkerPresence, answer_roll_calls},
     store::Store,
 };
-
-/// A bell whose scan found nothing is followed up after 1 and 4 ms.
-const BELL_FOLLOW_UP: Duration = Duration::from_millis(1);
-const BELL_FOLLOW_UPS: u32 = 2;
 
 /// Longest a busy worker waits for a quarter of its fetch size in free slots before it
 /// fetches what it has: bigger fetches measured 7 % more tasks/s, and a task finishing
@@ -50,9 +45,6 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How often a general worker looks for messages on subjects no lane reads.
 const STRAY_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Pause after a failed pull before trying again.
-const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
 /// How long start-up keeps retrying a JetStream request that timed out: a cluster electing
 /// leaders, or busy starting many workers at once, answers late rather than never.
@@ -344,17 +336,8 @@ impl Worker {
         // The fewest free slots worth a fetch while tasks are in flight.
         let refill = (self.settings.fetch_batch.min(concurrency) / 4).max(1);
         let mut stop = shutdown_rx.clone();
+        let mut source = Pull::new(puller, alarms, self.liveness.clone(), rescan);
         let pull = async {
-            let mut scan = Priorities::ALL;
-            // Empty scans in a row after a bell: the doorbell can ring before JetStream has
-            // stored the message, so a bell that finds nothing is followed up shortly.
-            let mut bell_misses = 0u32;
-            // Subscribed while the consumers are drained; dropped while a backlog keeps us busy,
-            // so a busy worker does not receive a copy of every publish.
-            let mut doorbell: Option<Doorbell> = None;
-            // Whether this scan follows a retry alarm, which is followed up when it finds
-            // nothing.
-            let mut after_alarm = false;
             loop {
                 // Wait for a free slot, then ask for as many tasks as there are free slots.
                 self.liveness.waiting_for_slots(true);
@@ -375,70 +358,10 @@ impl Worker {
                     .available_permits()
                     .min(self.settings.fetch_batch)
                     .max(1);
-                let messages = match puller.fetch_available(wanted, scan).await {
-                    Ok(messages) => messages,
-                    Err(error) => {
-                        tracing::warn!(%error, "pull failed; retrying");
-                        tokio::time::sleep(ERROR_BACKOFF).await;
-                        continue;
-                    }
+                let Some(messages) = source.next_batch(wanted, &mut stop).await else {
+                    break;
                 };
-                let rung = scan;
-                scan = Priorities::ALL;
-                if messages.is_empty() && rung != Priorities::ALL && bell_misses < BELL_FOLLOW_UPS {
-                    // Look again soon, or at once when another bell rings meanwhile.
-                    bell_misses += 1;
-                    scan = rung;
-                    let follow_up = tokio::time::sleep(BELL_FOLLOW_UP * 4u32.pow(bell_misses - 1));
-                    match doorbell.as_mut() {
-                        Some(bell) => tokio::select! {
-                            more = bell.ring() => scan = more.map_or(rung, |more| rung.union(more)),
-                            _ = follow_up => {}
-                        },
-                        None => follow_up.await,
-                    }
-                    continue;
-                }
-                bell_misses = 0;
-                if !messages.is_empty() {
-                    alarms.found();
-                } else if after_alarm {
-                    alarms.missed();
-                }
-                after_alarm = false;
-                let drained = messages.len() < wanted;
-                if !messages.is_empty() {
-                    dispatch.run(messages, &slots, &mut running).await;
-                }
-                if !drained {
-                    doorbell = None;
-                    continue;
-                }
-                let Some(bell) = doorbell.as_mut() else {
-                    // Subscribe, then scan once more: a publish just before the subscription
-                    // rang no bell.
-                    match puller.doorbell().await {
-                        Ok(bell) => {
-                            doorbell = Some(bell);
-                            self.liveness.listening();
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot subscribe to the doorbell");
-                            tokio::time::sleep(ERROR_BACKOFF).await;
-                        }
-                    }
-                    continue;
-                };
-                tokio::select! {
-                    biased;
-                    _ = raised(&mut stop) => break,
-                    rung = bell.ring() => match rung {
-                        Some(rung) => scan = rung,
-                        None => doorbell = None,
-                    },
-                    woke = alarms.wait(rescan) => after_alarm = woke == Woke::Alarm,
-                }
-                self.liveness.turned();
+                dispatch.run(messages, &slots, &mut running).await;
             }
         };
         {

@@ -28,7 +28,7 @@ use std::{
 
 use async_nats::jetstream::{AckKind, message::Acker};
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
 use tracing::Instrument;
@@ -38,64 +38,21 @@ use uuid::Uuid;
 use super::{
     Outcome,
     alarm::RetryAlarms,
-    delivery::TaskDelivery,
     hold::{HeldBatches, Hold},
     liveness::Liveness,
-    outcome::Record,
+    outcome::{Label, Record},
+    settlement::Settlement,
 };
 use crate::{
     broker::{Announcement, Broker},
     dlq::{DeadLetter, DeadLetterStream, DeadReason},
     fault::{Bisection, Classify, Fault},
     metrics::Metrics,
-    mirror::{Mirror, MirrorEvent},
+    mirror::Mirror,
     store::{Settled, SettledStatus, Store},
 };
 
-/// One delivery's settlement: what to store, then what to tell the broker.
-pub struct Settlement {
-    pub acker: Acker,
-    pub record: Record,
-    pub ack: AckKind,
-    /// Counted under this label once the broker was told.
-    pub label: &'static str,
-    /// The worker's in-flight slot, freed once the message's batch goes to commit.
-    pub slot: Option<OwnedSemaphorePermit>,
-    /// The legacy-key move to make once the record is stored.
-    pub mirror: Option<MirrorEvent>,
-    /// The agent type as a metric label: a name an agent here serves, else `unknown`
-    /// (producers choose agent types; labels must not follow them).
-    pub agent_label: &'static str,
-    /// The task's `process` span: parent of the commit, mirror and ack spans.
-    pub span: tracing::Span,
-    /// The delivery, when it decoded: an outcome the database refuses becomes its dead
-    /// letter.
-    pub delivery: Option<Arc<TaskDelivery>>,
-    /// Why the database refused this outcome's row, when it did.
-    unstorable: Option<String>,
-    letter_published: bool,
-    row_stored: bool,
-}
-
 impl Settlement {
-    /// A settlement storing `record`, then telling the broker `ack`; counted as `label`.
-    pub fn new(acker: Acker, record: Record, ack: AckKind, label: &'static str) -> Self {
-        Self {
-            acker,
-            record,
-            ack,
-            label,
-            slot: None,
-            mirror: None,
-            agent_label: "unknown",
-            span: tracing::Span::none(),
-            delivery: None,
-            unstorable: None,
-            letter_published: false,
-            row_stored: false,
-        }
-    }
-
     /// The database refused this outcome: the task ends dead with reason `unstorable`, its
     /// envelope and the refusal in a dead letter, and its message is terminated.
     fn become_unstorable(&mut self, worker_id: &str) {
@@ -104,15 +61,7 @@ impl Settlement {
             reason: DeadReason::Unstorable,
             error: format!("the database refuses this task's outcome: {refusal}"),
         };
-        match &self.delivery {
-            Some(delivery) => {
-                self.record = outcome.record(delivery, worker_id);
-                self.mirror = outcome.mirror_event(delivery, worker_id);
-            }
-            None => self.record = Record::Nothing,
-        }
-        self.ack = outcome.ack_kind();
-        self.label = outcome.label();
+        self.decide(&outcome, worker_id);
         self.letter_published = false;
         self.row_stored = false;
     }
@@ -137,16 +86,16 @@ pub struct WorkerCounts {
 }
 
 impl WorkerCounts {
-    fn count(&self, label: &str) {
+    fn count(&self, label: Label) {
         let counter = match label {
-            "completed" => &self.completed,
-            "retry" => &self.retried,
-            "dead" => &self.dead,
-            "duplicate" => &self.duplicates,
-            "rejected" => &self.rejected,
-            "abandoned" => &self.abandoned,
-            "cancelled" => &self.cancelled,
-            _ => return,
+            Label::Completed => &self.completed,
+            Label::Retry => &self.retried,
+            Label::Dead => &self.dead,
+            Label::Duplicate => &self.duplicates,
+            Label::Rejected => &self.rejected,
+            Label::Abandoned => &self.abandoned,
+            Label::Cancelled => &self.cancelled,
+            Label::Deferred | Label::Requeued => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -332,10 +281,10 @@ fn row_of(record: &Record) -> Option<&crate::store::Settled> {
 
 /// One `settled` event per batch: `{"tasks": [[id, outcome], ...]}` (a few bytes per task;
 /// nobody pays more when nobody watches).
-async fn tell_viewers(broker: &Broker, settled: &[(uuid::Uuid, &'static str)]) {
+async fn tell_viewers(broker: &Broker, settled: &[(uuid::Uuid, Label)]) {
     let tasks: Vec<(String, &str)> = settled
         .iter()
-        .map(|(id, label)| (id.to_string(), *label))
+        .map(|(id, label)| (id.to_string(), label.as_str()))
         .collect();
     let body = serde_json::to_vec(&serde_json::json!({ "tasks": tasks }))
         .expect("a settled event serialises");
@@ -382,11 +331,7 @@ async fn end_fenced_by_a_cancel(
         let Some(by) = cancelled.get(&delivery.task.id) else {
             continue;
         };
-        let outcome = Outcome::Cancelled { by: by.clone() };
-        settlement.record = outcome.record(&delivery, &sinks.worker_id);
-        settlement.mirror = outcome.mirror_event(&delivery, &sinks.worker_id);
-        settlement.ack = outcome.ack_kind();
-        settlement.label = outcome.label();
+        settlement.decide(&Outcome::Cancelled { by: by.clone() }, &sinks.worker_id);
         applied.insert(delivery.task.id);
     }
 }
@@ -563,10 +508,10 @@ fn record_metrics(settlement: &Settlement) {
     }
     metrics
         .agent_tasks
-        .with_label_values(&[agent_type, settlement.label])
+        .with_label_values(&[agent_type, settlement.label.as_str()])
         .inc();
     if let Some(task) = settlement.delivery.as_ref().map(|d| &d.task)
-        && matches!(settlement.label, "completed" | "dead")
+        && matches!(settlement.label, Label::Completed | Label::Dead)
     {
         let elapsed = (chrono::Utc::now() - task.created_at)
             .num_microseconds()
