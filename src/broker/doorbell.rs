@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 
-use super::{Priorities, Subjects, lane_counts::ActiveLanes};
+use super::{Priorities, Subjects, lane_counts::ActiveLanes, lanes::LaneKey};
 use crate::task::AgentFilter;
 
 /// A live subscription to the task subjects that signals new publishes.
@@ -31,9 +31,9 @@ impl Doorbell {
     }
 
     fn priorities_of(&self, subject: &str) -> Priorities {
-        match self.subjects.parse_task(&self.subjects.unstored(subject)) {
-            Some((priority, agent)) if self.filter.admits(agent) => {
-                let lane = (priority, agent.to_string());
+        match LaneKey::of_subject(&self.subjects, &self.subjects.unstored(subject)) {
+            Some(lane) if self.filter.admits(&lane.agent_type) => {
+                let priority = lane.priority;
                 self.active.lock().expect("lanes lock").ring(lane);
                 Priorities::NONE.with(priority)
             }

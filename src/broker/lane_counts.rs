@@ -15,7 +15,10 @@ use std::{
 use async_nats::jetstream;
 use futures::StreamExt;
 
-use super::{BrokerError, Subjects, lanes::Lane};
+use super::{
+    BrokerError, Subjects,
+    lanes::{Lane, LaneKey},
+};
 use crate::task::AgentFilter;
 
 /// Longest the per-subject message counts may take.
@@ -25,9 +28,6 @@ pub(super) const COUNTS_TIMEOUT: Duration = Duration::from_secs(2);
 /// when they were read (a priority or agent type nobody published to yet) is found this much
 /// later at most. Idle workers hear of new lanes from the doorbell at once.
 const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A lane: (priority, agent type).
-pub(super) type LaneKey = (u8, String);
 
 /// Reads which lanes hold messages in the background, one read at a time.
 #[derive(Clone)]
@@ -47,7 +47,7 @@ impl LaneCounter {
     pub(super) fn start(
         &self,
         active: Arc<Mutex<ActiveLanes>>,
-        known: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
+        known: Arc<Mutex<HashMap<LaneKey, Arc<Lane>>>>,
     ) -> Option<tokio::task::JoinHandle<Result<(), BrokerError>>> {
         if self.running.swap(true, Ordering::AcqRel) {
             return None;
@@ -92,11 +92,11 @@ impl LaneCounter {
         let mut occupied = BTreeSet::new();
         while let Some(entry) = counts.next().await {
             let (subject, count) = entry.map_err(|e| self.error(e.into()))?;
-            if let Some((priority, agent)) = self.subjects.parse_task(&subject)
+            if let Some(lane) = LaneKey::of_subject(&self.subjects, &subject)
                 && count > 0
-                && self.agents.admits(agent)
+                && self.agents.admits(&lane.agent_type)
             {
-                occupied.insert((priority, agent.to_string()));
+                occupied.insert(lane);
             }
         }
         Ok(occupied)
@@ -105,14 +105,14 @@ impl LaneCounter {
     /// Marks the lanes holding messages as seen, and drops the handles of lanes that held
     /// none for half the consumers' expiry: the server may delete those consumers, and a
     /// lane without a handle is made again when tasks return.
-    fn forget_idle(&self, occupied: &BTreeSet<LaneKey>, known: &Mutex<HashMap<String, Arc<Lane>>>) {
-        known.lock().expect("lanes lock").retain(|subject, lane| {
+    fn forget_idle(
+        &self,
+        occupied: &BTreeSet<LaneKey>,
+        known: &Mutex<HashMap<LaneKey, Arc<Lane>>>,
+    ) {
+        known.lock().expect("lanes lock").retain(|key, lane| {
             let mut seen = lane.seen.lock().expect("lane lock");
-            let occupied_now = self
-                .subjects
-                .parse_task(subject)
-                .is_some_and(|(p, agent)| occupied.contains(&(p, agent.to_string())));
-            if occupied_now {
+            if occupied.contains(key) {
                 *seen = Instant::now();
             }
             seen.elapsed() < self.forget_after
@@ -132,7 +132,6 @@ impl LaneCounter {
 /// pull), and added to at once by the doorbell.
 #[derive(Default)]
 pub(super) struct ActiveLanes {
-    /// (priority, agent type).
     pub(super) lanes: BTreeSet<LaneKey>,
     /// Lanes the doorbell added since the running count started.
     pub(super) rung: BTreeSet<LaneKey>,

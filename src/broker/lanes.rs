@@ -19,7 +19,7 @@ use std::{
     time::Instant,
 };
 
-use super::{Broker, BrokerError};
+use super::{Broker, BrokerError, Subjects};
 use crate::task::MAX_PRIORITY;
 
 /// A set of priorities, bit `p` for priority `p`.
@@ -40,6 +40,34 @@ impl Priorities {
 
     pub fn contains(self, priority: u8) -> bool {
         self.0 & (1 << priority) != 0
+    }
+}
+
+/// Names a lane: one priority of one agent type (subject `<prefix>.tasks.p<N>.<agent>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LaneKey {
+    pub priority: u8,
+    pub agent_type: String,
+}
+
+impl LaneKey {
+    pub fn new(priority: u8, agent_type: impl Into<String>) -> Self {
+        Self {
+            priority,
+            agent_type: agent_type.into(),
+        }
+    }
+
+    /// The lane of a task subject; `None` for any other subject.
+    pub fn of_subject(subjects: &Subjects, subject: &str) -> Option<Self> {
+        let (priority, agent_type) = subjects.parse_task(subject)?;
+        Some(Self::new(priority, agent_type))
+    }
+}
+
+impl std::fmt::Display for LaneKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{}.{}", self.priority, self.agent_type)
     }
 }
 

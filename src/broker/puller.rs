@@ -22,8 +22,8 @@ use tokio::sync::watch;
 
 use super::{
     Broker, BrokerError, Doorbell,
-    lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter, LaneKey},
-    lanes::{Lane, Priorities},
+    lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter},
+    lanes::{Lane, LaneKey, Priorities},
 };
 use crate::task::AgentFilter;
 
@@ -47,10 +47,10 @@ pub struct PriorityPuller {
     broker: Broker,
     stream: jetstream::stream::Stream,
     filter: AgentFilter,
-    /// Lanes this worker has pulled from, by subject; created when first found waiting.
-    lanes: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
+    /// Lanes this worker has pulled from; created when first found waiting.
+    lanes: Arc<Mutex<HashMap<LaneKey, Arc<Lane>>>>,
     /// Lanes whose consumer is being created, and a counter bumped when one is ready.
-    creating: Arc<Mutex<HashSet<String>>>,
+    creating: Arc<Mutex<HashSet<LaneKey>>>,
     lanes_made: Arc<watch::Sender<u64>>,
     /// Lanes believed to hold messages, shared with the doorbell.
     active: Arc<Mutex<ActiveLanes>>,
@@ -167,7 +167,7 @@ impl PriorityPuller {
             let asked = active
                 .lanes
                 .iter()
-                .filter(|(priority, _)| priorities.contains(*priority))
+                .filter(|lane| priorities.contains(lane.priority))
                 .cloned()
                 .collect();
             let changed = (self.prepared.swap(active.version, Ordering::Relaxed) != active.version)
@@ -177,36 +177,37 @@ impl PriorityPuller {
         // Every lane with messages gets its consumer ahead of need (once per change of the
         // set), so a scan that reaches a lower priority finds it ready.
         // Highest priority first, so a lane cap leaves the lowest ones waiting.
-        for (priority, agent_type) in changed.iter().flatten().rev() {
-            self.start_creating(*priority, agent_type, false);
+        for lane in changed.iter().flatten().rev() {
+            self.start_creating(lane, false);
         }
-        lanes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        lanes.sort_by(|a, b| {
+            (b.priority.cmp(&a.priority)).then_with(|| a.agent_type.cmp(&b.agent_type))
+        });
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        for level in lanes.chunk_by_mut(|a, b| a.0 == b.0) {
+        for level in lanes.chunk_by_mut(|a, b| a.priority == b.priority) {
             let len = level.len();
             level.rotate_left(turn % len);
         }
         Ok(lanes)
     }
 
-    /// The lane of `(priority, agent_type)`. Its consumer is created (or its settings
+    /// The lane of `key`. Its consumer is created (or its settings
     /// updated) on first use in the background, waited for only briefly: creating a consumer
     /// goes through the cluster's metadata leader, which can take seconds to answer after a
     /// node died, and the other lanes must not wait for that. `None` while it is being made.
-    async fn lane(&self, priority: u8, agent_type: &str) -> Option<Arc<Lane>> {
-        let subject = self.broker.subjects().task(priority, agent_type);
+    async fn lane(&self, key: &LaneKey) -> Option<Arc<Lane>> {
         let mut changed = self.lanes_made.subscribe();
-        if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
+        if let Some(lane) = self.lanes.lock().expect("lanes lock").get(key) {
             return Some(lane.clone());
         }
-        self.start_creating(priority, agent_type, false);
-        if !self.creating.lock().expect("lanes lock").contains(&subject) {
+        self.start_creating(key, false);
+        if !self.creating.lock().expect("lanes lock").contains(key) {
             // Refused by the lane cap (or made meanwhile: found on the next scan).
             return None;
         }
         let made = tokio::time::timeout(CREATE_PATIENCE, async {
             loop {
-                if let Some(lane) = self.lanes.lock().expect("lanes lock").get(&subject) {
+                if let Some(lane) = self.lanes.lock().expect("lanes lock").get(key) {
                     return Some(lane.clone());
                 }
                 changed.changed().await.ok()?;
@@ -217,30 +218,24 @@ impl PriorityPuller {
 
     /// Creates the consumer of a lane in the background, unless it exists (or `again`: even
     /// then, when the server may have dropped it) or is on its way.
-    fn start_creating(&self, priority: u8, agent_type: &str, again: bool) {
-        let subject = self.broker.subjects().task(priority, agent_type);
+    fn start_creating(&self, key: &LaneKey, again: bool) {
         let known = self.lanes.lock().expect("lanes lock").len();
         let underway = self.creating.lock().expect("lanes lock").len();
         let max_lanes = self.broker.settings().max_lanes;
         if !again && known + underway >= max_lanes {
             if !self.over_cap.swap(true, Ordering::Relaxed) {
-                tracing::warn!(max_lanes, %subject,
+                tracing::warn!(max_lanes, lane = %key,
                     "lane cap reached: tasks of further lanes wait until idle lanes expire");
             }
             return;
         }
         self.over_cap.store(false, Ordering::Relaxed);
-        if (!again
-            && self
-                .lanes
-                .lock()
-                .expect("lanes lock")
-                .contains_key(&subject))
+        if (!again && self.lanes.lock().expect("lanes lock").contains_key(key))
             || !self
                 .creating
                 .lock()
                 .expect("lanes lock")
-                .insert(subject.clone())
+                .insert(key.clone())
         {
             return;
         }
@@ -250,9 +245,11 @@ impl PriorityPuller {
             self.creating.clone(),
             self.lanes_made.clone(),
         );
-        let (agent_type, subject) = (agent_type.to_string(), subject.clone());
+        let key = key.clone();
         tokio::spawn(async move {
-            let created = broker.ensure_lane(&stream, priority, &agent_type).await;
+            let created = broker
+                .ensure_lane(&stream, key.priority, &key.agent_type)
+                .await;
             match created {
                 Ok(consumer) => {
                     let lane = Arc::new(Lane {
@@ -260,15 +257,12 @@ impl PriorityPuller {
                         stuck: AtomicBool::new(false),
                         seen: Mutex::new(Instant::now()),
                     });
-                    lanes
-                        .lock()
-                        .expect("lanes lock")
-                        .insert(subject.clone(), lane);
+                    lanes.lock().expect("lanes lock").insert(key.clone(), lane);
                     made.send_modify(|n| *n += 1);
                 }
                 Err(error) => tracing::warn!(%error, "cannot set up a lane; trying again"),
             }
-            creating.lock().expect("lanes lock").remove(&subject);
+            creating.lock().expect("lanes lock").remove(&key);
         });
     }
 
@@ -285,12 +279,12 @@ impl PriorityPuller {
         let mut taken = Vec::with_capacity(max);
         let mut last_error = None;
         let mut answered = false;
-        for (priority, agent_type) in self.lanes_to_ask(priorities).await? {
+        for key in self.lanes_to_ask(priorities).await? {
             let wanted = max - taken.len();
             if wanted == 0 {
                 break;
             }
-            let Some(lane) = self.lane(priority, &agent_type).await else {
+            let Some(lane) = self.lane(&key).await else {
                 continue;
             };
             let patience = if lane.stuck.load(Ordering::Relaxed) {
@@ -302,7 +296,7 @@ impl PriorityPuller {
                 Ok(()) => {
                     answered = true;
                     if lane.stuck.swap(false, Ordering::Relaxed) {
-                        tracing::info!(priority, agent_type, "consumer answers again");
+                        tracing::info!(lane = %key, "consumer answers again");
                     }
                 }
                 Err(error) => {
@@ -311,7 +305,7 @@ impl PriorityPuller {
                         // A consumer that expired while idle, or was deleted behind our back,
                         // does not answer either (the pull times out; tested): make it again
                         // (a no-op for one whose leader is only moving).
-                        self.start_creating(priority, &agent_type, true);
+                        self.start_creating(&key, true);
                     }
                     last_error = Some(error);
                 }
