@@ -301,7 +301,7 @@ impl Dispatch<'_> {
         let worker = self.worker;
         tracing::error!(task_id = %p.delivery.task.id, %error,
             "the database refuses this task; dead-lettering it");
-        Metrics::global().unstorable.inc();
+        worker.metrics.unstorable.inc();
         let label = worker
             .executor
             .registry()
@@ -354,6 +354,7 @@ pub(super) struct TaskRunner {
     pub(super) abandon_rx: watch::Receiver<bool>,
     pub(super) heartbeat: Duration,
     pub(super) worker_id: String,
+    pub(super) metrics: &'static Metrics,
 }
 
 impl TaskRunner {
@@ -366,7 +367,7 @@ impl TaskRunner {
             ..
         } = pending;
         let started = Instant::now();
-        let metrics = Metrics::global();
+        let metrics = self.metrics;
         metrics.in_flight.inc();
         // Continues the producer's trace (OpenTelemetry messaging conventions).
         let trace_id = crate::telemetry::trace_id(&delivery.trace);

@@ -35,10 +35,10 @@ pub async fn run(
 /// Keeps the held-batch age and stall gauges current (every second) until `shutdown`.
 pub async fn watch_liveness(
     liveness: std::sync::Arc<super::liveness::Liveness>,
+    metrics: &'static Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let metrics = Metrics::global();
     let mut was_stalled = false;
     loop {
         metrics

@@ -86,6 +86,8 @@ pub struct Worker {
     progress: Arc<crate::agent::ProgressBoard>,
     /// What was cancelled, fed by a sidecar from NATS and PostgreSQL.
     cancels: Arc<crate::agent::CancelBoard>,
+    /// Where the worker records what it does: the process's metrics unless given others.
+    metrics: &'static crate::metrics::Metrics,
 }
 
 /// Completes once `signal` is raised (shutdown began, or the grace period is over).

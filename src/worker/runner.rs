@@ -30,6 +30,7 @@ use crate::{
     cache::ResultCache,
     config::WorkerSettings,
     dlq::DeadLetterStream,
+    metrics::Metrics,
     mirror::{self, Intake, Mirror},
     scale::{ScaleMeter, WorkerPresence, answer_roll_calls},
     store::Store,
@@ -113,7 +114,15 @@ impl Worker {
             intake: None,
             upkeep: None,
             meter: Arc::default(),
+            metrics: Metrics::global(),
         }
+    }
+
+    /// Records into `metrics` instead of the process's own (a test that must see only
+    /// what this worker did).
+    pub fn with_metrics(mut self, metrics: &'static Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Keeps the legacy Redis keys up to date through `mirror`.
@@ -238,13 +247,14 @@ impl Worker {
         });
         sidecars.spawn(gauges::watch_liveness(
             self.liveness.clone(),
+            self.metrics,
             stopped(stopping_rx.clone()),
         ));
         sidecars.spawn(gauges::run(
             self.broker.clone(),
             self.store.clone(),
             self.meter.clone(),
-            crate::metrics::Metrics::global(),
+            self.metrics,
             GAUGE_INTERVAL,
             stopped(stopping_rx.clone()),
         ));
@@ -272,6 +282,7 @@ impl Worker {
                 self.broker.clone(),
                 self.dead_letters.clone(),
                 self.worker_id.clone(),
+                self.metrics,
                 STRAY_SWEEP_INTERVAL,
                 stopped(stopping_rx.clone()),
             ));
@@ -284,6 +295,7 @@ impl Worker {
                 dead_letters: self.dead_letters.clone(),
                 worker_id: self.worker_id.as_str().into(),
                 counts: self.counts.clone(),
+                metrics: self.metrics,
                 abandon: abandon_rx.clone(),
                 alarms: alarms.clone(),
                 mirror: self.mirror.clone(),
@@ -314,6 +326,7 @@ impl Worker {
             abandon_rx: abandon_rx.clone(),
             heartbeat: self.broker.settings().ack_wait() / 2,
             worker_id: self.worker_id.clone(),
+            metrics: self.metrics,
         });
         let dispatch = Dispatch {
             worker: &self,

@@ -116,6 +116,7 @@ pub struct Sinks {
     pub dead_letters: DeadLetterStream,
     pub worker_id: Arc<str>,
     pub counts: Arc<WorkerCounts>,
+    pub metrics: &'static Metrics,
     /// Turns true when the grace period is over: stop retrying, hand everything back.
     pub abandon: watch::Receiver<bool>,
     /// Told of every delayed nak, so the worker wakes when the task is due again.
@@ -232,7 +233,7 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
             // A newer attempt owns the row, or it is already final: leave this delivery
             // alone; if nobody acks it, its redelivery is recognised as a duplicate at claim.
             sinks.counts.fenced.fetch_add(1, Ordering::Relaxed);
-            Metrics::global().duplicate_executions.inc();
+            sinks.metrics.duplicate_executions.inc();
             // Logged in the task's span, so the line carries its trace id.
             let _in_task = settlement.span.enter();
             tracing::warn!(task_id = %settled.id, attempt = settled.attempt,
@@ -261,7 +262,7 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
             announce(broker, &settlement).await;
         }
         sinks.counts.count(settlement.label);
-        record_metrics(&settlement);
+        record_metrics(&settlement, sinks.metrics);
         if let Some(settled_row) = row_of(&settlement.record) {
             settled.push((settled_row.id, settlement.label));
         }
@@ -404,7 +405,7 @@ async fn publish_letters(
     };
     hold.recovered();
     for (id, error) in refused {
-        Metrics::global().dead_letters_refused.inc();
+        sinks.metrics.dead_letters_refused.inc();
         tracing::error!(task_id = %id, %error,
             "the broker refuses this dead letter; terminating its message without it");
     }
@@ -452,7 +453,7 @@ async fn store_rows(
                 if let Some(i) = bisection.failed() {
                     tracing::error!(task_id = %rows[i].id, %error,
                         "the database refuses this outcome; dead-lettering the task");
-                    Metrics::global().unstorable.inc();
+                    sinks.metrics.unstorable.inc();
                     refused.push((places[i], error.to_string()));
                 }
             }
@@ -477,7 +478,7 @@ async fn store_rows(
 
 fn note_store_failure(sinks: &Sinks, error: &dyn std::fmt::Display, size: usize) {
     sinks.counts.store_failures.fetch_add(1, Ordering::Relaxed);
-    Metrics::global().store_failures.inc();
+    sinks.metrics.store_failures.inc();
     tracing::error!(%error, size, "cannot store outcomes; holding the batch");
 }
 
@@ -493,8 +494,7 @@ async fn hand_back(batch: Vec<Settlement>) {
 }
 
 /// Counts one settled delivery: its outcome, its end-to-end time, its dead letter.
-fn record_metrics(settlement: &Settlement) {
-    let metrics = Metrics::global();
+fn record_metrics(settlement: &Settlement, metrics: &Metrics) {
     let letter = match &settlement.record {
         Record::Dead(_, letter) | Record::Rejected(letter) => Some(letter),
         _ => None,

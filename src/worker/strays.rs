@@ -19,12 +19,13 @@ pub async fn run(
     broker: Broker,
     dead_letters: DeadLetterStream,
     worker_id: String,
+    metrics: &'static Metrics,
     every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
-        if let Err(error) = sweep(&broker, &dead_letters, &worker_id).await {
+        if let Err(error) = sweep(&broker, &dead_letters, &worker_id, metrics).await {
             tracing::warn!(%error, "cannot sweep stray subjects; trying again later");
         }
         tokio::select! {
@@ -42,6 +43,7 @@ pub async fn sweep(
     broker: &Broker,
     dead_letters: &DeadLetterStream,
     worker_id: &str,
+    metrics: &Metrics,
 ) -> Result<usize, SweepError> {
     let mut swept = 0;
     for subject in broker.stray_subjects().await? {
@@ -73,12 +75,12 @@ pub async fn sweep(
             }
             let refused = dead_letters.publish(&mut letters).await?;
             for (id, error) in refused {
-                Metrics::global().dead_letters_refused.inc();
+                metrics.dead_letters_refused.inc();
                 tracing::error!(letter_id = %id, %error, "the broker refuses a stray's dead letter");
             }
             for (message, letter) in messages.iter().zip(&letters) {
                 tracing::warn!(%subject, letter_id = %letter.id, "dead-lettered a message on a stray subject");
-                Metrics::global()
+                metrics
                     .dead_letters
                     .with_label_values(&["unknown", DeadReason::BadSubject.as_str()])
                     .inc();

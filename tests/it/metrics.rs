@@ -150,6 +150,63 @@ async fn a_worker_process_exposes_what_it_did() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_records_into_the_metrics_it_is_given_and_nowhere_else() {
+    let env = TestEnv::new().await;
+    // Its own set, so what other work in this process records cannot change the figures.
+    let own: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+    let global_echo_before = completed(Metrics::global(), "echo");
+    let worker = env.spawn(
+        env.worker_with(|s| s.worker.retry_base_ms = 50)
+            .with_metrics(own),
+    );
+    let mut tasks: Vec<TaskEnvelope> = (0..4)
+        .map(|n| TaskEnvelope::new("echo", json!(n)))
+        .collect();
+    tasks.push(TaskEnvelope::new("fail", json!({"permanent": true})));
+    tasks.push(TaskEnvelope::new("fail", json!({"succeed_on_attempt": 2})));
+    for task in &tasks {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    env.wait_finished(&ids, Duration::from_secs(20)).await;
+    // Counted once the broker was told, a moment after the commit.
+    crate::support::eventually("every outcome counted", Duration::from_secs(10), || async {
+        (completed(own, "echo") == 4 && completed(own, "fail") == 1).then_some(())
+    })
+    .await;
+    let tasks_of =
+        |agent: &str, status: &str| own.agent_tasks.with_label_values(&[agent, status]).get();
+    assert_eq!(tasks_of("fail", "dead"), 1);
+    assert_eq!(tasks_of("fail", "retry"), 1);
+    assert_eq!(
+        own.dead_letters
+            .with_label_values(&["fail", "permanent_error"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        own.agent_duration
+            .with_label_values(&["echo"])
+            .get_sample_count(),
+        4
+    );
+    assert_eq!(
+        completed(Metrics::global(), "echo"),
+        global_echo_before,
+        "nothing went to the process's metrics"
+    );
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+fn completed(metrics: &Metrics, agent: &str) -> u64 {
+    metrics
+        .agent_tasks
+        .with_label_values(&[agent, "completed"])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_gauges_show_depth_and_age_per_priority() {
     let env = TestEnv::new().await;
     for _ in 0..7 {
