@@ -14,6 +14,7 @@
 //! - [`hold`]: holding a batch through a transient fault, and the board of held batches.
 //! - [`liveness`]: whether the worker still makes progress (`/ready`, stall gauges).
 //! - [`dispatch`]: a fetched batch becomes claimed, running tasks.
+//! - [`task_runner`]: one claimed task run, its lease kept alive, its settlement sent.
 //! - [`first_delivery`]: whether a first delivery could repeat a finished task.
 //! - [`upkeep`]: task partitions created and expired, the legacy mirror trimmed.
 //! - [`pull`]: where the next batch comes from and when to look (doorbell, alarms, rescan).
@@ -40,6 +41,7 @@ mod scheduled_view;
 pub mod settlement;
 pub mod settler;
 pub mod strays;
+mod task_runner;
 mod unique;
 pub mod upkeep;
 

@@ -14,13 +14,14 @@ use tokio::{
 use super::{
     Executor, RetryPolicy, Worker, WorkerError,
     alarm::RetryAlarms,
-    dispatch::{Dispatch, TaskRunner},
+    dispatch::Dispatch,
     gauges,
     hold::HeldBatches,
     liveness::Liveness,
     pull::Pull,
     raised,
     settler::{self, SettlerConfig, Sinks, WorkerCounts},
+    task_runner::TaskRunner,
     upkeep::{UPKEEP_INTERVAL, Upkeep},
 };
 use crate::{

@@ -15,7 +15,9 @@
 //! refuses is logged and counted, and its message terminated all the same.
 //!
 //! Longer than most modules: batching, commit, bisection of refused rows and acks are one
-//! hot path, kept whole until its rewrite (issue 13) lands.
+//! sequence whose order is the invariant (nothing acknowledged before its record), kept in
+//! one file so it reads top to bottom. What each outcome stores and acks is decided in
+//! `outcome` and `settlement`, not here.
 
 use std::{
     collections::HashSet,
