@@ -50,6 +50,9 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Spread the tasks over this many priorities (9, 8, ... down), one lane each.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=10))]
+    priorities: u8,
     /// Fill the table with this many finished tasks first (generated in PostgreSQL, then
     /// vacuumed), to measure how the fleet ages as history grows.
     #[arg(long, default_value_t = 0)]
@@ -115,7 +118,8 @@ async fn bench(
     store: &Store,
 ) -> anyhow::Result<Report> {
     let task = |n: usize| {
-        TaskEnvelope::new(args.agent.clone(), json!({ "n": n })).with_priority((n % 10) as u8)
+        let level = (n % usize::from(args.priorities)) as u8;
+        TaskEnvelope::new(args.agent.clone(), json!({ "n": n })).with_priority(9 - level)
     };
     let bar = indicatif::ProgressBar::new(args.n as u64);
     bar.set_style(
