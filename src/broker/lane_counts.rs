@@ -1,24 +1,19 @@
 //! Which lanes hold messages: the stream's per-subject counts, read in the background one
 //! request at a time (a JetStream API request answered by the stream leader: a few
 //! milliseconds in a cluster, seconds during a leader election, so never on every pull),
-//! plus the lanes the doorbell reports.
+//! plus the lanes the doorbell reports. The puller owns all of it; the background read only
+//! hands its result back.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use tokio::task::JoinHandle;
 
-use super::{
-    BrokerError, Subjects,
-    lanes::{Lane, LaneKey},
-};
+use super::{BrokerError, Subjects, lanes::LaneKey};
 use crate::task::AgentFilter;
 
 /// Longest the per-subject message counts may take.
@@ -29,7 +24,10 @@ pub(super) const COUNTS_TIMEOUT: Duration = Duration::from_secs(2);
 /// later at most. Idle workers hear of new lanes from the doorbell at once.
 const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Reads which lanes hold messages in the background, one read at a time.
+/// The lanes holding messages, as one read of the counts found them.
+pub(super) type Counted = Result<BTreeSet<LaneKey>, BrokerError>;
+
+/// Reads which lanes hold messages.
 #[derive(Clone)]
 pub(super) struct LaneCounter {
     pub(super) stream: jetstream::stream::Stream,
@@ -37,53 +35,22 @@ pub(super) struct LaneCounter {
     /// The subject filter of the counts request.
     pub(super) filter_subject: String,
     pub(super) agents: AgentFilter,
-    pub(super) running: Arc<AtomicBool>,
-    /// Half the lane consumers' expiry.
-    pub(super) forget_after: Duration,
 }
 
 impl LaneCounter {
-    /// Starts a read unless one is running; its handle resolves when `active` is updated.
-    pub(super) fn start(
-        &self,
-        active: Arc<Mutex<ActiveLanes>>,
-        known: Arc<Mutex<HashMap<LaneKey, Arc<Lane>>>>,
-    ) -> Option<tokio::task::JoinHandle<Result<(), BrokerError>>> {
-        if self.running.swap(true, Ordering::AcqRel) {
-            return None;
-        }
+    /// One read in the background, given up after [`COUNTS_TIMEOUT`].
+    pub(super) fn spawn(&self) -> JoinHandle<Counted> {
         let counter = self.clone();
-        active.lock().expect("lanes lock").rung.clear();
-        Some(tokio::spawn(async move {
-            let counted = tokio::time::timeout(COUNTS_TIMEOUT, counter.count()).await;
-            counter.running.store(false, Ordering::Release);
-            let counted =
-                counted.unwrap_or_else(|_| Err(counter.error("no answer from the stream".into())));
-            let mut active = active.lock().expect("lanes lock");
-            match counted {
-                Ok(mut lanes) => {
-                    counter.forget_idle(&lanes, &known);
-                    // Lanes the doorbell reported while the counts were on their way.
-                    lanes.append(&mut active.rung);
-                    if active.lanes != lanes {
-                        active.lanes = lanes;
-                        active.version += 1;
-                    }
-                    active.read_at = Some(Instant::now());
-                    active.stale = false;
-                    Ok(())
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "asking the lanes known so far");
-                    Err(error)
-                }
-            }
-        }))
+        tokio::spawn(async move {
+            tokio::time::timeout(COUNTS_TIMEOUT, counter.count())
+                .await
+                .unwrap_or_else(|_| Err(counter.error("no answer from the stream".into())))
+        })
     }
 
-    /// One request to the stream, whatever the number of lanes: (priority, agent type) of
-    /// every lane this worker serves that holds messages (waiting or in flight).
-    async fn count(&self) -> Result<BTreeSet<LaneKey>, BrokerError> {
+    /// One request to the stream, whatever the number of lanes: every lane this worker
+    /// serves that holds messages (waiting or in flight).
+    async fn count(&self) -> Counted {
         let mut counts = self
             .stream
             .info_with_subjects(&self.filter_subject)
@@ -102,23 +69,6 @@ impl LaneCounter {
         Ok(occupied)
     }
 
-    /// Marks the lanes holding messages as seen, and drops the handles of lanes that held
-    /// none for half the consumers' expiry: the server may delete those consumers, and a
-    /// lane without a handle is made again when tasks return.
-    fn forget_idle(
-        &self,
-        occupied: &BTreeSet<LaneKey>,
-        known: &Mutex<HashMap<LaneKey, Arc<Lane>>>,
-    ) {
-        known.lock().expect("lanes lock").retain(|key, lane| {
-            let mut seen = lane.seen.lock().expect("lane lock");
-            if occupied.contains(key) {
-                *seen = Instant::now();
-            }
-            seen.elapsed() < self.forget_after
-        });
-    }
-
     fn error(&self, source: super::NatsError) -> BrokerError {
         BrokerError::Fetch {
             consumer: "(subject counts)".into(),
@@ -127,9 +77,8 @@ impl LaneCounter {
     }
 }
 
-/// The lanes a scan asks: found by reading the stream's per-subject counts (a JetStream API
-/// request, answered by the stream leader: a few milliseconds in a cluster, so not on every
-/// pull), and added to at once by the doorbell.
+/// The lanes a scan asks: found by reading the stream's per-subject counts, and added to at
+/// once by the doorbell.
 #[derive(Default)]
 pub(super) struct ActiveLanes {
     pub(super) lanes: BTreeSet<LaneKey>,
@@ -149,6 +98,18 @@ impl ActiveLanes {
         if self.lanes.insert(lane) {
             self.version += 1;
         }
+    }
+
+    /// Takes a finished read of the counts: the lanes it found, with those the doorbell
+    /// reported while it was on its way.
+    pub(super) fn counted(&mut self, mut lanes: BTreeSet<LaneKey>) {
+        lanes.append(&mut self.rung);
+        if self.lanes != lanes {
+            self.lanes = lanes;
+            self.version += 1;
+        }
+        self.read_at = Some(Instant::now());
+        self.stale = false;
     }
 
     pub(super) fn due(&self) -> bool {

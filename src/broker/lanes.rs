@@ -14,16 +14,13 @@ use async_nats::jetstream::{
 
 use futures::StreamExt;
 
-use std::{
-    sync::{Mutex, atomic::AtomicBool},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use super::{Broker, BrokerError, Subjects};
 use crate::task::MAX_PRIORITY;
 
 /// A set of priorities, bit `p` for priority `p`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Priorities(u16);
 
 impl Priorities {
@@ -73,11 +70,11 @@ impl std::fmt::Display for LaneKey {
 
 /// A lane as a worker pulls it: its consumer and what the worker knows about it.
 pub(super) struct Lane {
-    pub(super) consumer: PullConsumer,
+    pub(super) consumer: Arc<PullConsumer>,
     /// The last no-wait fetch went unanswered.
-    pub(super) stuck: AtomicBool,
+    pub(super) stuck: bool,
     /// When the counts last showed messages in the lane.
-    pub(super) seen: Mutex<Instant>,
+    pub(super) seen: Instant,
 }
 
 /// Durable name of the consumer of one lane. Agent types are subject tokens, which may hold

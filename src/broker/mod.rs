@@ -23,7 +23,7 @@ pub use backlog::{Backlog, LaneBacklog, PriorityBacklog};
 pub use cancellations::CancelNotice;
 pub use connection::Broker;
 pub use delayed::DelayedCounts;
-pub use doorbell::Doorbell;
+pub use doorbell::{Doorbell, Rung};
 pub use error::{BrokerError, NatsError};
 pub use lanes::Priorities;
 pub use lanes::lane_name;

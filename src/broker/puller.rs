@@ -9,20 +9,18 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
     Broker, BrokerError, Doorbell,
-    lane_counts::{ActiveLanes, COUNTS_TIMEOUT, LaneCounter},
+    doorbell::Rung,
+    lane_counts::{ActiveLanes, COUNTS_TIMEOUT, Counted, LaneCounter},
     lanes::{Lane, LaneKey, Priorities},
 };
 use crate::task::AgentFilter;
@@ -42,26 +40,37 @@ const CREATE_PATIENCE: Duration = Duration::from_millis(250);
 /// it knows (a healthy stream answers in a few milliseconds).
 const RECOUNT_PATIENCE: Duration = Duration::from_millis(250);
 
-/// Pulls from the lanes a worker serves, highest priority first.
+/// A lane's consumer as its background creation ended.
+type Made = (LaneKey, Result<PullConsumer, BrokerError>);
+
+/// Pulls from the lanes a worker serves, highest priority first. It owns everything it
+/// knows about them; the background work it starts (reading the counts, creating a lane's
+/// consumer) hands its result back rather than sharing state.
 pub struct PriorityPuller {
     broker: Broker,
     stream: jetstream::stream::Stream,
     filter: AgentFilter,
     /// Lanes this worker has pulled from; created when first found waiting.
-    lanes: Arc<Mutex<HashMap<LaneKey, Arc<Lane>>>>,
-    /// Lanes whose consumer is being created, and a counter bumped when one is ready.
-    creating: Arc<Mutex<HashSet<LaneKey>>>,
-    lanes_made: Arc<watch::Sender<u64>>,
-    /// Lanes believed to hold messages, shared with the doorbell.
-    active: Arc<Mutex<ActiveLanes>>,
-    /// The `ActiveLanes::version` whose lanes were last given consumers ahead of need.
-    prepared: AtomicU64,
+    lanes: HashMap<LaneKey, Lane>,
+    /// Lanes whose consumer is being made in the background; each result comes back on
+    /// `made_rx`.
+    creating: HashSet<LaneKey>,
+    made_tx: mpsc::UnboundedSender<Made>,
+    made_rx: mpsc::UnboundedReceiver<Made>,
+    /// Lanes believed to hold messages.
+    active: ActiveLanes,
     counter: LaneCounter,
+    /// The read of the counts under way, if any.
+    counting: Option<JoinHandle<Counted>>,
+    /// Half the lane consumers' expiry: a lane without messages for this long is forgotten.
+    forget_after: Duration,
+    /// The `ActiveLanes::version` whose lanes were last given consumers ahead of need.
+    prepared: u64,
     /// Set once the lane cap refused a lane (so the warning is logged once per episode).
-    over_cap: AtomicBool,
+    over_cap: bool,
     /// Rotates which lane of a priority is asked first, so one agent type's backlog does not
     /// starve another's at the same priority.
-    turn: AtomicUsize,
+    turn: usize,
 }
 
 impl Broker {
@@ -99,21 +108,23 @@ impl PriorityPuller {
                 _ => broker.subjects().all_tasks(),
             },
             agents: filter.clone(),
-            running: Arc::default(),
-            forget_after: broker.settings().lane_expiry() / 2,
         };
+        let (made_tx, made_rx) = mpsc::unbounded_channel();
         Ok(Self {
+            forget_after: broker.settings().lane_expiry() / 2,
             broker,
             stream,
             counter,
             filter,
-            lanes: Arc::default(),
-            creating: Arc::default(),
-            lanes_made: Arc::new(watch::Sender::new(0)),
-            active: Arc::default(),
-            prepared: AtomicU64::new(u64::MAX),
-            turn: AtomicUsize::new(0),
-            over_cap: AtomicBool::new(false),
+            lanes: HashMap::new(),
+            creating: HashSet::new(),
+            made_tx,
+            made_rx,
+            active: ActiveLanes::default(),
+            counting: None,
+            prepared: u64::MAX,
+            turn: 0,
+            over_cap: false,
         })
     }
 
@@ -135,134 +146,169 @@ impl PriorityPuller {
             .collect()
     }
 
+    /// Takes what the doorbell heard: its lanes are known to hold messages from now on.
+    /// Returns the priorities to ask.
+    pub fn heard(&mut self, rung: Rung) -> Priorities {
+        for lane in rung.lanes {
+            self.active.ring(lane);
+        }
+        rung.priorities
+    }
+
     /// The lanes of `priorities` to ask, highest priority first, each priority's lanes
     /// starting at a different one on every call. A full scan has the counts read again when
     /// they are old or the last scan came back short, without waiting long for them: during a
     /// stream leader election the request goes unanswered for seconds, and the lanes known
     /// so far still serve. Fails only when the counts were never read.
-    async fn lanes_to_ask(&self, priorities: Priorities) -> Result<Vec<LaneKey>, BrokerError> {
-        let (due, stale, never_read) = {
-            let active = self.active.lock().expect("lanes lock");
-            (active.due(), active.stale, active.read_at.is_none())
-        };
-        if priorities == Priorities::ALL && due {
+    async fn lanes_to_ask(&mut self, priorities: Priorities) -> Result<Vec<LaneKey>, BrokerError> {
+        if self.counting.as_ref().is_some_and(JoinHandle::is_finished) {
+            let finished = self.counting.take().expect("a finished read");
+            let _ = self.take_counts(finished.await);
+        }
+        if priorities == Priorities::ALL && self.active.due() {
+            let never_read = self.active.read_at.is_none();
             let patience = if never_read {
                 COUNTS_TIMEOUT
-            } else if stale {
+            } else if self.active.stale {
                 RECOUNT_PATIENCE
             } else {
                 Duration::ZERO
             };
-            if let Some(recount) = self.counter.start(self.active.clone(), self.lanes.clone())
-                && !patience.is_zero()
-            {
-                match tokio::time::timeout(patience, recount).await {
-                    Ok(Ok(Err(error))) if never_read => return Err(error),
-                    _ => {}
+            let started = self.counting.is_none();
+            if started {
+                self.active.rung.clear();
+                self.counting = Some(self.counter.spawn());
+            }
+            if started && !patience.is_zero() {
+                let reading = self.counting.as_mut().expect("just started");
+                if let Ok(joined) = tokio::time::timeout(patience, reading).await {
+                    self.counting = None;
+                    match self.take_counts(joined) {
+                        Err(error) if never_read => return Err(error),
+                        _ => {}
+                    }
                 }
             }
         }
-        let (mut lanes, changed): (Vec<LaneKey>, Option<Vec<LaneKey>>) = {
-            let active = self.active.lock().expect("lanes lock");
-            let asked = active
-                .lanes
-                .iter()
-                .filter(|lane| priorities.contains(lane.priority))
-                .cloned()
-                .collect();
-            let changed = (self.prepared.swap(active.version, Ordering::Relaxed) != active.version)
-                .then(|| active.lanes.iter().cloned().collect());
-            (asked, changed)
-        };
+        let mut lanes: Vec<LaneKey> = self
+            .active
+            .lanes
+            .iter()
+            .filter(|lane| priorities.contains(lane.priority))
+            .cloned()
+            .collect();
         // Every lane with messages gets its consumer ahead of need (once per change of the
         // set), so a scan that reaches a lower priority finds it ready.
         // Highest priority first, so a lane cap leaves the lowest ones waiting.
-        for lane in changed.iter().flatten().rev() {
-            self.start_creating(lane, false);
+        if std::mem::replace(&mut self.prepared, self.active.version) != self.active.version {
+            let occupied: Vec<LaneKey> = self.active.lanes.iter().rev().cloned().collect();
+            for lane in &occupied {
+                self.start_creating(lane, false);
+            }
         }
         lanes.sort_by(|a, b| {
             (b.priority.cmp(&a.priority)).then_with(|| a.agent_type.cmp(&b.agent_type))
         });
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        self.turn = self.turn.wrapping_add(1);
         for level in lanes.chunk_by_mut(|a, b| a.priority == b.priority) {
             let len = level.len();
-            level.rotate_left(turn % len);
+            level.rotate_left(self.turn % len);
         }
         Ok(lanes)
     }
 
-    /// The lane of `key`. Its consumer is created (or its settings
-    /// updated) on first use in the background, waited for only briefly: creating a consumer
-    /// goes through the cluster's metadata leader, which can take seconds to answer after a
-    /// node died, and the other lanes must not wait for that. `None` while it is being made.
-    async fn lane(&self, key: &LaneKey) -> Option<Arc<Lane>> {
-        let mut changed = self.lanes_made.subscribe();
-        if let Some(lane) = self.lanes.lock().expect("lanes lock").get(key) {
-            return Some(lane.clone());
+    /// Takes a read of the counts: the lanes that hold messages are marked seen, those that
+    /// held none for half the consumers' expiry are forgotten (the server may delete their
+    /// consumers; a lane without a handle is made again when tasks return).
+    fn take_counts(
+        &mut self,
+        joined: Result<Counted, tokio::task::JoinError>,
+    ) -> Result<(), BrokerError> {
+        let counted = joined.unwrap_or_else(|error| {
+            Err(BrokerError::Fetch {
+                consumer: "(subject counts)".into(),
+                source: error.into(),
+            })
+        });
+        match counted {
+            Ok(occupied) => {
+                let now = Instant::now();
+                let forget_after = self.forget_after;
+                self.lanes.retain(|key, lane| {
+                    if occupied.contains(key) {
+                        lane.seen = now;
+                    }
+                    lane.seen.elapsed() < forget_after
+                });
+                self.active.counted(occupied);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "asking the lanes known so far");
+                Err(error)
+            }
+        }
+    }
+
+    /// The consumer of lane `key`. It is created (or its settings updated) on first use in
+    /// the background, waited for only briefly: creating a consumer goes through the
+    /// cluster's metadata leader, which can take seconds to answer after a node died, and
+    /// the other lanes must not wait for that. `None` while it is being made.
+    async fn lane(&mut self, key: &LaneKey) -> Option<Arc<PullConsumer>> {
+        while let Ok(made) = self.made_rx.try_recv() {
+            self.add_made(made);
+        }
+        if let Some(lane) = self.lanes.get(key) {
+            return Some(lane.consumer.clone());
         }
         self.start_creating(key, false);
-        if !self.creating.lock().expect("lanes lock").contains(key) {
-            // Refused by the lane cap (or made meanwhile: found on the next scan).
-            return None;
+        let deadline = tokio::time::Instant::now() + CREATE_PATIENCE;
+        // Refused by the lane cap, or its creation failed: asked again on a later scan.
+        while self.creating.contains(key) {
+            let made = tokio::time::timeout_at(deadline, self.made_rx.recv()).await;
+            self.add_made(made.ok()??);
         }
-        let made = tokio::time::timeout(CREATE_PATIENCE, async {
-            loop {
-                if let Some(lane) = self.lanes.lock().expect("lanes lock").get(key) {
-                    return Some(lane.clone());
-                }
-                changed.changed().await.ok()?;
+        self.lanes.get(key).map(|lane| lane.consumer.clone())
+    }
+
+    fn add_made(&mut self, (key, made): Made) {
+        self.creating.remove(&key);
+        match made {
+            Ok(consumer) => {
+                let lane = Lane {
+                    consumer: Arc::new(consumer),
+                    stuck: false,
+                    seen: Instant::now(),
+                };
+                self.lanes.insert(key, lane);
             }
-        });
-        made.await.ok().flatten()
+            Err(error) => tracing::warn!(%error, "cannot set up a lane; trying again"),
+        }
     }
 
     /// Creates the consumer of a lane in the background, unless it exists (or `again`: even
     /// then, when the server may have dropped it) or is on its way.
-    fn start_creating(&self, key: &LaneKey, again: bool) {
-        let known = self.lanes.lock().expect("lanes lock").len();
-        let underway = self.creating.lock().expect("lanes lock").len();
+    fn start_creating(&mut self, key: &LaneKey, again: bool) {
         let max_lanes = self.broker.settings().max_lanes;
-        if !again && known + underway >= max_lanes {
-            if !self.over_cap.swap(true, Ordering::Relaxed) {
+        if !again && self.lanes.len() + self.creating.len() >= max_lanes {
+            if !std::mem::replace(&mut self.over_cap, true) {
                 tracing::warn!(max_lanes, lane = %key,
                     "lane cap reached: tasks of further lanes wait until idle lanes expire");
             }
             return;
         }
-        self.over_cap.store(false, Ordering::Relaxed);
-        if (!again && self.lanes.lock().expect("lanes lock").contains_key(key))
-            || !self
-                .creating
-                .lock()
-                .expect("lanes lock")
-                .insert(key.clone())
-        {
+        self.over_cap = false;
+        if (!again && self.lanes.contains_key(key)) || !self.creating.insert(key.clone()) {
             return;
         }
         let (broker, stream) = (self.broker.clone(), self.stream.clone());
-        let (lanes, creating, made) = (
-            self.lanes.clone(),
-            self.creating.clone(),
-            self.lanes_made.clone(),
-        );
-        let key = key.clone();
+        let (key, made) = (key.clone(), self.made_tx.clone());
         tokio::spawn(async move {
             let created = broker
                 .ensure_lane(&stream, key.priority, &key.agent_type)
                 .await;
-            match created {
-                Ok(consumer) => {
-                    let lane = Arc::new(Lane {
-                        consumer,
-                        stuck: AtomicBool::new(false),
-                        seen: Mutex::new(Instant::now()),
-                    });
-                    lanes.lock().expect("lanes lock").insert(key.clone(), lane);
-                    made.send_modify(|n| *n += 1);
-                }
-                Err(error) => tracing::warn!(%error, "cannot set up a lane; trying again"),
-            }
-            creating.lock().expect("lanes lock").remove(&key);
+            // The puller may be gone (the worker stopped): nobody needs the lane then.
+            let _ = made.send((key, created));
         });
     }
 
@@ -272,7 +318,7 @@ impl PriorityPuller {
     ///
     /// Fails only when nothing could be asked at all (the connection is down).
     pub async fn fetch_available(
-        &self,
+        &mut self,
         max: usize,
         priorities: Priorities,
     ) -> Result<Vec<jetstream::Message>, BrokerError> {
@@ -284,23 +330,26 @@ impl PriorityPuller {
             if wanted == 0 {
                 break;
             }
-            let Some(lane) = self.lane(&key).await else {
+            let Some(consumer) = self.lane(&key).await else {
                 continue;
             };
-            let patience = if lane.stuck.load(Ordering::Relaxed) {
+            let stuck = self.lanes.get(&key).is_some_and(|lane| lane.stuck);
+            let patience = if stuck {
                 STUCK_FETCH_TIMEOUT
             } else {
                 FETCH_TIMEOUT
             };
-            match Self::fetch_one(&lane.consumer, wanted, patience, &mut taken).await {
+            let fetched = Self::fetch_one(&consumer, wanted, patience, &mut taken).await;
+            let lane = self.lanes.get_mut(&key);
+            match fetched {
                 Ok(()) => {
                     answered = true;
-                    if lane.stuck.swap(false, Ordering::Relaxed) {
+                    if lane.is_some_and(|lane| std::mem::replace(&mut lane.stuck, false)) {
                         tracing::info!(lane = %key, "consumer answers again");
                     }
                 }
                 Err(error) => {
-                    if !lane.stuck.swap(true, Ordering::Relaxed) {
+                    if lane.is_some_and(|lane| !std::mem::replace(&mut lane.stuck, true)) {
                         tracing::warn!(%error, "skipping a consumer that does not answer");
                         // A consumer that expired while idle, or was deleted behind our back,
                         // does not answer either (the pull times out; tested): make it again
@@ -312,7 +361,7 @@ impl PriorityPuller {
             }
         }
         if taken.len() < max {
-            self.active.lock().expect("lanes lock").stale = true;
+            self.active.stale = true;
         }
         match last_error {
             Some(error) if !answered && taken.is_empty() => Err(error),
@@ -375,7 +424,6 @@ impl PriorityPuller {
             subscriber: futures::stream::select_all(subscribers),
             subjects: self.broker.subjects().clone(),
             filter: self.filter.clone(),
-            active: self.active.clone(),
         })
     }
 }

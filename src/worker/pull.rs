@@ -111,12 +111,18 @@ impl Pull {
         self.bell_misses += 1;
         self.scan = rung;
         let follow_up = tokio::time::sleep(BELL_FOLLOW_UP * 4u32.pow(self.bell_misses - 1));
-        match self.doorbell.as_mut() {
+        let more = match self.doorbell.as_mut() {
             Some(bell) => tokio::select! {
-                more = bell.ring() => self.scan = more.map_or(rung, |more| rung.union(more)),
-                _ = follow_up => {}
+                more = bell.ring() => more,
+                _ = follow_up => None,
             },
-            None => follow_up.await,
+            None => {
+                follow_up.await;
+                None
+            }
+        };
+        if let Some(more) = more {
+            self.scan = rung.union(self.lanes.heard(more));
         }
     }
 
@@ -141,7 +147,7 @@ impl Pull {
             biased;
             _ = raised(stop) => return None,
             rung = bell.ring() => match rung {
-                Some(rung) => self.scan = rung,
+                Some(rung) => self.scan = self.lanes.heard(rung),
                 None => self.doorbell = None,
             },
             woke = self.alarms.wait(self.rescan) => self.after_alarm = woke == Woke::Alarm,
