@@ -21,6 +21,24 @@ async fn signal(signal: &str, pid: &str) {
     assert!(sent.success(), "kill {signal} {pid}");
 }
 
+/// Waits until exactly `count` worker processes answer the roll call; returns them.
+async fn workers_answering(
+    env: &TestEnv,
+    count: usize,
+) -> Vec<swarm_director::scale::WorkerPresence> {
+    eventually(
+        &format!("{count} worker processes answering"),
+        Duration::from_secs(30),
+        || async {
+            let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
+                .await
+                .unwrap();
+            (present.len() == count).then_some(present)
+        },
+    )
+    .await
+}
+
 /// SIGTERM, then the process must exit 0 within `within` (its grace period).
 async fn stop_cleanly(process: &mut tokio::process::Child, within: Duration, what: &str) {
     signal("-TERM", &process.id().unwrap().to_string()).await;
@@ -229,17 +247,7 @@ async fn one_command_runs_several_worker_processes_and_stops_them_all() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let present = eventually(
-        "both processes answering",
-        Duration::from_secs(30),
-        || async {
-            let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
-                .await
-                .unwrap();
-            (present.len() == 2).then_some(present)
-        },
-    )
-    .await;
+    let present = workers_answering(&env, 2).await;
     let ids: Vec<&str> = present.iter().map(|p| p.worker_id.as_str()).collect();
     assert_eq!(ids, ["pair-0", "pair-1"], "two processes, one id each");
     assert!(present.iter().all(|p| p.concurrency == 4));
@@ -297,17 +305,7 @@ async fn a_plain_worker_runs_a_process_per_core_and_none_outlive_a_killed_superv
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let present = eventually(
-        "every process answering",
-        Duration::from_secs(30),
-        || async {
-            let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
-                .await
-                .unwrap();
-            (present.len() == expected).then_some(present)
-        },
-    )
-    .await;
+    let present = workers_answering(&env, expected).await;
     let supervisor_pid = supervisor.id().unwrap();
     if expected > 1 {
         assert!(
@@ -319,13 +317,7 @@ async fn a_plain_worker_runs_a_process_per_core_and_none_outlive_a_killed_superv
     // SIGKILL: the supervisor cannot pass anything on; its processes notice and drain.
     signal("-KILL", &supervisor_pid.to_string()).await;
     supervisor.wait().await.unwrap();
-    eventually("no worker left", Duration::from_secs(30), || async {
-        let left = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(200))
-            .await
-            .unwrap();
-        left.is_empty().then_some(())
-    })
-    .await;
+    workers_answering(&env, 0).await;
     env.cleanup().await;
 }
 

@@ -47,14 +47,7 @@ async fn a_worker_process_exposes_what_it_did() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut tasks: Vec<TaskEnvelope> = (0..5)
-        .map(|n| TaskEnvelope::new("echo", json!(n)))
-        .collect();
-    tasks.push(TaskEnvelope::new("fail", json!({"permanent": true})));
-    tasks.push(TaskEnvelope::new("fail", json!({"succeed_on_attempt": 2})));
-    for task in &tasks {
-        env.broker.publish(task, Codec::Json).await.unwrap();
-    }
+    let mut tasks = publish_echoes_and_failures(&env, 5).await;
     let quality = TaskEnvelope::new("quality", json!({"text": "Clear words."}));
     env.broker.publish(&quality, Codec::Json).await.unwrap();
     env.wait_finished(&[quality.id], Duration::from_secs(20))
@@ -159,14 +152,7 @@ async fn a_worker_records_into_the_metrics_it_is_given_and_nowhere_else() {
         env.worker_with(|s| s.worker.retry_base_ms = 50)
             .with_metrics(own),
     );
-    let mut tasks: Vec<TaskEnvelope> = (0..4)
-        .map(|n| TaskEnvelope::new("echo", json!(n)))
-        .collect();
-    tasks.push(TaskEnvelope::new("fail", json!({"permanent": true})));
-    tasks.push(TaskEnvelope::new("fail", json!({"succeed_on_attempt": 2})));
-    for task in &tasks {
-        env.broker.publish(task, Codec::Json).await.unwrap();
-    }
+    let tasks = publish_echoes_and_failures(&env, 4).await;
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
     env.wait_finished(&ids, Duration::from_secs(20)).await;
     // Counted once the broker was told, a moment after the commit.
@@ -197,6 +183,20 @@ async fn a_worker_records_into_the_metrics_it_is_given_and_nowhere_else() {
     );
     worker.stop().await;
     env.cleanup().await;
+}
+
+/// Publishes `echoes` echo tasks, one permanent failure and one task that succeeds on its
+/// second attempt; returns them.
+async fn publish_echoes_and_failures(env: &TestEnv, echoes: usize) -> Vec<TaskEnvelope> {
+    let mut tasks: Vec<TaskEnvelope> = (0..echoes)
+        .map(|n| TaskEnvelope::new("echo", json!(n)))
+        .collect();
+    tasks.push(TaskEnvelope::new("fail", json!({"permanent": true})));
+    tasks.push(TaskEnvelope::new("fail", json!({"succeed_on_attempt": 2})));
+    for task in &tasks {
+        env.broker.publish(task, Codec::Json).await.unwrap();
+    }
+    tasks
 }
 
 fn completed(metrics: &Metrics, agent: &str) -> u64 {
