@@ -3,6 +3,9 @@
 //! hand the outcomes to the settler. On shutdown it stops pulling, lets in-flight tasks
 //! finish within the grace period (handing back those that do not), and flushes pending
 //! commits.
+//!
+//! Longer than most modules: most of it starts the worker's sidecars (upkeep, gauges, roll
+//! calls, strays, delays, cancellations, the legacy side) and stops them in order.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
