@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context;
 use tokio::{process::Command, task::JoinSet};
 
-use crate::config::Settings;
+use crate::config::{Concurrency, Settings};
 
 /// A process that dies is started again after this pause.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
@@ -53,8 +53,17 @@ pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> 
     let args = without_processes_flag(std::env::args_os().skip(1));
     let base_id = settings.worker.worker_id();
     let threads = super::threads_per_process(count);
+    let slots = memory_shared_slots(
+        settings.worker.concurrency,
+        crate::scale::available_cores(),
+        crate::scale::available_memory_bytes(),
+        count,
+    );
     let start = |index: usize| {
         let mut command = Command::new(&exe);
+        if let Some(slots) = slots {
+            command.env("SWARM_CONCURRENCY", slots.to_string());
+        }
         command
             .args(&args)
             .env("SWARM_WORKER_PROCESSES", "1")
@@ -108,6 +117,24 @@ pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> 
     while running.join_next().await.is_some() {}
     tracing::info!("every worker process stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// The slots each of `count` processes gets when they are sized `auto`: as one process
+/// would be, but against its share of the memory, so that together they reserve no more
+/// than the host has. `None` for a fixed concurrency (every process runs that many).
+fn memory_shared_slots(
+    setting: Concurrency,
+    cores: usize,
+    memory_bytes: u64,
+    count: usize,
+) -> Option<usize> {
+    match setting {
+        Concurrency::Auto => Some(crate::scale::concurrency_for(
+            cores,
+            memory_bytes / count.max(1) as u64,
+        )),
+        Concurrency::Fixed(_) => None,
+    }
 }
 
 /// Asks a process to shut down gracefully.
@@ -172,6 +199,23 @@ mod tests {
             without_processes_flag(args.into_iter()),
             ["worker", "--agents", "email"].map(OsString::from)
         );
+    }
+
+    #[test]
+    fn auto_sized_processes_share_the_memory() {
+        const GIB: u64 = 1 << 30;
+        // This machine: two processes of 256 slots, as one would have.
+        assert_eq!(
+            memory_shared_slots(Concurrency::Auto, 2, 24 * GIB, 2),
+            Some(256)
+        );
+        // 16 cores, 8 GiB, 8 processes: 1 GiB each holds 256 tasks of the largest size,
+        // not the 1,024 each would take sized against all 8 GiB.
+        assert_eq!(
+            memory_shared_slots(Concurrency::Auto, 16, 8 * GIB, 8),
+            Some(256)
+        );
+        assert_eq!(memory_shared_slots(Concurrency::Fixed(4), 16, GIB, 8), None);
     }
 
     #[test]

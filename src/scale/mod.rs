@@ -9,4 +9,4 @@ mod sizing;
 pub use host::{HostSampler, HostUsage, available_cores, available_memory_bytes};
 pub use roster::{WorkerPresence, answer_roll_calls, roll_call};
 pub use signals::{ROLL_CALL_WAIT, ScaleMeter, ScaleSignals};
-pub use sizing::{auto_concurrency, optimal_worker_processes, slots};
+pub use sizing::{auto_concurrency, concurrency_for, optimal_worker_processes, slots};
