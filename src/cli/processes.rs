@@ -50,7 +50,7 @@ pub async fn supervisor_gone() {
 /// Fails when a process cannot be started, or they keep dying.
 pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the swarmd executable")?;
-    let args = without_processes_flag(std::env::args_os().skip(1));
+    let mut args = without_flag(std::env::args_os().skip(1), "--processes");
     let base_id = settings.worker.worker_id();
     let threads = super::threads_per_process(count);
     let slots = memory_shared_slots(
@@ -59,6 +59,10 @@ pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> 
         crate::scale::available_memory_bytes(),
         count,
     );
+    if slots.is_some() {
+        // `--concurrency auto` given here would size each process against all the memory.
+        args = without_flag(args.into_iter(), "--concurrency");
+    }
     let start = |index: usize| {
         let mut command = Command::new(&exe);
         if let Some(slots) = slots {
@@ -149,8 +153,8 @@ fn terminate(pid: u32) {
     }
 }
 
-/// The command line for a child: the supervisor's, without `--processes`.
-fn without_processes_flag(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+/// A command line without `flag` and its value (`--flag value` or `--flag=value`).
+fn without_flag(args: impl Iterator<Item = OsString>, flag: &str) -> Vec<OsString> {
     let mut kept = Vec::new();
     let mut skip_value = false;
     for arg in args {
@@ -158,8 +162,8 @@ fn without_processes_flag(args: impl Iterator<Item = OsString>) -> Vec<OsString>
             continue;
         }
         match arg.to_str() {
-            Some("--processes") => skip_value = true,
-            Some(flag) if flag.starts_with("--processes=") => {}
+            Some(given) if given == flag => skip_value = true,
+            Some(given) if given.strip_prefix(flag).is_some_and(|v| v.starts_with('=')) => {}
             _ => kept.push(arg),
         }
     }
@@ -196,8 +200,19 @@ mod tests {
         ]
         .map(OsString::from);
         assert_eq!(
-            without_processes_flag(args.into_iter()),
+            without_flag(args.into_iter(), "--processes"),
             ["worker", "--agents", "email"].map(OsString::from)
+        );
+        let args = [
+            "worker",
+            "--concurrency=auto",
+            "--concurrency-x",
+            "--concurrency",
+            "auto",
+        ];
+        assert_eq!(
+            without_flag(args.map(OsString::from).into_iter(), "--concurrency"),
+            ["worker", "--concurrency-x"].map(OsString::from)
         );
     }
 
