@@ -47,6 +47,41 @@ async fn a_task_published_again_after_the_duplicate_window_is_not_run_again() {
     a_late_copy_is_not_run(task, &own_id).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_a_task_in_one_fetch_run_it_once() {
+    // Both copies are stored (different message ids) before the worker starts, so its first
+    // fetch takes them together: one runs, the other is handed back and comes again as a
+    // duplicate of the committed task.
+    let env = TestEnv::new().await;
+    let task = TaskEnvelope::new("sleep", json!({"ms": 1}));
+    let subject = env.broker.subjects().task(task.priority, &task.agent_type);
+    let body = Codec::Json.encode(&task).unwrap();
+    for copy in ["copy-1", "copy-2"] {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", copy);
+        headers.insert("Content-Type", "application/json");
+        let stored = env
+            .broker
+            .publish_raw(subject.clone(), headers, body.clone())
+            .await
+            .unwrap();
+        assert!(!stored.duplicate, "{copy} is stored");
+    }
+    let worker = env.spawn(env.worker());
+    let rows = env.wait_finished(&[task.id], Duration::from_secs(10)).await;
+    assert_eq!(rows[0].attempts, 1);
+    eventually(
+        "the second copy settled as a duplicate",
+        Duration::from_secs(10),
+        || async { (count(&worker.counts.duplicates) == 1).then_some(()) },
+    )
+    .await;
+    let counts = worker.stop().await;
+    assert_eq!(count(&counts.completed), 1, "the agent ran once");
+    env.assert_stream_drains("both copies acknowledged").await;
+    env.cleanup().await;
+}
+
 /// Runs `task` to completion, then publishes it again with `Nats-Msg-Id: copy_id` and
 /// checks the copy is acknowledged as a duplicate without running or touching the row.
 async fn a_late_copy_is_not_run(task: TaskEnvelope, copy_id: &str) {
