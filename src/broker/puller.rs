@@ -190,10 +190,12 @@ impl PriorityPuller {
                 }
             }
         }
+        // Highest priority first: lanes order by priority, then agent type.
         let mut lanes: Vec<LaneKey> = self
             .active
             .lanes
             .iter()
+            .rev()
             .filter(|lane| priorities.contains(lane.priority))
             .cloned()
             .collect();
@@ -206,9 +208,6 @@ impl PriorityPuller {
                 self.start_creating(lane, false);
             }
         }
-        lanes.sort_by(|a, b| {
-            (b.priority.cmp(&a.priority)).then_with(|| a.agent_type.cmp(&b.agent_type))
-        });
         self.turn = self.turn.wrapping_add(1);
         for level in lanes.chunk_by_mut(|a, b| a.priority == b.priority) {
             let len = level.len();

@@ -110,18 +110,15 @@ pub fn init_telemetry(cli: &Cli) -> anyhow::Result<crate::telemetry::Telemetry> 
 ///
 /// Fails when the variable is not a number or the runtime cannot start.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    match runtime_threads(std::env::var(RUNTIME_THREADS).ok())? {
-        Some(0 | 1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+    let threads = runtime_threads(std::env::var(RUNTIME_THREADS).ok())?;
+    let mut builder = match threads {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n @ 2..) = threads {
+        builder.worker_threads(n);
     }
+    builder.enable_all().build()
 }
 
 /// The thread count `SWARM_RUNTIME_THREADS` asks for; `None` when unset or empty.

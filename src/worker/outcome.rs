@@ -47,12 +47,6 @@ impl Label {
     }
 }
 
-impl std::fmt::Display for Label {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The last error of a cancelled task, in its row and the legacy mirror.
 pub const CANCELLED: &str = "cancelled";
 
