@@ -32,19 +32,18 @@ pub enum Woke {
     Limit,
 }
 
-/// When a fetch after an alarm finds nothing, look again after these. The nak is sent
-/// without waiting for the server's reply, so on a loaded machine the server can start
-/// counting its delay well after we did (CI saw a retry wait for the 10 s backstop rescan).
+/// When a fetch after an alarm finds nothing, look again after these before leaving the
+/// retry to the 10 s backstop rescan. The alarm is set once the server confirmed the nak
+/// (the settler waits for its reply), so this is for a redelivery the server makes late on
+/// a loaded machine, not the usual path.
 const FOLLOW_UPS: [Duration; 3] = [
     Duration::from_millis(50),
     Duration::from_millis(200),
     Duration::from_millis(800),
 ];
 
-/// Slack after the delay, so the message is available when we ask for it: the server
-/// counts the delay from when the nak reaches it, which on a loaded machine can be some
-/// milliseconds after it was sent (with 5 ms, a retry under load waited for the backstop
-/// rescan instead).
+/// Slack after the delay, so the message is available when we ask for it: the server's
+/// redelivery timer fires a little after the delay on a loaded machine.
 const MARGIN: Duration = Duration::from_millis(25);
 
 impl RetryAlarms {

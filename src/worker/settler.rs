@@ -248,15 +248,19 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
         }
         let ack_span =
             tracing::debug_span!(parent: &settlement.span, "ack", kind = ?settlement.ack);
-        if let Err(error) = settlement
-            .acker
-            .ack_with(settlement.ack)
-            .instrument(ack_span)
-            .await
-        {
+        // A retry's nak waits for the server's reply: the server counts the delay from when
+        // it got the nak, so the alarm that wakes this worker for the retry counts from the
+        // reply (a nak sent and forgotten reached a loaded server late, and the retry waited
+        // for the backstop rescan). Retries are few; every other ack is sent and forgotten.
+        let (acker, ack) = (&settlement.acker, settlement.ack);
+        let told = if let AckKind::Nak(Some(_)) = ack {
+            acker.double_ack_with(ack).instrument(ack_span).await
+        } else {
+            acker.ack_with(ack).instrument(ack_span).await
+        };
+        if let Err(error) = told {
             tracing::warn!(%error, "could not tell the broker; the message will be redelivered");
         }
-        // Once the nak is on its way: the server counts the delay from when it gets it.
         if let AckKind::Nak(Some(delay)) = settlement.ack {
             sinks.alarms.set(delay);
         }
