@@ -3,7 +3,8 @@
 //! - [`legacy_json`]: the seed's task JSON, byte for byte.
 //! - [`keys`]: the legacy key names and the fleet's bookkeeping keys.
 //! - [`event`]: one task move (waiting, processing, completed, failed) and its JSON.
-//! - [`writer`]: batched, pipelined writes that never hold up a worker, with catch-up.
+//! - [`writer`]: batched, pipelined writes that never hold up a worker, with catch-up;
+//!   [`held`]: the moves it holds back while a newer one may replace them.
 //! - [`feeder`]: shows newly published tasks as waiting.
 //! - [`intake`]: takes in tasks that legacy producers `ZADD` to `agent_tasks`.
 //! - [`rebuild`]: `mirror check` (drift against PostgreSQL) and `mirror rebuild`.
@@ -11,6 +12,7 @@
 
 mod event;
 pub mod feeder;
+mod held;
 pub mod intake;
 mod keys;
 pub mod legacy_json;

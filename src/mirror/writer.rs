@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
-use super::{LegacyKeys, MirrorEvent, event::Place, scripts};
+use super::{LegacyKeys, MirrorEvent, event::Place, held::HeldMoves, scripts};
 use crate::{
     backoff::Backoff,
     fault::{Bisection, Fault, redis_fault},
@@ -148,22 +148,22 @@ impl Writer {
         // finish within it, and their final move then replaces them (one or two script calls
         // less per task). A held move written after another process wrote the task's final
         // move is refused by the script (final states are never left).
-        let mut held: Vec<MirrorEvent> = Vec::new();
+        let mut held = HeldMoves::new(HOLD_PASSING);
         loop {
-            let first: Option<MirrorEvent> = if held.is_empty() {
-                rx.recv().await
-            } else {
-                // Timed out: no new move, but the held ones are due.
-                tokio::time::timeout(HOLD_PASSING, rx.recv())
-                    .await
-                    .unwrap_or_default()
+            let first: Option<MirrorEvent> = match held.next_due() {
+                None => rx.recv().await,
+                // Timed out: no new move, but the oldest held one is due.
+                Some(due) => {
+                    let wait = (due - Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::timeout(wait, rx.recv())
+                        .await
+                        .unwrap_or_default()
+                }
             };
-            let closed = first.is_none() && held.is_empty();
-            if closed {
+            if first.is_none() && held.next_due().is_none() {
                 return;
             }
-            let mut batch = std::mem::take(&mut held);
-            batch.extend(first);
+            let mut batch: Vec<MirrorEvent> = first.into_iter().collect();
             let deadline = tokio::time::Instant::now() + LINGER;
             while batch.len() < BATCH {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -171,29 +171,29 @@ impl Writer {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let oldest = batch.iter().map(|e| e.at).min().unwrap_or_else(Utc::now);
-            let moves = batch.len();
-            let bytes: usize = batch.iter().map(|e| e.json.len()).sum();
-            let now = Utc::now();
-            let hold_for = chrono::Duration::from_std(HOLD_PASSING).expect("a short hold");
-            let (young, due): (Vec<MirrorEvent>, Vec<MirrorEvent>) =
-                coalesce(batch).into_iter().partition(|e| {
-                    matches!(e.place, Place::Waiting | Place::Processing)
-                        && now - e.at < hold_for
-                        && !rx.is_closed()
-                });
-            held = young;
-            let held_bytes: usize = held.iter().map(|e| e.json.len()).sum();
-            self.stats
-                .coalesced
-                .fetch_add((moves - due.len() - held.len()) as u64, Ordering::Relaxed);
+            let counted = held.bytes() + batch.iter().map(|e| e.json.len()).sum::<usize>();
+            // Closing: nothing is held back any more.
+            let may_hold = !rx.is_closed();
+            let mut due = Vec::with_capacity(batch.len());
+            let mut dropped = 0;
+            for event in batch {
+                dropped += held.offer(event, may_hold, &mut due);
+            }
+            due.extend(held.take_due(Utc::now(), !may_hold));
+            let offered = due.len();
+            let due = coalesce(due);
+            dropped += (offered - due.len()) as u64;
+            self.stats.coalesced.fetch_add(dropped, Ordering::Relaxed);
+            let oldest = due.iter().map(|e| e.at).min();
             self.write_until_done(&due).await;
             // Counted until written (or replaced), so queue and batch stay within the bound.
             self.queued_bytes
-                .fetch_sub(bytes - held_bytes, Ordering::Relaxed);
-            let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
-            self.stats.lag_ms.store(lag, Ordering::Relaxed);
-            Metrics::global().mirror_lag_ms.set(lag as i64);
+                .fetch_sub(counted - held.bytes(), Ordering::Relaxed);
+            if let Some(oldest) = oldest {
+                let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
+                self.stats.lag_ms.store(lag, Ordering::Relaxed);
+                Metrics::global().mirror_lag_ms.set(lag as i64);
+            }
             self.catch_up_if_needed().await;
         }
     }
