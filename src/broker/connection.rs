@@ -87,6 +87,16 @@ impl Broker {
         Ok(Self::with_client(client, settings))
     }
 
+    /// A connection of its own to the same servers, knowing what this one learned of the
+    /// stream: for a publisher whose traffic should not queue behind this connection's.
+    ///
+    /// Fails as [`Broker::connect`] does.
+    pub async fn own_connection(&self) -> Result<Self, BrokerError> {
+        let mut other = Self::connect(&self.settings).await?;
+        other.schedules = self.schedules.clone();
+        Ok(other)
+    }
+
     /// Wraps an existing client (tests share one connection between several brokers).
     pub fn with_client(client: async_nats::Client, settings: &NatsSettings) -> Self {
         Self {

@@ -18,6 +18,10 @@ pub mod headers {
     pub const ANNOUNCE_OUTCOME: &str = "outcome";
     /// When a delayed task is due (RFC 3339), on held and delay-stream messages.
     pub const NOT_BEFORE: &str = "Swarm-Not-Before";
+    /// `Swarm-Shown: waiting` says the task is already shown waiting in the legacy keys
+    /// (the legacy intake publishes its tasks so): the mirror's feeder skips it unread.
+    pub const SHOWN: &str = "Swarm-Shown";
+    pub const SHOWN_WAITING: &str = "waiting";
 }
 
 /// How tasks are published.
@@ -26,6 +30,8 @@ pub struct PublishOptions {
     pub codec: Codec,
     /// Ask for the outcome to be announced ([`headers::ANNOUNCE`]).
     pub announce: bool,
+    /// The tasks are shown waiting in the legacy keys already ([`headers::SHOWN`]).
+    pub shown_waiting: bool,
 }
 
 impl From<Codec> for PublishOptions {
@@ -33,6 +39,7 @@ impl From<Codec> for PublishOptions {
         Self {
             codec,
             announce: false,
+            shown_waiting: false,
         }
     }
 }
@@ -123,6 +130,9 @@ impl Broker {
         headers.insert(headers::CONTENT_TYPE, options.codec.content_type());
         if options.announce {
             headers.insert(headers::ANNOUNCE, headers::ANNOUNCE_OUTCOME);
+        }
+        if options.shown_waiting {
+            headers.insert(headers::SHOWN, headers::SHOWN_WAITING);
         }
         // A task due later is held until due, not put on its lane.
         let subject = match task.not_before.filter(|due| *due > chrono::Utc::now()) {

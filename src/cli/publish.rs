@@ -131,6 +131,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let codec = PublishOptions {
         codec: Codec::from(args.codec),
         announce: args.wait.is_some(),
+        shown_waiting: false,
     };
     let tasks = match &args.file {
         Some(path) => read_file(path)?,

@@ -272,6 +272,7 @@ async fn record_and_publish(
             PublishOptions {
                 codec: Codec::MessagePack,
                 announce: true,
+                shown_waiting: false,
             },
             256,
             || {},

@@ -38,11 +38,18 @@ pub async fn run(
                 None => return Ok(()),
             },
         };
-        let content_type = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::CONTENT_TYPE))
-            .map(|v| v.as_str().to_string());
+        let header = |name| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        // The legacy intake showed it waiting when it claimed it.
+        if header(headers::SHOWN).as_deref() == Some(headers::SHOWN_WAITING) {
+            continue;
+        }
+        let content_type = header(headers::CONTENT_TYPE);
         // Bad messages are the dead-letter path's business, not the mirror's.
         let Ok(codec) = Codec::for_message(content_type.as_deref(), &message.payload) else {
             continue;
@@ -53,12 +60,7 @@ pub async fn run(
             continue;
         };
         // The republished copy names the subject it was stored under in a header.
-        let stored_as = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(STORED_SUBJECT))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
+        let stored_as = header(STORED_SUBJECT).unwrap_or_default();
         let lane = broker.subjects().parse_task(&stored_as);
         if task.validate().is_ok() && lane == Some((task.priority, task.agent_type.as_str())) {
             // One published straight to its lane before it is due goes back to wait (see

@@ -16,13 +16,14 @@ use chrono::Utc;
 use opentelemetry::context::FutureExt as _;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde_json::Value;
+use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::{LegacyKeys, LegacyTask, MirrorError, legacy_json, scripts};
 use crate::fault::{Classify, Fault};
 use crate::{
-    broker::Broker,
+    broker::{Broker, PublishOptions},
     dlq::{DeadLetter, DeadLetterStream, DeadReason, RawMessage, Source},
     task::{Codec, DEFAULT_MAX_ATTEMPTS, MAX_PRIORITY, TaskEnvelope, valid_agent_type},
     telemetry,
@@ -32,8 +33,15 @@ use crate::{
 pub const RECLAIM_AFTER: Duration = Duration::from_secs(10);
 /// Members offered to one claim script run.
 const CLAIM_CHUNK: usize = 200;
+/// Claimed chunks being published at once by one process.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Claimed chunks being published, each by a task of its own (so they progress while the
+/// next chunk is claimed); each tells how many it published.
+type Chunks = JoinSet<Result<usize, MirrorError>>;
 
 /// Takes legacy producers' tasks into the fleet.
+#[derive(Clone)]
 pub struct Intake {
     redis: ConnectionManager,
     keys: LegacyKeys,
@@ -65,6 +73,17 @@ impl Intake {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // The intake publishes in bursts: on the worker's connection its publishes and
+        // their acknowledgements would queue behind the worker's fetches and acks.
+        match self.broker.own_connection().await {
+            Ok(broker) => {
+                self.dead_letters = DeadLetterStream::of(&broker);
+                self.broker = broker;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "legacy intake shares the worker's NATS connection")
+            }
+        }
         let mut failures = 0u32;
         loop {
             match self.poll_once().await {
@@ -96,6 +115,32 @@ impl Intake {
         if waiting <= ours {
             return Ok(published);
         }
+        // Chunks are published while the next ones are claimed: one chunk at a time left the
+        // intake waiting on JetStream's acks and the workers waiting on the intake.
+        let mut in_flight = JoinSet::new();
+        let scanned = self.claim_waiting(&mut in_flight).await;
+        // Chunks already claimed are published even when the scan failed.
+        let mut failure = scanned.err();
+        while let Some(chunk) = in_flight.join_next().await {
+            match chunk {
+                Ok(Ok(count)) => published += count,
+                Ok(Err(error)) => failure = failure.or(Some(error)),
+                Err(panicked) => {
+                    failure = failure.or(Some(MirrorError::Publish(panicked.to_string())))
+                }
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(published),
+        }
+    }
+
+    /// Scans `agent_tasks`, claims its legacy members chunk by chunk and starts publishing
+    /// each chunk in `in_flight`, keeping at most [`CHUNKS_IN_FLIGHT`] there. Returns how
+    /// many the chunks that finished meanwhile published.
+    async fn claim_waiting(&mut self, in_flight: &mut Chunks) -> Result<usize, MirrorError> {
+        let mut published = 0;
         let mut cursor: u64 = 0;
         loop {
             let (next, page): (u64, Vec<String>) = redis::cmd("ZSCAN")
@@ -109,23 +154,41 @@ impl Intake {
             let members: Vec<String> = page.into_iter().step_by(2).collect();
             let candidates = self.not_ours(members).await?;
             for chunk in candidates.chunks(2 * CLAIM_CHUNK) {
-                let taken: Vec<String> = scripts::CLAIM
-                    .key(&self.keys.agent_tasks)
-                    .key(&self.keys.mirrored_waiting)
-                    .key(&self.keys.intake)
-                    .key(&self.keys.mirror_state)
-                    .arg(Utc::now().timestamp_millis())
-                    .arg(if self.keys.show_waiting { "1" } else { "0" })
-                    .arg(chunk)
-                    .invoke_async(&mut self.redis)
-                    .await?;
-                published += self.take_in(&taken).await?;
+                let taken = self.claim(chunk).await?;
+                if taken.is_empty() {
+                    continue;
+                }
+                let mut taker = self.clone();
+                in_flight.spawn(async move { taker.take_in(&taken).await });
+                while in_flight.len() >= CHUNKS_IN_FLIGHT {
+                    match in_flight.join_next().await {
+                        Some(Ok(chunk)) => published += chunk?,
+                        Some(Err(panicked)) => {
+                            return Err(MirrorError::Publish(panicked.to_string()));
+                        }
+                        None => break,
+                    }
+                }
             }
             if next == 0 {
                 return Ok(published);
             }
             cursor = next;
         }
+    }
+
+    /// Claims the `member, id` pairs of `chunk` that are still unclaimed legacy members.
+    async fn claim(&mut self, chunk: &[String]) -> Result<Vec<String>, MirrorError> {
+        Ok(scripts::CLAIM
+            .key(&self.keys.agent_tasks)
+            .key(&self.keys.mirrored_waiting)
+            .key(&self.keys.intake)
+            .key(&self.keys.mirror_state)
+            .arg(Utc::now().timestamp_millis())
+            .arg(if self.keys.show_waiting { "1" } else { "0" })
+            .arg(chunk)
+            .invoke_async(&mut self.redis)
+            .await?)
     }
 
     /// Of scanned `members`, those the fleet did not write, each followed by its id (empty
@@ -182,14 +245,19 @@ impl Intake {
     /// Fails when NATS or Redis does not answer; the claims of members not yet published
     /// stay recorded, so they are published again later.
     async fn take_in(&mut self, members: &[String]) -> Result<usize, MirrorError> {
-        let mut tasks = Vec::with_capacity(members.len());
-        let mut owners = Vec::with_capacity(members.len());
+        // Claimed in place, a member shows its task waiting already; one whose id is not in
+        // the fleet's form was taken out instead, and the feeder shows its task.
+        let mut shown = (Vec::new(), Vec::new());
+        let mut unshown = (Vec::new(), Vec::new());
         let mut done: Vec<&str> = Vec::with_capacity(members.len());
         for member in members {
             match envelope_of(member) {
                 Ok(task) => {
-                    tasks.push(task);
-                    owners.push(member.as_str());
+                    let in_place =
+                        self.keys.show_waiting && member_id(member) == task.id.to_string();
+                    let group = if in_place { &mut shown } else { &mut unshown };
+                    group.0.push(task);
+                    group.1.push(member.as_str());
                 }
                 Err((reason, error)) => {
                     self.reject(member, reason, &error).await?;
@@ -203,20 +271,33 @@ impl Intake {
             "legacy intake",
             otel.kind = "producer",
             messaging.system = "nats",
-            tasks = tasks.len(),
+            tasks = shown.0.len() + unshown.0.len(),
         );
         let trace = telemetry::continue_trace(&span, telemetry::new_trace());
         tracing::debug!(
             trace_id = telemetry::trace_id(&trace).unwrap_or_default(),
-            tasks = tasks.len(),
+            tasks = shown.0.len() + unshown.0.len(),
             "taking legacy tasks in"
         );
-        let results = self
-            .broker
-            .publish_many(&tasks, Codec::Json, CLAIM_CHUNK, || {})
-            .instrument(span)
-            .with_context(trace)
-            .await;
+        let mut owners = Vec::with_capacity(members.len());
+        let mut results = Vec::with_capacity(members.len());
+        for (shown_waiting, (tasks, members)) in [(true, shown), (false, unshown)] {
+            if tasks.is_empty() {
+                continue;
+            }
+            let options = PublishOptions {
+                shown_waiting,
+                ..Codec::Json.into()
+            };
+            let published = self
+                .broker
+                .publish_many(&tasks, options, CLAIM_CHUNK, || {})
+                .instrument(span.clone())
+                .with_context(trace.clone())
+                .await;
+            results.extend(published);
+            owners.extend(members);
+        }
         let mut published = 0;
         let mut transient = None;
         for (member, result) in owners.into_iter().zip(results) {
@@ -316,9 +397,6 @@ impl Intake {
     }
 }
 
-/// The envelope of a legacy task, or why it cannot have one.
-/// The `id` a member names (a string, or a number as the seed's JSON may hold one), or an
-/// empty string when it is not a JSON object with one.
 /// The member's task id when it is a UUID in the canonical form the fleet writes its keys
 /// with (lowercase, hyphenated), else empty: such a member cannot be the fleet's, and is not
 /// claimed in place (the fleet's later moves would not find it by that id).
@@ -333,6 +411,7 @@ fn member_id(member: &str) -> String {
     }
 }
 
+/// The envelope of a legacy task, or why it cannot have one.
 pub fn envelope_of(member: &str) -> Result<TaskEnvelope, (DeadReason, String)> {
     let value: Value = serde_json::from_str(member).map_err(|e| {
         (

@@ -89,7 +89,14 @@ pub fn assemble(
         worker = worker.with_upkeep(upkeep);
     }
     if redis_settings.intake {
-        let intake = Intake::new(redis.clone(), keys, broker, worker.id().to_string());
+        // A connection of its own: its scans and claims do not wait behind the mirror's
+        // pipelined scripts.
+        let intake = Intake::new(
+            mirror::connect(redis_settings)?,
+            keys,
+            broker,
+            worker.id().to_string(),
+        );
         worker = worker.with_intake(
             intake,
             Duration::from_millis(redis_settings.intake_interval_ms),

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use swarm_director::{
+    broker::PublishOptions,
     cache::{CacheBackend, ResultCache},
     dlq::DeadReason,
     mirror::{self, LegacyKeys, Mirror, legacy_json::python_json, rebuild},
@@ -683,6 +684,36 @@ async fn a_publish_the_stream_refuses_is_never_shown_waiting() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(waiting_member(&env, refused.id).await, None, "never shown");
+    fleet.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_published_as_shown_already_is_not_shown_waiting_again() {
+    let env = TestEnv::new().await;
+    // A pool that leaves echo tasks alone, so both stay waiting in the stream.
+    let fleet =
+        env.spawn_assembled(env.legacy_worker(|s| s.worker.agents = vec!["quality".into()]));
+    fleet.ready().await;
+    // The legacy intake publishes what it claimed in place so: the member is there already.
+    let shown = TaskEnvelope::new("echo", json!("claimed in place"));
+    let options = PublishOptions {
+        shown_waiting: true,
+        ..Codec::Json.into()
+    };
+    env.broker.publish(&shown, options).await.unwrap();
+    let plain = TaskEnvelope::new("echo", json!("published"));
+    env.broker.publish(&plain, Codec::Json).await.unwrap();
+    eventually("the plain task waiting", Duration::from_secs(5), || {
+        waiting_member(&env, plain.id)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        waiting_member(&env, shown.id).await,
+        None,
+        "not shown twice"
+    );
     fleet.stop().await;
     env.cleanup().await;
 }

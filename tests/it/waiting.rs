@@ -193,8 +193,8 @@ async fn a_nats_producer_hears_the_outcome_it_subscribed_to() {
         .unwrap();
     client.flush().await.unwrap();
     let asking = PublishOptions {
-        codec: Codec::Json,
         announce: true,
+        ..Codec::Json.into()
     };
     env.broker.publish(&task, asking).await.unwrap();
     let message = tokio::time::timeout(Duration::from_secs(15), outcomes.next())
