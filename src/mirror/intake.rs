@@ -31,8 +31,11 @@ use crate::{
 
 /// A claimed legacy task not forgotten after this long was not published: publish again.
 pub const RECLAIM_AFTER: Duration = Duration::from_secs(10);
-/// Members offered to one claim script run.
-const CLAIM_CHUNK: usize = 200;
+/// Members offered to one claim script run (≈ 3 ms of Redis): 500 took in 6 % more tasks/s
+/// than 200 beside the workers (interleaved ×8).
+const CLAIM_CHUNK: usize = 500;
+/// Members asked of one `ZSCAN` page.
+const SCAN_PAGE: usize = 1000;
 /// Claimed chunks being published at once by one process.
 const CHUNKS_IN_FLIGHT: usize = 8;
 
@@ -147,7 +150,7 @@ impl Intake {
                 .arg(&self.keys.agent_tasks)
                 .arg(cursor)
                 .arg("COUNT")
-                .arg(500)
+                .arg(SCAN_PAGE)
                 .query_async(&mut self.redis)
                 .await?;
             // ZSCAN returns member, score, member, score, ...
@@ -287,7 +290,7 @@ impl Intake {
             }
             let options = PublishOptions {
                 shown_waiting,
-                ..Codec::Json.into()
+                ..Codec::MessagePack.into()
             };
             let published = self
                 .broker
