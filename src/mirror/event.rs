@@ -179,3 +179,17 @@ impl MirrorEvent {
         Some(Self::new(place, rank, &task))
     }
 }
+
+/// A move for unit tests of the writer and its hold: `json` names the task and rank.
+#[cfg(test)]
+pub(super) fn test_move(id: &str, place: Place, rank: u64, at: DateTime<Utc>) -> MirrorEvent {
+    MirrorEvent {
+        id: id.into(),
+        place,
+        rank,
+        priority: 5,
+        score: 5.0,
+        json: format!("{id}:{rank}"),
+        at,
+    }
+}

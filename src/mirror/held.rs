@@ -112,17 +112,7 @@ mod tests {
 
     use super::*;
 
-    fn event(id: &str, place: Place, rank: u64, at: DateTime<Utc>) -> MirrorEvent {
-        MirrorEvent {
-            id: id.into(),
-            place,
-            rank,
-            priority: 5,
-            score: 5.0,
-            json: format!("{id}:{rank}"),
-            at,
-        }
-    }
+    use crate::mirror::event::test_move as event;
 
     #[test]
     fn a_move_replaced_within_the_hold_is_never_written() {

@@ -356,15 +356,7 @@ mod tests {
     use crate::mirror::event::Place;
 
     fn event(id: &str, place: Place, rank: u64) -> MirrorEvent {
-        MirrorEvent {
-            id: id.into(),
-            place,
-            rank,
-            priority: 5,
-            score: 5.0,
-            json: format!("{id}:{rank}"),
-            at: Utc::now(),
-        }
+        crate::mirror::event::test_move(id, place, rank, Utc::now())
     }
 
     #[test]
