@@ -1,7 +1,8 @@
 //! Shows newly published tasks in `agent_tasks`. Producers publish straight to JetStream,
 //! so the fleet listens to what the tasks stream republishes once it stored a task (a core
 //! NATS queue group: one worker process mirrors each) and queues a "waiting" move for each.
-//! A publish the stream refused (limits, a subject it does not take) is never shown.
+//! A publish the stream refused (limits, a subject it does not take) is never shown, nor
+//! again one marked `Swarm-Shown: waiting` (the legacy intake's, whose member is there).
 
 use chrono::Utc;
 use futures::StreamExt;
