@@ -180,7 +180,8 @@ impl Intake {
         }
     }
 
-    /// Claims the `member, id` pairs of `chunk` that are still unclaimed legacy members.
+    /// Claims the `member, id` pairs of `chunk` that are still unclaimed legacy members;
+    /// returns their pairs.
     async fn claim(&mut self, chunk: &[String]) -> Result<Vec<String>, MirrorError> {
         Ok(scripts::CLAIM
             .key(&self.keys.agent_tasks)
@@ -225,39 +226,43 @@ impl Intake {
         let stale: Vec<String> = records
             .into_iter()
             .filter(|(_, taken_at)| *taken_at < cutoff)
-            .map(|(member, _)| member)
+            .flat_map(|(member, _)| {
+                let id = member_id(&member);
+                [member, id]
+            })
             .collect();
         if stale.is_empty() {
             return Ok(0);
         }
         tracing::info!(
-            count = stale.len(),
+            count = stale.len() / 2,
             "publishing legacy tasks claimed by a process that stopped"
         );
         let mut published = 0;
-        for chunk in stale.chunks(CLAIM_CHUNK) {
+        for chunk in stale.chunks(2 * CLAIM_CHUNK) {
             published += self.take_in(chunk).await?;
         }
         Ok(published)
     }
 
-    /// Publishes claimed members (acknowledgements awaited together, not one by one) or
-    /// dead-letters those that cannot be tasks, then forgets their claims in one command.
-    /// Returns how many tasks were published.
+    /// Publishes claimed members, given as `member, id` pairs (acknowledgements awaited
+    /// together, not one by one) or dead-letters those that cannot be tasks, then forgets
+    /// their claims in one command. Returns how many tasks were published.
     ///
     /// Fails when NATS or Redis does not answer; the claims of members not yet published
     /// stay recorded, so they are published again later.
-    async fn take_in(&mut self, members: &[String]) -> Result<usize, MirrorError> {
-        // Claimed in place, a member shows its task waiting already; one whose id is not in
-        // the fleet's form was taken out instead, and the feeder shows its task.
+    async fn take_in(&mut self, claimed: &[String]) -> Result<usize, MirrorError> {
+        // Claimed in place (the claim script's rule: an id in the fleet's form), a member
+        // shows its task waiting already; one without was taken out, and the feeder shows
+        // its task.
         let mut shown = (Vec::new(), Vec::new());
         let mut unshown = (Vec::new(), Vec::new());
-        let mut done: Vec<&str> = Vec::with_capacity(members.len());
-        for member in members {
+        let mut done: Vec<&str> = Vec::with_capacity(claimed.len() / 2);
+        for pair in claimed.chunks_exact(2) {
+            let (member, id) = (&pair[0], &pair[1]);
             match envelope_of(member) {
                 Ok(task) => {
-                    let in_place =
-                        self.keys.show_waiting && member_id(member) == task.id.to_string();
+                    let in_place = self.keys.show_waiting && !id.is_empty();
                     let group = if in_place { &mut shown } else { &mut unshown };
                     group.0.push(task);
                     group.1.push(member.as_str());
@@ -282,8 +287,8 @@ impl Intake {
             tasks = shown.0.len() + unshown.0.len(),
             "taking legacy tasks in"
         );
-        let mut owners = Vec::with_capacity(members.len());
-        let mut results = Vec::with_capacity(members.len());
+        let mut owners = Vec::with_capacity(claimed.len() / 2);
+        let mut results = Vec::with_capacity(claimed.len() / 2);
         for (shown_waiting, (tasks, members)) in [(true, shown), (false, unshown)] {
             if tasks.is_empty() {
                 continue;

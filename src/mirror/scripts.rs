@@ -74,11 +74,11 @@ return moved
 /// (about to be dead-lettered) is removed. Each member comes with its id as read by the
 /// caller (empty when it has none or it is not in canonical UUID form), so the script never
 /// decodes JSON: a member is the fleet's when `mirrored_waiting` maps its id to exactly this
-/// member. Returns the claimed members.
+/// member.
 ///
 /// KEYS: agent_tasks, mirrored_waiting, intake, mirror_state. ARGV: now (ms), in place
 /// ("1", else every claimed member is removed: legacy consumers pop `agent_tasks`), then
-/// member, id pairs.
+/// member, id pairs. Returns the claimed members' pairs, as given.
 pub static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -100,6 +100,7 @@ for i = 3, #ARGV, 2 do
       end
       redis.call('HSET', KEYS[3], member, ARGV[1])
       taken[#taken + 1] = member
+      taken[#taken + 1] = id
     end
   end
 end
