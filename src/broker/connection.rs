@@ -94,6 +94,16 @@ impl Broker {
     pub async fn own_connection(&self) -> Result<Self, BrokerError> {
         let mut other = Self::connect(&self.settings).await?;
         other.schedules = self.schedules.clone();
+        // `connect` may return before the server answered (it retries in the background),
+        // and until then the server's limits read as zero: a dead letter sized against
+        // them was refused as too large (found by a test under load). A round trip first.
+        tokio::time::timeout(Duration::from_secs(10), other.client.flush())
+            .await
+            .map_err(|_| {
+                let url = &self.settings.url;
+                BrokerError::Request(format!("no NATS server answered at {url}").into())
+            })?
+            .map_err(|e| BrokerError::Request(e.into()))?;
         Ok(other)
     }
 
