@@ -272,10 +272,13 @@ impl DeadLetter {
         self.envelope.is_some() && !self.original_sizes.contains_key("envelope.data")
     }
 
-    /// The de-duplication id: a redelivered message dead-lettered twice is stored once.
+    /// The de-duplication id: a redelivered message dead-lettered twice is stored once. A
+    /// record of something that had no position in a stream (a legacy member, a message
+    /// without JetStream metadata) shares it with nothing: its own id.
     pub fn message_id(&self) -> String {
         match &self.envelope {
             Some(task) => format!("dlq-{}", task.id),
+            None if self.source.stream_sequence == 0 => format!("dlq-{}", self.id),
             None => format!("dlq-{}-{}", self.source.stream, self.source.stream_sequence),
         }
     }

@@ -192,25 +192,33 @@ async fn a_legacy_task_with_a_nul_is_dead_lettered_and_the_rest_flows() {
     let k = keys(&env);
     // What Python's json.dumps writes for "\x00": the seed's producers can send it.
     let poisoned = enqueue_task(&env, "echo", json!({"s": "a\u{0}b"}), 9).await;
+    // A second one: each legacy member's dead letter is its own (they once shared one
+    // de-duplication id, and JetStream kept only the first).
+    let poisoned_too = enqueue_task(&env, "echo", json!({"s": "c\u{0}d"}), 9).await;
     let good = enqueue_task(&env, "echo", json!({"after": "the poison"}), 1).await;
     let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
-    let failed = eventually("failed_tasks", Duration::from_secs(10), || {
-        hash_entry(&env, &k.failed_tasks, poisoned)
-    })
-    .await;
+    for poisoned in [poisoned, poisoned_too] {
+        let failed = eventually("failed_tasks", Duration::from_secs(10), || {
+            hash_entry(&env, &k.failed_tasks, poisoned)
+        })
+        .await;
+        let failed: Value = serde_json::from_str(&failed).unwrap();
+        assert!(
+            failed["last_error"].as_str().unwrap().contains("NUL"),
+            "{failed}"
+        );
+        assert!(env.store.task(poisoned).await.unwrap().is_none());
+    }
     eventually("completed_tasks", Duration::from_secs(10), || {
         hash_entry(&env, &k.completed_tasks, good)
     })
     .await;
-    let letters = env.wait_dead_letters(1, Duration::from_secs(10)).await;
+    let letters = env.wait_dead_letters(2, Duration::from_secs(10)).await;
     fleet.stop().await;
-    let failed: Value = serde_json::from_str(&failed).unwrap();
-    assert!(
-        failed["last_error"].as_str().unwrap().contains("NUL"),
-        "{failed}"
-    );
-    assert_eq!(letters[0].letter.reason, DeadReason::BadInput);
-    assert!(env.store.task(poisoned).await.unwrap().is_none());
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        assert_eq!(letter.letter.reason, DeadReason::BadInput);
+    }
     env.cleanup().await;
 }
 
