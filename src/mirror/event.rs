@@ -168,7 +168,13 @@ impl MirrorEvent {
             "failed" => (Place::Waiting, rank(delivery + 1, false)),
             "completed" => {
                 let at = row.completed_at.unwrap_or(row.created_at);
-                task = task.completed(row.result.clone().unwrap_or(Value::Null), at);
+                // A claim-checked result is shown where it is, as the live move shows it.
+                let result = match (&row.result, &row.result_ref) {
+                    (Some(result), _) => result.clone(),
+                    (None, Some(reference)) => shown_by_ref(reference),
+                    (None, None) => Value::Null,
+                };
+                task = task.completed(result, at);
                 (Place::Completed, u64::MAX)
             }
             "dead" => (Place::Failed, u64::MAX),
@@ -178,6 +184,11 @@ impl MirrorEvent {
         };
         Some(Self::new(place, rank, &task))
     }
+}
+
+/// How the legacy keys show a result kept by claim check: where it is, as the row does.
+pub fn shown_by_ref(reference: &crate::task::PayloadRef) -> Value {
+    serde_json::json!({ "result_ref": reference })
 }
 
 /// A move for unit tests of the writer and its hold: `json` names the task and rank.

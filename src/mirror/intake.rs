@@ -38,6 +38,10 @@ const CLAIM_CHUNK: usize = 500;
 const SCAN_PAGE: usize = 1000;
 /// Claimed chunks being published at once by one process.
 const CHUNKS_IN_FLIGHT: usize = 8;
+/// However the counts compare, `agent_tasks` is scanned at least this often: the counts
+/// tell legacy members apart only while the fleet's bookkeeping matches the keys, and a
+/// tool that removed one of the fleet's members would otherwise hide a legacy one.
+const FULL_LOOK_EVERY: Duration = Duration::from_secs(30);
 
 /// Claimed chunks being published, each by a task of its own (so they progress while the
 /// next chunk is claimed); each tells how many it published.
@@ -51,6 +55,8 @@ pub struct Intake {
     broker: Broker,
     dead_letters: DeadLetterStream,
     worker_id: String,
+    /// When `agent_tasks` was last scanned whole.
+    last_full_look: Option<std::time::Instant>,
 }
 
 impl Intake {
@@ -66,6 +72,7 @@ impl Intake {
             dead_letters: DeadLetterStream::of(&broker),
             broker,
             worker_id,
+            last_full_look: None,
         }
     }
 
@@ -110,14 +117,21 @@ impl Intake {
     /// Fails when Redis or NATS does not answer; claimed tasks stay recorded then.
     pub async fn poll_once(&mut self) -> Result<usize, MirrorError> {
         let mut published = self.reclaim_stale().await?;
-        let (waiting, ours): (usize, usize) = redis::pipe()
+        // `mirrored_waiting` lists the fleet's members of `agent_tasks` *and* of
+        // `scheduled_tasks` (delayed tasks): only the former hide legacy members.
+        let (waiting, ours, scheduled): (usize, usize, usize) = redis::pipe()
             .zcard(&self.keys.agent_tasks)
             .hlen(&self.keys.mirrored_waiting)
+            .zcard(&self.keys.scheduled_tasks)
             .query_async(&mut self.redis)
             .await?;
-        if waiting <= ours {
+        let due_for_full_look = self
+            .last_full_look
+            .is_none_or(|at| at.elapsed() >= FULL_LOOK_EVERY);
+        if waiting == 0 || (waiting <= ours.saturating_sub(scheduled) && !due_for_full_look) {
             return Ok(published);
         }
+        self.last_full_look = Some(std::time::Instant::now());
         // Chunks are published while the next ones are claimed: one chunk at a time left the
         // intake waiting on JetStream's acks and the workers waiting on the intake.
         let mut in_flight = JoinSet::new();

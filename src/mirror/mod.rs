@@ -6,10 +6,12 @@
 //! - [`writer`]: batched, pipelined writes that never hold up a worker, with catch-up;
 //!   [`held`]: the moves it holds back while a newer one may replace them.
 //! - [`feeder`]: shows newly published tasks as waiting.
+//! - [`cancelled`]: shows cancelled tasks given up at once, however long they would wait.
 //! - [`intake`]: takes in tasks that legacy producers `ZADD` to `agent_tasks`.
 //! - [`rebuild`]: `mirror check` (drift against PostgreSQL) and `mirror rebuild`.
 //! - [`retention`]: trims finished entries past the retention period.
 
+pub mod cancelled;
 mod event;
 pub mod feeder;
 mod held;
@@ -23,7 +25,7 @@ mod writer;
 
 use std::time::Duration;
 
-pub use event::{Attempt, MirrorEvent, Place};
+pub use event::{Attempt, MirrorEvent, Place, shown_by_ref};
 pub use intake::Intake;
 pub use keys::LegacyKeys;
 pub use legacy_json::LegacyTask;

@@ -138,10 +138,9 @@ impl Outcome {
         let attempt = delivery.mirror_attempt(worker_id);
         match self {
             Outcome::Completed(result) => Some(MirrorEvent::completed(&attempt, result)),
-            // The legacy entry shows where the result is, as the row does.
             Outcome::CompletedByRef(reference) => Some(MirrorEvent::completed(
                 &attempt,
-                &serde_json::json!({ "result_ref": reference }),
+                &crate::mirror::shown_by_ref(reference),
             )),
             Outcome::Retry { error, .. } => Some(MirrorEvent::failed(&attempt, error, false)),
             Outcome::Dead { error, .. } => Some(MirrorEvent::failed(&attempt, error, true)),

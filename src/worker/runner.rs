@@ -210,6 +210,15 @@ impl Worker {
                 }
             });
         }
+        if let Some(mirror) = self.mirror.clone() {
+            let (broker, store) = (self.broker.clone(), self.store.clone());
+            let stop = stopped(stopping_rx.clone());
+            sidecars.spawn(async move {
+                if let Err(error) = mirror::cancelled::run(broker, store, mirror, stop).await {
+                    tracing::warn!(%error, "cannot show cancelled tasks in the legacy keys");
+                }
+            });
+        }
         if let Some((intake, every)) = self.intake.take() {
             sidecars.spawn(intake.run(every, stopped(stopping_rx.clone())));
         }

@@ -858,3 +858,110 @@ async fn the_seeds_own_consumer_beside_the_fleet_runs_each_task_once() {
     assert_eq!(waiting, 0);
     env.cleanup().await;
 }
+
+/// `swarmd mirror check` for this environment: whether it found no drift, and its report.
+async fn mirror_check(env: &TestEnv) -> (bool, String) {
+    let out = env
+        .swarmd()
+        .args(["mirror", "check"])
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Delayed tasks are the fleet's members of `scheduled_tasks`, not of `agent_tasks`: a legacy
+/// member beside them must not be mistaken for one of the fleet's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_task_is_taken_in_while_delayed_tasks_wait() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
+    fleet.ready().await;
+    let mut delayed = Vec::new();
+    for n in 0..2 {
+        let mut task = TaskEnvelope::new("echo", json!({"later": n}));
+        task.not_before = Some(chrono::Utc::now() + chrono::Duration::seconds(60));
+        env.broker.publish(&task, Codec::Json).await.unwrap();
+        delayed.push(task);
+    }
+    eventually("both shown as scheduled", Duration::from_secs(10), || async {
+        let mut redis = env.redis().await;
+        let shown: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
+        (shown == 2).then_some(())
+    })
+    .await;
+    let id = enqueue_task(&env, "echo", json!({"now": true}), 5).await;
+    let rows = env.wait_finished(&[id], Duration::from_secs(5)).await;
+    assert_eq!(rows[0].status, "completed");
+    fleet.stop().await;
+    env.cleanup().await;
+}
+
+/// Cancelling a delayed task takes it out of `scheduled_tasks` at once (it is shown given
+/// up, as any cancelled task), so the mirror agrees with the database before it comes due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_delayed_task_leaves_scheduled_tasks_at_once() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
+    fleet.ready().await;
+    let mut task = TaskEnvelope::new("echo", json!("not today"));
+    task.not_before = Some(chrono::Utc::now() + chrono::Duration::seconds(60));
+    env.broker.publish(&task, Codec::Json).await.unwrap();
+    eventually("shown as scheduled", Duration::from_secs(10), || async {
+        let mut redis = env.redis().await;
+        let shown: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
+        (shown == 1).then_some(())
+    })
+    .await;
+    succeeds(env.swarmd().args(["cancel", &task.id.to_string()])).await;
+    let failed = eventually("shown given up", Duration::from_secs(5), || {
+        hash_entry(&env, &k.failed_tasks, task.id)
+    })
+    .await;
+    let failed: Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(failed["last_error"], "cancelled");
+    let mut redis = env.redis().await;
+    let scheduled: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
+    assert_eq!(scheduled, 0, "no longer shown as scheduled");
+    let (clean, report) = mirror_check(&env).await;
+    assert!(clean, "{report}");
+    succeeds(env.swarmd().args(["mirror", "rebuild"])).await;
+    let (clean, report) = mirror_check(&env).await;
+    assert!(clean, "after a rebuild: {report}");
+    fleet.stop().await;
+    env.cleanup().await;
+}
+
+/// A result too large for a row is shown where it is (`{"result_ref": …}`), live and after a
+/// rebuild alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_checked_result_is_shown_alike_live_and_rebuilt() {
+    let env = TestEnv::new().await;
+    let k = keys(&env);
+    let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
+    let task = TaskEnvelope::new("echo", json!({"text": "x".repeat(300 << 10)}));
+    env.broker.publish(&task, Codec::MessagePack).await.unwrap();
+    let rows = env.wait_finished(&[task.id], Duration::from_secs(20)).await;
+    assert!(rows[0].result_ref.is_some(), "{:?}", rows[0].last_error);
+    let completed = eventually("completed_tasks", Duration::from_secs(5), || {
+        hash_entry(&env, &k.completed_tasks, task.id)
+    })
+    .await;
+    let completed: Value = serde_json::from_str(&completed).unwrap();
+    assert_eq!(
+        completed["result"]["result_ref"]["name"],
+        format!("{}.result", task.id)
+    );
+    fleet.stop().await;
+    let (clean, report) = mirror_check(&env).await;
+    assert!(clean, "{report}");
+    succeeds(env.swarmd().args(["mirror", "rebuild"])).await;
+    let (clean, report) = mirror_check(&env).await;
+    assert!(clean, "after a rebuild: {report}");
+    env.cleanup().await;
+}
