@@ -13,6 +13,8 @@
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
 //! - [`cache`]: the Redis result cache of deterministic agents.
 //! - [`fault`]: transient or permanent-for-one-message failures, and isolating the latter.
+//! - [`duration`]: the one grammar of lengths of time (`500ms`, `30s`, `2h`, `7d`) and
+//!   instants (RFC 3339, or an age back from now).
 //! - [`backoff`]: the one doubling pause of the fleet's own retry loops.
 //! - [`dlq`]: dead letters: the record, and the stream that keeps them for inspection and replay.
 //! - [`mirror`]: the seed's Redis queue contract: mirror of every task's state, intake of
@@ -40,6 +42,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod duration;
 pub mod fault;
 pub mod http;
 pub mod metrics;

@@ -120,38 +120,3 @@ async fn read_final(
         .filter(TaskOutcome::is_final)
         .map(|outcome| (outcome.id, outcome)))
 }
-
-/// Parses a wait such as `30s`, `500ms`, `2m` or `1.5` (seconds).
-pub fn parse_wait(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a valid duration"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_are_read_with_their_units() {
-        assert_eq!(parse_wait("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_wait("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_wait("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_wait("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "s", "-1s", "10h", "NaNs", "1e400"] {
-            assert!(parse_wait(bad).is_err(), "{bad:?} is refused");
-        }
-    }
-}

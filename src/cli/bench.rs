@@ -44,9 +44,9 @@ pub struct Args {
     /// running workers and report the latency, instead of a burn-down.
     #[arg(long)]
     rate: Option<u32>,
-    /// Seconds of the steady-rate mode.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
+    /// How long the steady-rate mode publishes (e.g. 10s, 2m; a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    duration: std::time::Duration,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -147,7 +147,7 @@ async fn bench(
         Some(rate) => {
             let workers = spawn_workers(settings, args)?;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let total = rate as usize * args.duration as usize;
+            let total = (f64::from(rate) * args.duration.as_secs_f64()) as usize;
             bar.set_length(total as u64);
             bar.set_message("steady");
             let started = chrono::Utc::now();

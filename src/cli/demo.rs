@@ -24,9 +24,9 @@ pub struct Args {
     /// Worker loops to start in this process.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Seconds to wait for the fleet to finish.
-    #[arg(long, default_value_t = 120)]
-    wait: u64,
+    /// How long to wait for the fleet to finish (e.g. 90s, 5m; a bare number is seconds).
+    #[arg(long, default_value = "120s", value_parser = crate::duration::parse)]
+    wait: Duration,
     /// Where the workers' logs go, so the summary reads cleanly [default: swarmd-demo.log in
     /// the temporary directory]
     #[arg(long)]
@@ -100,7 +100,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    let deadline = Instant::now() + args.wait;
     let finished = loop {
         let finished = store.count_finished(&ids).await?;
         if finished as usize >= ids.len() || Instant::now() > deadline {
@@ -117,7 +117,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     print_summary(&store, &ids, finished, elapsed).await?;
     if (finished as usize) < ids.len() {
         bail!(
-            "only {finished} of {} tasks finished within {} s",
+            "only {finished} of {} tasks finished within {:?}",
             ids.len(),
             args.wait
         );

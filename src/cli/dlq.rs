@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
@@ -71,10 +71,10 @@ struct FilterArgs {
     #[arg(long)]
     reason: Option<DeadReason>,
     /// Only those dead since: an RFC 3339 time or an age such as 30m, 2h, 7d.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = crate::duration::instant_or_age_from_now)]
     since: Option<DateTime<Utc>>,
     /// Only those dead until: an RFC 3339 time or an age such as 30m, 2h, 7d.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = crate::duration::instant_or_age_from_now)]
     until: Option<DateTime<Utc>>,
 }
 
@@ -87,24 +87,6 @@ impl From<FilterArgs> for Filter {
             until: args.until,
         }
     }
-}
-
-fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
-        return Ok(time.with_timezone(&Utc));
-    }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let amount: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor an age like 2h"))?;
-    let age = match unit {
-        "s" => Duration::seconds(amount),
-        "m" => Duration::minutes(amount),
-        "h" => Duration::hours(amount),
-        "d" => Duration::days(amount),
-        _ => return Err(format!("unknown unit in {text:?}: use s, m, h or d")),
-    };
-    Ok(Utc::now() - age)
 }
 
 pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {

@@ -30,16 +30,16 @@ pub struct Args {
     /// Attempts before the task is dead-lettered.
     #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u32,
-    /// Seconds one attempt may run.
-    #[arg(long)]
-    timeout: Option<f64>,
+    /// How long one attempt may run (e.g. 90s, 5m; a bare number is seconds).
+    #[arg(long, value_parser = crate::duration::parse)]
+    timeout: Option<std::time::Duration>,
     /// Give up on the task if no attempt has begun this long after publishing (e.g. 30s,
-    /// 5m): it then ends `dead` with reason `expired`.
-    #[arg(long, value_parser = crate::waiter::parse_wait)]
+    /// 5m, 1h): it then ends `dead` with reason `expired`.
+    #[arg(long, value_parser = crate::duration::parse)]
     expires_in: Option<std::time::Duration>,
-    /// Run no earlier than this long from now (e.g. 30s, 5m): the task waits in the delay
-    /// stream until then.
-    #[arg(long, value_parser = crate::waiter::parse_wait, conflicts_with = "at")]
+    /// Run no earlier than this long from now (e.g. 30s, 5m, 2h): held by the server's own
+    /// message schedule on NATS 2.12 and later, in the fleet's delay stream before.
+    #[arg(long, value_parser = crate::duration::parse, conflicts_with = "at")]
     delay: Option<std::time::Duration>,
     /// Run no earlier than this instant (RFC 3339, e.g. 2026-12-01T09:00:00Z).
     #[arg(long)]
@@ -49,8 +49,8 @@ pub struct Args {
     /// task's id.
     #[arg(long)]
     idempotency_key: Option<String>,
-    /// Hold the idempotency key this long (e.g. 10m) instead of until the task finishes.
-    #[arg(long, requires = "idempotency_key", value_parser = crate::waiter::parse_wait)]
+    /// Hold the idempotency key this long (e.g. 10m, 1h) instead of until the task finishes.
+    #[arg(long, requires = "idempotency_key", value_parser = crate::duration::parse)]
     unique_for: Option<std::time::Duration>,
     /// Task id (a UUID); re-publishing an id within the duplicate window is a no-op.
     #[arg(long)]
@@ -64,7 +64,7 @@ pub struct Args {
     codec: CodecArg,
     /// Wait this long (e.g. 30s, 500ms, 2m) for the outcomes and print each as a JSON line;
     /// fails unless every task completed.
-    #[arg(long, value_parser = crate::waiter::parse_wait)]
+    #[arg(long, value_parser = crate::duration::parse)]
     wait: Option<std::time::Duration>,
 }
 
@@ -295,7 +295,7 @@ fn single(args: &Args) -> anyhow::Result<TaskEnvelope> {
     let mut task = TaskEnvelope::new(agent, data)
         .with_priority(args.priority)
         .with_max_attempts(args.max_attempts);
-    task.timeout = args.timeout;
+    task.timeout = args.timeout.map(|t| t.as_secs_f64());
     task.idempotency_key = args.idempotency_key.clone();
     task.not_before = match (args.delay, args.at) {
         (Some(delay), _) => Some(

@@ -25,7 +25,7 @@ enum Command {
         name: String,
         /// Fire every this long (e.g. 10s, 5m; whole seconds, at least 1 s), on a grid
         /// from the Unix epoch.
-        #[arg(long, value_parser = crate::waiter::parse_wait, required_unless_present = "cron", conflicts_with = "cron")]
+        #[arg(long, value_parser = crate::duration::parse, required_unless_present = "cron", conflicts_with = "cron")]
         every: Option<std::time::Duration>,
         /// Fire at the local times this cron expression names (seconds first, e.g.
         /// '0 */5 * * * *'), in `--tz`.

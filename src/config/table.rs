@@ -44,8 +44,8 @@ impl Kind {
             Kind::Integer => "integer".into(),
             Kind::CountOrAuto => "count or `auto`".into(),
             Kind::Number => "number".into(),
-            Kind::Seconds => "seconds".into(),
-            Kind::Millis => "milliseconds".into(),
+            Kind::Seconds => "seconds (or `30s`, `5m`, `2h`)".into(),
+            Kind::Millis => "milliseconds (or `2s`)".into(),
             Kind::Bytes => "bytes".into(),
             Kind::List => "names, comma separated".into(),
             Kind::Path => "file path".into(),
@@ -123,6 +123,25 @@ where
     value.trim().parse().map_err(|e: T::Err| e.to_string())
 }
 
+/// A setting kept in whole seconds: a bare number, or the fleet's duration grammar.
+fn seconds<T: TryFrom<u64>>(value: &str) -> Result<T, String> {
+    let secs = crate::duration::whole_seconds(value.trim()).map_err(|e| e.to_string())?;
+    T::try_from(secs).map_err(|_| format!("{value:?} is too long"))
+}
+
+/// A setting kept in seconds that may have a fraction: a bare number, or the grammar.
+fn fractional_seconds(value: &str) -> Result<f64, String> {
+    crate::duration::parse(value.trim())
+        .map(|d| d.as_secs_f64())
+        .map_err(|e| e.to_string())
+}
+
+/// A setting kept in whole milliseconds: a bare number of them, or the duration grammar.
+fn millis<T: TryFrom<u64>>(value: &str) -> Result<T, String> {
+    let ms = crate::duration::whole_millis(value.trim()).map_err(|e| e.to_string())?;
+    T::try_from(ms).map_err(|_| format!("{value:?} is too long"))
+}
+
 fn list(value: &str) -> Vec<String> {
     value
         .split(',')
@@ -140,7 +159,7 @@ fn ttl_map(value: &str) -> Result<std::collections::BTreeMap<String, u64>, Strin
     list(value)
         .into_iter()
         .map(|pair| match pair.split_once('=') {
-            Some((name, secs)) => Ok((name.trim().to_string(), parse(secs)?)),
+            Some((name, secs)) => Ok((name.trim().to_string(), seconds(secs)?)),
             None => Err(format!("expected name=seconds, got {pair:?}")),
         })
         .collect()
@@ -304,7 +323,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "lease of a delivered task: unacknowledged this long, it goes to another worker \
               (kept alive while it runs)",
         set: |s, v| {
-            s.nats.ack_wait_secs = parse(v)?;
+            s.nats.ack_wait_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -318,7 +337,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "a task id published again within this window is dropped by the server as a \
               duplicate",
         set: |s, v| {
-            s.nats.duplicate_window_secs = parse(v)?;
+            s.nats.duplicate_window_secs = seconds(v)?;
             Ok(())
         },
     },
@@ -359,7 +378,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "the server deletes a lane consumer idle this long (agent types that stopped \
               coming, garbage names); workers make it again when tasks return",
         set: |s, v| {
-            s.nats.lane_expiry_secs = parse(v)?;
+            s.nats.lane_expiry_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -506,7 +525,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "longest wait for a free connection",
         set: |s, v| {
-            s.database.acquire_timeout_secs = Some(parse(v)?);
+            s.database.acquire_timeout_secs = Some(seconds(v)?);
             Ok(())
         },
     },
@@ -519,7 +538,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "a connection is replaced after this long",
         set: |s, v| {
-            s.database.max_lifetime_secs = Some(parse(v)?);
+            s.database.max_lifetime_secs = Some(seconds(v)?);
             Ok(())
         },
     },
@@ -633,7 +652,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "pause between looks for legacy tasks when the last look found none",
         set: |s, v| {
-            s.redis.intake_interval_ms = parse(v)?;
+            s.redis.intake_interval_ms = millis(v)?;
             Ok(())
         },
     },
@@ -789,7 +808,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "an outcome may wait this long for others to share its commit",
         set: |s, v| {
-            s.worker.commit_linger_ms = parse(v)?;
+            s.worker.commit_linger_ms = millis(v)?;
             Ok(())
         },
     },
@@ -815,7 +834,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "how long a task may run when its envelope sets no `timeout` (the seed's 300)",
         set: |s, v| {
-            s.worker.default_timeout_secs = parse(v)?;
+            s.worker.default_timeout_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -828,7 +847,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "in-flight work and pending commits may finish this long after SIGTERM",
         set: |s, v| {
-            s.worker.shutdown_grace_secs = parse(v)?;
+            s.worker.shutdown_grace_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -842,7 +861,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "a running agent told of its task's cancellation may take this long to stop; \
               then its attempt is abandoned (the task ends `cancelled` either way)",
         set: |s, v| {
-            s.worker.cancel_grace_secs = parse(v)?;
+            s.worker.cancel_grace_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -868,7 +887,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "delay before the second attempt (the seed's 2 s)",
         set: |s, v| {
-            s.worker.retry_base_ms = parse(v)?;
+            s.worker.retry_base_ms = millis(v)?;
             Ok(())
         },
     },
@@ -894,7 +913,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "longest delay between attempts",
         set: |s, v| {
-            s.worker.retry_max_ms = parse(v)?;
+            s.worker.retry_max_ms = millis(v)?;
             Ok(())
         },
     },
@@ -976,7 +995,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "an idle worker rescans its lanes this often for redeliveries (new publishes \
               wake it at once)",
         set: |s, v| {
-            s.worker.idle_rescan_ms = parse(v)?;
+            s.worker.idle_rescan_ms = millis(v)?;
             Ok(())
         },
     },
@@ -990,7 +1009,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "a batch held through a transient fault, or a pull loop still with free slots, \
               this long makes `/ready` answer 503 (so an orchestrator restarts the worker)",
         set: |s, v| {
-            s.worker.stall_after_secs = parse(v)?;
+            s.worker.stall_after_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -1085,7 +1104,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "a request not answered within this long gets 503",
         set: |s, v| {
-            s.api.request_timeout_secs = parse(v)?;
+            s.api.request_timeout_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -1099,7 +1118,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "longest `?wait=` honoured (longer ones are cut to it); such a request may take \
               this much longer than the request timeout",
         set: |s, v| {
-            s.api.max_wait_secs = parse(v)?;
+            s.api.max_wait_secs = fractional_seconds(v)?;
             Ok(())
         },
     },
@@ -1193,7 +1212,7 @@ pub const SETTINGS: &[Setting] = &[
         empty_allowed: false,
         doc: "age of the oldest waiting task above which to scale up",
         set: |s, v| {
-            s.scale.oldest_pending_secs = parse(v)?;
+            s.scale.oldest_pending_secs = fractional_seconds(v)?;
             Ok(())
         },
     },

@@ -304,9 +304,15 @@ struct DeadLetterQuery {
     agent_type: Option<String>,
     #[serde(default, deserialize_with = "empty_is_none")]
     reason: Option<DeadReason>,
-    #[serde(default, deserialize_with = "empty_is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::duration::deserialize_instant_or_age"
+    )]
     since: Option<chrono::DateTime<Utc>>,
-    #[serde(default, deserialize_with = "empty_is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::duration::deserialize_instant_or_age"
+    )]
     until: Option<chrono::DateTime<Utc>>,
     #[serde(default, deserialize_with = "empty_is_none")]
     limit: Option<usize>,

@@ -35,9 +35,15 @@ pub(super) struct TaskQuery {
     agent_type: Option<String>,
     #[serde(default, deserialize_with = "empty_is_none")]
     priority: Option<i16>,
-    #[serde(default, deserialize_with = "empty_is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::duration::deserialize_instant_or_age"
+    )]
     since: Option<DateTime<Utc>>,
-    #[serde(default, deserialize_with = "empty_is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::duration::deserialize_instant_or_age"
+    )]
     until: Option<DateTime<Utc>>,
     /// JSON the task's data must contain (`{"customer": 42}`).
     #[serde(default)]

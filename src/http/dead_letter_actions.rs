@@ -28,9 +28,15 @@ pub(super) struct Matching {
     agent_type: Option<String>,
     #[serde(default)]
     reason: Option<DeadReason>,
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::duration::deserialize_instant_or_age_strictly"
+    )]
     since: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::duration::deserialize_instant_or_age_strictly"
+    )]
     until: Option<DateTime<Utc>>,
     /// Only these among the matching ones (a selection).
     #[serde(default)]

@@ -93,7 +93,9 @@ impl WaitQuery {
         match query.wait.as_deref() {
             None | Some("") => Ok(None),
             Some(text) => Ok(Some(
-                crate::waiter::parse_wait(text).map_err(invalid)?.min(max),
+                crate::duration::parse(text)
+                    .map_err(|e| invalid(e.to_string()))?
+                    .min(max),
             )),
         }
     }

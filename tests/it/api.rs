@@ -379,6 +379,24 @@ async fn queues_show_a_backlog_and_dead_letters_can_be_listed_and_replayed() {
     assert_eq!(listed["dead_letters"][0]["id"], dead_id.as_str());
     let (status, _) = call(&app, get("/v1/dlq?reason=nonsense")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Ages in the fleet's one duration grammar, as `swarmd dlq list --since` takes them.
+    let (status, recent) = call(&app, get("/v1/dlq?since=2h")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        recent["dead_letters"][0]["id"],
+        dead_id.as_str(),
+        "{recent}"
+    );
+    let (status, older) = call(&app, get("/v1/dlq?until=1h30m")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        older["dead_letters"],
+        json!([]),
+        "none died that long ago: {older}"
+    );
+    let (status, refused) = call(&app, get("/v1/dlq?since=2x")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused.to_string().contains("RFC 3339"), "{refused}");
 
     let replay = |token: Option<&str>| {
         let mut request = Request::post(format!("/v1/dlq/{dead_id}/replay"));

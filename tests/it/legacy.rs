@@ -888,11 +888,15 @@ async fn a_legacy_task_is_taken_in_while_delayed_tasks_wait() {
         env.broker.publish(&task, Codec::Json).await.unwrap();
         delayed.push(task);
     }
-    eventually("both shown as scheduled", Duration::from_secs(10), || async {
-        let mut redis = env.redis().await;
-        let shown: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
-        (shown == 2).then_some(())
-    })
+    eventually(
+        "both shown as scheduled",
+        Duration::from_secs(10),
+        || async {
+            let mut redis = env.redis().await;
+            let shown: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
+            (shown == 2).then_some(())
+        },
+    )
     .await;
     let id = enqueue_task(&env, "echo", json!({"now": true}), 5).await;
     let rows = env.wait_finished(&[id], Duration::from_secs(5)).await;
