@@ -27,8 +27,9 @@ enum Command {
         /// from the Unix epoch.
         #[arg(long, value_parser = crate::duration::parse, required_unless_present = "cron", conflicts_with = "cron")]
         every: Option<std::time::Duration>,
-        /// Fire at the local times this cron expression names (seconds first, e.g.
-        /// '0 */5 * * * *'), in `--tz`.
+        /// Fire at the local times this cron expression names in `--tz`: 5 fields as crontab
+        /// ('*/5 * * * *', '30 2 * * 1-5'), 6 with seconds first, 7 with a year last, or
+        /// @hourly, @daily, @weekly, @monthly, @yearly.
         #[arg(long)]
         cron: Option<String>,
         /// Time zone of `--cron` (IANA name, e.g. Europe/Berlin).

@@ -8,10 +8,13 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-/// A parsed cron expression (6 or 7 fields: seconds first) and the zone it is read in.
+/// A parsed cron expression (in any form [`super::cron_syntax`] reads) and the zone it is
+/// read in.
 #[derive(Debug, Clone)]
 pub struct CronTimes {
-    expression: cron::Schedule,
+    /// The crate's expressions whose fire times together are the user's (two when both day
+    /// fields are restricted).
+    expressions: Vec<cron::Schedule>,
     zone: Tz,
 }
 
@@ -22,30 +25,59 @@ const LOOK_BACK: Duration = Duration::hours(3);
 impl CronTimes {
     /// Fails with a readable reason on an expression or zone it cannot read.
     pub fn new(expression: &str, zone: &str) -> Result<Self, String> {
-        let expression = cron::Schedule::from_str(expression)
-            .map_err(|e| format!("cron expression {expression:?}: {e}"))?;
+        let expressions = super::cron_syntax::to_crate_expressions(expression)?
+            .iter()
+            .map(|written| {
+                cron::Schedule::from_str(written)
+                    .map_err(|e| format!("cron expression {expression:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
         let zone = Tz::from_str(zone)
             .map_err(|_| format!("unknown time zone {zone:?} (e.g. Europe/Berlin)"))?;
-        Ok(Self { expression, zone })
+        Ok(Self { expressions, zone })
     }
 
     /// Fire instants strictly after `after`, earliest first, each once.
     pub fn after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         let local_start = after.with_timezone(&self.zone).naive_local() - LOOK_BACK;
         // The crate walks wall-clock fields: give it local time dressed as UTC.
+        let local_start = Utc.from_utc_datetime(&local_start);
         let mut last = after;
-        self.expression
-            .after(&Utc.from_utc_datetime(&local_start))
-            .map(|local| self.instant_of(local.naive_utc()))
-            .filter(move |instant| {
-                let fresh = *instant > last;
-                if fresh {
-                    last = *instant;
-                }
-                fresh
-            })
+        merged(
+            self.expressions
+                .iter()
+                .map(|expression| expression.after(&local_start))
+                .collect(),
+        )
+        .map(|local| self.instant_of(local.naive_utc()))
+        .filter(move |instant| {
+            let fresh = *instant > last;
+            if fresh {
+                last = *instant;
+            }
+            fresh
+        })
     }
+}
 
+/// The times of several ascending sequences, in ascending order (a time in two is given
+/// twice; the caller's filter drops the copy).
+fn merged<I: Iterator<Item = DateTime<Utc>>>(
+    sequences: Vec<I>,
+) -> impl Iterator<Item = DateTime<Utc>> {
+    let mut sequences: Vec<std::iter::Peekable<I>> =
+        sequences.into_iter().map(Iterator::peekable).collect();
+    std::iter::from_fn(move || {
+        let earliest = sequences
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, sequence)| sequence.peek().map(|time| (*time, index)))
+            .min()?;
+        sequences[earliest.1].next()
+    })
+}
+
+impl CronTimes {
     /// The instant a local time stands for, by the rules above.
     fn instant_of(&self, local: NaiveDateTime) -> DateTime<Utc> {
         match self.zone.from_local_datetime(&local) {
@@ -129,6 +161,45 @@ mod tests {
             CronTimes::new("0 * * * * *", "Mars/Olympus")
                 .unwrap_err()
                 .contains("time zone")
+        );
+    }
+
+    #[test]
+    fn crontab_lines_fire_when_crontab_would() {
+        // 2026-12-06 is a Sunday. `1` is Monday, as in crontab.
+        let monday = CronTimes::new("0 9 * * 1", "UTC").unwrap();
+        let fires: Vec<_> = monday.after(utc("2026-12-06T12:00:00Z")).take(2).collect();
+        assert_eq!(
+            fires,
+            [utc("2026-12-07T09:00:00Z"), utc("2026-12-14T09:00:00Z")]
+        );
+        // Both days restricted: the 1st and 15th, and every Monday.
+        let either = CronTimes::new("0 0 1,15 * 1", "UTC").unwrap();
+        let fires: Vec<_> = either.after(utc("2026-12-06T12:00:00Z")).take(5).collect();
+        assert_eq!(
+            fires,
+            [
+                utc("2026-12-07T00:00:00Z"),
+                utc("2026-12-14T00:00:00Z"),
+                utc("2026-12-15T00:00:00Z"),
+                utc("2026-12-21T00:00:00Z"),
+                utc("2026-12-28T00:00:00Z"),
+            ]
+        );
+        // A day in both sequences fires once (2027-02-01 is a Monday).
+        let fires: Vec<_> = either.after(utc("2027-01-30T00:00:00Z")).take(2).collect();
+        assert_eq!(
+            fires,
+            [utc("2027-02-01T00:00:00Z"), utc("2027-02-08T00:00:00Z")]
+        );
+        let every_five = CronTimes::new("*/5 * * * *", "UTC").unwrap();
+        let fires: Vec<_> = every_five
+            .after(utc("2026-12-07T10:03:00Z"))
+            .take(2)
+            .collect();
+        assert_eq!(
+            fires,
+            [utc("2026-12-07T10:05:00Z"), utc("2026-12-07T10:10:00Z")]
         );
     }
 

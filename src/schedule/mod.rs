@@ -7,6 +7,7 @@
 //! servers every worker's ticker looks five times a second.
 
 pub mod alarm;
+pub mod cron_syntax;
 mod cron_times;
 mod store;
 mod ticker;
@@ -60,7 +61,8 @@ pub struct Schedule {
     pub priority: u8,
     /// Fires every this many seconds, on a grid from the Unix epoch; or
     pub every_secs: Option<u32>,
-    /// fires at the local times a cron expression (seconds first) names in `time_zone`.
+    /// fires at the local times a cron expression names in `time_zone` (5 fields as
+    /// crontab, 6–7 with seconds first: [`cron_syntax`]).
     pub cron: Option<String>,
     pub time_zone: String,
     pub overlap: Overlap,

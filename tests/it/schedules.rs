@@ -156,8 +156,15 @@ async fn a_cron_schedule_in_a_time_zone_fires_at_its_local_times_and_bad_ones_ar
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains("cron '*/2 * * * * *' (Europe/Berlin)")
     );
+    // Crontab's five fields, as people write them.
+    succeeds(&mut add_cron(&env, "five", "*/5 * * * *", "UTC")).await;
     for (cron, tz, why) in [
-        ("every two seconds", "UTC", "cron expression"),
+        ("every two seconds", "UTC", "5 fields (minute hour"),
+        (
+            "0 0 * * 8",
+            "UTC",
+            "the day-of-week field \"8\" has 8, out of range 0–7",
+        ),
         ("*/2 * * * * *", "Mars/Olympus", "time zone"),
     ] {
         let refused = add_cron(&env, "bad", cron, tz).output().await.unwrap();
@@ -220,6 +227,10 @@ async fn schedules_are_defined_listed_and_removed_over_http() {
         (
             json!({"name": "x", "agent_type": "echo", "cron": "nope"}),
             "cron expression",
+        ),
+        (
+            json!({"name": "x", "agent_type": "echo", "cron": "0 24 * * *"}),
+            "the hour field \"24\" has 24, out of range 0–23",
         ),
         (
             json!({"name": "x", "agent_type": "echo"}),
