@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
         match swarm_director::cli::run(cli).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", swarm_director::cli::error_report(&err));
                 std::process::ExitCode::FAILURE
             }
         }

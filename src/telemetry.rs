@@ -15,7 +15,9 @@ use opentelemetry_sdk::{
     trace::{SdkTracerProvider, span_processor_with_async_runtime::BatchSpanProcessor},
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 /// Why tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -63,20 +65,58 @@ pub fn init(
     Ok(Telemetry { provider })
 }
 
-/// Modules of dependencies that print connection secrets at debug level (async-nats logs
-/// each server address with its password): held at `info` unless the filter names them.
-const LEAKY_MODULES: [&str; 1] = ["async_nats::connector"];
+/// Dependencies' modules held at most at a level unless the filter names them: async-nats's
+/// connector prints each server address with its password at debug (and one line per
+/// connection at info); sqlx prints PostgreSQL's NOTICEs at info, which the migrations'
+/// `IF EXISTS` guards raise on a fresh database.
+const CAPPED_MODULES: [(&str, LevelFilter); 3] = [
+    ("async_nats", LevelFilter::WARN),
+    ("async_nats::connector", LevelFilter::INFO),
+    ("sqlx::postgres::notice", LevelFilter::WARN),
+];
 
-/// `filter` with [`LEAKY_MODULES`] held at `info`, so `SWARM_LOG=debug` never prints a
-/// password.
+/// `filter` with each of [`CAPPED_MODULES`] at the quieter of its cap and the level the
+/// filter gives it, so `SWARM_LOG=debug` never prints a password and `SWARM_LOG=warn`
+/// prints no connection line.
 fn confined(filter: &str) -> String {
     let mut confined = filter.to_string();
-    for module in LEAKY_MODULES {
+    for (module, cap) in CAPPED_MODULES {
         if !filter.contains(module) {
-            confined.push_str(&format!(",{module}=info"));
+            let level = level_for(filter, module).min(cap);
+            confined.push_str(&format!(",{module}={level}"));
         }
     }
     confined
+}
+
+/// The level `filter` gives events of `target`: its most specific `target=level` directive
+/// naming `target` or a parent module, else its bare level, else `error` (as EnvFilter).
+fn level_for(filter: &str, target: &str) -> LevelFilter {
+    let mut best: Option<(usize, LevelFilter)> = None;
+    let mut bare = None;
+    for directive in filter.split(',').map(str::trim) {
+        // Span and field directives (`[span{field}]`) never match a plain event's target.
+        if directive.contains('[') {
+            continue;
+        }
+        match directive.split_once('=') {
+            Some((module, level)) => {
+                let names = target == module
+                    || target
+                        .strip_prefix(module)
+                        .is_some_and(|rest| rest.starts_with("::"));
+                if let (true, Ok(level)) = (names, level.parse::<LevelFilter>())
+                    && best.is_none_or(|(length, _)| module.len() > length)
+                {
+                    best = Some((module.len(), level));
+                }
+            }
+            None => bare = directive.parse::<LevelFilter>().ok().or(bare),
+        }
+    }
+    best.map(|(_, level)| level)
+        .or(bare)
+        .unwrap_or(LevelFilter::ERROR)
 }
 
 /// The log layer, filtered on its own so traces can hold finer spans than the logs show.
@@ -261,5 +301,44 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_modules_are_never_louder_than_the_filter_asks() {
+        assert_eq!(
+            confined("warn"),
+            "warn,async_nats=warn,async_nats::connector=warn,sqlx::postgres::notice=warn"
+        );
+        assert_eq!(
+            confined("info"),
+            "info,async_nats=warn,async_nats::connector=info,sqlx::postgres::notice=warn"
+        );
+        // Debug everywhere never reaches the connector's passwords.
+        assert_eq!(
+            confined("debug"),
+            "debug,async_nats=warn,async_nats::connector=info,sqlx::postgres::notice=warn"
+        );
+        assert_eq!(
+            confined("info,async_nats=error"),
+            "info,async_nats=error,async_nats::connector=error,sqlx::postgres::notice=warn"
+        );
+        // A filter naming the module itself is taken as written.
+        assert_eq!(
+            confined("async_nats::connector=debug"),
+            "async_nats::connector=debug,sqlx::postgres::notice=error"
+        );
+        assert_eq!(
+            level_for("info,async=debug", "async_nats::connector"),
+            LevelFilter::INFO
+        );
+        assert_eq!(
+            level_for("swarm_director=debug", "async_nats::connector"),
+            LevelFilter::ERROR
+        );
     }
 }

@@ -65,10 +65,8 @@ struct FilterArgs {
     /// Only this agent type.
     #[arg(long)]
     agent: Option<String>,
-    /// Only this reason (permanent_error, attempts_exhausted, unknown_agent, max_deliveries,
-    /// undecodable, unknown_content_type, schema_violation, subject_mismatch,
-    /// payload_too_large, bad_input, unstorable, bad_subject).
-    #[arg(long)]
+    /// Only this reason.
+    #[arg(long, value_enum, hide_possible_values = false)]
     reason: Option<DeadReason>,
     /// Only those dead since: an RFC 3339 time or an age such as 30m, 2h, 7d.
     #[arg(long, value_parser = crate::duration::instant_or_age_from_now)]

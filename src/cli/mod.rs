@@ -29,16 +29,12 @@ use crate::config::Settings;
 #[derive(Debug, Parser)]
 #[command(name = "swarmd", version, propagate_version = true)]
 pub struct Cli {
-    /// TOML settings file (sections [nats], [database], [redis], [worker]).
+    /// TOML settings file (sections [nats], [database], [redis], [worker], [api], [scale]).
     #[arg(long, short = 'c', global = true, env = "SWARM_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Log filter, e.g. `info` or `swarm_director=debug`.
-    #[arg(
-        long,
-        global = true,
-        env = "SWARM_LOG",
-        default_value = "info,async_nats=warn"
-    )]
+    /// Log filter, e.g. `warn`, `info` or `info,swarm_director=debug` (tracing's env-filter
+    /// syntax); at `info` each NATS connection says one line, at `warn` nothing but trouble.
+    #[arg(long, global = true, env = "SWARM_LOG", default_value = "info")]
     pub log: String,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "SWARM_LOG_JSON")]
@@ -237,6 +233,23 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `error`'s chain of causes, each said once: library errors name their source in their
+/// own message, so a cause already said is not repeated.
+pub fn error_report(error: &anyhow::Error) -> String {
+    let mut report = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if report.contains(&text) {
+            continue;
+        }
+        if !report.is_empty() {
+            report.push_str(": ");
+        }
+        report.push_str(&text);
+    }
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +269,34 @@ mod tests {
         assert_eq!(share_of_cores(8, 3), 2);
         assert_eq!(share_of_cores(2, 8), 1, "never fewer than one");
         assert_eq!(share_of_cores(4, 0), 4);
+    }
+
+    #[test]
+    fn the_config_flag_names_every_section_of_the_settings_file() {
+        use clap::CommandFactory as _;
+        let command = Cli::command();
+        let help = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "config")
+            .and_then(|arg| arg.get_help())
+            .expect("--config has help")
+            .to_string();
+        for setting in crate::config::table::SETTINGS {
+            let section = setting.key.split('.').next().unwrap();
+            assert!(help.contains(&format!("[{section}]")), "{section}: {help}");
+        }
+    }
+
+    #[test]
+    fn an_error_report_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot connect: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let inner = std::io::Error::other("no such database");
+        let error = anyhow::Error::new(Outer(inner)).context("connecting to PostgreSQL");
+        assert_eq!(
+            error_report(&error),
+            "connecting to PostgreSQL: cannot connect: no such database"
+        );
     }
 }

@@ -279,10 +279,19 @@ async fn report_outcomes(
         .count();
     let pending = awaited.pending().len();
     if completed < ids.len() {
+        let ended = |status: TaskStatus| {
+            awaited
+                .outcomes
+                .iter()
+                .filter(|o| o.status == status.as_str())
+                .count()
+        };
         bail!(
-            "{completed} of {} tasks completed; {} dead, {pending} not final after {wait:?}",
+            "{completed} of {} tasks completed; {} dead, {} cancelled, {pending} not final after \
+             {wait:?}",
             ids.len(),
-            ids.len() - completed - pending
+            ended(TaskStatus::Dead),
+            ended(TaskStatus::Cancelled),
         );
     }
     Ok(())

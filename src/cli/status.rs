@@ -36,7 +36,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     println!(
         "stream {} ({}): {} messages, {} bytes",
         settings.nats.stream,
-        broker.subjects().all_tasks(),
+        broker.subjects().stream_subject(),
         info.state.messages,
         info.state.bytes
     );

@@ -13,8 +13,9 @@ use uuid::Uuid;
 use crate::task::{AttemptError, TaskEnvelope};
 
 /// Why a message ended in the dead-letter stream. Stable codes for scripts and filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum DeadReason {
     /// The agent said the input can never succeed.
     PermanentError,

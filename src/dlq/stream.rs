@@ -110,8 +110,8 @@ pub struct DeadLetterStream {
 }
 
 impl DeadLetterStream {
-    /// The dead-letter stream beside `broker`'s tasks stream: `SWARM_TASKS` → `SWARM_DLQ`,
-    /// any other name `N` → `N_DLQ`.
+    /// The dead-letter stream beside `broker`'s tasks stream: a name ending in `_TASKS`
+    /// loses it (`SWARM_TASKS` → `SWARM_DLQ`), any other name `N` → `N_DLQ`.
     pub fn of(broker: &Broker) -> Self {
         let tasks = &broker.settings().stream;
         let name = match tasks.strip_suffix("_TASKS") {

@@ -26,6 +26,12 @@ pub enum StoreError {
     Url { url: String, source: sqlx::Error },
     #[error("cannot connect to PostgreSQL at {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
+    #[error(
+        "PostgreSQL at {url} has no database {name:?}: create it (`createdb {name}` as a \
+         PostgreSQL superuser; `make services` creates the default `test`) or point \
+         SWARM_DATABASE_URL at one that exists"
+    )]
+    NoDatabase { url: String, name: String },
     #[error("cannot migrate schema {schema}: {source}")]
     Migrate {
         schema: String,

@@ -57,10 +57,7 @@ impl Store {
                 .max_connections(1)
                 .connect_with(options.clone())
                 .await
-                .map_err(|source| StoreError::Connect {
-                    url: url.clone(),
-                    source,
-                })?;
+                .map_err(|source| connect_error(&url, source))?;
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS \"{}\"",
                 settings.schema
@@ -73,7 +70,7 @@ impl Store {
         let primary = pool_options(settings.pool())
             .connect_with(options.options([("search_path", settings.schema.as_str())]))
             .await
-            .map_err(|source| StoreError::Connect { url, source })?;
+            .map_err(|source| connect_error(&url, source))?;
         let mut replicas = Vec::new();
         for replica_url in &settings.replica_urls {
             let options = connect_options(replica_url.expose())
@@ -128,6 +125,30 @@ impl Store {
         .await
         .map_err(StoreError::query("dropping the schema"))?;
         Ok(())
+    }
+}
+
+/// Why a connection to `url` failed; a database that does not exist says how to make one.
+fn connect_error(url: &str, source: sqlx::Error) -> StoreError {
+    // 3D000: invalid_catalog_name.
+    if let Some(error) = source.as_database_error()
+        && error.code().as_deref() == Some("3D000")
+    {
+        let name = url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .split('?')
+            .next()
+            .unwrap_or_default();
+        return StoreError::NoDatabase {
+            url: url.to_string(),
+            name: name.to_string(),
+        };
+    }
+    StoreError::Connect {
+        url: url.to_string(),
+        source,
     }
 }
 
