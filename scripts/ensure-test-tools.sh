@@ -6,7 +6,8 @@
 # - nginx and Prometheus's promtool (Debian packages): they load the shipped
 #   deploy/nginx/nginx.conf and deploy/prometheus/*.yml for real;
 # - Go with nats.go and google/uuid (Debian packages, built in GOPATH mode: no module proxy
-#   is needed): the Go producer example of schemas/README.md runs against the fleet.
+#   is needed): the Go producer example of schemas/README.md runs against the fleet;
+# - curl, jq and openssl (Debian packages): the documentation's shell examples use them.
 # Safe to run again: what is there is left alone.
 set -euo pipefail
 
@@ -24,6 +25,14 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] || ! command -
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null 2>&1 || {
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null
+  }
+fi
+if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1 \
+   || ! command -v openssl >/dev/null 2>&1; then
+  say "installing curl, jq and openssl (Debian packages)"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl jq openssl >/dev/null 2>&1 || {
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl jq openssl >/dev/null
   }
 fi
 GO_PACKAGES="golang-go golang-github-nats-io-go-nats-dev golang-github-google-uuid-dev"

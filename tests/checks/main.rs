@@ -2,6 +2,9 @@
 
 mod config_reference;
 mod deploy;
+#[path = "../shared/doc_examples.rs"]
+mod doc_examples;
+mod docs;
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
 //! Integration tests against the real NATS, PostgreSQL and Redis. Each test gets its own
 //! stream, subject prefix, consumer group and database schema, so tests run in parallel.
 
+#[path = "../shared/doc_examples.rs"]
+mod doc_examples;
 mod support;
 
 mod api;
@@ -16,6 +18,7 @@ mod dead_letters;
 mod delayed;
 mod delivery;
 mod deploy_tools;
+mod docs;
 mod expiry;
 mod faults;
 mod hostile;

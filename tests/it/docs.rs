@@ -1,0 +1,246 @@
+//! The documentation, followed as a newcomer would: every example a document shows runs here,
+//! as printed, against the real services (`tests/shared/doc_examples.rs` says how each is
+//! found and marked). Shell examples run with bash in an empty directory, with the `swarmd`
+//! this suite built first on `PATH` and this test's own stream, schema and key prefix in the
+//! environment; `curl` fails on an HTTP error; background jobs (`swarmd worker &`) are told
+//! to stop when the example ends. Port 8080 becomes a spare port, so documents run in
+//! parallel.
+
+use std::{path::Path, time::Duration};
+
+use crate::doc_examples::{Example, examples};
+use crate::support::{TestEnv, nats_server::spare_port};
+
+/// The longest one example may take.
+const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+async fn run_document(document: &'static str) {
+    let found = examples(document);
+    for example in &found {
+        if let Some(why) = example.skipped() {
+            println!("SKIPPED {} ({}): {why}", example.place(), example.language);
+            continue;
+        }
+        if example.checked_elsewhere() {
+            println!(
+                "checked elsewhere: {} {:?}",
+                example.place(),
+                example.markers
+            );
+            continue;
+        }
+        match example.language.as_str() {
+            "sh" => run_shell(example).await,
+            "toml" => load_settings(example),
+            "nginx" => nginx_accepts(example).await,
+            other => panic!("{}: no way to run a `{other}` example", example.place()),
+        }
+    }
+}
+
+/// Runs a shell example in a fresh environment of its own; fails unless every command
+/// succeeds and the output holds what the example's markers expect.
+async fn run_shell(example: &Example) {
+    let env = TestEnv::new().await;
+    let port = spare_port().to_string();
+    let dir = std::env::temp_dir().join(format!("swarm-doc-{}", uuid::Uuid::new_v4()));
+    let (bin, work) = (dir.join("bin"), dir.join("work"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_swarmd"), bin.join("swarmd")).unwrap();
+    write_executable(
+        &bin.join("curl"),
+        "#!/bin/sh\nexec /usr/bin/curl --fail-with-body --show-error \"$@\"\n",
+    );
+    let script = format!(
+        "set -euo pipefail\n\
+         trap 'kill $(jobs -p) 2>/dev/null || true; wait || true' EXIT\n\
+         {setup}\n{code}\n{check}\n",
+        setup = example.setup().replace("8080", &port),
+        code = example.code.replace("8080", &port),
+        check = example.check().replace("8080", &port),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&work)
+        .envs(env.process_env())
+        // A task still running when the example ends (a 60 s `sleep`) is handed back at once.
+        .env("SWARM_SHUTDOWN_GRACE_SECS", "1")
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(EXAMPLE_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| panic!("{} ran over {EXAMPLE_TIMEOUT:?}", example.place()))
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    println!("── {} ──\n{stdout}{stderr}", example.place());
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n{script}\n── stdout ──\n{stdout}\n── stderr ──\n{stderr}",
+        example.place(),
+        output.status
+    );
+    for expected in example.expected() {
+        assert!(
+            stdout.contains(expected),
+            "{}: the output lacks {expected:?}:\n{stdout}",
+            example.place()
+        );
+    }
+    env.cleanup().await;
+}
+
+fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A settings file as shown loads: every key known, every value readable.
+fn load_settings(example: &Example) {
+    let path = std::env::temp_dir().join(format!("swarm-doc-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, &example.code).unwrap();
+    let loaded = swarm_director::config::Settings::load(Some(&path));
+    let _ = std::fs::remove_file(&path);
+    if let Err(error) = loaded {
+        panic!("{}: {error}", example.place());
+    }
+}
+
+/// An nginx fragment as shown passes `nginx -t` inside a minimal configuration, with the
+/// certificate files it names made for the test.
+async fn nginx_accepts(example: &Example) {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is not installed: run `make tools`");
+    let dir = std::env::temp_dir().join(format!("swarm-doc-nginx-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    let made = tokio::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("tls/api.key"))
+        .arg("-out")
+        .arg(dir.join("tls/api.crt"))
+        .output()
+        .await
+        .unwrap();
+    assert!(made.status.success(), "openssl: {made:?}");
+    let fragment = example
+        .code
+        .replace("/etc/nginx/tls/", &format!("{}/tls/", dir.display()))
+        .replace("listen 443", &format!("listen 127.0.0.1:{}", spare_port()));
+    let config = format!(
+        "pid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\nhttp {{\n\
+         access_log off;\nupstream swarm_api {{ server 127.0.0.1:9; }}\n{fragment}\n}}\n",
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), config).unwrap();
+    let checked = tokio::process::Command::new(nginx)
+        .arg("-t")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        checked.status.success(),
+        "{}: {}",
+        example.place(),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_examples_run_as_written() {
+    run_document("README.md").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_guides_examples_run_as_written() {
+    run_document("docs/usage.md").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_pages_examples_run_as_written() {
+    for document in [
+        "docs/configuration.md",
+        "docs/operations.md",
+        "docs/guarantees.md",
+        "docs/performance.md",
+        "deploy/README.md",
+        "SECURITY.md",
+        "schemas/README.md",
+    ] {
+        run_document(document).await;
+    }
+}
+
+/// The registry of docs/usage.md ("Adding an agent"), as printed there (not reformatted:
+/// the documentation inventory checks the lines are the page's).
+#[rustfmt::skip]
+#[allow(clippy::let_and_return)]
+fn usage_guides_registry() -> swarm_director::agent::AgentRegistry {
+use swarm_director::agent::{Agent, AgentContext, AgentError, AgentRegistry};
+
+struct Shout;
+
+#[async_trait::async_trait]
+impl Agent for Shout {
+    fn name(&self) -> &'static str { "shout" }
+    async fn run(&self, input: &serde_json::Value, _: &AgentContext)
+        -> Result<serde_json::Value, AgentError> {
+        let text = input["text"].as_str()
+            .ok_or_else(|| AgentError::invalid_input("text", "a string"))?;   // permanent
+        Ok(serde_json::json!({ "text": text.to_uppercase() }))
+    }
+}
+
+let registry = AgentRegistry::with_builtins().with(Shout);
+registry
+}
+
+/// That agent on a worker: it shouts, and input it cannot use is a permanent error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_guides_rust_agent_runs_on_a_worker() {
+    let registry = usage_guides_registry();
+    let env = TestEnv::new().await;
+    let worker = env.spawn(env.worker_with_agents(registry, |_| {}));
+    let loud = swarm_director::task::TaskEnvelope::new("shout", serde_json::json!({"text": "hi"}));
+    let wrong = swarm_director::task::TaskEnvelope::new("shout", serde_json::json!({"text": 1}));
+    for task in [&loud, &wrong] {
+        env.broker
+            .publish(task, swarm_director::task::Codec::Json)
+            .await
+            .unwrap();
+    }
+    let rows = env
+        .wait_finished(&[loud.id, wrong.id], Duration::from_secs(15))
+        .await;
+    worker.stop().await;
+    let row = |id| rows.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(row(loud.id).result, Some(serde_json::json!({"text": "HI"})));
+    assert_eq!(
+        (row(wrong.id).status.as_str(), row(wrong.id).attempts),
+        ("dead", 1),
+        "invalid input is permanent: one attempt"
+    );
+    env.cleanup().await;
+}
