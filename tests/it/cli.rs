@@ -354,3 +354,37 @@ async fn the_demo_prints_its_summary_cleanly_and_logs_to_a_file() {
     let _ = std::fs::remove_file(&log);
     env.cleanup().await;
 }
+
+/// `--log warn` prints nothing but trouble, whatever library logs; at `info` each NATS
+/// connection says one line and PostgreSQL's NOTICEs of the migrations stay quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_levels_mean_what_they_say_for_every_target() {
+    let env = TestEnv::new().await;
+    let fresh = format!("{}_fresh", env.settings.database.schema);
+    let migrate = |level: &str| {
+        let mut command = swarmd(&env);
+        command
+            .args(["--log", level, "migrate"])
+            .env("SWARM_DATABASE_SCHEMA", &fresh);
+        command
+    };
+    // A fresh schema: its migrations raise NOTICEs (`DROP CONSTRAINT IF EXISTS`).
+    let told = succeeds(&mut migrate("info")).await;
+    let stderr = String::from_utf8_lossy(&told.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line per connection: {stderr}");
+    assert!(lines[0].contains("connected"), "{stderr}");
+    let quiet = succeeds(&mut migrate("warn")).await;
+    assert_eq!(
+        String::from_utf8_lossy(&quiet.stderr),
+        "",
+        "nothing at warn"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{fresh}\" CASCADE"
+    )))
+    .execute(env.store.primary())
+    .await
+    .unwrap();
+    env.cleanup().await;
+}
