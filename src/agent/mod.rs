@@ -4,10 +4,11 @@
 
 pub mod builtin;
 mod cancel;
+pub mod process;
 mod progress;
 mod registry;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -46,6 +47,10 @@ pub enum AgentError {
     /// The input can never succeed: do not try again.
     #[error("{0}")]
     Permanent(String),
+    /// A passing failure whose source said when to come back (an upstream's 429 or 503
+    /// `Retry-After`): the next attempt waits that long instead of the backoff delay.
+    #[error("{message}")]
+    RetryAfter { message: String, after: Duration },
 }
 
 impl AgentError {
@@ -55,6 +60,14 @@ impl AgentError {
 
     pub fn permanent(message: impl Into<String>) -> Self {
         Self::Permanent(message.into())
+    }
+
+    /// A retryable error whose next attempt waits `after`.
+    pub fn retry_after(message: impl Into<String>, after: Duration) -> Self {
+        Self::RetryAfter {
+            message: message.into(),
+            after,
+        }
     }
 
     /// A permanent error naming the input field that is missing or malformed.
@@ -75,6 +88,12 @@ pub trait Agent: Send + Sync {
     /// How long a result may be reused for the same input; `None` (the default) when the
     /// agent must run every time (side effects, time-dependent output).
     fn cache_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// How long one attempt may run when the task names no timeout; `None` (the default):
+    /// the worker's `default_timeout_secs`.
+    fn timeout(&self) -> Option<Duration> {
         None
     }
 

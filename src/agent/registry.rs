@@ -2,12 +2,15 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{Agent, builtin};
+use super::{Agent, builtin, process::ProcessAgent};
+use crate::config::{AgentKind, AgentSpec};
 
 /// The agents a worker can run, keyed by `agent_type`.
 #[derive(Clone, Default)]
 pub struct AgentRegistry {
     agents: BTreeMap<&'static str, Arc<dyn Agent>>,
+    /// The kinds of declared agents; the others are built into the binary.
+    kinds: BTreeMap<String, &'static str>,
 }
 
 impl AgentRegistry {
@@ -29,8 +32,34 @@ impl AgentRegistry {
 
     /// Adds `agent`, replacing one of the same name.
     pub fn with(mut self, agent: impl Agent + 'static) -> Self {
+        self.kinds.remove(agent.name());
         self.agents.insert(agent.name(), Arc::new(agent));
         self
+    }
+
+    /// Adds the agents the settings declare (`[agents.<name>]`), each replacing a built-in
+    /// of its name (said once in the log); `max_result_bytes` caps their output lines.
+    pub fn with_declared(mut self, declared: &[AgentSpec], max_result_bytes: usize) -> Self {
+        for spec in declared {
+            let AgentKind::Process(process) = &spec.kind;
+            let agent = ProcessAgent::new(&spec.name, process.clone(), spec.timeout, max_result_bytes);
+            if self.agents.contains_key(spec.name.as_str()) {
+                tracing::info!(
+                    agent = %spec.name,
+                    command = %agent.command(),
+                    "the declared agent replaces the built-in of its name"
+                );
+            }
+            self.agents.insert(agent.name(), Arc::new(agent));
+            self.kinds.insert(spec.name.clone(), spec.kind.as_str());
+        }
+        self
+    }
+
+    /// How the worker reaches `agent_type`'s agent: `built-in`, or the declared kind
+    /// (`process`).
+    pub fn kind(&self, agent_type: &str) -> &'static str {
+        self.kinds.get(agent_type).copied().unwrap_or("built-in")
     }
 
     /// The agent for `agent_type`. Unknown names get `None`, never a fallback agent.

@@ -59,7 +59,8 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     }
     let agents = settings.worker.agent_filter()?;
 
-    let mut registry = AgentRegistry::with_builtins();
+    let mut registry = AgentRegistry::with_builtins()
+        .with_declared(&settings.agents, settings.worker.max_result_bytes);
     if args.enable_crash_agent {
         tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
         registry = registry.with(CrashAgent);
@@ -72,7 +73,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
         if !unknown.is_empty() {
             let known: Vec<&str> = registry.names().collect();
             anyhow::bail!(
-                "--agents names unknown agent types {unknown:?}; this build has {known:?}"
+                "--agents names unknown agent types {unknown:?}; built-in and declared agents: {known:?}"
             );
         }
     }

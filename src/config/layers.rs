@@ -52,6 +52,13 @@ impl Settings {
             let toml::Value::Table(fields) = fields else {
                 return Err(ConfigError::UnknownKey { key: section });
             };
+            if section == "agents" {
+                self.agents = super::agents::parse(fields).map_err(|reason| ConfigError::Agents {
+                    path: String::new(),
+                    reason,
+                })?;
+                continue;
+            }
             for (field, value) in fields {
                 let key = format!("{section}.{field}");
                 let setting = by_key(&key).ok_or(ConfigError::UnknownKey { key: key.clone() })?;

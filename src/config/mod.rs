@@ -3,6 +3,7 @@
 //! ([`table::SETTINGS`]), which also renders `docs/configuration.md`. URLs may carry
 //! credentials, so every URL is a [`SecretUrl`] and every token a [`Secret`]: neither prints.
 
+pub mod agents;
 mod layers;
 mod pool_profile;
 pub mod reference;
@@ -11,6 +12,7 @@ mod sections;
 pub mod table;
 mod validate;
 
+pub use agents::{AgentKind, AgentSpec, ProcessSpec};
 pub use pool_profile::PoolProfile;
 pub use secret::{Secret, SecretUrl};
 pub use sections::{
@@ -48,6 +50,8 @@ pub enum ConfigError {
     },
     #[error("invalid setting {name}: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error("config file {path}: {reason}")]
+    Agents { path: String, reason: String },
 }
 
 impl ConfigError {
@@ -61,6 +65,10 @@ impl ConfigError {
             },
             ConfigError::File { key, reason, .. } => ConfigError::File {
                 key,
+                path: shown,
+                reason,
+            },
+            ConfigError::Agents { reason, .. } => ConfigError::Agents {
                 path: shown,
                 reason,
             },

@@ -45,6 +45,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub api: ApiSettings,
     pub scale: ScaleSettings,
+    /// The users' own agents (`[agents.<name>]` in the settings file).
+    pub agents: Vec<super::agents::AgentSpec>,
 }
 
 impl Settings {
@@ -57,6 +59,7 @@ impl Settings {
             worker: WorkerSettings::blank(),
             api: ApiSettings::blank(),
             scale: ScaleSettings::blank(),
+            agents: Vec::new(),
         }
     }
 }

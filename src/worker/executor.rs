@@ -41,6 +41,9 @@ pub struct Executor {
 /// over the claim-check size go to the Object Store, not the row.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Longest wait an agent's `retry_after` may ask for: a day (a longer one is cut to it).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
 /// How long a cancelled agent may take to stop unless configured otherwise.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 
@@ -147,6 +150,7 @@ impl Executor {
         let timeout = task
             .timeout
             .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .or_else(|| agent.timeout())
             .unwrap_or(self.default_timeout);
         let (cancellation, _running) = match &self.cancels {
             Some(board) => {
@@ -234,6 +238,9 @@ impl Executor {
                 };
             }
             Ok(Ok(Err(AgentError::Retryable(error)))) => error,
+            Ok(Ok(Err(AgentError::RetryAfter { message, after }))) => {
+                return self.failed_attempt_after(task, attempt, message, Some(after));
+            }
             Err(_) => format!("timed out after {:.3} s", timeout.as_secs_f64()),
         };
         self.failed_attempt(task, attempt, error)
@@ -242,6 +249,18 @@ impl Executor {
     /// A failed attempt `attempt` of `task`: retried after the policy's delay, or dead when
     /// it was the last.
     pub fn failed_attempt(&self, task: &TaskEnvelope, attempt: u32, error: String) -> Outcome {
+        self.failed_attempt_after(task, attempt, error, None)
+    }
+
+    /// As [`Self::failed_attempt`], the next attempt waiting `after` when the failure said
+    /// how long (at most [`MAX_RETRY_AFTER`]), else the policy's delay.
+    fn failed_attempt_after(
+        &self,
+        task: &TaskEnvelope,
+        attempt: u32,
+        error: String,
+        after: Option<Duration>,
+    ) -> Outcome {
         if attempt >= task.max_attempts {
             Outcome::Dead {
                 reason: DeadReason::AttemptsExhausted,
@@ -250,7 +269,9 @@ impl Executor {
         } else {
             Outcome::Retry {
                 error,
-                delay: self.retry.delay(attempt, rand::random()),
+                delay: after
+                    .map(|after| after.min(MAX_RETRY_AFTER))
+                    .unwrap_or_else(|| self.retry.delay(attempt, rand::random())),
             }
         }
     }

@@ -28,6 +28,7 @@ mod nats_roles;
 mod pipeline;
 mod pools;
 mod priority;
+mod process_agents;
 mod progress;
 mod properties;
 mod replicas;

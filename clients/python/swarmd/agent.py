@@ -1,0 +1,223 @@
+"""Serve Python agents to a SwarmDirector worker over the process protocol.
+
+    python3 -m swarmd.agent [TYPE=]MODULE:NAME [...]
+
+The worker starts this as a long-lived child process (``[agents.<name>] command`` in its
+settings) and sends it one task at a time, one JSON object per line on stdin; it answers on
+stdout (``schemas/agent-protocol.md``). NAME is either
+
+- a class with the seed's ``process_task(self, data)`` (optionally ``process_task(self,
+  data, ctx)``), instantiated once per process: its return value is the result; or
+- a function ``(data, ctx)`` (or ``(data)``).
+
+With one NAME it serves every agent type the worker sends it (the worker sends only the
+type it was declared under); with several, each serves the type written before ``=``, or
+NAME itself. ``async def`` handlers are awaited. Exceptions: ``Permanent`` ends the task
+(dead, no retry), ``Retryable`` and any other exception cost the attempt and are retried.
+
+Only the standard library. stdout belongs to the protocol: ``print`` in an agent goes to
+stderr, which the worker logs under the task's id.
+"""
+
+import asyncio
+import importlib
+import inspect
+import json
+import queue
+import sys
+import threading
+import traceback
+
+from . import Permanent, Retryable
+
+PROTOCOL = 1
+
+
+class Context:
+    """What an agent knows of the task it runs, and how it reports progress."""
+
+    def __init__(self, message, out, control):
+        self.task_id = message["id"]
+        self.agent_type = message.get("agent_type")
+        self.attempt = message.get("attempt", 1)
+        self.max_attempts = message.get("max_attempts", 1)
+        self.checkpoint = message.get("checkpoint")
+        self.deadline = message.get("deadline")
+        self.timeout_ms = message.get("timeout_ms")
+        self.traceparent = message.get("traceparent")
+        self._out = out
+        self._control = control
+
+    def progress(self, fraction, detail=None):
+        """Reports how far the task is (0..1) and what to resume from after a retry
+        (``detail``, seen again as ``ctx.checkpoint``)."""
+        self._out.send({"type": "progress", "id": self.task_id,
+                        "fraction": float(fraction), "detail": detail})
+
+    @property
+    def cancelled(self):
+        """True once the worker asked to stop this task: return (or raise) soon."""
+        return self._control.is_cancelled(self.task_id)
+
+
+class _Out:
+    """The protocol's stdout: one compact JSON line per message, flushed at once."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message):
+        line = json.dumps(message, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False, default=_unserialisable)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
+def _unserialisable(value):
+    raise TypeError(f"the result holds a {type(value).__name__}, which JSON cannot carry")
+
+
+class _Control:
+    """Reads stdin on a thread of its own, so a ``cancel`` reaches a task while it runs:
+    cancels are remembered by task id, tasks queued for the main loop."""
+
+    def __init__(self, stream):
+        self._tasks = queue.Queue()
+        self._cancelled = set()
+        self._lock = threading.Lock()
+        reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        reader.start()
+
+    def _read(self, stream):
+        for line in stream:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                print(f"swarmd.agent: ignoring a line that is not JSON: {line[:200]!r}",
+                      file=sys.stderr)
+                continue
+            if message.get("type") == "cancel":
+                with self._lock:
+                    self._cancelled.add(message.get("id"))
+            else:
+                self._tasks.put(message)
+        self._tasks.put(None)
+
+    def is_cancelled(self, task_id):
+        with self._lock:
+            return task_id in self._cancelled
+
+    def forget(self, task_id):
+        with self._lock:
+            self._cancelled.discard(task_id)
+
+    def next_message(self):
+        return self._tasks.get()
+
+
+def _handler(spec):
+    """The callable ``(data, ctx)`` that ``MODULE:NAME`` names."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise SystemExit(f"swarmd.agent: {spec!r} is not MODULE:NAME")
+    target = getattr(importlib.import_module(module_name), name)
+    if inspect.isclass(target):
+        instance = target()
+        method = getattr(instance, "process_task", None)
+        if method is None:
+            raise SystemExit(f"swarmd.agent: {spec} has no process_task method")
+        return _adapt(method)
+    if callable(target):
+        return _adapt(target)
+    raise SystemExit(f"swarmd.agent: {spec} is neither a class nor a function")
+
+
+def _adapt(function, wants_ctx=None):
+    parameters = [p for p in inspect.signature(function).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if wants_ctx is None:
+        wants_ctx = len(parameters) >= 2
+    if wants_ctx:
+        return lambda data, ctx: function(data, ctx)
+    return lambda data, ctx: function(data)
+
+
+def _run(handler, data, ctx):
+    result = handler(data, ctx)
+    if inspect.isawaitable(result):
+        result = asyncio.run(_awaited(result))
+    return result
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+def serve(handlers, stdin=None, stdout=None):
+    """Serves ``handlers`` (agent type, or None for any, → callable) until stdin closes."""
+    out = _Out(stdout or sys.stdout)
+    control = _Control(stdin or sys.stdin)
+    out.send({"type": "ready", "protocol": PROTOCOL, "agents": sorted(k for k in handlers if k)})
+    while True:
+        message = control.next_message()
+        if message is None:
+            return
+        if message.get("type") != "task":
+            continue
+        answer = _answer(handlers, message, out, control)
+        try:
+            out.send(answer)
+        except (TypeError, ValueError) as error:
+            out.send({"type": "error", "id": message["id"], "retryable": False,
+                      "message": f"the result cannot be sent as JSON: {error}"})
+        control.forget(message["id"])
+
+
+def _answer(handlers, message, out, control):
+    """The line that ends task ``message``: its result or its error."""
+    task_id = message["id"]
+    handler = handlers.get(message.get("agent_type")) or handlers.get(None)
+    if handler is None:
+        return {"type": "error", "id": task_id, "retryable": False,
+                "message": f"this process serves {sorted(handlers)}, not {message.get('agent_type')!r}"}
+    ctx = Context(message, out, control)
+    try:
+        result = _run(handler, message.get("data"), ctx)
+    except Permanent as error:
+        return {"type": "error", "id": task_id, "retryable": False, "message": str(error)}
+    except Retryable as error:
+        answer = {"type": "error", "id": task_id, "retryable": True, "message": str(error)}
+        if error.retry_after is not None:
+            answer["retry_after"] = float(error.retry_after)
+        return answer
+    except Exception as error:  # any other failure costs the attempt, as in the seed
+        traceback.print_exc(file=sys.stderr)
+        return {"type": "error", "id": task_id, "retryable": True,
+                "message": f"{type(error).__name__}: {error}"}
+    if ctx.cancelled:
+        return {"type": "error", "id": task_id, "retryable": False, "message": "cancelled"}
+    return {"type": "result", "id": task_id, "result": result}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    handlers = {}
+    for spec in argv:
+        agent_type, _, target = spec.rpartition("=") if "=" in spec.split(":")[0] else ("", "", spec)
+        name = target.partition(":")[2]
+        key = agent_type or (None if len(argv) == 1 else name)
+        handlers[key] = _handler(target)
+    # The protocol owns stdout: anything an agent prints goes to stderr.
+    protocol_out = sys.stdout
+    sys.stdout = sys.stderr
+    serve(handlers, stdin=sys.stdin, stdout=protocol_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

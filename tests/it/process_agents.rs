@@ -1,0 +1,247 @@
+//! The users' own agents as child processes (`[agents.<name>] command`), here Python served
+//! by `clients/python` (`python3 -m swarmd.agent`), under every guarantee a built-in agent
+//! has: results and classified errors, a killed or hung process replaced, cancel and
+//! progress passed through, hostile output refused with a reason.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use swarm_director::{
+    agent::AgentRegistry,
+    config::{AgentKind, AgentSpec, ProcessSpec, Secret},
+    task::{Codec, TaskEnvelope},
+    worker::Worker,
+};
+
+use crate::{
+    api::{app, call, get},
+    support::{TestEnv, count, eventually},
+};
+
+/// A Python agent `name` served by `python3 -m swarmd.agent <target>`, with the package and
+/// the test agents on its path.
+fn python_agent(name: &str, target: &str, processes: usize, timeout: Option<Duration>) -> AgentSpec {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    AgentSpec {
+        name: name.into(),
+        kind: AgentKind::Process(ProcessSpec {
+            command: ["python3", "-m", "swarmd.agent", target].map(String::from).to_vec(),
+            processes,
+            env: [(
+                "PYTHONPATH".to_string(),
+                Secret::new(format!("{repo}/clients/python:{repo}/tests/it/python/agents")),
+            )]
+            .into(),
+            cwd: None,
+        }),
+        timeout,
+    }
+}
+
+fn worker(env: &TestEnv, agents: &[AgentSpec]) -> Worker {
+    let registry = AgentRegistry::with_builtins()
+        .with_declared(agents, env.settings.worker.max_result_bytes);
+    env.worker_with_agents(registry, |s| {
+        // Retries come quickly here: the tests are about what ends a task, not when.
+        s.worker.retry_base_ms = 100;
+        s.worker.retry_max_ms = 200;
+    })
+}
+
+async fn publish(env: &TestEnv, agent: &str, data: Value, max_attempts: u32) -> TaskEnvelope {
+    let task = TaskEnvelope::new(agent, data).with_max_attempts(max_attempts);
+    env.broker.publish(&task, Codec::Json).await.unwrap();
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_agent_classes_run_unchanged_and_their_returns_are_the_results() {
+    let env = TestEnv::new().await;
+    let agents = [
+        python_agent("email", "seed_agents:EmailAgent", 1, None),
+        python_agent("quality", "seed_agents:QualityScorer", 1, None),
+        python_agent("review", "seed_agents:DraftReviewAgent", 1, None),
+    ];
+    let registry = AgentRegistry::with_builtins().with_declared(&agents, 1 << 20);
+    assert_eq!(
+        (registry.kind("email"), registry.kind("echo")),
+        ("process", "built-in"),
+        "a declared agent replaces the built-in of its name"
+    );
+    let running = env.spawn(worker(&env, &agents));
+    let email = publish(&env, "email", json!({"to": "ann@example.org", "subject": " Hi "}), 3).await;
+    let quality = publish(&env, "quality", json!({"text": "ship it ship it now"}), 3).await;
+    let review = publish(&env, "review", json!({"body": "Hello, TODO"}), 3).await;
+    let rows = env
+        .wait_finished(&[email.id, quality.id, review.id], Duration::from_secs(30))
+        .await;
+    running.stop().await;
+    let result = |id| rows.iter().find(|r| r.id == id).unwrap().result.clone();
+    assert_eq!(
+        result(email.id),
+        Some(json!({"to": "ann@example.org", "valid": true, "subject": "Hi"}))
+    );
+    assert_eq!(result(quality.id), Some(json!({"words": 5, "score": 60})));
+    assert_eq!(result(review.id), Some(json!({"approved": false, "findings": ["TODO"]})));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_classified_as_the_agent_raises_them() {
+    let env = TestEnv::new().await;
+    let agents = [
+        python_agent("refuses", "behaviours:refuses", 1, None),
+        python_agent("crashes", "behaviours:crashes", 1, None),
+        python_agent("limited", "behaviours:rate_limited", 1, None),
+    ];
+    let running = env.spawn(worker(&env, &agents));
+    let refused = publish(&env, "refuses", json!({}), 3).await;
+    let crashed = publish(&env, "crashes", json!({}), 2).await;
+    let limited = publish(&env, "limited", json!({}), 3).await;
+    let rows = env
+        .wait_finished(&[refused.id, crashed.id, limited.id], Duration::from_secs(30))
+        .await;
+    running.stop().await;
+    let row = |id| rows.iter().find(|r| r.id == id).unwrap();
+    let refused = row(refused.id);
+    assert_eq!((refused.status.as_str(), refused.attempts), ("dead", 1));
+    assert!(refused.last_error.as_deref().unwrap().contains("this input can never work"));
+    let crashed = row(crashed.id);
+    assert_eq!((crashed.status.as_str(), crashed.attempts), ("dead", 2), "retried");
+    assert!(
+        crashed.last_error.as_deref().unwrap().contains("KeyError: 'missing'"),
+        "{:?}",
+        crashed.last_error
+    );
+    // `Retryable(retry_after=2)`: the next attempt waited two seconds, not the backoff.
+    let limited = row(limited.id);
+    assert_eq!((limited.status.as_str(), limited.attempts), ("completed", 2));
+    let failed_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(limited.errors[0]["at"].clone()).unwrap();
+    let waited = limited.started_at.unwrap() - failed_at;
+    assert!(waited >= chrono::Duration::milliseconds(1900), "waited {waited}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_task_costs_that_attempt_and_a_fresh_one_finishes_it() {
+    let env = TestEnv::new().await;
+    let agents = [python_agent("fragile", "behaviours:killed_first", 1, None)];
+    let running = env.spawn(worker(&env, &agents));
+    let pid_file = std::env::temp_dir().join(format!("swarm-agent-{}.pid", uuid::Uuid::new_v4()));
+    let task = publish(&env, "fragile", json!({"pid_file": pid_file}), 3).await;
+    let pid: i32 = eventually("the agent running", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    })
+    .await;
+    // SAFETY: a plain kill(2) of the agent process this test's worker started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let rows = env.wait_finished(&[task.id], Duration::from_secs(30)).await;
+    running.stop().await;
+    let _ = std::fs::remove_file(&pid_file);
+    let row = &rows[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("completed", 2));
+    assert_ne!(row.result.as_ref().unwrap()["pid"], json!(pid), "a fresh process");
+    let first = row.errors[0]["error"].as_str().unwrap();
+    assert!(first.contains("agent process exited") && first.contains("signal: 9"), "{first}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_process_is_killed_at_the_deadline_and_its_slot_freed() {
+    let env = TestEnv::new().await;
+    // One process: the second task runs only once the hung one's process is gone.
+    let agents = [python_agent(
+        "stuck",
+        "behaviours:maybe_hang",
+        1,
+        Some(Duration::from_secs(1)),
+    )];
+    let running = env.spawn(worker(&env, &agents));
+    let hung = publish(&env, "stuck", json!({"hang": true}), 1).await;
+    let next = publish(&env, "stuck", json!({"hang": false}), 1).await;
+    let rows = env
+        .wait_finished(&[hung.id, next.id], Duration::from_secs(30))
+        .await;
+    running.stop().await;
+    let row = |id| rows.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(row(hung.id).status, "dead");
+    assert!(
+        row(hung.id).last_error.as_deref().unwrap().contains("timed out after 1.000 s"),
+        "{:?}",
+        row(hung.id).last_error
+    );
+    assert_eq!(row(next.id).result, Some(json!({"hang": false})));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_cancel_reach_a_python_agent() {
+    let env = TestEnv::new().await;
+    let agents = [python_agent("slow", "behaviours:slow", 1, None)];
+    let running = env.spawn(worker(&env, &agents));
+    let api = app(&env, Some("progress-token"));
+    let task = publish(&env, "slow", json!({"ms": 20000}), 3).await;
+    let progress = eventually("progress over HTTP", Duration::from_secs(20), || async {
+        let (_, body) = call(&api, get(format!("/v1/tasks/{}", task.id))).await;
+        body["progress"]["fraction"].as_f64().filter(|f| *f > 0.0).map(|_| body)
+    })
+    .await;
+    assert!(progress["progress"]["detail"]["step"].as_u64().unwrap() >= 1, "{progress}");
+    let asked = Instant::now();
+    let report = env.store.cancel(&[task.id], "test").await.unwrap();
+    assert_eq!(report.cancelled, [task.id]);
+    env.broker
+        .announce_cancellations(&[task.id], "test")
+        .await
+        .unwrap();
+    // The agent stopped when told, not when the worker's grace (5 s) ran out.
+    eventually("the attempt ended cancelled", Duration::from_secs(3), || async {
+        (count(&running.counts.cancelled) == 1).then_some(())
+    })
+    .await;
+    assert!(asked.elapsed() < Duration::from_secs(3), "{:?}", asked.elapsed());
+    let rows = env.wait_finished(&[task.id], Duration::from_secs(20)).await;
+    assert_eq!(rows[0].status, "cancelled");
+    running.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_output_is_a_permanent_error_with_its_reason_and_the_worker_carries_on() {
+    let env = TestEnv::new().await;
+    let agents = [
+        python_agent("hostile", "behaviours:hostile", 6, None),
+        python_agent("echoes", "behaviours:echo", 1, None),
+    ];
+    let running = env.spawn(worker(&env, &agents));
+    let cases = [
+        ("nul", "not JSON"),
+        ("not json", "not JSON"),
+        ("not an object", "not a JSON object"),
+        ("no id", "missing field `id`"),
+        ("other id", "a line about task 0193e0a0-0000-7000-8000-000000000001"),
+        ("100 MB", "a line over"),
+    ];
+    let mut tasks = Vec::new();
+    for (write, _) in cases {
+        tasks.push(publish(&env, "hostile", json!({"write": write}), 3).await);
+    }
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let rows = env.wait_finished(&ids, Duration::from_secs(60)).await;
+    for ((write, words), task) in cases.iter().zip(&tasks) {
+        let row = rows.iter().find(|r| r.id == task.id).unwrap();
+        let error = row.last_error.as_deref().unwrap_or_default();
+        assert_eq!((row.status.as_str(), row.attempts), ("dead", 1), "{write}: {error}");
+        assert!(
+            error.contains("broke the protocol") && error.contains(words),
+            "{write}: {error}"
+        );
+    }
+    // The worker is unharmed: the next task runs.
+    let after = publish(&env, "echoes", json!({"still": "here"}), 1).await;
+    let rows = env.wait_finished(&[after.id], Duration::from_secs(20)).await;
+    assert_eq!(rows[0].result, Some(json!({"still": "here"})));
+    running.stop().await;
+    env.cleanup().await;
+}
