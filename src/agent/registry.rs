@@ -42,7 +42,8 @@ impl AgentRegistry {
     pub fn with_declared(mut self, declared: &[AgentSpec], max_result_bytes: usize) -> Self {
         for spec in declared {
             let AgentKind::Process(process) = &spec.kind;
-            let agent = ProcessAgent::new(&spec.name, process.clone(), spec.timeout, max_result_bytes);
+            let agent =
+                ProcessAgent::new(&spec.name, process.clone(), spec.timeout, max_result_bytes);
             if self.agents.contains_key(spec.name.as_str()) {
                 tracing::info!(
                     agent = %spec.name,

@@ -69,7 +69,9 @@ struct Written {
 pub fn parse(agents: toml::Table) -> Result<Vec<AgentSpec>, String> {
     agents
         .into_iter()
-        .map(|(name, table)| parse_one(&name, table).map_err(|why| format!("[agents.{name}]: {why}")))
+        .map(|(name, table)| {
+            parse_one(&name, table).map_err(|why| format!("[agents.{name}]: {why}"))
+        })
         .collect()
 }
 
@@ -86,7 +88,10 @@ fn parse_one(name: &str, table: toml::Value) -> Result<AgentSpec, String> {
             toml::Value::Float(secs) if secs > 0.0 => {
                 Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
             }
-            other => Err(format!("timeout: expected a duration such as \"30s\", got {}", other.type_str())),
+            other => Err(format!(
+                "timeout: expected a duration such as \"30s\", got {}",
+                other.type_str()
+            )),
         })
         .transpose()?;
     if timeout.is_some_and(|t| t.is_zero()) {
@@ -95,7 +100,10 @@ fn parse_one(name: &str, table: toml::Value) -> Result<AgentSpec, String> {
     let command = written
         .command
         .ok_or("`command` is required: the program and its arguments, e.g. [\"python3\", \"-m\", \"swarmd.agent\", \"mymodule:MyAgent\"]")?;
-    if command.first().is_none_or(|program| program.trim().is_empty()) {
+    if command
+        .first()
+        .is_none_or(|program| program.trim().is_empty())
+    {
         return Err("`command` must name a program".into());
     }
     let processes = written.processes.unwrap_or(1);
@@ -148,19 +156,37 @@ mod tests {
         let AgentKind::Process(email) = &read[0].kind;
         assert_eq!(email.processes, 1);
         assert_eq!(email.env["SMTP_PASSWORD"].expose(), "hunter2");
-        assert!(!format!("{read:?}").contains("hunter2"), "secrets never print");
+        assert!(
+            !format!("{read:?}").contains("hunter2"),
+            "secrets never print"
+        );
         let AgentKind::Process(shout) = &read[1].kind;
-        assert_eq!((shout.processes, shout.cwd.clone()), (4, Some("/srv/shout".into())));
+        assert_eq!(
+            (shout.processes, shout.cwd.clone()),
+            (4, Some("/srv/shout".into()))
+        );
     }
 
     #[test]
     fn mistakes_name_the_agent_and_the_field() {
         for (text, words) in [
-            ("[agents.x]\nprocesses = 2", "[agents.x]: `command` is required"),
+            (
+                "[agents.x]\nprocesses = 2",
+                "[agents.x]: `command` is required",
+            ),
             ("[agents.x]\ncommand = []", "must name a program"),
-            ("[agents.x]\ncommand = [\"a\"]\nprocesses = 0", "`processes` must be 1 to 256"),
-            ("[agents.x]\ncommand = [\"a\"]\ntimeout = \"soon\"", "is not a duration"),
-            ("[agents.x]\ncommand = [\"a\"]\ncomand = 1", "unknown field `comand`"),
+            (
+                "[agents.x]\ncommand = [\"a\"]\nprocesses = 0",
+                "`processes` must be 1 to 256",
+            ),
+            (
+                "[agents.x]\ncommand = [\"a\"]\ntimeout = \"soon\"",
+                "is not a duration",
+            ),
+            (
+                "[agents.x]\ncommand = [\"a\"]\ncomand = 1",
+                "unknown field `comand`",
+            ),
             ("[agents.\"a b\"]\ncommand = [\"a\"]", "an agent name is"),
         ] {
             let error = agents(text).unwrap_err();

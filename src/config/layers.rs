@@ -53,10 +53,11 @@ impl Settings {
                 return Err(ConfigError::UnknownKey { key: section });
             };
             if section == "agents" {
-                self.agents = super::agents::parse(fields).map_err(|reason| ConfigError::Agents {
-                    path: String::new(),
-                    reason,
-                })?;
+                self.agents =
+                    super::agents::parse(fields).map_err(|reason| ConfigError::Agents {
+                        path: String::new(),
+                        reason,
+                    })?;
                 continue;
             }
             for (field, value) in fields {

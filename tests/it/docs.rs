@@ -188,6 +188,7 @@ async fn the_reference_pages_examples_run_as_written() {
         "deploy/README.md",
         "SECURITY.md",
         "schemas/README.md",
+        "schemas/agent-protocol.md",
     ] {
         run_document(document).await;
     }

@@ -20,16 +20,25 @@ use crate::{
 
 /// A Python agent `name` served by `python3 -m swarmd.agent <target>`, with the package and
 /// the test agents on its path.
-fn python_agent(name: &str, target: &str, processes: usize, timeout: Option<Duration>) -> AgentSpec {
+fn python_agent(
+    name: &str,
+    target: &str,
+    processes: usize,
+    timeout: Option<Duration>,
+) -> AgentSpec {
     let repo = env!("CARGO_MANIFEST_DIR");
     AgentSpec {
         name: name.into(),
         kind: AgentKind::Process(ProcessSpec {
-            command: ["python3", "-m", "swarmd.agent", target].map(String::from).to_vec(),
+            command: ["python3", "-m", "swarmd.agent", target]
+                .map(String::from)
+                .to_vec(),
             processes,
             env: [(
                 "PYTHONPATH".to_string(),
-                Secret::new(format!("{repo}/clients/python:{repo}/tests/it/python/agents")),
+                Secret::new(format!(
+                    "{repo}/clients/python:{repo}/tests/it/python/agents"
+                )),
             )]
             .into(),
             cwd: None,
@@ -39,8 +48,8 @@ fn python_agent(name: &str, target: &str, processes: usize, timeout: Option<Dura
 }
 
 fn worker(env: &TestEnv, agents: &[AgentSpec]) -> Worker {
-    let registry = AgentRegistry::with_builtins()
-        .with_declared(agents, env.settings.worker.max_result_bytes);
+    let registry =
+        AgentRegistry::with_builtins().with_declared(agents, env.settings.worker.max_result_bytes);
     env.worker_with_agents(registry, |s| {
         // Retries come quickly here: the tests are about what ends a task, not when.
         s.worker.retry_base_ms = 100;
@@ -69,7 +78,13 @@ async fn the_seeds_agent_classes_run_unchanged_and_their_returns_are_the_results
         "a declared agent replaces the built-in of its name"
     );
     let running = env.spawn(worker(&env, &agents));
-    let email = publish(&env, "email", json!({"to": "ann@example.org", "subject": " Hi "}), 3).await;
+    let email = publish(
+        &env,
+        "email",
+        json!({"to": "ann@example.org", "subject": " Hi "}),
+        3,
+    )
+    .await;
     let quality = publish(&env, "quality", json!({"text": "ship it ship it now"}), 3).await;
     let review = publish(&env, "review", json!({"body": "Hello, TODO"}), 3).await;
     let rows = env
@@ -82,7 +97,10 @@ async fn the_seeds_agent_classes_run_unchanged_and_their_returns_are_the_results
         Some(json!({"to": "ann@example.org", "valid": true, "subject": "Hi"}))
     );
     assert_eq!(result(quality.id), Some(json!({"words": 5, "score": 60})));
-    assert_eq!(result(review.id), Some(json!({"approved": false, "findings": ["TODO"]})));
+    assert_eq!(
+        result(review.id),
+        Some(json!({"approved": false, "findings": ["TODO"]}))
+    );
     env.cleanup().await;
 }
 
@@ -99,27 +117,50 @@ async fn errors_are_classified_as_the_agent_raises_them() {
     let crashed = publish(&env, "crashes", json!({}), 2).await;
     let limited = publish(&env, "limited", json!({}), 3).await;
     let rows = env
-        .wait_finished(&[refused.id, crashed.id, limited.id], Duration::from_secs(30))
+        .wait_finished(
+            &[refused.id, crashed.id, limited.id],
+            Duration::from_secs(30),
+        )
         .await;
     running.stop().await;
     let row = |id| rows.iter().find(|r| r.id == id).unwrap();
     let refused = row(refused.id);
     assert_eq!((refused.status.as_str(), refused.attempts), ("dead", 1));
-    assert!(refused.last_error.as_deref().unwrap().contains("this input can never work"));
-    let crashed = row(crashed.id);
-    assert_eq!((crashed.status.as_str(), crashed.attempts), ("dead", 2), "retried");
     assert!(
-        crashed.last_error.as_deref().unwrap().contains("KeyError: 'missing'"),
+        refused
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("this input can never work")
+    );
+    let crashed = row(crashed.id);
+    assert_eq!(
+        (crashed.status.as_str(), crashed.attempts),
+        ("dead", 2),
+        "retried"
+    );
+    assert!(
+        crashed
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("KeyError: 'missing'"),
         "{:?}",
         crashed.last_error
     );
     // `Retryable(retry_after=2)`: the next attempt waited two seconds, not the backoff.
     let limited = row(limited.id);
-    assert_eq!((limited.status.as_str(), limited.attempts), ("completed", 2));
+    assert_eq!(
+        (limited.status.as_str(), limited.attempts),
+        ("completed", 2)
+    );
     let failed_at: chrono::DateTime<chrono::Utc> =
         serde_json::from_value(limited.errors[0]["at"].clone()).unwrap();
     let waited = limited.started_at.unwrap() - failed_at;
-    assert!(waited >= chrono::Duration::milliseconds(1900), "waited {waited}");
+    assert!(
+        waited >= chrono::Duration::milliseconds(1900),
+        "waited {waited}"
+    );
     env.cleanup().await;
 }
 
@@ -141,9 +182,16 @@ async fn a_process_killed_mid_task_costs_that_attempt_and_a_fresh_one_finishes_i
     let _ = std::fs::remove_file(&pid_file);
     let row = &rows[0];
     assert_eq!((row.status.as_str(), row.attempts), ("completed", 2));
-    assert_ne!(row.result.as_ref().unwrap()["pid"], json!(pid), "a fresh process");
+    assert_ne!(
+        row.result.as_ref().unwrap()["pid"],
+        json!(pid),
+        "a fresh process"
+    );
     let first = row.errors[0]["error"].as_str().unwrap();
-    assert!(first.contains("agent process exited") && first.contains("signal: 9"), "{first}");
+    assert!(
+        first.contains("agent process exited") && first.contains("signal: 9"),
+        "{first}"
+    );
     env.cleanup().await;
 }
 
@@ -167,7 +215,11 @@ async fn a_hung_process_is_killed_at_the_deadline_and_its_slot_freed() {
     let row = |id| rows.iter().find(|r| r.id == id).unwrap();
     assert_eq!(row(hung.id).status, "dead");
     assert!(
-        row(hung.id).last_error.as_deref().unwrap().contains("timed out after 1.000 s"),
+        row(hung.id)
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 1.000 s"),
         "{:?}",
         row(hung.id).last_error
     );
@@ -184,10 +236,16 @@ async fn progress_and_cancel_reach_a_python_agent() {
     let task = publish(&env, "slow", json!({"ms": 20000}), 3).await;
     let progress = eventually("progress over HTTP", Duration::from_secs(20), || async {
         let (_, body) = call(&api, get(format!("/v1/tasks/{}", task.id))).await;
-        body["progress"]["fraction"].as_f64().filter(|f| *f > 0.0).map(|_| body)
+        body["progress"]["fraction"]
+            .as_f64()
+            .filter(|f| *f > 0.0)
+            .map(|_| body)
     })
     .await;
-    assert!(progress["progress"]["detail"]["step"].as_u64().unwrap() >= 1, "{progress}");
+    assert!(
+        progress["progress"]["detail"]["step"].as_u64().unwrap() >= 1,
+        "{progress}"
+    );
     let asked = Instant::now();
     let report = env.store.cancel(&[task.id], "test").await.unwrap();
     assert_eq!(report.cancelled, [task.id]);
@@ -196,11 +254,17 @@ async fn progress_and_cancel_reach_a_python_agent() {
         .await
         .unwrap();
     // The agent stopped when told, not when the worker's grace (5 s) ran out.
-    eventually("the attempt ended cancelled", Duration::from_secs(3), || async {
-        (count(&running.counts.cancelled) == 1).then_some(())
-    })
+    eventually(
+        "the attempt ended cancelled",
+        Duration::from_secs(3),
+        || async { (count(&running.counts.cancelled) == 1).then_some(()) },
+    )
     .await;
-    assert!(asked.elapsed() < Duration::from_secs(3), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
     let rows = env.wait_finished(&[task.id], Duration::from_secs(20)).await;
     assert_eq!(rows[0].status, "cancelled");
     running.stop().await;
@@ -220,7 +284,10 @@ async fn hostile_output_is_a_permanent_error_with_its_reason_and_the_worker_carr
         ("not json", "not JSON"),
         ("not an object", "not a JSON object"),
         ("no id", "missing field `id`"),
-        ("other id", "a line about task 0193e0a0-0000-7000-8000-000000000001"),
+        (
+            "other id",
+            "a line about task 0193e0a0-0000-7000-8000-000000000001",
+        ),
         ("100 MB", "a line over"),
     ];
     let mut tasks = Vec::new();
@@ -232,7 +299,11 @@ async fn hostile_output_is_a_permanent_error_with_its_reason_and_the_worker_carr
     for ((write, words), task) in cases.iter().zip(&tasks) {
         let row = rows.iter().find(|r| r.id == task.id).unwrap();
         let error = row.last_error.as_deref().unwrap_or_default();
-        assert_eq!((row.status.as_str(), row.attempts), ("dead", 1), "{write}: {error}");
+        assert_eq!(
+            (row.status.as_str(), row.attempts),
+            ("dead", 1),
+            "{write}: {error}"
+        );
         assert!(
             error.contains("broke the protocol") && error.contains(words),
             "{write}: {error}"
@@ -240,8 +311,123 @@ async fn hostile_output_is_a_permanent_error_with_its_reason_and_the_worker_carr
     }
     // The worker is unharmed: the next task runs.
     let after = publish(&env, "echoes", json!({"still": "here"}), 1).await;
-    let rows = env.wait_finished(&[after.id], Duration::from_secs(20)).await;
+    let rows = env
+        .wait_finished(&[after.id], Duration::from_secs(20))
+        .await;
     assert_eq!(rows[0].result, Some(json!({"still": "here"})));
     running.stop().await;
     env.cleanup().await;
+}
+
+/// The example exchange of `schemas/agent-protocol.md` is what the schemas allow and what
+/// the worker reads; what the worker writes and what `swarmd.agent` writes are too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_lines_match_their_schemas() {
+    use swarm_director::agent::process::protocol::{self, CancelMessage, TaskMessage};
+
+    use crate::support::schemas::{assert_valid, validator};
+    let (input, output) = (
+        validator("agent-input.schema.json"),
+        validator("agent-output.schema.json"),
+    );
+    let page = crate::doc_examples::examples("schemas/agent-protocol.md");
+    let exchange = page
+        .iter()
+        .find(|e| e.language == "json")
+        .expect("the example");
+    for line in exchange.code.lines().filter(|l| !l.trim().is_empty()) {
+        let value: Value = serde_json::from_str(line).unwrap();
+        if matches!(value["type"].as_str(), Some("task" | "cancel")) {
+            assert_valid(&input, &value);
+        } else {
+            assert_valid(&output, &value);
+            protocol::parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+    }
+    // What the worker writes.
+    let data = json!({"n": 1});
+    let checkpoint = json!({"fraction": 0.5});
+    let task = TaskMessage {
+        kind: "task",
+        id: uuid::Uuid::now_v7(),
+        agent_type: "email",
+        data: &data,
+        attempt: 2,
+        max_attempts: 3,
+        checkpoint: Some(&checkpoint),
+        deadline: chrono::Utc::now(),
+        timeout_ms: 1000,
+        traceparent: None,
+    };
+    assert_valid(&input, &serde_json::to_value(&task).unwrap());
+    assert_valid(
+        &input,
+        &serde_json::to_value(CancelMessage::new(task.id)).unwrap(),
+    );
+    // What `python3 -m swarmd.agent` writes, for a result, progress and each error.
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut agent = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "swarmd.agent",
+            "slow=behaviours:slow",
+            "refuses=behaviours:refuses",
+        ])
+        .args([
+            "limited=behaviours:rate_limited",
+            "crashes=behaviours:crashes",
+        ])
+        .env(
+            "PYTHONPATH",
+            format!("{repo}/clients/python:{repo}/tests/it/python/agents"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = agent.stdin.take().unwrap();
+    for (agent_type, data) in [
+        ("slow", json!({"ms": 100})),
+        ("refuses", json!({})),
+        ("limited", json!({})),
+        ("crashes", json!({})),
+    ] {
+        let line = json!({"type": "task", "id": uuid::Uuid::now_v7(), "agent_type": agent_type,
+                          "data": data, "attempt": 1, "max_attempts": 3, "checkpoint": null,
+                          "deadline": "2030-01-01T00:00:00Z", "timeout_ms": 1000,
+                          "traceparent": null});
+        use tokio::io::AsyncWriteExt as _;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    drop(stdin);
+    let written = agent.wait_with_output().await.unwrap();
+    let lines: Vec<&str> = std::str::from_utf8(&written.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    let kinds: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            assert_valid(&output, &value);
+            protocol::parse(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
+            value["type"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(kinds[0], "ready");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "progress").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "error").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("error"));
 }

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 /// Files whose examples a newcomer follows.
-pub const DOCUMENTS: [&str; 9] = [
+pub const DOCUMENTS: [&str; 10] = [
     "README.md",
     "docs/usage.md",
     "docs/configuration.md",
@@ -33,6 +33,7 @@ pub const DOCUMENTS: [&str; 9] = [
     "docs/guarantees.md",
     "docs/performance.md",
     "schemas/README.md",
+    "schemas/agent-protocol.md",
     "SECURITY.md",
     "deploy/README.md",
 ];

@@ -212,7 +212,10 @@ impl ProcessAgent {
 
     /// The attempt's error when its process wrote something the protocol does not allow.
     fn broke(&self, what: String) -> Exchange {
-        tracing::warn!(agent = self.name, "agent process broke the protocol: {what}");
+        tracing::warn!(
+            agent = self.name,
+            "agent process broke the protocol: {what}"
+        );
         Exchange::Broken(AgentError::permanent(format!(
             "agent process broke the protocol: it wrote {what}"
         )))

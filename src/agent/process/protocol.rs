@@ -47,8 +47,13 @@ impl CancelMessage {
 /// What a process may say (agent → worker).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentMessage {
-    Ready { protocol: u64 },
-    Result { id: Uuid, result: Value },
+    Ready {
+        protocol: u64,
+    },
+    Result {
+        id: Uuid,
+        result: Value,
+    },
     Error {
         id: Uuid,
         message: String,
@@ -56,7 +61,11 @@ pub enum AgentMessage {
         /// Seconds until the next attempt may run.
         retry_after: Option<f64>,
     },
-    Progress { id: Uuid, fraction: f64, detail: Value },
+    Progress {
+        id: Uuid,
+        fraction: f64,
+        detail: Value,
+    },
 }
 
 impl AgentMessage {
@@ -113,7 +122,10 @@ pub fn parse(line: &[u8]) -> Result<AgentMessage, String> {
         )
     })?;
     let Value::Object(object) = &value else {
-        return Err(format!("a line that is not a JSON object: {}", preview(&value.to_string())));
+        return Err(format!(
+            "a line that is not a JSON object: {}",
+            preview(&value.to_string())
+        ));
     };
     let kind = object
         .get("type")
@@ -137,7 +149,10 @@ pub fn parse(line: &[u8]) -> Result<AgentMessage, String> {
         }
         "error" => {
             let failure: Failure = serde_json::from_value(value).map_err(field_error)?;
-            if failure.retry_after.is_some_and(|s| !(s.is_finite() && s >= 0.0)) {
+            if failure
+                .retry_after
+                .is_some_and(|s| !(s.is_finite() && s >= 0.0))
+            {
                 return Err("an `error` line: retry_after must be a number of seconds ≥ 0".into());
             }
             Ok(AgentMessage::Error {
@@ -188,7 +203,10 @@ mod tests {
         );
         assert_eq!(
             parse(format!(r#"{{"type":"result","id":"{ID}","result":{{"n":1}}}}"#).as_bytes()),
-            Ok(AgentMessage::Result { id, result: json!({"n": 1}) })
+            Ok(AgentMessage::Result {
+                id,
+                result: json!({"n": 1})
+            })
         );
         assert_eq!(
             parse(format!(r#"{{"type":"error","id":"{ID}","message":"down"}}"#).as_bytes()),
@@ -213,7 +231,11 @@ mod tests {
         );
         assert_eq!(
             parse(format!(r#"{{"type":"progress","id":"{ID}","fraction":0.5}}"#).as_bytes()),
-            Ok(AgentMessage::Progress { id, fraction: 0.5, detail: Value::Null })
+            Ok(AgentMessage::Progress {
+                id,
+                fraction: 0.5,
+                detail: Value::Null
+            })
         );
     }
 
@@ -237,6 +259,9 @@ mod tests {
         }
         let long = format!("{{\"x\": \"{}\"", "y".repeat(10_000));
         let error = parse(long.as_bytes()).unwrap_err();
-        assert!(error.len() < 400, "a long line is cut in the error: {error}");
+        assert!(
+            error.len() < 400,
+            "a long line is cut in the error: {error}"
+        );
     }
 }
