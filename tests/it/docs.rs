@@ -48,6 +48,12 @@ async fn run_shell(example: &Example) {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&work).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_swarmd"), bin.join("swarmd")).unwrap();
+    // Examples run from the repository's root: the files they name are there (a copy, so
+    // what they build or write stays out of the checkout).
+    copy_tree(
+        &crate::doc_examples::repository().join("clients"),
+        &work.join("clients"),
+    );
     write_executable(
         &bin.join("curl"),
         "#!/bin/sh\nexec /usr/bin/curl --fail-with-body --show-error \"$@\"\n",
@@ -100,6 +106,24 @@ async fn run_shell(example: &Example) {
         );
     }
     env.cleanup().await;
+}
+
+/// Copies the files under `from` to `to`, leaving out what builds and runs leave behind.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let name_text = name.to_string_lossy();
+        if name_text == "__pycache__" || name_text == "build" || name_text.ends_with(".egg-info") {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
 }
 
 fn write_executable(path: &Path, text: &str) {
