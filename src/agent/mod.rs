@@ -4,6 +4,7 @@
 
 pub mod builtin;
 mod cancel;
+pub mod http;
 pub mod process;
 mod progress;
 mod registry;

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{Agent, builtin, process::ProcessAgent};
+use super::{Agent, builtin, http::HttpAgent, process::ProcessAgent};
 use crate::config::{AgentKind, AgentSpec};
 
 /// The agents a worker can run, keyed by `agent_type`.
@@ -38,27 +38,50 @@ impl AgentRegistry {
     }
 
     /// Adds the agents the settings declare (`[agents.<name>]`), each replacing a built-in
-    /// of its name (said once in the log); `max_result_bytes` caps their output lines.
-    pub fn with_declared(mut self, declared: &[AgentSpec], max_result_bytes: usize) -> Self {
+    /// of its name (said once in the log); `max_result_bytes` caps their results.
+    ///
+    /// Fails on a declaration the settings check lets through but no agent can be made of
+    /// (an HTTP agent's URL).
+    pub fn with_declared(
+        mut self,
+        declared: &[AgentSpec],
+        max_result_bytes: usize,
+    ) -> Result<Self, String> {
         for spec in declared {
-            let AgentKind::Process(process) = &spec.kind;
-            let agent =
-                ProcessAgent::new(&spec.name, process.clone(), spec.timeout, max_result_bytes);
+            let (agent, target): (Arc<dyn Agent>, String) = match &spec.kind {
+                AgentKind::Process(process) => {
+                    let agent = ProcessAgent::new(
+                        &spec.name,
+                        process.clone(),
+                        spec.timeout,
+                        max_result_bytes,
+                    );
+                    let command = agent.command();
+                    (Arc::new(agent), command)
+                }
+                AgentKind::Http(http) => {
+                    let agent = HttpAgent::new(&spec.name, http, spec.timeout, max_result_bytes)
+                        .map_err(|why| format!("agent {}: {why}", spec.name))?;
+                    let url = agent.url();
+                    (Arc::new(agent), url)
+                }
+            };
             if self.agents.contains_key(spec.name.as_str()) {
                 tracing::info!(
                     agent = %spec.name,
-                    command = %agent.command(),
+                    kind = spec.kind.as_str(),
+                    %target,
                     "the declared agent replaces the built-in of its name"
                 );
             }
-            self.agents.insert(agent.name(), Arc::new(agent));
+            self.agents.insert(agent.name(), agent);
             self.kinds.insert(spec.name.clone(), spec.kind.as_str());
         }
-        self
+        Ok(self)
     }
 
     /// How the worker reaches `agent_type`'s agent: `built-in`, or the declared kind
-    /// (`process`).
+    /// (`process`, `http`).
     pub fn kind(&self, agent_type: &str) -> &'static str {
         self.kinds.get(agent_type).copied().unwrap_or("built-in")
     }

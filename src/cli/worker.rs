@@ -60,7 +60,8 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     let agents = settings.worker.agent_filter()?;
 
     let mut registry = AgentRegistry::with_builtins()
-        .with_declared(&settings.agents, settings.worker.max_result_bytes);
+        .with_declared(&settings.agents, settings.worker.max_result_bytes)
+        .map_err(anyhow::Error::msg)?;
     if args.enable_crash_agent {
         tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
         registry = registry.with(CrashAgent);

@@ -1,8 +1,9 @@
 //! The users' own agents, declared in the settings file as `[agents.<name>]` tables: a
 //! long-lived child process speaking the line protocol of `schemas/agent-protocol.md`
-//! (`command = ["python3", "-m", "swarmd.agent", "mypkg.agents:EmailAgent"]`). One declared
-//! under a built-in's name replaces it. Not in the settings table: their names are the
-//! user's, so they have no fixed key or variable.
+//! (`command = ["python3", "-m", "swarmd.agent", "mypkg.agents:EmailAgent"]`), or an HTTP
+//! endpoint each task is POSTed to (`url = "http://agents.internal:9000/email"`). One
+//! declared under a built-in's name replaces it. Not in the settings table: their names are
+//! the user's, so they have no fixed key or variable.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -28,6 +29,7 @@ pub struct AgentSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentKind {
     Process(ProcessSpec),
+    Http(HttpSpec),
 }
 
 impl AgentKind {
@@ -35,8 +37,21 @@ impl AgentKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             AgentKind::Process(_) => "process",
+            AgentKind::Http(_) => "http",
         }
     }
+}
+
+/// An endpoint each task is POSTed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSpec {
+    /// `http://host[:port]/path`.
+    pub url: String,
+    /// Requests at once per worker process (and keep-alive connections kept).
+    pub concurrency: usize,
+    /// Sent as `Authorization: Bearer …`; read from `token_file` or `token_env` when the
+    /// settings load.
+    pub token: Option<Secret>,
 }
 
 /// A long-lived child process per slot of the agent.
@@ -63,7 +78,14 @@ struct Written {
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
     timeout: Option<toml::Value>,
+    url: Option<String>,
+    concurrency: Option<usize>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
 }
+
+/// Most requests one HTTP agent may have in flight per worker process.
+pub const MAX_CONCURRENCY: usize = 4096;
 
 /// Reads the `[agents]` table of a settings file; an error names the agent and the field.
 pub fn parse(agents: toml::Table) -> Result<Vec<AgentSpec>, String> {
@@ -97,9 +119,34 @@ fn parse_one(name: &str, table: toml::Value) -> Result<AgentSpec, String> {
     if timeout.is_some_and(|t| t.is_zero()) {
         return Err("timeout must be longer than zero".into());
     }
+    if let Some(url) = written.url {
+        if written.command.is_some()
+            || written.processes.is_some()
+            || written.cwd.is_some()
+            || !written.env.is_empty()
+        {
+            return Err("an agent is a `command` (with `processes`, `env`, `cwd`) or a `url` (with `concurrency`, `token_file`, `token_env`), not both".into());
+        }
+        return Ok(AgentSpec {
+            name: name.to_string(),
+            kind: AgentKind::Http(http_spec(
+                url,
+                written.concurrency,
+                written.token_file,
+                written.token_env,
+            )?),
+            timeout,
+        });
+    }
+    if written.concurrency.is_some() || written.token_file.is_some() || written.token_env.is_some()
+    {
+        return Err(
+            "`concurrency`, `token_file` and `token_env` belong to an HTTP agent (`url`)".into(),
+        );
+    }
     let command = written
         .command
-        .ok_or("`command` is required: the program and its arguments, e.g. [\"python3\", \"-m\", \"swarmd.agent\", \"mymodule:MyAgent\"]")?;
+        .ok_or("`command` or `url` is required: the program and its arguments, e.g. [\"python3\", \"-m\", \"swarmd.agent\", \"mymodule:MyAgent\"], or the endpoint to POST tasks to")?;
     if command
         .first()
         .is_none_or(|program| program.trim().is_empty())
@@ -123,6 +170,53 @@ fn parse_one(name: &str, table: toml::Value) -> Result<AgentSpec, String> {
             cwd: written.cwd,
         }),
         timeout,
+    })
+}
+
+fn http_spec(
+    url: String,
+    concurrency: Option<usize>,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+) -> Result<HttpSpec, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("`url` {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "`url` {url:?}: https is not supported yet; reach the agent over http on a \
+                 private network or through a local TLS-terminating proxy"
+            ));
+        }
+        _ => return Err(format!("`url` {url:?} must start with http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`url` {url:?} names no host"));
+    }
+    let concurrency = concurrency.unwrap_or(64);
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+        return Err(format!("`concurrency` must be 1 to {MAX_CONCURRENCY}"));
+    }
+    let token = match (token_file, token_env) {
+        (Some(_), Some(_)) => return Err("give `token_file` or `token_env`, not both".into()),
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("`token_file` {}: {e}", path.display()))?;
+            Some(text.trim().to_string())
+        }
+        (None, Some(variable)) => Some(
+            std::env::var(&variable)
+                .map_err(|_| format!("`token_env`: the variable {variable} is not set"))?,
+        ),
+        (None, None) => None,
+    };
+    if token.as_deref().is_some_and(str::is_empty) {
+        return Err("the agent's token is empty".into());
+    }
+    Ok(HttpSpec {
+        url,
+        concurrency,
+        token: token.map(Secret::new),
     })
 }
 
@@ -153,18 +247,46 @@ mod tests {
         assert_eq!(read.len(), 2);
         assert_eq!(read[0].name, "email");
         assert_eq!(read[0].timeout, Some(Duration::from_secs(90)));
-        let AgentKind::Process(email) = &read[0].kind;
+        let AgentKind::Process(email) = &read[0].kind else {
+            panic!("a process agent")
+        };
         assert_eq!(email.processes, 1);
         assert_eq!(email.env["SMTP_PASSWORD"].expose(), "hunter2");
         assert!(
             !format!("{read:?}").contains("hunter2"),
             "secrets never print"
         );
-        let AgentKind::Process(shout) = &read[1].kind;
+        let AgentKind::Process(shout) = &read[1].kind else {
+            panic!("a process agent")
+        };
         assert_eq!(
             (shout.processes, shout.cwd.clone()),
             (4, Some("/srv/shout".into()))
         );
+    }
+
+    #[test]
+    fn an_http_agent_reads_its_token_from_a_file_and_never_prints_it() {
+        let file = std::env::temp_dir().join(format!("swarm-token-{}", std::process::id()));
+        std::fs::write(&file, "s3cret-token\n").unwrap();
+        let read = agents(&format!(
+            "[agents.shout]\nurl = \"http://127.0.0.1:9000/shout\"\ntoken_file = {:?}\ntimeout = 5",
+            file.display().to_string()
+        ))
+        .unwrap();
+        let _ = std::fs::remove_file(&file);
+        let AgentKind::Http(http) = &read[0].kind else {
+            panic!("an HTTP agent")
+        };
+        assert_eq!(
+            http.token.as_ref().map(Secret::expose),
+            Some("s3cret-token")
+        );
+        assert_eq!(
+            (http.concurrency, read[0].timeout),
+            (64, Some(Duration::from_secs(5)))
+        );
+        assert!(!format!("{read:?}").contains("s3cret"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod sections;
 pub mod table;
 mod validate;
 
-pub use agents::{AgentKind, AgentSpec, ProcessSpec};
+pub use agents::{AgentKind, AgentSpec, HttpSpec, ProcessSpec};
 pub use pool_profile::PoolProfile;
 pub use secret::{Secret, SecretUrl};
 pub use sections::{

@@ -22,6 +22,7 @@ mod docs;
 mod expiry;
 mod faults;
 mod hostile;
+mod http_agents;
 mod legacy;
 mod metrics;
 mod nats_roles;

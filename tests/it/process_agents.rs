@@ -48,8 +48,9 @@ fn python_agent(
 }
 
 fn worker(env: &TestEnv, agents: &[AgentSpec]) -> Worker {
-    let registry =
-        AgentRegistry::with_builtins().with_declared(agents, env.settings.worker.max_result_bytes);
+    let registry = AgentRegistry::with_builtins()
+        .with_declared(agents, env.settings.worker.max_result_bytes)
+        .unwrap();
     env.worker_with_agents(registry, |s| {
         // Retries come quickly here: the tests are about what ends a task, not when.
         s.worker.retry_base_ms = 100;
@@ -71,7 +72,9 @@ async fn the_seeds_agent_classes_run_unchanged_and_their_returns_are_the_results
         python_agent("quality", "seed_agents:QualityScorer", 1, None),
         python_agent("review", "seed_agents:DraftReviewAgent", 1, None),
     ];
-    let registry = AgentRegistry::with_builtins().with_declared(&agents, 1 << 20);
+    let registry = AgentRegistry::with_builtins()
+        .with_declared(&agents, 1 << 20)
+        .unwrap();
     assert_eq!(
         (registry.kind("email"), registry.kind("echo")),
         ("process", "built-in"),
@@ -198,12 +201,13 @@ async fn a_process_killed_mid_task_costs_that_attempt_and_a_fresh_one_finishes_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_process_is_killed_at_the_deadline_and_its_slot_freed() {
     let env = TestEnv::new().await;
-    // One process: the second task runs only once the hung one's process is gone.
+    // One process: the second task runs only once the hung one's process is gone. (A
+    // deadline counts a new process's start: 3 s leaves room for a loaded machine.)
     let agents = [python_agent(
         "stuck",
         "behaviours:maybe_hang",
         1,
-        Some(Duration::from_secs(1)),
+        Some(Duration::from_secs(3)),
     )];
     let running = env.spawn(worker(&env, &agents));
     let hung = publish(&env, "stuck", json!({"hang": true}), 1).await;
@@ -219,7 +223,7 @@ async fn a_hung_process_is_killed_at_the_deadline_and_its_slot_freed() {
             .last_error
             .as_deref()
             .unwrap()
-            .contains("timed out after 1.000 s"),
+            .contains("timed out after 3.000 s"),
         "{:?}",
         row(hung.id).last_error
     );

@@ -253,7 +253,7 @@ impl Agent for ProcessAgent {
 }
 
 /// The W3C trace context of the span this runs in, when it belongs to a trace.
-fn current_traceparent() -> Option<String> {
+pub(super) fn current_traceparent() -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     crate::telemetry::traceparent(&tracing::Span::current().context())
 }
