@@ -3,7 +3,7 @@
 //! found and marked). Shell examples run with bash in an empty directory, with the `swarmd`
 //! this suite built first on `PATH` and this test's own stream, schema and key prefix in the
 //! environment; `curl` fails on an HTTP error; background jobs (`swarmd worker &`) are told
-//! to stop when the example ends. Port 8080 becomes a spare port, so documents run in
+//! to stop when the example ends. Ports 8080 and 9000 become spare ports, so documents run in
 //! parallel.
 
 use std::{path::Path, time::Duration};
@@ -42,7 +42,16 @@ async fn run_document(document: &'static str) {
 /// succeeds and the output holds what the example's markers expect.
 async fn run_shell(example: &Example) {
     let env = TestEnv::new().await;
-    let port = spare_port().to_string();
+    // The ports the documents name, each a spare one here.
+    let ports: Vec<(&str, String)> = ["8080", "9000"]
+        .into_iter()
+        .map(|port| (port, spare_port().to_string()))
+        .collect();
+    let local = |text: String| {
+        ports
+            .iter()
+            .fold(text, |text, (port, spare)| text.replace(port, spare))
+    };
     let dir = std::env::temp_dir().join(format!("swarm-doc-{}", uuid::Uuid::new_v4()));
     let (bin, work) = (dir.join("bin"), dir.join("work"));
     std::fs::create_dir_all(&bin).unwrap();
@@ -62,9 +71,9 @@ async fn run_shell(example: &Example) {
         "set -euo pipefail\n\
          trap 'kill $(jobs -p) 2>/dev/null || true; wait || true' EXIT\n\
          {setup}\n{code}\n{check}\n",
-        setup = example.setup().replace("8080", &port),
-        code = example.code.replace("8080", &port),
-        check = example.check().replace("8080", &port),
+        setup = local(example.setup()),
+        code = local(example.code.clone()),
+        check = local(example.check()),
     );
     let path = format!(
         "{}:{}",

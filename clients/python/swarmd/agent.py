@@ -1,6 +1,7 @@
-"""Serve Python agents to a SwarmDirector worker over the process protocol.
+"""Serve Python agents to a SwarmDirector worker over the process protocol, or over HTTP.
 
     python3 -m swarmd.agent [TYPE=]MODULE:NAME [...]
+    python3 -m swarmd.agent --http HOST:PORT [TYPE=]MODULE:NAME [...]
 
 The worker starts this as a long-lived child process (``[agents.<name>] command`` in its
 settings) and sends it one task at a time, one JSON object per line on stdin; it answers on
@@ -17,10 +18,18 @@ NAME itself. ``async def`` handlers are awaited. Exceptions: ``Permanent`` ends 
 
 Only the standard library. stdout belongs to the protocol: ``print`` in an agent goes to
 stderr, which the worker logs under the task's id.
+
+With ``--http`` it serves the same agents as an HTTP agent (``[agents.<name>] url``): each
+POST carries a task, the answer is 200 with the result, 422 for ``Permanent``, 503 (with
+``Retry-After`` when ``retry_after`` was given) for ``Retryable``, 500 for any other
+exception. Progress and cancel have no channel over HTTP: ``ctx.progress`` does nothing and
+``ctx.cancelled`` stays false (the worker closes the request of a cancelled task).
 """
 
 import asyncio
+import http.server
 import importlib
+import math
 import inspect
 import json
 import queue
@@ -167,6 +176,7 @@ def serve(handlers, stdin=None, stdout=None):
         if message.get("type") != "task":
             continue
         answer = _answer(handlers, message, out, control)
+        answer.pop("_exception", None)
         try:
             out.send(answer)
         except (TypeError, ValueError) as error:
@@ -194,11 +204,72 @@ def _answer(handlers, message, out, control):
         return answer
     except Exception as error:  # any other failure costs the attempt, as in the seed
         traceback.print_exc(file=sys.stderr)
-        return {"type": "error", "id": task_id, "retryable": True,
+        return {"type": "error", "id": task_id, "retryable": True, "_exception": True,
                 "message": f"{type(error).__name__}: {error}"}
     if ctx.cancelled:
         return {"type": "error", "id": task_id, "retryable": False, "message": "cancelled"}
     return {"type": "result", "id": task_id, "result": result}
+
+
+class _NoChannel:
+    """Progress and cancel over HTTP: there is no channel back while a request runs."""
+
+    def send(self, message):
+        pass
+
+    def is_cancelled(self, task_id):
+        return False
+
+
+def serve_http(handlers, address):
+    """Serves ``handlers`` as an HTTP agent on ``address`` (host, port) until interrupted."""
+    no_channel = _NoChannel()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the worker reuses its connections
+
+        def do_POST(self):
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+                message = json.loads(self.rfile.read(length))
+                if not isinstance(message, dict) or "id" not in message:
+                    raise ValueError("not a task")
+            except ValueError as error:
+                return self._reply(400, {"error": f"the body is not a task: {error}"})
+            answer = _answer(handlers, message, no_channel, no_channel)
+            if answer["type"] == "result":
+                try:
+                    return self._reply(200, answer["result"])
+                except (TypeError, ValueError) as error:
+                    return self._reply(422, {"error": f"the result cannot be sent as JSON: {error}"})
+            if not answer["retryable"]:
+                return self._reply(422, {"error": answer["message"]})
+            if "retry_after" in answer:
+                return self._reply(503, {"error": answer["message"]},
+                                   {"Retry-After": str(math.ceil(answer["retry_after"]))})
+            return self._reply(500 if answer.get("_exception") else 503, {"error": answer["message"]})
+
+        def _reply(self, status, body, headers=None):
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False, default=_unserialisable).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format, *args):
+            pass  # one line per task is the worker's to log
+
+    server = http.server.ThreadingHTTPServer(address, Handler)
+    print(f"swarmd.agent: serving {sorted(k for k in handlers if k) or 'any agent type'} "
+          f"on http://{address[0]}:{server.server_address[1]}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 def main(argv=None):
@@ -206,12 +277,23 @@ def main(argv=None):
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
         return 2
+    http_address = None
+    if argv[0] == "--http":
+        if len(argv) < 3:
+            print("swarmd.agent: --http HOST:PORT MODULE:NAME [...]", file=sys.stderr)
+            return 2
+        host, _, port = argv[1].rpartition(":")
+        http_address = (host or "127.0.0.1", int(port))
+        argv = argv[2:]
     handlers = {}
     for spec in argv:
         agent_type, _, target = spec.rpartition("=") if "=" in spec.split(":")[0] else ("", "", spec)
         name = target.partition(":")[2]
         key = agent_type or (None if len(argv) == 1 else name)
         handlers[key] = _handler(target)
+    if http_address is not None:
+        serve_http(handlers, http_address)
+        return 0
     # The protocol owns stdout: anything an agent prints goes to stderr.
     protocol_out = sys.stdout
     sys.stdout = sys.stderr
