@@ -30,6 +30,9 @@
 //! - [`waiter`]: waiting for tasks' outcomes (announced on NATS, the store read once).
 //! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
 //!   the pull loop with graceful shutdown, and the hourly upkeep (retention).
+//! - [`fleet`]: a whole worker process — connect, migrate, run the worker with its agents,
+//!   probes and metrics, drain on shutdown, or supervise several — for `swarmd worker` and
+//!   for programs that embed the worker with agents of their own.
 //! - [`cli`]: one file per `swarmd` subcommand; `main.rs` only dispatches.
 //!
 //! Layers point one way: no module imports another that imports it back, directly or
@@ -44,6 +47,7 @@ pub mod config;
 pub mod dlq;
 pub mod duration;
 pub mod fault;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod mirror;

@@ -341,8 +341,8 @@ fn spawn_workers(settings: &Settings, args: &Args) -> anyhow::Result<Vec<tokio::
                 .env("SWARM_LOG", "warn")
                 .env("SWARM_METRICS_ADDR", "")
                 .env(
-                    super::RUNTIME_THREADS,
-                    super::threads_per_process(args.workers).to_string(),
+                    crate::fleet::threads::RUNTIME_THREADS,
+                    crate::fleet::threads::threads_per_process(args.workers).to_string(),
                 )
                 .stdout(Stdio::null())
                 .kill_on_drop(true)

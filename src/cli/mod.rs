@@ -7,7 +7,6 @@ mod demo;
 mod dlq;
 mod migrate;
 mod mirror;
-mod processes;
 mod prune;
 mod publish;
 mod schedule;
@@ -20,6 +19,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
+// Shared by the commands below (`super::connect_fleet` …).
+use crate::fleet::connect::{connect_broker, connect_fleet, payload_max_age, shutdown_signal};
+pub use crate::fleet::threads::runtime;
 
 /// SwarmDirector: a distributed task fleet over NATS JetStream, PostgreSQL and Redis.
 ///
@@ -97,56 +99,6 @@ pub fn init_telemetry(cli: &Cli) -> anyhow::Result<crate::telemetry::Telemetry> 
     .context("setting up tracing")
 }
 
-/// The async runtime a command runs on: one thread per core, unless
-/// `SWARM_RUNTIME_THREADS` says how many (`1`: everything on one thread). Several worker
-/// processes started together on one host (`swarmd worker --processes N`, `swarmd bench`)
-/// share the cores out: each gets cores / N, and one thread per process measured 24 % more
-/// tasks/s than two per process on two cores (docs/performance.md) — fewer hand-offs of a
-/// message between threads.
-///
-/// Fails when the variable is not a number or the runtime cannot start.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = runtime_threads(std::env::var(RUNTIME_THREADS).ok())?;
-    let mut builder = match threads {
-        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if let Some(n @ 2..) = threads {
-        builder.worker_threads(n);
-    }
-    builder.enable_all().build()
-}
-
-/// The thread count `SWARM_RUNTIME_THREADS` asks for; `None` when unset or empty.
-fn runtime_threads(value: Option<String>) -> std::io::Result<Option<usize>> {
-    match value {
-        Some(text) if !text.trim().is_empty() => text.trim().parse().map(Some).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{RUNTIME_THREADS}={text:?} is not a number of threads"),
-            )
-        }),
-        _ => Ok(None),
-    }
-}
-
-/// Names the async runtime's thread count of a `swarmd` process.
-pub const RUNTIME_THREADS: &str = "SWARM_RUNTIME_THREADS";
-
-/// The runtime threads each of `processes` worker processes on this host gets: what
-/// `SWARM_RUNTIME_THREADS` says when it is set, else an equal share of the cores.
-pub fn threads_per_process(processes: usize) -> usize {
-    runtime_threads(std::env::var(RUNTIME_THREADS).ok())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| share_of_cores(crate::scale::available_cores(), processes))
-}
-
-/// `cores` shared out between `processes`, at least one thread each.
-fn share_of_cores(cores: usize, processes: usize) -> usize {
-    (cores / processes.max(1)).max(1)
-}
-
 /// Runs the chosen subcommand.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref()).context("loading settings")?;
@@ -163,73 +115,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mirror(args) => mirror::run(settings, args).await,
         Command::Prune(args) => prune::run(settings, args).await,
         Command::Schedule(args) => schedule::run(settings, args).await,
-    }
-}
-
-/// The primary database (migrated when `migrate`) and the broker with its tasks stream.
-async fn connect_fleet(
-    settings: &Settings,
-    migrate: bool,
-) -> anyhow::Result<(crate::store::Store, crate::broker::Broker)> {
-    let store = crate::store::Store::connect(&settings.database)
-        .await
-        .context("connecting to PostgreSQL")?;
-    if migrate {
-        store.migrate().await.context("applying migrations")?;
-        if settings.database.search_index {
-            store
-                .ensure_search_index()
-                .await
-                .context("creating the search index")?;
-        }
-    }
-    Ok((store, connect_broker(settings).await?))
-}
-
-/// How long claim-check objects are kept: as long as the rows pointing at them.
-fn payload_max_age(settings: &Settings) -> Option<std::time::Duration> {
-    settings
-        .database
-        .retention()
-        .and_then(|age| age.to_std().ok())
-}
-
-/// The broker, with the tasks stream created or brought to the settings.
-async fn connect_broker(settings: &Settings) -> anyhow::Result<crate::broker::Broker> {
-    let broker = crate::broker::Broker::connect(&settings.nats)
-        .await
-        .context("connecting to NATS")?;
-    broker
-        .ensure_stream()
-        .await
-        .context("setting up the tasks stream")?;
-    if let Err(error) = broker.ensure_payloads(payload_max_age(settings)).await {
-        // Only large payloads need it; a role that may not create it (a publisher, a
-        // worker) finds it made by `swarmd migrate`, or fails such a task clearly.
-        tracing::debug!(%error, "cannot set up the claim-check bucket");
-    }
-    Ok(broker)
-}
-
-/// Completes on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("ctrl-c received: shutting down"),
-        _ = terminate => tracing::info!("SIGTERM received: shutting down"),
     }
 }
 
@@ -253,23 +138,6 @@ pub fn error_report(error: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runtime_threads_are_read_and_shared_out_between_processes() {
-        assert_eq!(runtime_threads(None).unwrap(), None);
-        assert_eq!(runtime_threads(Some(" ".into())).unwrap(), None);
-        assert_eq!(runtime_threads(Some("1".into())).unwrap(), Some(1));
-        let refused = runtime_threads(Some("many".into())).unwrap_err();
-        assert!(
-            refused.to_string().contains("SWARM_RUNTIME_THREADS"),
-            "{refused}"
-        );
-        assert_eq!(share_of_cores(2, 1), 2);
-        assert_eq!(share_of_cores(2, 2), 1);
-        assert_eq!(share_of_cores(8, 3), 2);
-        assert_eq!(share_of_cores(2, 8), 1, "never fewer than one");
-        assert_eq!(share_of_cores(4, 0), 4);
-    }
 
     #[test]
     fn the_config_flag_names_every_section_of_the_settings_file() {

@@ -1,15 +1,9 @@
 //! `swarmd worker`: run one worker process until ctrl-c or SIGTERM.
 
-use std::time::Duration;
-
-use anyhow::Context;
-
 use crate::{
-    agent::{AgentRegistry, builtin::CrashAgent},
+    agent::builtin::CrashAgent,
     config::{Concurrency, Settings},
-    http,
-    task::AgentFilter,
-    worker,
+    fleet::{self, Fleet},
 };
 
 #[derive(Debug, clap::Args)]
@@ -57,71 +51,18 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
     if let Some(excluded) = args.exclude_agents {
         (settings.worker.agents, settings.worker.exclude_agents) = (Vec::new(), excluded);
     }
-    let agents = settings.worker.agent_filter()?;
-
-    let mut registry = AgentRegistry::with_builtins()
-        .with_declared(&settings.agents, settings.worker.max_result_bytes)
-        .map_err(anyhow::Error::msg)?;
-    if args.enable_crash_agent {
-        tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
-        registry = registry.with(CrashAgent);
-    }
-    if let AgentFilter::Only(_) = &agents {
-        let unknown: Vec<&str> = agents
-            .named()
-            .filter(|a| registry.get(a).is_none())
-            .collect();
-        if !unknown.is_empty() {
-            let known: Vec<&str> = registry.names().collect();
-            anyhow::bail!(
-                "--agents names unknown agent types {unknown:?}; built-in and declared agents: {known:?}"
-            );
-        }
-    }
-    if args.processes > 1 {
-        return super::processes::supervise(args.processes, &settings).await;
-    }
-    let migrate = settings.database.migrate_on_start && !args.no_migrate;
-    let (store, broker) = super::connect_fleet(&settings, migrate).await?;
     settings.redis.mirror &= !args.no_mirror;
     settings.redis.intake &= !args.no_intake;
     settings.redis.cache &= !args.no_cache;
-    let fleet = worker::assemble(&settings, broker.clone(), store.clone(), registry)
-        .context("setting up the legacy Redis side")?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_addr = settings.worker.metrics_addr.clone();
-    if !metrics_addr.is_empty() {
-        let stopped = async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        };
-        let probes = http::probes::Probes {
-            broker,
-            store,
-            // The mirror rides out Redis outages; a worker is ready without it.
-            redis: None,
-            meter: fleet.worker.scale_meter(),
-            liveness: Some(fleet.worker.liveness()),
-        };
-        match http::serve(&metrics_addr, http::probes::worker_router(probes), stopped).await {
-            Ok((bound, _)) => tracing::info!("metrics, /ready and /scale on http://{bound}"),
-            // Another worker on this machine may hold the port: work on without it.
-            Err(error) => tracing::warn!(%error, addr = %metrics_addr, "metrics endpoint off"),
-        }
+    let migrate = settings.database.migrate_on_start && !args.no_migrate;
+    let mut fleet = Fleet::from_settings(settings)?
+        .processes(args.processes)
+        .migrate(migrate);
+    if args.enable_crash_agent {
+        tracing::warn!("the crash agent is enabled: a `crash` task aborts this process");
+        fleet = fleet.agent(CrashAgent);
     }
-    let ran = fleet
-        .run(
-            async {
-                tokio::select! {
-                    _ = super::shutdown_signal() => {}
-                    _ = super::processes::supervisor_gone() => {}
-                }
-            },
-            Duration::from_secs(5),
-        )
-        .await
-        .context("running the worker");
-    let _ = stop_tx.send(true);
-    ran?;
+    fleet.run(fleet::shutdown_signal()).await?;
     Ok(())
 }
 

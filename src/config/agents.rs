@@ -294,7 +294,28 @@ mod tests {
         for (text, words) in [
             (
                 "[agents.x]\nprocesses = 2",
-                "[agents.x]: `command` is required",
+                "[agents.x]: `command` or `url` is required",
+            ),
+            ("[agents.x]\nurl = \"ftp://h/\"", "must start with http://"),
+            (
+                "[agents.x]\nurl = \"https://h/\"",
+                "https is not supported yet",
+            ),
+            (
+                "[agents.x]\nurl = \"http://h/\"\ncommand = [\"a\"]",
+                "not both",
+            ),
+            (
+                "[agents.x]\ncommand = [\"a\"]\nconcurrency = 2",
+                "belong to an HTTP agent",
+            ),
+            (
+                "[agents.x]\nurl = \"http://h/\"\ntoken_env = \"SWARM_NO_SUCH_VARIABLE\"",
+                "is not set",
+            ),
+            (
+                "[agents.x]\nurl = \"http://h/\"\nconcurrency = 0",
+                "`concurrency` must be",
             ),
             ("[agents.x]\ncommand = []", "must name a program"),
             (

@@ -19,6 +19,7 @@ mod delayed;
 mod delivery;
 mod deploy_tools;
 mod docs;
+mod embedded;
 mod expiry;
 mod faults;
 mod hostile;

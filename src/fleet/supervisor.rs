@@ -1,4 +1,4 @@
-//! `swarmd worker --processes N|auto`: one supervisor running N worker processes on this host,
+//! `swarmd worker --processes N|auto` (and [`super::Fleet::processes`]): one supervisor running N worker processes on this host,
 //! like Celery's prefork pool. `auto` (the default) is one process per core
 //! (`scale::optimal_worker_processes`). Each process gets its own worker id and metrics port;
 //! one that dies is started again; SIGTERM or ctrl-c reaches every process, and the
@@ -45,14 +45,24 @@ pub async fn supervisor_gone() {
     tracing::warn!(supervisor, "the supervisor is gone: shutting down");
 }
 
-/// Runs `count` worker processes until ctrl-c or SIGTERM.
+/// Whether a supervisor started this process (it then runs as one worker).
+pub fn is_supervised() -> bool {
+    std::env::var_os(SUPERVISOR_PID).is_some()
+}
+
+/// Runs `count` worker processes — this program again, with the same arguments — until
+/// `shutdown` completes (then each is told with SIGTERM and drained).
 ///
 /// Fails when a process cannot be started, or they keep dying.
-pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("finding the swarmd executable")?;
+pub async fn supervise(
+    count: usize,
+    settings: &Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding this program's executable")?;
     let mut args = without_flag(std::env::args_os().skip(1), "--processes");
     let base_id = settings.worker.worker_id();
-    let threads = super::threads_per_process(count);
+    let threads = super::threads::threads_per_process(count);
     let slots = memory_shared_slots(
         settings.worker.concurrency,
         crate::scale::available_cores(),
@@ -72,7 +82,7 @@ pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> 
             .args(&args)
             .env("SWARM_WORKER_PROCESSES", "1")
             .env(SUPERVISOR_PID, std::process::id().to_string())
-            .env(super::RUNTIME_THREADS, threads.to_string())
+            .env(super::threads::RUNTIME_THREADS, threads.to_string())
             .env("SWARM_WORKER_ID", format!("{base_id}-{index}"))
             .env(
                 "SWARM_METRICS_ADDR",
@@ -91,7 +101,6 @@ pub async fn supervise(count: usize, settings: &Settings) -> anyhow::Result<()> 
         running.spawn(async move { (index, child.wait().await) });
     }
     let mut restarts: Vec<Instant> = Vec::new();
-    let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
     let failure = loop {
         let (index, status) = tokio::select! {
