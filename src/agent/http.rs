@@ -56,7 +56,8 @@ pub struct HttpAgent {
     token: Option<Secret>,
     timeout: Option<Duration>,
     max_result_bytes: usize,
-    slots: tokio::sync::Semaphore,
+    /// One permit per request at once: the worker holds one while `run` runs.
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -80,7 +81,7 @@ impl HttpAgent {
             token: spec.token.clone(),
             timeout,
             max_result_bytes,
-            slots: tokio::sync::Semaphore::new(spec.concurrency),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(spec.concurrency)),
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -244,12 +245,8 @@ impl Agent for HttpAgent {
         self.name
     }
 
+    /// The caller holds a permit of [`Agent::capacity`]: at most `concurrency` at once.
     async fn run(&self, input: &Value, context: &AgentContext) -> Result<Value, AgentError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| AgentError::retryable("the agent is shutting down"))?;
         let left = context
             .deadline
             .saturating_duration_since(std::time::Instant::now());
@@ -282,6 +279,10 @@ impl Agent for HttpAgent {
 
     fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    fn capacity(&self) -> Option<std::sync::Arc<tokio::sync::Semaphore>> {
+        Some(self.slots.clone())
     }
 }
 

@@ -98,6 +98,13 @@ pub trait Agent: Send + Sync {
         None
     }
 
+    /// How many tasks it runs at once, when fewer than the worker's slots (a pool of
+    /// processes or connections): the worker takes a permit before an attempt starts, so a
+    /// task waiting for one does not spend its deadline. `None` (the default): no limit.
+    fn capacity(&self) -> Option<std::sync::Arc<tokio::sync::Semaphore>> {
+        None
+    }
+
     /// True when `run` computes without awaiting (text processing, parsing): the runtime
     /// then runs it on the blocking pool, so its deadline can fire and the leases of other
     /// tasks keep being renewed while it works.

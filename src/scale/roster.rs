@@ -22,6 +22,9 @@ pub struct WorkerPresence {
     /// The `swarmd` version it runs (empty from workers older than this field).
     #[serde(default)]
     pub version: String,
+    /// Each agent type it runs and how: `built-in`, `process` or `http`.
+    #[serde(default)]
+    pub agent_kinds: std::collections::BTreeMap<String, String>,
 }
 
 /// Answers roll calls with `presence()` until `stop` completes.

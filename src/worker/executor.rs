@@ -159,6 +159,18 @@ impl Executor {
             }
             None => (Cancellation::default(), None),
         };
+        // An agent that runs a few tasks at a time (a pool of processes, of connections):
+        // the attempt starts — and its deadline runs — once one of them is free.
+        let _capacity = match agent.capacity() {
+            Some(capacity) => tokio::select! {
+                permit = capacity.acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return self.failed_attempt(task, attempt, "the agent is shutting down".into()),
+                },
+                by = cancellation.cancelled() => return Outcome::Cancelled { by },
+            },
+            None => None,
+        };
         let context = AgentContext {
             task_id: task.id,
             attempt,

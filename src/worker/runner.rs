@@ -273,14 +273,21 @@ impl Worker {
         ));
         sidecars.spawn({
             let slots = slots.clone();
-            let (worker_id, agents) = (self.worker_id.clone(), agents.to_string());
+            let (worker_id, taken) = (self.worker_id.clone(), agents.to_string());
+            let registry = self.executor.registry();
+            let agent_kinds: std::collections::BTreeMap<String, String> = registry
+                .names()
+                .filter(|name| agents.admits(name))
+                .map(|name| (name.to_string(), registry.kind(name).to_string()))
+                .collect();
             let presence = move || WorkerPresence {
                 worker_id: worker_id.clone(),
                 pid: std::process::id(),
-                agents: agents.clone(),
+                agents: taken.clone(),
                 concurrency,
                 in_flight: concurrency.saturating_sub(slots.available_permits()),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                agent_kinds: agent_kinds.clone(),
             };
             let (broker, stop) = (self.broker.clone(), stopped(stopping_rx.clone()));
             async move {

@@ -33,6 +33,7 @@ mod priority;
 mod process_agents;
 mod progress;
 mod properties;
+mod python_client;
 mod replicas;
 mod retention;
 mod scale;

@@ -81,6 +81,20 @@ async fn the_seeds_agent_classes_run_unchanged_and_their_returns_are_the_results
         "a declared agent replaces the built-in of its name"
     );
     let running = env.spawn(worker(&env, &agents));
+    running.ready().await;
+    // The roll call (the dashboard's workers page) says how each agent is reached.
+    let present = swarm_director::scale::roll_call(&env.broker, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let kinds = &present[0].agent_kinds;
+    assert_eq!(
+        (
+            kinds["email"].as_str(),
+            kinds["review"].as_str(),
+            kinds["echo"].as_str()
+        ),
+        ("process", "process", "built-in")
+    );
     let email = publish(
         &env,
         "email",
@@ -434,4 +448,31 @@ async fn the_protocol_lines_match_their_schemas() {
         "{kinds:?}"
     );
     assert_eq!(kinds.last().map(String::as_str), Some("error"));
+}
+
+/// Tasks waiting for a busy agent's process wait without spending their deadline: five
+/// 300 ms tasks through one process with a 1 s deadline all complete (1.5 s in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_free_process_does_not_spend_the_deadline() {
+    let env = TestEnv::new().await;
+    let agents = [python_agent(
+        "queued",
+        "behaviours:slow",
+        1,
+        Some(Duration::from_secs(1)),
+    )];
+    let running = env.spawn(worker(&env, &agents));
+    // Started and warm first: a new process's start counts against the first deadline.
+    let warm = publish(&env, "queued", json!({"ms": 50}), 3).await;
+    env.wait_finished(&[warm.id], Duration::from_secs(20)).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(publish(&env, "queued", json!({"ms": 300}), 1).await.id);
+    }
+    let rows = env.wait_finished(&ids, Duration::from_secs(30)).await;
+    running.stop().await;
+    for row in &rows {
+        assert_eq!(row.status, "completed", "{:?}", row.last_error);
+    }
+    env.cleanup().await;
 }

@@ -1,9 +1,11 @@
-"""SwarmDirector for Python: run your agents on the fleet (``python3 -m swarmd.agent``).
+"""SwarmDirector for Python: run your agents on the fleet (``python3 -m swarmd.agent``)
+and publish to it (``swarmd.Client``).
 
-Standard library only. See ``swarmd.agent`` for the agent side.
+Standard library only. See ``swarmd.agent`` for the agent side, ``swarmd.client`` for the
+producer's.
 """
 
-__all__ = ["Permanent", "Retryable"]
+__all__ = ["Client", "Permanent", "Retryable", "SwarmError"]
 __version__ = "0.1.0"
 
 
@@ -18,3 +20,6 @@ class Retryable(Exception):
 
 class Permanent(Exception):
     """The input can never succeed: the task ends dead at once, with this message."""
+
+
+from .client import Client, SwarmError  # noqa: E402  (after the exceptions agents import)

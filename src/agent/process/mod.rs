@@ -2,7 +2,9 @@
 //! protocol of `schemas/agent-protocol.md` ([`protocol`]) on stdin and stdout.
 //!
 //! Each process runs one task at a time; an agent keeps up to `processes` of them per worker
-//! process, started when first needed and reused. The guarantees of built-in agents hold:
+//! process, started when first needed and reused. The worker holds one of the agent's
+//! `processes` permits ([`Agent::capacity`]) while a task runs, so a task waiting for a free
+//! process does not spend its deadline. The guarantees of built-in agents hold:
 //! - a process that dies mid-task costs that attempt (retryable, with its exit status and
 //!   last stderr lines) and is replaced, after a growing pause if it keeps dying;
 //! - an attempt the worker stops waiting for (its deadline, a cancel not obeyed in time)
@@ -17,7 +19,7 @@ mod child;
 pub mod protocol;
 
 use std::{
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -44,7 +46,8 @@ pub struct ProcessAgent {
     /// Longest line a process may write: the result limit and room for the envelope.
     max_line: usize,
     idle: Mutex<Vec<AgentProcess>>,
-    slots: tokio::sync::Semaphore,
+    /// One permit per process: the worker holds one while `run` runs.
+    slots: Arc<tokio::sync::Semaphore>,
     restarts: Mutex<Restarts>,
 }
 
@@ -74,7 +77,7 @@ impl ProcessAgent {
         Self {
             // Agents live as long as the worker process: a declared name is leaked once.
             name: Box::leak(name.to_string().into_boxed_str()),
-            slots: tokio::sync::Semaphore::new(spec.processes),
+            slots: Arc::new(tokio::sync::Semaphore::new(spec.processes)),
             spec,
             timeout,
             max_line: max_result_bytes.saturating_add(64 * 1024),
@@ -228,12 +231,8 @@ impl Agent for ProcessAgent {
         self.name
     }
 
+    /// The caller holds a permit of [`Agent::capacity`]: at most `processes` run at once.
     async fn run(&self, input: &Value, context: &AgentContext) -> Result<Value, AgentError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| AgentError::retryable("the agent is shutting down"))?;
         // Dropped with this future when the worker stops waiting: the process is killed.
         let mut process = self.process().await?;
         match self.exchange(&mut process, input, context).await {
@@ -249,6 +248,10 @@ impl Agent for ProcessAgent {
 
     fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    fn capacity(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        Some(self.slots.clone())
     }
 }
 

@@ -226,7 +226,7 @@ const views = {
 
   async workers(view) {
     const [{ workers }, queues] = await Promise.all([api("/v1/workers"), api("/v1/queues")]);
-    view.innerHTML = `<div class="card"><h2>Workers</h2><table id="workers"><tr><th>id</th><th>agents (pool)</th><th class="num">concurrency</th><th class="num">in flight</th><th class="num">pid</th><th>version</th></tr>${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.agents)}</td><td class="num">${w.concurrency}</td><td class="num">${w.in_flight}</td><td class="num">${w.pid}</td><td>${esc(w.version || "–")}</td></tr>`).join("")}</table></div>
+    view.innerHTML = `<div class="card"><h2>Workers</h2><table id="workers"><tr><th>id</th><th>agents (pool)</th><th>declared agents</th><th class="num">concurrency</th><th class="num">in flight</th><th class="num">pid</th><th>version</th></tr>${workers.map((w) => `<tr><td>${esc(w.worker_id)}</td><td>${esc(w.agents)}</td><td>${esc(Object.entries(w.agent_kinds || {}).filter(([, kind]) => kind !== "built-in").map(([name, kind]) => `${name} (${kind})`).join(", ") || "–")}</td><td class="num">${w.concurrency}</td><td class="num">${w.in_flight}</td><td class="num">${w.pid}</td><td>${esc(w.version || "–")}</td></tr>`).join("")}</table></div>
       <div class="card"><h2>Backlog per agent type</h2><table>${Object.entries(queues.agent_types || {}).map(([a, n]) => `<tr><td>${esc(a)}</td><td class="num">${n}</td></tr>`).join("") || `<tr><td class="muted">nothing waiting</td></tr>`}</table></div>`;
     onLive(() => {});
   },
