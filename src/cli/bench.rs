@@ -57,6 +57,53 @@ pub struct Args {
     /// vacuumed), to measure how the fleet ages as history grows.
     #[arg(long, default_value_t = 0)]
     history: u64,
+    /// Run `--agent` as a process agent started by this command (split at spaces), e.g.
+    /// "python3 -m swarmd.agent swarmd.examples:echo": the fleet around an agent of yours.
+    #[arg(long, conflicts_with = "agent_url")]
+    agent_command: Option<String>,
+    /// Processes of `--agent-command` per worker process.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    agent_processes: u16,
+    /// Run `--agent` as an HTTP agent at this URL (e.g. one `python3 -m swarmd.agent --http`
+    /// serves).
+    #[arg(long)]
+    agent_url: Option<String>,
+    /// Requests at once per worker process of `--agent-url`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    agent_concurrency: u16,
+}
+
+impl Args {
+    /// The `[agents.<agent>]` table the workers get, when the agent is the user's; and how
+    /// the report names it.
+    fn declared_agent(&self) -> Option<(String, String)> {
+        let quote = |text: &str| serde_json::to_string(text).expect("a string serialises");
+        if let Some(command) = &self.agent_command {
+            let words: Vec<String> = command.split_whitespace().map(quote).collect();
+            let table = format!(
+                "[agents.{}]\ncommand = [{}]\nprocesses = {}\n",
+                quote(&self.agent),
+                words.join(", "),
+                self.agent_processes
+            );
+            return Some((
+                table,
+                format!("process agent `{command}` x {}", self.agent_processes),
+            ));
+        }
+        self.agent_url.as_ref().map(|url| {
+            let table = format!(
+                "[agents.{}]\nurl = {}\nconcurrency = {}\n",
+                quote(&self.agent),
+                quote(url),
+                self.agent_concurrency
+            );
+            (
+                table,
+                format!("HTTP agent {url} x {}", self.agent_concurrency),
+            )
+        })
+    }
 }
 
 /// `worker_id` of the rows `--history` makes, so the figures leave them out.
@@ -67,6 +114,8 @@ struct Report {
     mode: &'static str,
     tasks: usize,
     agent: String,
+    /// How the workers reach the agent: `built-in`, or the declared process or URL.
+    agent_kind: String,
     workers: usize,
     concurrency: usize,
     mirror: bool,
@@ -243,6 +292,9 @@ async fn bench(
         mode,
         tasks,
         agent: args.agent.clone(),
+        agent_kind: args
+            .declared_agent()
+            .map_or_else(|| "built-in".to_string(), |(_, kind)| kind),
         workers: args.workers,
         concurrency: args
             .concurrency
@@ -319,12 +371,24 @@ async fn fill_history(store: &Store, rows: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `swarmd worker` processes on the benchmark's private resources.
+/// Starts `swarmd worker` processes on the benchmark's private resources (with the agent
+/// declared when it is the user's).
 fn spawn_workers(settings: &Settings, args: &Args) -> anyhow::Result<Vec<tokio::process::Child>> {
     let exe = std::env::current_exe().context("locating the swarmd binary")?;
+    let config = match args.declared_agent() {
+        Some((table, _)) => {
+            let path = std::env::temp_dir().join(format!("{}.toml", settings.nats.stream));
+            std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     (0..args.workers)
         .map(|_| {
             let mut worker = tokio::process::Command::new(&exe);
+            if let Some(config) = &config {
+                worker.arg("--config").arg(config);
+            }
             worker.args(["worker", "--no-migrate", "--processes", "1"]);
             if let Some(concurrency) = args.concurrency {
                 worker.arg("--concurrency").arg(concurrency.to_string());
@@ -383,6 +447,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 async fn cleanup(settings: &Settings, broker: &Broker, store: &Store) {
+    let _ =
+        std::fs::remove_file(std::env::temp_dir().join(format!("{}.toml", settings.nats.stream)));
     let _ = DeadLetterStream::of(broker).delete_stream().await;
     let _ = broker.delete_stream().await;
     let _ = store.drop_schema().await;
@@ -396,10 +462,11 @@ fn print_table(report: &Report) {
     let l = &report.latency_ms;
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     println!(
-        "{} of {} `{}` tasks, {} worker processes x {} slots, mirror {}",
+        "{} of {} `{}` tasks ({}), {} worker processes x {} slots, mirror {}",
         report.mode,
         report.tasks,
         report.agent,
+        report.agent_kind,
         report.workers,
         report.concurrency,
         if report.mirror { "on" } else { "off" }
