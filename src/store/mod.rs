@@ -3,6 +3,7 @@
 //! that touches many tasks is one round trip.
 
 mod cancel;
+mod grouped;
 mod keys;
 mod pool;
 mod retention;
@@ -75,4 +76,6 @@ pub struct Store {
     primary: sqlx::PgPool,
     replicas: std::sync::Arc<router::Replicas>,
     schema: String,
+    /// Groups concurrent `record_queued` calls, started with the first.
+    queued: std::sync::Arc<std::sync::OnceLock<grouped::QueuedGroups>>,
 }

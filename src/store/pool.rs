@@ -29,6 +29,12 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 use crate::config::{DatabaseSettings, PoolProfile};
 
 impl Store {
+    /// The group writer of queued rows, started on first use (inside the runtime).
+    pub(super) fn queued_groups(&self) -> &super::grouped::QueuedGroups {
+        self.queued
+            .get_or_init(|| super::grouped::QueuedGroups::start(self.primary.clone()))
+    }
+
     /// Connects to the primary, creating the configured schema when it is missing.
     ///
     /// Fails when the URL is malformed or the server cannot be reached.
@@ -89,6 +95,7 @@ impl Store {
             primary,
             replicas: Arc::new(Replicas::new(replicas)),
             schema: settings.schema.clone(),
+            queued: Arc::default(),
         })
     }
 

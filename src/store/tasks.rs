@@ -153,41 +153,18 @@ impl Store {
     }
 
     /// Records tasks accepted by the HTTP API as `queued` (`scheduled` when their `not_before`
-    /// lies ahead) in one statement, with the trace they continue, so they can be read before
-    /// a worker claims them. Ids already known are left alone.
+    /// lies ahead), with the trace they continue, so they can be read before a worker claims
+    /// them; concurrent calls share one statement ([`super::grouped`]). Ids already known
+    /// are left alone.
     pub async fn record_queued(
         &self,
         tasks: &[TaskEnvelope],
         trace_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        let columns = EnvelopeColumns::of(tasks.iter());
-        sqlx::query(
-            "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
-                                idempotency_key, created_at, trace_id, data_ref, not_before)
-             SELECT t.id, t.agent_type, t.priority, t.data,
-                    CASE WHEN t.not_before > now() THEN 'scheduled' ELSE 'queued' END,
-                    t.max_attempts, t.idempotency_key, t.created_at, $8, t.data_ref,
-                    t.not_before
-               FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
-                           $6::text[], $7::timestamptz[], $9::jsonb[], $10::timestamptz[])
-                    AS t(id, agent_type, priority, data, max_attempts, idempotency_key,
-                         created_at, data_ref, not_before)
-             ON CONFLICT (id, created_at) DO NOTHING",
-        )
-        .bind(&columns.ids)
-        .bind(&columns.agent_types)
-        .bind(&columns.priorities)
-        .bind(&columns.data)
-        .bind(&columns.max_attempts)
-        .bind(&columns.keys)
-        .bind(&columns.created)
-        .bind(trace_id)
-        .bind(&columns.data_refs)
-        .bind(tasks.iter().map(|t| t.not_before).collect::<Vec<_>>())
-        .execute(&self.primary)
-        .await
-        .map_err(StoreError::query("recording queued tasks"))?;
-        Ok(())
+        // Grouped with other callers' (the API's concurrent requests) into one statement.
+        self.queued_groups()
+            .record(tasks.to_vec(), trace_id.map(String::from))
+            .await
     }
 
     /// Removes rows still `queued` among `ids`: tasks recorded by the API whose publish
@@ -411,4 +388,44 @@ impl Store {
         .map_err(StoreError::query("counting finished tasks"))?;
         Ok(count)
     }
+}
+
+/// Writes `tasks` as queued (scheduled when their `not_before` is ahead), each with its
+/// trace id (`traces[i]`, or none), in one statement.
+pub(super) async fn insert_queued(
+    pool: &sqlx::PgPool,
+    tasks: &[TaskEnvelope],
+    traces: &[Option<&str>],
+) -> Result<(), StoreError> {
+    let columns = EnvelopeColumns::of(tasks.iter());
+    let traces: Vec<Option<&str>> = (0..tasks.len())
+        .map(|i| traces.get(i).copied().flatten())
+        .collect();
+    sqlx::query(
+        "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
+                            idempotency_key, created_at, trace_id, data_ref, not_before)
+         SELECT t.id, t.agent_type, t.priority, t.data,
+                CASE WHEN t.not_before > now() THEN 'scheduled' ELSE 'queued' END,
+                t.max_attempts, t.idempotency_key, t.created_at, t.trace_id, t.data_ref,
+                t.not_before
+           FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::jsonb[], $5::int4[],
+                       $6::text[], $7::timestamptz[], $8::text[], $9::jsonb[], $10::timestamptz[])
+                AS t(id, agent_type, priority, data, max_attempts, idempotency_key,
+                     created_at, trace_id, data_ref, not_before)
+         ON CONFLICT (id, created_at) DO NOTHING",
+    )
+    .bind(&columns.ids)
+    .bind(&columns.agent_types)
+    .bind(&columns.priorities)
+    .bind(&columns.data)
+    .bind(&columns.max_attempts)
+    .bind(&columns.keys)
+    .bind(&columns.created)
+    .bind(&traces)
+    .bind(&columns.data_refs)
+    .bind(tasks.iter().map(|t| t.not_before).collect::<Vec<_>>())
+    .execute(pool)
+    .await
+    .map_err(StoreError::query("recording queued tasks"))?;
+    Ok(())
 }

@@ -764,3 +764,52 @@ async fn an_api_without_a_token_refuses_to_start_unless_told_it_is_insecure() {
     assert_eq!(&bytes[..], b"ok (insecure: API authentication is off)\n");
     env.cleanup().await;
 }
+
+/// Concurrent `record_queued` calls share statements; a value the database refuses fails
+/// its own call only, and every other call's rows are written with their own trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_queued_rows_fail_only_the_caller_whose_value_is_refused() {
+    use swarm_director::task::TaskEnvelope;
+    let env = TestEnv::new().await;
+    let calls: Vec<_> = (0..50)
+        .map(|n| {
+            // PostgreSQL refuses a NUL in jsonb (the API's checks would stop it earlier).
+            let data = if n == 17 {
+                json!("\u{0}")
+            } else {
+                json!({ "n": n })
+            };
+            let task = TaskEnvelope::new("echo", data);
+            let (store, trace) = (env.store.clone(), format!("{n:032x}"));
+            tokio::spawn(async move {
+                let written = store.record_queued(&[task.clone()], Some(&trace)).await;
+                (task.id, trace, written)
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for call in calls {
+        let (id, trace, written) = call.await.unwrap();
+        match written {
+            Ok(()) => {
+                let row = env.store.task(id).await.unwrap().expect("its row");
+                assert_eq!(
+                    (row.status.as_str(), row.trace_id.as_deref()),
+                    ("queued", Some(trace.as_str()))
+                );
+            }
+            Err(error) => {
+                refused += 1;
+                use swarm_director::fault::Classify as _;
+                assert_eq!(
+                    error.fault(),
+                    swarm_director::fault::Fault::Permanent,
+                    "{error}"
+                );
+                assert!(env.store.task(id).await.unwrap().is_none());
+            }
+        }
+    }
+    assert_eq!(refused, 1, "only the call with the NUL");
+    env.cleanup().await;
+}
