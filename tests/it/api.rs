@@ -782,7 +782,9 @@ async fn grouped_queued_rows_fail_only_the_caller_whose_value_is_refused() {
             let task = TaskEnvelope::new("echo", data);
             let (store, trace) = (env.store.clone(), format!("{n:032x}"));
             tokio::spawn(async move {
-                let written = store.record_queued(std::slice::from_ref(&task), Some(&trace)).await;
+                let written = store
+                    .record_queued(std::slice::from_ref(&task), Some(&trace))
+                    .await;
                 (task.id, trace, written)
             })
         })

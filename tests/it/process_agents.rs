@@ -476,3 +476,51 @@ async fn waiting_for_a_free_process_does_not_spend_the_deadline() {
     }
     env.cleanup().await;
 }
+
+/// A real `swarmd worker` whose pool is one declared process agent (`--agents`): it runs
+/// the agent's tasks, and the agent's stderr reaches the worker's log with the task's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_a_declared_agent_runs_it_and_logs_its_stderr_with_the_task() {
+    let env = TestEnv::new().await;
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("swarm-process-agent-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("swarm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agents.talker]\ncommand = [\"python3\", \"-m\", \"swarmd.agent\", \"behaviours:echo\"]\n\
+             env = {{ PYTHONPATH = \"{repo}/clients/python:{repo}/tests/it/python/agents\" }}\n"
+        ),
+    )
+    .unwrap();
+    let worker = env
+        .swarmd()
+        .arg("--config")
+        .arg(&config)
+        .args(["--log", "info", "worker", "--agents", "talker"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let task = publish(&env, "talker", json!({"said": "hi"}), 3).await;
+    let rows = env.wait_finished(&[task.id], Duration::from_secs(30)).await;
+    assert_eq!(rows[0].result, Some(json!({"said": "hi"})));
+    // SAFETY: SIGTERM to the worker this test started; it drains and exits.
+    unsafe { libc::kill(worker.id().unwrap() as i32, libc::SIGTERM) };
+    let output = tokio::time::timeout(Duration::from_secs(30), worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "{:?}", output.status);
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let line = logs
+        .lines()
+        .find(|line| line.contains("agent stderr: echoing"))
+        .unwrap_or_else(|| panic!("no stderr line in the log:\n{logs}"));
+    assert!(
+        line.contains(&task.id.to_string()) && line.contains("talker"),
+        "{line}"
+    );
+    env.cleanup().await;
+}

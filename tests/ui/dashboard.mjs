@@ -120,6 +120,8 @@ try {
   step = "the workers and schedules pages";
   await page.click("a[href='#/workers']");
   await page.waitForSelector("#workers tr td");
+  // Each worker says which of its agents are declared ones, and how they are reached.
+  await page.waitForSelector("#workers th:has-text('declared agents')");
   await shot(page, "workers");
   await page.click("a[href='#/schedules']");
   await page.waitForSelector("#view[data-view='schedules'] table");
