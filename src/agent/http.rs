@@ -139,7 +139,7 @@ impl HttpAgent {
                 "idempotency-key",
                 format!("{}:{}", context.task_id, context.attempt),
             );
-        if let Some(traceparent) = super::process::current_traceparent() {
+        if let Some(traceparent) = super::process::protocol::current_traceparent() {
             request = request.header("traceparent", traceparent);
         }
         if let Some(token) = &self.token {
@@ -247,22 +247,7 @@ impl Agent for HttpAgent {
 
     /// The caller holds a permit of [`Agent::capacity`]: at most `concurrency` at once.
     async fn run(&self, input: &Value, context: &AgentContext) -> Result<Value, AgentError> {
-        let left = context
-            .deadline
-            .saturating_duration_since(std::time::Instant::now());
-        let task = TaskMessage {
-            kind: "task",
-            id: context.task_id,
-            agent_type: self.name,
-            data: input,
-            attempt: context.attempt,
-            max_attempts: context.max_attempts,
-            checkpoint: context.checkpoint.as_ref(),
-            deadline: chrono::Utc::now()
-                + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::zero()),
-            timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-            traceparent: super::process::current_traceparent(),
-        };
+        let task = TaskMessage::of_attempt(self.name, input, context);
         let body = serde_json::to_vec(&task)
             .map_err(|e| AgentError::permanent(format!("cannot send the task: {e}")))?;
         let request = self.request(body, context)?;

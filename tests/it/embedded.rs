@@ -80,12 +80,7 @@ async fn a_program_of_its_own_runs_the_worker_with_its_own_agent() {
         Some(json!({"built-in": true})),
         "built-ins still run"
     );
-    // SAFETY: SIGTERM to the process this test started: it drains and exits 0.
-    unsafe { libc::kill(program.id().unwrap() as i32, libc::SIGTERM) };
-    let exited = tokio::time::timeout(Duration::from_secs(30), program.wait_with_output())
-        .await
-        .expect("it drains within 30 s")
-        .unwrap();
+    let exited = crate::support::terminate(program).await;
     assert!(exited.status.success(), "{:?}", exited.status);
     env.cleanup().await;
 }

@@ -298,12 +298,7 @@ async fn a_declared_http_agent_runs_under_swarmd_worker_and_its_token_is_never_l
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&refused.stdout).contains("no such customer"));
-    // SAFETY: SIGTERM to the worker this test started; it drains and exits.
-    unsafe { libc::kill(worker.id().unwrap() as i32, libc::SIGTERM) };
-    let output = tokio::time::timeout(Duration::from_secs(30), worker.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = crate::support::terminate(worker).await;
     let _ = std::fs::remove_dir_all(&dir);
     let logs = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -505,12 +505,7 @@ async fn a_pool_of_a_declared_agent_runs_it_and_logs_its_stderr_with_the_task() 
     let task = publish(&env, "talker", json!({"said": "hi"}), 3).await;
     let rows = env.wait_finished(&[task.id], Duration::from_secs(30)).await;
     assert_eq!(rows[0].result, Some(json!({"said": "hi"})));
-    // SAFETY: SIGTERM to the worker this test started; it drains and exits.
-    unsafe { libc::kill(worker.id().unwrap() as i32, libc::SIGTERM) };
-    let output = tokio::time::timeout(Duration::from_secs(30), worker.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = crate::support::terminate(worker).await;
     let _ = std::fs::remove_dir_all(&dir);
     assert!(output.status.success(), "{:?}", output.status);
     let logs = String::from_utf8_lossy(&output.stderr);

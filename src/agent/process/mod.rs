@@ -132,20 +132,7 @@ impl ProcessAgent {
         context: &AgentContext,
     ) -> Exchange {
         *process.current.lock().expect("current task lock") = Some(context.task_id);
-        let left = context.deadline.saturating_duration_since(Instant::now());
-        let task = TaskMessage {
-            kind: "task",
-            id: context.task_id,
-            agent_type: self.name,
-            data: input,
-            attempt: context.attempt,
-            max_attempts: context.max_attempts,
-            checkpoint: context.checkpoint.as_ref(),
-            deadline: chrono::Utc::now()
-                + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::zero()),
-            timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-            traceparent: current_traceparent(),
-        };
+        let task = TaskMessage::of_attempt(self.name, input, context);
         if process.send(&task).await.is_err() {
             return Exchange::Broken(self.died(process).await);
         }
@@ -253,10 +240,4 @@ impl Agent for ProcessAgent {
     fn capacity(&self) -> Option<Arc<tokio::sync::Semaphore>> {
         Some(self.slots.clone())
     }
-}
-
-/// The W3C trace context of the span this runs in, when it belongs to a trace.
-pub(super) fn current_traceparent() -> Option<String> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    crate::telemetry::traceparent(&tracing::Span::current().context())
 }

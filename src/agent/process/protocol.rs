@@ -30,6 +30,38 @@ pub struct TaskMessage<'a> {
     pub traceparent: Option<String>,
 }
 
+impl<'a> TaskMessage<'a> {
+    /// The line for the attempt `context` describes of a task of `agent_type` on `input`.
+    pub fn of_attempt(
+        agent_type: &'a str,
+        input: &'a Value,
+        context: &'a crate::agent::AgentContext,
+    ) -> Self {
+        let left = context
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        Self {
+            kind: "task",
+            id: context.task_id,
+            agent_type,
+            data: input,
+            attempt: context.attempt,
+            max_attempts: context.max_attempts,
+            checkpoint: context.checkpoint.as_ref(),
+            deadline: chrono::Utc::now()
+                + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::zero()),
+            timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+            traceparent: current_traceparent(),
+        }
+    }
+}
+
+/// The W3C trace context of the span this runs in, when it belongs to a trace.
+pub(crate) fn current_traceparent() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    crate::telemetry::traceparent(&tracing::Span::current().context())
+}
+
 /// Stop the task `id` (worker → agent).
 #[derive(Debug, Serialize)]
 pub struct CancelMessage {

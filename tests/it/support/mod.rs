@@ -499,3 +499,15 @@ pub async fn succeeds(command: &mut tokio::process::Command) -> std::process::Ou
     );
     output
 }
+
+/// Sends SIGTERM to `child` (a `swarmd` process this test started) and waits, at most 30 s,
+/// for it to drain and exit; returns what it printed.
+pub async fn terminate(child: tokio::process::Child) -> std::process::Output {
+    let pid = child.id().expect("the process is running") as i32;
+    // SAFETY: a plain kill(2) of a process this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("it drains within 30 s")
+        .expect("its output")
+}
