@@ -873,12 +873,31 @@ async fn mirror_check(env: &TestEnv) -> (bool, String) {
     )
 }
 
+/// Waits until `scheduled_tasks` shows `count` delayed tasks.
+async fn wait_scheduled(env: &TestEnv, count: usize) {
+    let key = keys(env).scheduled_tasks;
+    eventually("shown as scheduled", Duration::from_secs(10), || async {
+        let mut redis = env.redis().await;
+        let shown: usize = redis.zcard(&key).await.unwrap();
+        (shown == count).then_some(())
+    })
+    .await;
+}
+
+/// `mirror check` finds no drift, and again after `mirror rebuild`.
+async fn assert_mirror_clean_and_rebuilt_clean(env: &TestEnv) {
+    let (clean, report) = mirror_check(env).await;
+    assert!(clean, "{report}");
+    succeeds(env.swarmd().args(["mirror", "rebuild"])).await;
+    let (clean, report) = mirror_check(env).await;
+    assert!(clean, "after a rebuild: {report}");
+}
+
 /// Delayed tasks are the fleet's members of `scheduled_tasks`, not of `agent_tasks`: a legacy
 /// member beside them must not be mistaken for one of the fleet's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_task_is_taken_in_while_delayed_tasks_wait() {
     let env = TestEnv::new().await;
-    let k = keys(&env);
     let fleet = env.spawn_assembled(env.legacy_worker(|_| {}));
     fleet.ready().await;
     let mut delayed = Vec::new();
@@ -888,16 +907,7 @@ async fn a_legacy_task_is_taken_in_while_delayed_tasks_wait() {
         env.broker.publish(&task, Codec::Json).await.unwrap();
         delayed.push(task);
     }
-    eventually(
-        "both shown as scheduled",
-        Duration::from_secs(10),
-        || async {
-            let mut redis = env.redis().await;
-            let shown: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
-            (shown == 2).then_some(())
-        },
-    )
-    .await;
+    wait_scheduled(&env, 2).await;
     let id = enqueue_task(&env, "echo", json!({"now": true}), 5).await;
     let rows = env.wait_finished(&[id], Duration::from_secs(5)).await;
     assert_eq!(rows[0].status, "completed");
@@ -916,12 +926,7 @@ async fn a_cancelled_delayed_task_leaves_scheduled_tasks_at_once() {
     let mut task = TaskEnvelope::new("echo", json!("not today"));
     task.not_before = Some(chrono::Utc::now() + chrono::Duration::seconds(60));
     env.broker.publish(&task, Codec::Json).await.unwrap();
-    eventually("shown as scheduled", Duration::from_secs(10), || async {
-        let mut redis = env.redis().await;
-        let shown: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
-        (shown == 1).then_some(())
-    })
-    .await;
+    wait_scheduled(&env, 1).await;
     succeeds(env.swarmd().args(["cancel", &task.id.to_string()])).await;
     let failed = eventually("shown given up", Duration::from_secs(5), || {
         hash_entry(&env, &k.failed_tasks, task.id)
@@ -932,11 +937,7 @@ async fn a_cancelled_delayed_task_leaves_scheduled_tasks_at_once() {
     let mut redis = env.redis().await;
     let scheduled: usize = redis.zcard(&k.scheduled_tasks).await.unwrap();
     assert_eq!(scheduled, 0, "no longer shown as scheduled");
-    let (clean, report) = mirror_check(&env).await;
-    assert!(clean, "{report}");
-    succeeds(env.swarmd().args(["mirror", "rebuild"])).await;
-    let (clean, report) = mirror_check(&env).await;
-    assert!(clean, "after a rebuild: {report}");
+    assert_mirror_clean_and_rebuilt_clean(&env).await;
     fleet.stop().await;
     env.cleanup().await;
 }
@@ -962,10 +963,6 @@ async fn a_claim_checked_result_is_shown_alike_live_and_rebuilt() {
         format!("{}.result", task.id)
     );
     fleet.stop().await;
-    let (clean, report) = mirror_check(&env).await;
-    assert!(clean, "{report}");
-    succeeds(env.swarmd().args(["mirror", "rebuild"])).await;
-    let (clean, report) = mirror_check(&env).await;
-    assert!(clean, "after a rebuild: {report}");
+    assert_mirror_clean_and_rebuilt_clean(&env).await;
     env.cleanup().await;
 }
