@@ -38,6 +38,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
     driver: tokio::task::JoinHandle<()>,
+    /// It carried a request before: the agent may have closed it meanwhile.
+    reused: bool,
 }
 
 impl Drop for Connection {
@@ -109,7 +111,11 @@ impl HttpAgent {
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Connection { sender, driver })
+        Ok(Connection {
+            sender,
+            driver,
+            reused: false,
+        })
     }
 
     /// A kept-alive connection ready for a request, or a new one.
@@ -119,6 +125,7 @@ impl HttpAgent {
             match idle {
                 Some(mut connection) => {
                     if connection.sender.ready().await.is_ok() {
+                        connection.reused = true;
                         return Ok(connection);
                     }
                 }
@@ -250,10 +257,24 @@ impl Agent for HttpAgent {
         let task = TaskMessage::of_attempt(self.name, input, context);
         let body = serde_json::to_vec(&task)
             .map_err(|e| AgentError::permanent(format!("cannot send the task: {e}")))?;
-        let request = self.request(body, context)?;
-        let connection = self.connection().await?;
+        let send = async {
+            let connection = self.connection().await?;
+            let reused = connection.reused;
+            match self
+                .exchange(connection, self.request(body.clone(), context)?)
+                .await
+            {
+                // A kept-alive connection the agent closed while it was idle: once more on
+                // a new one (the request carries its idempotency key).
+                Err(AgentError::Retryable(_)) if reused => {
+                    let fresh = self.connect().await?;
+                    self.exchange(fresh, self.request(body, context)?).await
+                }
+                answer => answer,
+            }
+        };
         tokio::select! {
-            answer = self.exchange(connection, request) => {
+            answer = send => {
                 let (status, retry_after, body) = answer?;
                 self.outcome(status, retry_after, &body)
             }

@@ -519,3 +519,33 @@ async fn a_pool_of_a_declared_agent_runs_it_and_logs_its_stderr_with_the_task() 
     );
     env.cleanup().await;
 }
+
+/// A process that dies while idle (killed from outside) is replaced before the next task,
+/// which keeps its attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_died_while_idle_costs_the_next_task_nothing() {
+    let env = TestEnv::new().await;
+    let agents = [python_agent("whoami", "behaviours:pid", 1, None)];
+    let running = env.spawn(worker(&env, &agents));
+    let first = publish(&env, "whoami", json!({}), 1).await;
+    let rows = env
+        .wait_finished(&[first.id], Duration::from_secs(20))
+        .await;
+    let pid = rows[0].result.as_ref().unwrap()["pid"].as_i64().unwrap() as i32;
+    // SAFETY: a plain kill(2) of the agent process this test's worker started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = publish(&env, "whoami", json!({}), 1).await;
+    let rows = env
+        .wait_finished(&[second.id], Duration::from_secs(20))
+        .await;
+    running.stop().await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].attempts),
+        ("completed", 1),
+        "{:?}",
+        rows[0].last_error
+    );
+    assert_ne!(rows[0].result.as_ref().unwrap()["pid"], json!(pid));
+    env.cleanup().await;
+}

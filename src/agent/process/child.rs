@@ -112,6 +112,11 @@ impl AgentProcess {
         }
     }
 
+    /// Whether the process has exited (while idle: killed from outside, or it quit).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Writes one message line.
     pub async fn send(&mut self, message: &impl serde::Serialize) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;

@@ -96,8 +96,12 @@ impl ProcessAgent {
 
     /// An idle process, or a new one once the restart pause allows.
     async fn process(&self) -> Result<AgentProcess, AgentError> {
-        if let Some(process) = self.idle.lock().expect("idle lock").pop() {
-            return Ok(process);
+        while let Some(mut process) = self.idle.lock().expect("idle lock").pop() {
+            // One that died while idle would cost the next task its attempt.
+            if !process.has_exited() {
+                return Ok(process);
+            }
+            tracing::warn!(agent = self.name, "an idle agent process had exited");
         }
         let wait = self
             .restarts

@@ -74,3 +74,8 @@ def hostile(data):
             out.write(chunk)
     out.flush()
     time.sleep(30)
+
+
+def pid(data):
+    """Says which process ran it."""
+    return {"pid": os.getpid()}
