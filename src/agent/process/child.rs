@@ -41,7 +41,8 @@ pub struct AgentProcess {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     max_line: usize,
-    /// The task it runs now, for its stderr lines.
+    /// The task it runs or last ran, for its stderr lines (which travel on a pipe of their
+    /// own: a line written just before the answer may be read after it).
     pub current: Arc<Mutex<Option<Uuid>>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }

@@ -228,7 +228,7 @@ impl Agent for ProcessAgent {
         let mut process = self.process().await?;
         match self.exchange(&mut process, input, context).await {
             Exchange::Answered(answer) => {
-                *process.current.lock().expect("current task lock") = None;
+                // `current` keeps the task: its last stderr lines may still be on their way.
                 self.idle.lock().expect("idle lock").push(process);
                 self.restarts.lock().expect("restarts lock").backoff.reset();
                 answer
