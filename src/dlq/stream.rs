@@ -91,6 +91,18 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The one agent type the filter reads: `Ok(None)` for every one (none given, or empty
+    /// as in a form left blank); `Err(())` when no letter can have it — every letter's agent
+    /// type is a valid name (`unknown` for a raw message), and as a subject token an invalid
+    /// one (`*`, `a.b`) would be a wildcard or several tokens.
+    fn agent_scope(&self) -> Result<Option<&str>, ()> {
+        match self.agent_type.as_deref() {
+            None | Some("") => Ok(None),
+            Some(agent) if crate::task::valid_agent_type(agent) => Ok(Some(agent)),
+            Some(_) => Err(()),
+        }
+    }
+
     fn matches(&self, letter: &DeadLetter) -> bool {
         self.reason.is_none_or(|r| r == letter.reason)
             && self.since.is_none_or(|t| letter.dead_at >= t)
@@ -246,9 +258,10 @@ impl DeadLetterStream {
         if stream.cached_info().state.messages == 0 {
             return Ok(());
         }
-        let filter_subject = match &filter.agent_type {
-            Some(agent) => self.subjects.dead_letter(agent),
-            None => self.subjects.all_dead_letters(),
+        let filter_subject = match filter.agent_scope() {
+            Ok(Some(agent)) => self.subjects.dead_letter(agent),
+            Ok(None) => self.subjects.all_dead_letters(),
+            Err(()) => return Ok(()),
         };
         let consumer = stream
             .create_consumer(OrderedConfig {
@@ -307,10 +320,10 @@ impl DeadLetterStream {
             .map_err(|e| read_error(e.into()))?
             .state
             .clone();
-        let scope = filter
-            .agent_type
-            .as_ref()
-            .map(|agent| self.subjects.dead_letter(agent));
+        let Ok(scope) = filter.agent_scope() else {
+            return Ok(Page::default());
+        };
+        let scope = scope.map(|agent| self.subjects.dead_letter(agent));
         let total = match &scope {
             None => state.messages,
             Some(subject) => {

@@ -141,3 +141,55 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+/// A filter's agent type is a name or nothing: empty reads every letter (as a form left
+/// blank), and `*` or `a.b` — wildcards or several tokens as a subject — match no letter
+/// instead of all of them or a refusal answered "try again" (found by schemathesis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_invalid_agent_type_filter_means_nothing_or_all_never_a_wildcard() {
+    let env = TestEnv::new().await;
+    let app = app(&env, Some("browse-token"));
+    let worker = env.spawn(env.worker());
+    let task = TaskEnvelope::new("fail", json!({"permanent": true}));
+    env.broker.publish(&task, Codec::Json).await.unwrap();
+    env.wait_dead_letters(1, Duration::from_secs(10)).await;
+    worker.stop().await;
+    for agent_type in ["*", ">", "a.b", "fail.>"] {
+        let (status, page) = call(
+            &app,
+            read(&format!("/v1/dlq?agent_type={}", urlencode(agent_type))),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{agent_type}: {page}");
+        assert_eq!(page["dead_letters"], json!([]), "{agent_type}: {page}");
+        let (status, purged) = call(
+            &app,
+            post_to(
+                "/v1/dlq/purge",
+                json!({"agent_type": agent_type}).to_string(),
+                Some("browse-token"),
+            ),
+        )
+        .await;
+        assert_eq!(
+            (status, &purged["matched"]),
+            (StatusCode::OK, &json!(0)),
+            "{agent_type}: {purged}"
+        );
+    }
+    let (status, purged) = call(
+        &app,
+        post_to(
+            "/v1/dlq/purge",
+            json!({"agent_type": ""}).to_string(),
+            Some("browse-token"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &purged["matched"]),
+        (StatusCode::OK, &json!(1)),
+        "{purged}"
+    );
+    env.cleanup().await;
+}
