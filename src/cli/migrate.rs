@@ -11,12 +11,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let store = Store::connect(&settings.database)
         .await
         .context("connecting to PostgreSQL")?;
-    store.migrate().await.context("applying migrations")?;
+    crate::fleet::connect::migrate(&store, &settings).await?;
     if settings.database.search_index {
-        store
-            .ensure_search_index()
-            .await
-            .context("creating the search index")?;
         println!("task data indexed for searches by content (SWARM_SEARCH_INDEX)");
     }
     let report = store

@@ -13,15 +13,21 @@ pub async fn connect_fleet(
         .await
         .context("connecting to PostgreSQL")?;
     if migrate {
-        store.migrate().await.context("applying migrations")?;
-        if settings.database.search_index {
-            store
-                .ensure_search_index()
-                .await
-                .context("creating the search index")?;
-        }
+        self::migrate(&store, settings).await?;
     }
     Ok((store, connect_broker(settings).await?))
+}
+
+/// Applies the migrations, and the search index when the settings ask for one.
+pub async fn migrate(store: &crate::store::Store, settings: &Settings) -> anyhow::Result<()> {
+    store.migrate().await.context("applying migrations")?;
+    if settings.database.search_index {
+        store
+            .ensure_search_index()
+            .await
+            .context("creating the search index")?;
+    }
+    Ok(())
 }
 
 /// How long claim-check objects are kept: as long as the rows pointing at them.

@@ -24,20 +24,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let group = format!("{}-mirror-cancel", broker.settings().consumer_group);
-    let mut notices = broker
+    let notices = broker
         .client()
         .queue_subscribe(broker.subjects().cancellations(), group)
         .await
         .map_err(|e| BrokerError::Request(e.into()))?;
-    tokio::pin!(shutdown);
-    loop {
-        let message = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            message = notices.next() => match message {
-                Some(message) => message,
-                None => return Ok(()),
-            },
-        };
+    let mut notices = std::pin::pin!(notices.take_until(shutdown));
+    while let Some(message) = notices.next().await {
         let Ok(notice) = serde_json::from_slice::<CancelNotice>(&message.payload) else {
             continue;
         };
@@ -52,4 +45,5 @@ pub async fn run(
             }
         }
     }
+    Ok(())
 }

@@ -25,20 +25,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let group = format!("{}-mirror", broker.settings().consumer_group);
-    let mut subscription = broker
+    let subscription = broker
         .client()
         .queue_subscribe(broker.subjects().stored_tasks(), group)
         .await
         .map_err(|e| BrokerError::Request(e.into()))?;
-    tokio::pin!(shutdown);
-    loop {
-        let message = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            message = subscription.next() => match message {
-                Some(message) => message,
-                None => return Ok(()),
-            },
-        };
+    let mut published = std::pin::pin!(subscription.take_until(shutdown));
+    while let Some(message) = published.next().await {
         let header = |name| {
             message
                 .headers
@@ -75,4 +68,5 @@ pub async fn run(
             mirror.record(event);
         }
     }
+    Ok(())
 }

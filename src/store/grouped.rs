@@ -99,7 +99,7 @@ async fn gather(pool: PgPool, mut received: mpsc::UnboundedReceiver<Call>) {
 /// Writes `group` in one statement; if that fails, each call on its own.
 async fn write(pool: &PgPool, group: Vec<Call>) {
     if group.len() > 1 {
-        let tasks: Vec<TaskEnvelope> = group.iter().flat_map(|c| c.tasks.iter().cloned()).collect();
+        let tasks: Vec<&TaskEnvelope> = group.iter().flat_map(|c| &c.tasks).collect();
         let traces: Vec<Option<&str>> = group
             .iter()
             .flat_map(|c| std::iter::repeat_n(c.trace_id.as_deref(), c.tasks.len()))
@@ -121,6 +121,7 @@ async fn write(pool: &PgPool, group: Vec<Call>) {
 }
 
 async fn write_alone(pool: &PgPool, call: &Call) -> Result<(), StoreError> {
-    let traces = vec![call.trace_id.as_deref(); call.tasks.len()];
-    super::tasks::insert_queued(pool, &call.tasks, &traces).await
+    let tasks: Vec<&TaskEnvelope> = call.tasks.iter().collect();
+    let traces = vec![call.trace_id.as_deref(); tasks.len()];
+    super::tasks::insert_queued(pool, &tasks, &traces).await
 }

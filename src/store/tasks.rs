@@ -391,16 +391,14 @@ impl Store {
 }
 
 /// Writes `tasks` as queued (scheduled when their `not_before` is ahead), each with its
-/// trace id (`traces[i]`, or none), in one statement.
+/// trace id (`traces[i]`), in one statement.
 pub(super) async fn insert_queued(
     pool: &sqlx::PgPool,
-    tasks: &[TaskEnvelope],
+    tasks: &[&TaskEnvelope],
     traces: &[Option<&str>],
 ) -> Result<(), StoreError> {
-    let columns = EnvelopeColumns::of(tasks.iter());
-    let traces: Vec<Option<&str>> = (0..tasks.len())
-        .map(|i| traces.get(i).copied().flatten())
-        .collect();
+    debug_assert_eq!(tasks.len(), traces.len(), "a trace (or none) per task");
+    let columns = EnvelopeColumns::of(tasks.iter().copied());
     sqlx::query(
         "INSERT INTO tasks (id, agent_type, priority, data, status, max_attempts,
                             idempotency_key, created_at, trace_id, data_ref, not_before)
@@ -421,7 +419,7 @@ pub(super) async fn insert_queued(
     .bind(&columns.max_attempts)
     .bind(&columns.keys)
     .bind(&columns.created)
-    .bind(&traces)
+    .bind(traces)
     .bind(&columns.data_refs)
     .bind(tasks.iter().map(|t| t.not_before).collect::<Vec<_>>())
     .execute(pool)
