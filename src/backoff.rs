@@ -3,7 +3,32 @@
 //! ceiling, and starts over after a success. Task retries have their own policy
 //! (`worker::retry`: configured base, factor and jitter).
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
+
+/// How long start-up keeps retrying a step that failed: a cluster electing leaders, or busy
+/// starting many workers at once, answers late rather than never.
+pub const START_UP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs one start-up step of `what`, retrying failures with a growing pause for
+/// [`START_UP_PATIENCE`]; fails with the last error after that.
+pub async fn start_up<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+) -> Result<T, E> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(error) if started.elapsed() + backoff.peek() < START_UP_PATIENCE => {
+                let pause = backoff.next_pause();
+                tracing::warn!(%error, "cannot set up {what} yet; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// A doubling pause between tries.
 #[derive(Debug, Clone)]

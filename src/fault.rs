@@ -58,6 +58,20 @@ pub fn publish_fault(error: &async_nats::jetstream::context::PublishError) -> Fa
     }
 }
 
+/// Whether a JetStream API call in `error`'s chain was refused as malformed (status 400: a
+/// filter subject outside the stream, a bad configuration). The request was built by this
+/// program, so retrying cannot help: a bug to report, never "try again".
+pub fn refused_as_malformed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(api) = error.downcast_ref::<async_nats::jetstream::Error>() {
+            return api.code() == 400;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// A Redis error that retrying the same command cannot fix, as the client library itself
 /// classifies it (`RetryMethod::NoRetry`: a script error, a wrong type, a refused command);
 /// connection, timeout, loading and cluster-moving errors are transient.
@@ -110,6 +124,69 @@ impl Bisection {
         self.pending.push(middle..range.end);
         self.pending.push(range.start..middle);
         None
+    }
+}
+
+/// What [`isolate`] found: what each successful range gave, and every member refused for
+/// good with its refusal.
+#[derive(Debug)]
+pub struct Isolated<T, E> {
+    pub done: Vec<(Range<usize>, T)>,
+    pub refused: Vec<(usize, E)>,
+}
+
+/// A batch write that can be tried a range at a time: what [`isolate`] drives. Its futures
+/// are Send where its implementation's are (the trait is the fleet's own, used with
+/// concrete types).
+#[allow(async_fn_in_trait)]
+pub trait RangeWrite {
+    type Done;
+    type Error: Classify;
+    /// Writes the members in `range`.
+    async fn try_range(&mut self, range: Range<usize>) -> Result<Self::Done, Self::Error>;
+    /// Holds the batch through a transient `error`; false gives up (e.g. at shutdown).
+    async fn wait(&mut self, error: Self::Error) -> bool;
+}
+
+/// The one bisection loop of the fleet's batch writes (claims, settles, the legacy mirror):
+/// tries a batch of `len` members whole and splits every range refused for good until each
+/// refusing member stands alone ([`Bisection`]); a transient failure is waited out and the
+/// same range tried again.
+///
+/// Returns `None` when the writer gave up waiting.
+pub async fn isolate<W: RangeWrite>(
+    writer: &mut W,
+    len: usize,
+) -> Option<Isolated<W::Done, W::Error>> {
+    let mut found = Isolated {
+        done: Vec::new(),
+        refused: Vec::new(),
+    };
+    let mut bisection = Bisection::new(len);
+    while let Some(range) = bisection.next() {
+        match writer.try_range(range.clone()).await {
+            Ok(done) => {
+                bisection.succeeded();
+                found.done.push((range, done));
+            }
+            Err(error) if error.fault() == Fault::Permanent => {
+                if let Some(member) = bisection.failed() {
+                    found.refused.push((member, error));
+                }
+            }
+            Err(error) => {
+                if !writer.wait(error).await {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(found)
+}
+
+impl Classify for redis::RedisError {
+    fn fault(&self) -> Fault {
+        redis_fault(self)
     }
 }
 
@@ -244,6 +321,96 @@ mod tests {
         ] {
             assert_eq!(publish_fault(&PublishError::new(kind)), Fault::Transient);
         }
+    }
+
+    #[test]
+    fn a_request_refused_as_malformed_is_told_apart_through_the_chain() {
+        use async_nats::jetstream::{self, stream::ConsumerError, stream::ConsumerErrorKind};
+        let api = |status: u64, code: u64| -> jetstream::Error {
+            serde_json::from_value(serde_json::json!({
+                "code": status, "err_code": code, "description": "refused"
+            }))
+            .unwrap()
+        };
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read: {source}")]
+        struct Ours {
+            source: Box<dyn std::error::Error + Send + Sync>,
+        }
+        let wrapped = |error: jetstream::Error| Ours {
+            source: Box::new(ConsumerError::with_source(
+                ConsumerErrorKind::JetStream(error.clone()),
+                error,
+            )),
+        };
+        // A filter subject outside the stream (10093): ours to fix.
+        assert!(refused_as_malformed(&wrapped(api(400, 10093))));
+        assert!(refused_as_malformed(&api(400, 10093)));
+        // JetStream away, or a stream missing: another day may differ.
+        assert!(!refused_as_malformed(&wrapped(api(503, 10008))));
+        assert!(!refused_as_malformed(&wrapped(api(404, 10059))));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!refused_as_malformed(&io));
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Refusal(Fault);
+    impl Classify for Refusal {
+        fn fault(&self) -> Fault {
+            self.0
+        }
+    }
+
+    /// Members in `bad` are refused for good; the first `transient` tries fail transiently.
+    struct Scripted {
+        bad: Vec<usize>,
+        transient: usize,
+        tries: Vec<Range<usize>>,
+        give_up: bool,
+    }
+
+    impl RangeWrite for Scripted {
+        type Done = usize;
+        type Error = Refusal;
+        async fn try_range(&mut self, range: Range<usize>) -> Result<usize, Refusal> {
+            self.tries.push(range.clone());
+            if self.tries.len() <= self.transient {
+                return Err(Refusal(Fault::Transient));
+            }
+            if self.bad.iter().any(|b| range.contains(b)) {
+                return Err(Refusal(Fault::Permanent));
+            }
+            Ok(range.len())
+        }
+        async fn wait(&mut self, _: Refusal) -> bool {
+            !self.give_up
+        }
+    }
+
+    #[tokio::test]
+    async fn isolate_splits_refusals_down_and_waits_out_transient_faults() {
+        let mut writer = Scripted {
+            bad: vec![2, 5],
+            transient: 1,
+            tries: Vec::new(),
+            give_up: false,
+        };
+        let found = super::isolate(&mut writer, 8).await.unwrap();
+        let refused: Vec<usize> = found.refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(refused, [2, 5]);
+        assert_eq!(found.done.iter().map(|(_, n)| n).sum::<usize>(), 6);
+        assert_eq!(
+            writer.tries[..2],
+            [0..8, 0..8],
+            "the same range after the wait"
+        );
+        let mut quitter = Scripted {
+            bad: vec![],
+            transient: 9,
+            tries: Vec::new(),
+            give_up: true,
+        };
+        assert!(super::isolate(&mut quitter, 4).await.is_none());
     }
 
     #[test]

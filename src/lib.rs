@@ -28,8 +28,11 @@
 //! - [`store`]: PostgreSQL pools, embedded migrations, the task queries and the day
 //!   partitions that expire whole (retention).
 //! - [`waiter`]: waiting for tasks' outcomes (announced on NATS, the store read once).
-//! - [`worker`]: executing one task to an outcome, committing outcomes in batches, acking,
-//!   the pull loop with graceful shutdown, and the hourly upkeep (retention).
+//! - [`delivery`]: a JetStream message becomes a task, or a rejection kept as a dead letter.
+//! - [`sidecars`]: the jobs beside a worker's pull loop (cancellations, progress, delayed
+//!   tasks' view, strays, gauges, liveness, hourly upkeep), started and stopped by one owner.
+//! - [`worker`]: the per-delivery path: executing one task to an outcome, committing
+//!   outcomes in batches, acking, the pull loop with graceful shutdown.
 //! - [`fleet`]: a whole worker process — connect, migrate, run the worker with its agents,
 //!   probes and metrics, drain on shutdown, or supervise several — for `swarmd worker` and
 //!   for programs that embed the worker with agents of their own.
@@ -44,6 +47,7 @@ pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod dlq;
 pub mod duration;
 pub mod fault;
@@ -53,6 +57,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod scale;
 pub mod schedule;
+pub mod sidecars;
 pub mod store;
 pub mod task;
 pub mod telemetry;

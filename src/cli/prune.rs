@@ -8,8 +8,8 @@ use anyhow::Context;
 use crate::{
     config::Settings,
     mirror::LegacyKeys,
+    sidecars::upkeep::{LegacyMirror, Upkeep},
     store::Store,
-    worker::upkeep::{LegacyMirror, Upkeep},
 };
 
 #[derive(Debug, clap::Args)]

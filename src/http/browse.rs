@@ -93,7 +93,12 @@ pub(super) async fn tasks(
     }
     let contains = match nonempty(query.contains) {
         Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(value) if value.is_object() || value.is_array() => Some(value),
+            Ok(value) if value.is_object() || value.is_array() => {
+                // What no task's data can hold (a NUL, deeper nesting) is a query the
+                // contract refuses, not one for the database to fail on.
+                crate::task::check_value(&value).map_err(|e| bad(format!("contains: {e}")))?;
+                Some(value)
+            }
             _ => return Err(bad("contains must be a JSON object or array".into())),
         },
         None => None,

@@ -13,7 +13,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{broker::Broker, scale::ScaleMeter, store::Store, worker::liveness::Liveness};
+use crate::{broker::Broker, scale::ScaleMeter, sidecars::Liveness, store::Store};
 
 /// What the probes look at.
 #[derive(Clone)]

@@ -28,9 +28,18 @@ impl ApiError {
         }
     }
 
-    /// A failure of ours: logged in full, reported without internals.
-    pub(super) fn internal(what: &str, error: impl std::fmt::Display) -> Self {
+    /// A failure of ours: logged in full, reported without internals. A service that
+    /// failed or is away is "unavailable, try again"; a server refusing a request this
+    /// program built as malformed is a bug of ours that retrying cannot mend.
+    pub(super) fn internal(what: &str, error: impl std::error::Error + 'static) -> Self {
         tracing::error!(%error, "{what}");
+        if crate::fault::refused_as_malformed(&error) {
+            return Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("{what}: the broker refused a request of ours (a bug, logged)"),
+            );
+        }
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

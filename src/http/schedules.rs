@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{request::ApiError, state::ApiState};
-use crate::schedule::Definition;
+use crate::schedule::{Definition, DefinitionError};
 
 /// `GET /v1/schedules`.
 pub(super) async fn list(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
@@ -38,9 +38,13 @@ pub(super) async fn put(
             format!("{}: {}", e.path(), e.inner()),
         )
     })?;
-    let schedule = definition
-        .schedule(Utc::now())
-        .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", why))?;
+    let schedule = definition.schedule(Utc::now()).map_err(|why| match why {
+        DefinitionError::Invalid(why) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule", why)
+        }
+        // Well-formed, but at odds with the present: nothing is left to fire.
+        DefinitionError::NeverFires(why) => ApiError::new(StatusCode::CONFLICT, "never_fires", why),
+    })?;
     state
         .store
         .put_schedule(&schedule)

@@ -5,6 +5,7 @@
 //! first drop is written again from the rows (catch-up).
 
 use std::{
+    ops::Range,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 use super::{LegacyKeys, MirrorEvent, event::Place, held::HeldMoves, scripts};
 use crate::{
     backoff::Backoff,
-    fault::{Bisection, Fault, redis_fault},
+    fault::{RangeWrite, isolate},
     metrics::Metrics,
     store::Store,
 };
@@ -203,37 +204,19 @@ impl Writer {
     /// dropped alone, counted and logged (`mirror check` shows it), so it never holds the
     /// mirror.
     async fn write_until_done(&mut self, batch: &[MirrorEvent]) {
-        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
-        let mut bisection = Bisection::new(batch.len());
-        while let Some(range) = bisection.next() {
-            match write(&mut self.redis, &self.keys, &batch[range.clone()], false).await {
-                Ok(()) => {
-                    self.stats
-                        .written
-                        .fetch_add(range.len() as u64, Ordering::Relaxed);
-                    bisection.succeeded();
-                    backoff.reset();
-                }
-                Err(error) if redis_fault(&error) == Fault::Permanent => {
-                    if let Some(i) = bisection.failed() {
-                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                        Metrics::global().mirror_dropped.inc();
-                        tracing::warn!(task_id = %batch[i].id, %error,
-                            "Redis refuses this legacy-key move; dropped");
-                    }
-                }
-                Err(error) => {
-                    if self
-                        .stats
-                        .failures
-                        .fetch_add(1, Ordering::Relaxed)
-                        .is_multiple_of(20)
-                    {
-                        tracing::warn!(%error, "legacy mirror cannot write to Redis; retrying");
-                    }
-                    backoff.wait().await;
-                }
-            }
+        let mut moves = Moves {
+            writer: self,
+            batch,
+            backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
+        };
+        let found = isolate(&mut moves, batch.len())
+            .await
+            .expect("the mirror waits out every transient fault");
+        for (i, error) in found.refused {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            Metrics::global().mirror_dropped.inc();
+            tracing::warn!(task_id = %batch[i].id, %error,
+                "Redis refuses this legacy-key move; dropped");
         }
     }
 
@@ -347,6 +330,44 @@ pub async fn write(
             pipe.query_async::<()>(redis).await
         }
         other => other,
+    }
+}
+
+/// One batch of moves written through [`isolate`], waiting out Redis's outages.
+struct Moves<'a> {
+    writer: &'a mut Writer,
+    batch: &'a [MirrorEvent],
+    backoff: Backoff,
+}
+
+impl RangeWrite for Moves<'_> {
+    type Done = ();
+    type Error = redis::RedisError;
+
+    async fn try_range(&mut self, range: Range<usize>) -> Result<(), redis::RedisError> {
+        let writer = &mut *self.writer;
+        write(
+            &mut writer.redis,
+            &writer.keys,
+            &self.batch[range.clone()],
+            false,
+        )
+        .await?;
+        writer
+            .stats
+            .written
+            .fetch_add(range.len() as u64, Ordering::Relaxed);
+        self.backoff.reset();
+        Ok(())
+    }
+
+    async fn wait(&mut self, error: redis::RedisError) -> bool {
+        let failures = self.writer.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if failures.is_multiple_of(20) {
+            tracing::warn!(%error, "legacy mirror cannot write to Redis; retrying");
+        }
+        self.backoff.wait().await;
+        true
     }
 }
 

@@ -78,14 +78,21 @@ const FIRE_NAMESPACE: Uuid = Uuid::from_u128(0x5d0c_2a61_8f3e_4b7a_9c11_2e6f_40a
 
 impl Schedule {
     /// The first fire time after `now`.
-    pub fn first_after(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    pub fn first_after(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, DefinitionError> {
         match (&self.cron, self.every_secs) {
-            (Some(expression), _) => CronTimes::new(expression, &self.time_zone)?
+            (Some(expression), _) => CronTimes::new(expression, &self.time_zone)
+                .map_err(DefinitionError::Invalid)?
                 .after(now)
                 .next()
-                .ok_or_else(|| format!("cron expression {expression:?} never fires again")),
+                .ok_or_else(|| {
+                    DefinitionError::NeverFires(format!(
+                        "cron expression {expression:?} names no time after now"
+                    ))
+                }),
             (None, Some(secs)) => Ok(next_aligned(now, secs)),
-            (None, None) => Err("a schedule needs an interval or a cron expression".into()),
+            (None, None) => Err(DefinitionError::Invalid(
+                "a schedule needs an interval or a cron expression".into(),
+            )),
         }
     }
 
@@ -170,6 +177,18 @@ pub fn next_aligned(now: DateTime<Utc>, every_secs: u32) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(next).unwrap_or(now)
 }
 
+/// Why a definition cannot become a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    /// It breaks a rule: a bad name, both or neither of an interval and an expression, an
+    /// unreadable expression or zone, a fire that would not be a valid task.
+    #[error("{0}")]
+    Invalid(String),
+    /// Well-formed, but no fire time is left after now (`0 0 30 2 *`, a year gone by).
+    #[error("{0}")]
+    NeverFires(String),
+}
+
 /// A schedule as an operator defines it (CLI flags, `POST /v1/schedules`): exactly one of
 /// `every_secs` and `cron`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -179,9 +198,10 @@ pub struct Definition {
     pub agent_type: String,
     #[serde(default)]
     pub data: Value,
-    #[serde(default)]
+    // Integers, or JSON numbers with no fraction (`60.0`), as JSON Schema's `integer`.
+    #[serde(default, deserialize_with = "crate::task::integral::de_option_u8")]
     pub priority: Option<u8>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::task::integral::de_option_u32")]
     pub every_secs: Option<u32>,
     #[serde(default)]
     pub cron: Option<String>,
@@ -196,27 +216,30 @@ pub struct Definition {
 impl Definition {
     /// The schedule this defines, first firing after `now`.
     ///
-    /// Fails with a reason fit for the operator: a bad name, both or neither of an interval
-    /// and a cron expression, an unreadable expression or zone, a fire that would not be a
-    /// valid task.
-    pub fn schedule(self, now: DateTime<Utc>) -> Result<Schedule, String> {
+    /// Fails with a reason fit for the operator ([`DefinitionError`]).
+    pub fn schedule(self, now: DateTime<Utc>) -> Result<Schedule, DefinitionError> {
+        let invalid = DefinitionError::Invalid;
         if !valid_name(&self.name) {
-            return Err(format!(
+            return Err(invalid(format!(
                 "schedule name {:?} must be 1-64 letters, digits, '_' or '-'",
                 self.name
-            ));
+            )));
         }
         match (&self.cron, self.every_secs) {
             (Some(_), Some(_)) | (None, None) => {
-                return Err("give either every_secs or cron, not both or neither".into());
+                return Err(invalid(
+                    "give either every_secs or cron, not both or neither".into(),
+                ));
             }
             (None, Some(secs)) if !(1..=MAX_EVERY_SECS).contains(&secs) => {
-                return Err(format!("every_secs must be 1 to {MAX_EVERY_SECS} (a year)"));
+                return Err(invalid(format!(
+                    "every_secs must be 1 to {MAX_EVERY_SECS} (a year)"
+                )));
             }
             _ => {}
         }
         if self.cron.is_none() && self.time_zone.is_some() {
-            return Err("time_zone goes with cron".into());
+            return Err(invalid("time_zone goes with cron".into()));
         }
         let mut schedule = Schedule {
             name: self.name,
@@ -238,7 +261,7 @@ impl Definition {
         schedule
             .fire(schedule.next_fire)
             .validate()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(schedule)
     }
 }
@@ -272,6 +295,42 @@ mod tests {
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn define(body: serde_json::Value) -> Result<Schedule, DefinitionError> {
+        serde_json::from_value::<Definition>(body)
+            .unwrap()
+            .schedule(at(0))
+    }
+
+    #[test]
+    fn a_definition_is_invalid_or_never_fires_or_a_schedule() {
+        let defined = define(serde_json::json!({
+            "name": "n", "agent_type": "echo", "every_secs": 60.0, "priority": 7.0
+        }))
+        .unwrap();
+        assert_eq!((defined.every_secs, defined.priority), (Some(60), 7));
+        for never in ["0 0 30 2 *", "0 0 0 1 1 * 1999"] {
+            let error =
+                define(serde_json::json!({"name": "n", "agent_type": "echo", "cron": never}));
+            assert!(
+                matches!(error, Err(DefinitionError::NeverFires(_))),
+                "{never}: {error:?}"
+            );
+        }
+        for invalid in [
+            serde_json::json!({"name": "n", "agent_type": "echo", "cron": "0 24 * * *"}),
+            serde_json::json!({"name": "n", "agent_type": "echo", "cron": "* * * * *", "time_zone": "Mars/Olympus"}),
+            serde_json::json!({"name": "n", "agent_type": "echo"}),
+            serde_json::json!({"name": "n", "agent_type": "echo", "every_secs": 1, "cron": "@daily"}),
+            serde_json::json!({"name": "n", "agent_type": "echo", "every_secs": 1, "data": "a\u{0}"}),
+        ] {
+            let error = define(invalid.clone());
+            assert!(
+                matches!(error, Err(DefinitionError::Invalid(_))),
+                "{invalid}: {error:?}"
+            );
+        }
     }
 
     #[test]

@@ -453,6 +453,57 @@ mod tests {
     }
 
     #[test]
+    fn unique_for_is_one_second_to_a_year() {
+        let with = |secs: u32| TaskEnvelope {
+            unique_for_secs: Some(secs),
+            ..task()
+        };
+        assert_eq!(MAX_UNIQUE_FOR_SECS, 31_622_400, "366 days of 86,400 s");
+        assert_eq!(with(1).validate(), Ok(()));
+        assert_eq!(with(MAX_UNIQUE_FOR_SECS).validate(), Ok(()));
+        for bad in [0, MAX_UNIQUE_FOR_SECS + 1, u32::MAX] {
+            assert_eq!(with(bad).validate(), Err(EnvelopeError::UniqueFor), "{bad}");
+        }
+        assert_eq!(task().validate(), Ok(()), "absent: no uniqueness");
+    }
+
+    #[test]
+    fn data_ref_needs_a_well_formed_reference_and_null_data() {
+        let reference = |bucket: &str, name: &str| PayloadRef {
+            bucket: bucket.into(),
+            name: name.into(),
+            size: 10,
+        };
+        let with = |data_ref: PayloadRef, data: Value| TaskEnvelope {
+            data_ref: Some(data_ref),
+            ..TaskEnvelope::new("echo", data)
+        };
+        let good = reference("FLEET_PAYLOADS", "id.data");
+        assert_eq!(with(good.clone(), Value::Null).validate(), Ok(()));
+        // Each half of the rule alone is refused: data beside the reference, or a
+        // reference that names no object.
+        assert_eq!(
+            with(good, json!({"also": "inline"})).validate(),
+            Err(EnvelopeError::DataRef)
+        );
+        for bad in [
+            reference("", "id.data"),
+            reference("a.b", "id.data"),
+            reference("B", ""),
+        ] {
+            assert_eq!(
+                with(bad.clone(), Value::Null).validate(),
+                Err(EnvelopeError::DataRef),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            with(reference("", ""), json!(1)).validate(),
+            Err(EnvelopeError::DataRef)
+        );
+    }
+
+    #[test]
     fn integral_floats_are_integers() {
         let id = uuid::Uuid::new_v4();
         let read = |priority: Value, attempts: Value| {

@@ -3,10 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{
-    Worker, WorkerError,
-    upkeep::{LegacyMirror, Upkeep},
-};
+use super::{Worker, WorkerError};
 use crate::{
     agent::AgentRegistry,
     broker::Broker,
@@ -14,6 +11,7 @@ use crate::{
     config::Settings,
     mirror::{self, Intake, LegacyKeys, Mirror, MirrorError},
     scale::ScaleMeter,
+    sidecars::upkeep::{LegacyMirror, Upkeep},
     store::Store,
 };
 

@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
-use super::{Executor, Outcome, executor::json_size};
+use super::{
+    Executor, Outcome,
+    ending::{Cause, decide},
+    executor::json_size,
+};
 use crate::{
     broker::{Broker, PayloadError},
-    dlq::DeadReason,
     fault::{Classify, Fault},
     task::TaskEnvelope,
 };
@@ -60,10 +63,7 @@ pub(super) async fn with_large_result_stored(
 
 fn failed(executor: &Executor, task: &TaskEnvelope, attempt: u32, error: &PayloadError) -> Outcome {
     match error.fault() {
-        Fault::Permanent => Outcome::Dead {
-            reason: DeadReason::PayloadMissing,
-            error: error.to_string(),
-        },
+        Fault::Permanent => decide(Cause::PayloadMissing(error.to_string())),
         Fault::Transient => executor.failed_attempt(task, attempt, error.to_string()),
     }
 }

@@ -5,6 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    ops::Range,
     sync::Arc,
     time::Duration,
 };
@@ -18,27 +19,33 @@ use tokio::{
 use uuid::Uuid;
 
 use super::{
-    Outcome, Worker,
-    delivery::{self, DeliveryInfo, TaskDelivery},
+    Outcome,
+    ending::{Cause, decide},
     first_delivery::FirstDelivery,
     hold::Hold,
     settlement::Settlement,
     task_runner::{Pending, TaskRunner},
 };
 use crate::{
-    dlq::DeadReason,
-    fault::{Bisection, Classify, Fault},
+    delivery::{self, DeliveryInfo, TaskDelivery},
+    fault::{RangeWrite, isolate},
+    sidecars::HeldBatches,
     store::{Claim, Claimed, RowKey, StoreError},
 };
 
 /// Turns one fetched batch into running tasks and settlements.
 pub(super) struct Dispatch<'a> {
-    pub(super) worker: &'a Worker,
     pub(super) settle_tx: &'a mpsc::Sender<Settlement>,
     /// Runs each claimed task (shared by all of them).
     pub(super) runner: Arc<TaskRunner>,
     /// True once shutdown began: stop waiting for the database, hand tasks back.
     pub(super) shutdown_rx: watch::Receiver<bool>,
+    /// Batches held through a fault, for the probes.
+    pub(super) held: Arc<HeldBatches>,
+    /// Largest message the worker takes as a task.
+    pub(super) max_payload_bytes: usize,
+    /// Deliveries beyond `max_attempts` a task may have before it is dead (crashes).
+    pub(super) crash_allowance: u32,
     /// Largest raw body kept in a dead letter: what fits in one NATS message.
     pub(super) max_dead_letter_body: usize,
     /// The stream's duplicate window: first deliveries stored within it of their task's
@@ -53,7 +60,7 @@ impl Dispatch<'_> {
         slots: &Arc<Semaphore>,
         running: &mut JoinSet<()>,
     ) {
-        let worker = self.worker;
+        let worker = &*self.runner;
         let subjects = worker.broker.subjects();
         let mut pending: Vec<Pending> = Vec::with_capacity(messages.len());
         let mut seen = HashSet::with_capacity(messages.len());
@@ -69,7 +76,7 @@ impl Dispatch<'_> {
                 &info.subject,
                 delivery::content_type(&message),
                 &message.payload,
-                worker.settings.max_payload_bytes,
+                self.max_payload_bytes,
             );
             match decoded {
                 Err(rejection) => {
@@ -107,7 +114,7 @@ impl Dispatch<'_> {
                         delivery: TaskDelivery {
                             task: Arc::new(task),
                             trace: crate::telemetry::extract(message.headers.as_ref()),
-                            announce: super::delivery::asks_for_announcement(&message),
+                            announce: crate::delivery::asks_for_announcement(&message),
                             checkpoint: None,
                             info,
                             previous_errors: Vec::new(),
@@ -140,18 +147,15 @@ impl Dispatch<'_> {
             p.delivery.previous_errors = claimed.previous_errors;
             p.delivery.started_at = claimed.started_at;
             p.delivery.checkpoint = claimed.checkpoint;
-            let limit = p.delivery.task.max_attempts + worker.settings.crash_allowance;
+            let limit = p.delivery.task.max_attempts + self.crash_allowance;
             if p.delivery.attempt() > limit {
                 // Delivered again and again without an outcome: it kills or hangs workers.
-                let outcome = Outcome::Dead {
-                    reason: DeadReason::MaxDeliveries,
-                    error: format!(
-                        "delivered {} times, {} of them without an outcome: the task crashes \
-                         or hangs the worker",
-                        p.delivery.attempt(),
-                        p.delivery.attempt() as usize - 1 - p.delivery.previous_errors.len()
-                    ),
-                };
+                let outcome = decide(Cause::CrashedTooOften {
+                    delivered: p.delivery.attempt(),
+                    without_outcome: p.delivery.attempt() as usize
+                        - 1
+                        - p.delivery.previous_errors.len(),
+                });
                 self.settle(outcome, p).await;
                 continue;
             }
@@ -169,8 +173,8 @@ impl Dispatch<'_> {
     /// (`unstorable`) and leaves `pending`. `None` when shutdown began while holding (the
     /// batch was handed back).
     async fn claim(&self, pending: &mut Vec<Pending>) -> Option<HashMap<Uuid, Claimed>> {
-        let worker = self.worker;
-        let mut hold = Hold::new(worker.held.clone());
+        let worker = &*self.runner;
+        let mut hold = Hold::new(self.held.clone());
         let mut stop = self.shutdown_rx.clone();
         let mut runnable = HashMap::with_capacity(pending.len());
         let started_at = chrono::Utc::now();
@@ -217,34 +221,20 @@ impl Dispatch<'_> {
         let redelivered: Vec<usize> = (0..pending.len())
             .filter(|&i| pending[i].delivery.attempt() > 1)
             .collect();
-        let mut refused: Vec<(usize, StoreError)> = Vec::new();
-        let mut bisection = Bisection::new(redelivered.len());
-        while let Some(range) = bisection.next() {
-            let claims: Vec<Claim> = redelivered[range.clone()]
-                .iter()
-                .map(|&i| Claim {
-                    task: &pending[i].delivery.task,
-                    attempt: pending[i].delivery.attempt(),
-                    trace_id: crate::telemetry::trace_id(&pending[i].delivery.trace),
-                })
-                .collect();
-            match worker.store.claim(&claims, &worker.worker_id).await {
-                Ok(claimed) => {
-                    runnable.extend(claimed);
-                    bisection.succeeded();
-                    hold.recovered();
-                }
-                Err(error) if error.fault() == Fault::Permanent => {
-                    refused.extend(bisection.failed().map(|i| (redelivered[i], error)));
-                }
-                Err(error) => {
-                    tracing::error!(%error, "claim failed; holding the batch");
-                    if !self.hold_or_hand_back(&mut hold, pending, &mut stop).await {
-                        return None;
-                    }
-                }
-            }
-        }
+        let mut write = ClaimWrite {
+            dispatch: self,
+            pending,
+            redelivered: &redelivered,
+            hold: &mut hold,
+            stop: &mut stop,
+        };
+        let found = isolate(&mut write, redelivered.len()).await?;
+        runnable.extend(found.done.into_iter().flat_map(|(_, claimed)| claimed));
+        let mut refused: Vec<(usize, StoreError)> = found
+            .refused
+            .into_iter()
+            .map(|(i, error)| (redelivered[i], error))
+            .collect();
         // Highest index first, so the indices left to remove stay valid.
         refused.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
         for (i, error) in refused {
@@ -275,7 +265,7 @@ impl Dispatch<'_> {
 
     /// A task the database will not store: its dead letter, its message terminated.
     async fn dead_letter_unstorable(&self, p: Pending, error: &StoreError) {
-        let worker = self.worker;
+        let worker = &*self.runner;
         tracing::error!(task_id = %p.delivery.task.id, %error,
             "the database refuses this task; dead-lettering it");
         worker.metrics.unstorable.inc();
@@ -291,7 +281,7 @@ impl Dispatch<'_> {
 
     /// Settles a decoded delivery that will not run with `outcome`.
     async fn settle(&self, outcome: Outcome, p: Pending) {
-        let worker = self.worker;
+        let worker = &*self.runner;
         let label = worker
             .executor
             .registry()
@@ -318,4 +308,43 @@ fn carries_task_id(message: &jetstream::Message, id: &Uuid) -> bool {
         .and_then(|headers| headers.get(crate::broker::headers::MSG_ID))
         .and_then(|value| value.as_str().parse::<Uuid>().ok())
         .is_some_and(|value| value == *id)
+}
+
+/// A batch's redeliveries claimed through [`isolate`], held through the database's outages
+/// (or handed back at shutdown).
+struct ClaimWrite<'a, 'd> {
+    dispatch: &'a Dispatch<'d>,
+    pending: &'a mut Vec<Pending>,
+    /// Where each redelivery is in `pending`.
+    redelivered: &'a [usize],
+    hold: &'a mut Hold,
+    stop: &'a mut watch::Receiver<bool>,
+}
+
+impl RangeWrite for ClaimWrite<'_, '_> {
+    type Done = HashMap<Uuid, Claimed>;
+    type Error = StoreError;
+
+    async fn try_range(&mut self, range: Range<usize>) -> Result<Self::Done, StoreError> {
+        let pending = &*self.pending;
+        let claims: Vec<Claim> = self.redelivered[range]
+            .iter()
+            .map(|&i| Claim {
+                task: &pending[i].delivery.task,
+                attempt: pending[i].delivery.attempt(),
+                trace_id: crate::telemetry::trace_id(&pending[i].delivery.trace),
+            })
+            .collect();
+        let worker = &*self.dispatch.runner;
+        let claimed = worker.store.claim(&claims, &worker.worker_id).await?;
+        self.hold.recovered();
+        Ok(claimed)
+    }
+
+    async fn wait(&mut self, error: StoreError) -> bool {
+        tracing::error!(%error, "claim failed; holding the batch");
+        self.dispatch
+            .hold_or_hand_back(self.hold, self.pending, self.stop)
+            .await
+    }
 }

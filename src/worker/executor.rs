@@ -8,13 +8,15 @@ use std::{
 
 use futures::FutureExt;
 
-use super::{Outcome, RetryPolicy};
+use super::{
+    Outcome, RetryPolicy,
+    ending::{Attempt, Cause, decide},
+};
 use crate::{
     agent::{
         AgentContext, AgentError, AgentRegistry, CancelBoard, Cancellation, Progress, ProgressBoard,
     },
     cache::ResultCache,
-    dlq::DeadReason,
     task::TaskEnvelope,
 };
 
@@ -41,8 +43,7 @@ pub struct Executor {
 /// over the claim-check size go to the Object Store, not the row.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
-/// Longest wait an agent's `retry_after` may ask for: a day (a longer one is cut to it).
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+pub use super::ending::MAX_RETRY_AFTER;
 
 /// How long a cancelled agent may take to stop unless configured otherwise.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -126,16 +127,13 @@ impl Executor {
         if let Some(expires_at) = task.expires_at
             && chrono::Utc::now() >= expires_at
         {
-            return Outcome::Dead {
-                reason: DeadReason::Expired,
-                error: format!("expired at {expires_at} before attempt {attempt} began"),
-            };
+            return decide(Cause::Expired {
+                at: expires_at,
+                attempt,
+            });
         }
         let Some(agent) = self.registry.get(&task.agent_type) else {
-            return Outcome::Dead {
-                reason: DeadReason::UnknownAgent,
-                error: format!("unknown agent type {:?}", task.agent_type),
-            };
+            return decide(Cause::UnknownAgent(&task.agent_type));
         };
         let cached = self
             .cache
@@ -167,7 +165,7 @@ impl Executor {
                     Ok(permit) => Some(permit),
                     Err(_) => return self.failed_attempt(task, attempt, "the agent is shutting down".into()),
                 },
-                by = cancellation.cancelled() => return Outcome::Cancelled { by },
+                by = cancellation.cancelled() => return decide(Cause::Cancelled { by }),
             },
             None => None,
         };
@@ -221,34 +219,26 @@ impl Executor {
                 // Told: the agent may stop by itself within the grace period; either way the
                 // task ends cancelled (an answer after the cancel is not its outcome).
                 let _ = tokio::time::timeout(self.cancel_grace, &mut guarded).await;
-                return Outcome::Cancelled { by };
+                return decide(Cause::Cancelled { by });
             }
         };
         // An agent that stopped because it was told answers in the same instant: its answer
         // is not the task's outcome.
         if let Some(by) = cancellation.cancelled_by() {
-            return Outcome::Cancelled { by };
+            return decide(Cause::Cancelled { by });
         }
         let error = match finished {
             Ok(Err(panic)) => format!("agent panicked: {}", panic_message(&panic)),
             Ok(Ok(Ok(result))) => {
                 if let Err(error) = self.check_result(&result) {
-                    return Outcome::Dead {
-                        reason: DeadReason::PermanentError,
-                        error: format!("permanent error: {error}"),
-                    };
+                    return decide(Cause::Permanent(error));
                 }
                 if let Some((cache, ttl)) = cached {
                     cache.put(&task.agent_type, &task.data, &result, ttl).await;
                 }
                 return Outcome::Completed(result);
             }
-            Ok(Ok(Err(AgentError::Permanent(error)))) => {
-                return Outcome::Dead {
-                    reason: DeadReason::PermanentError,
-                    error: format!("permanent error: {error}"),
-                };
-            }
+            Ok(Ok(Err(AgentError::Permanent(error)))) => return decide(Cause::Permanent(error)),
             Ok(Ok(Err(AgentError::Retryable(error)))) => error,
             Ok(Ok(Err(AgentError::RetryAfter { message, after }))) => {
                 return self.failed_attempt_after(task, attempt, message, Some(after));
@@ -259,13 +249,13 @@ impl Executor {
     }
 
     /// A failed attempt `attempt` of `task`: retried after the policy's delay, or dead when
-    /// it was the last.
+    /// it was the last ([`decide`]).
     pub fn failed_attempt(&self, task: &TaskEnvelope, attempt: u32, error: String) -> Outcome {
         self.failed_attempt_after(task, attempt, error, None)
     }
 
     /// As [`Self::failed_attempt`], the next attempt waiting `after` when the failure said
-    /// how long (at most [`MAX_RETRY_AFTER`]), else the policy's delay.
+    /// how long.
     fn failed_attempt_after(
         &self,
         task: &TaskEnvelope,
@@ -273,19 +263,11 @@ impl Executor {
         error: String,
         after: Option<Duration>,
     ) -> Outcome {
-        if attempt >= task.max_attempts {
-            Outcome::Dead {
-                reason: DeadReason::AttemptsExhausted,
-                error: format!("gave up after {attempt} attempts: {error}"),
-            }
-        } else {
-            Outcome::Retry {
-                error,
-                delay: after
-                    .map(|after| after.min(MAX_RETRY_AFTER))
-                    .unwrap_or_else(|| self.retry.delay(attempt, rand::random())),
-            }
-        }
+        decide(Cause::Failed {
+            attempt: Attempt::of_task(task, attempt, &self.retry),
+            error,
+            retry_after: after,
+        })
     }
 }
 
@@ -333,6 +315,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::dlq::DeadReason;
 
     fn executor() -> Executor {
         Executor::new(

@@ -4,61 +4,17 @@
 //! [`HeldBatches`] board while it waits, so `/ready` and `/metrics` see a worker that holds
 //! work for too long.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{AckKind, message::Acker};
 use tokio::sync::watch;
 
 use super::raised;
-use crate::backoff::Backoff;
+use crate::{backoff::Backoff, sidecars::HeldBatches};
 
 /// First and longest pause between tries.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
-
-/// The batches a worker holds now, by when each began to wait.
-#[derive(Debug, Default)]
-pub struct HeldBatches {
-    next_id: AtomicU64,
-    since: Mutex<BTreeMap<u64, Instant>>,
-}
-
-impl HeldBatches {
-    /// How long the oldest held batch has waited; zero when none is held.
-    pub fn oldest_age(&self) -> Duration {
-        let since = self.since.lock().expect("held-batch board poisoned");
-        since
-            .values()
-            .min()
-            .map_or(Duration::ZERO, Instant::elapsed)
-    }
-
-    /// How many batches are held now.
-    pub fn count(&self) -> usize {
-        self.since.lock().expect("held-batch board poisoned").len()
-    }
-
-    fn enter(&self) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut since = self.since.lock().expect("held-batch board poisoned");
-        since.insert(id, Instant::now());
-        id
-    }
-
-    fn leave(&self, id: u64) {
-        self.since
-            .lock()
-            .expect("held-batch board poisoned")
-            .remove(&id);
-    }
-}
 
 /// One batch's patience through a transient fault.
 pub(super) struct Hold {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use serde_json::Value;
 
-use super::delivery::TaskDelivery;
+use crate::delivery::TaskDelivery;
 use crate::{
     dlq::{DeadLetter, DeadReason},
     mirror::MirrorEvent,

@@ -10,10 +10,12 @@ use tokio::sync::watch;
 
 use super::{
     alarm::{RetryAlarms, Woke},
-    liveness::Liveness,
     raised,
 };
-use crate::broker::{Doorbell, Priorities, PriorityPuller};
+use crate::{
+    broker::{Doorbell, Priorities, PriorityPuller},
+    sidecars::Liveness,
+};
 
 /// A bell whose scan found nothing is followed up after 1 and 4 ms: the doorbell can ring
 /// before JetStream has stored the message.

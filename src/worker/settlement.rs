@@ -9,13 +9,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     Outcome,
-    delivery::TaskDelivery,
+    ending::{self, Cause, Refused},
     outcome::{Label, Record},
 };
-use crate::{
-    dlq::{DeadLetter, DeadReason},
-    mirror::MirrorEvent,
-};
+use crate::{delivery::TaskDelivery, dlq::DeadLetter, mirror::MirrorEvent};
 
 /// One delivery's settlement: what to store, then what to tell the broker.
 pub struct Settlement {
@@ -100,10 +97,10 @@ impl Settlement {
         worker_id: &str,
         agent_label: &'static str,
     ) -> Self {
-        let outcome = Outcome::Dead {
-            reason: DeadReason::Unstorable,
-            error: format!("the database refuses this task: {refusal}"),
-        };
+        let outcome = ending::decide(Cause::Unstorable {
+            what: Refused::Task,
+            refusal: refusal.to_string(),
+        });
         let mut settlement = Settlement::of(&outcome, delivery, acker, worker_id, agent_label);
         if let Record::Dead(_, letter) = std::mem::replace(&mut settlement.record, Record::Nothing)
         {

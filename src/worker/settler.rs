@@ -21,6 +21,7 @@
 
 use std::{
     collections::HashSet,
+    ops::Range,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -40,18 +41,19 @@ use uuid::Uuid;
 use super::{
     Outcome,
     alarm::RetryAlarms,
-    hold::{HeldBatches, Hold},
-    liveness::Liveness,
+    ending::{self, Cause, Refused},
+    hold::Hold,
     outcome::{Label, Record},
     settlement::Settlement,
 };
 use crate::{
     broker::{Announcement, Broker},
-    dlq::{DeadLetter, DeadLetterStream, DeadReason},
-    fault::{Bisection, Classify, Fault},
+    dlq::{DeadLetter, DeadLetterStream},
+    fault::{RangeWrite, isolate},
     metrics::Metrics,
     mirror::Mirror,
-    store::{Settled, SettledStatus, Store},
+    sidecars::{HeldBatches, Liveness},
+    store::{Settled, SettledStatus, Store, StoreError},
 };
 
 impl Settlement {
@@ -59,10 +61,10 @@ impl Settlement {
     /// envelope and the refusal in a dead letter, and its message is terminated.
     fn become_unstorable(&mut self, worker_id: &str) {
         let refusal = self.unstorable.take().unwrap_or_default();
-        let outcome = Outcome::Dead {
-            reason: DeadReason::Unstorable,
-            error: format!("the database refuses this task's outcome: {refusal}"),
-        };
+        let outcome = ending::decide(Cause::Unstorable {
+            what: Refused::Outcome,
+            refusal,
+        });
         self.decide(&outcome, worker_id);
         self.letter_published = false;
         self.row_stored = false;
@@ -441,36 +443,22 @@ async fn store_rows(
             rows.push(settled);
         }
     }
-    let mut applied = HashSet::new();
+    let mut write = RowWrite {
+        sinks,
+        ackers: batch.iter().map(|s| &s.acker).collect(),
+        rows: &rows,
+        batch_len: batch.len(),
+        hold,
+        abandon,
+    };
+    let found = isolate(&mut write, rows.len()).await?;
+    let applied: HashSet<Uuid> = found.done.into_iter().flat_map(|(_, ids)| ids).collect();
     let mut refused: Vec<(usize, String)> = Vec::new();
-    let mut bisection = Bisection::new(rows.len());
-    while let Some(range) = bisection.next() {
-        match sinks
-            .store
-            .settle(&rows[range.clone()], &sinks.worker_id)
-            .await
-        {
-            Ok(ids) => {
-                applied.extend(ids);
-                bisection.succeeded();
-                hold.recovered();
-            }
-            Err(error) if error.fault() == Fault::Permanent => {
-                if let Some(i) = bisection.failed() {
-                    tracing::error!(task_id = %rows[i].id, %error,
-                        "the database refuses this outcome; dead-lettering the task");
-                    sinks.metrics.unstorable.inc();
-                    refused.push((places[i], error.to_string()));
-                }
-            }
-            Err(error) => {
-                note_store_failure(sinks, &error, batch.len());
-                let ackers: Vec<&Acker> = batch.iter().map(|s| &s.acker).collect();
-                if !hold.wait(ackers, abandon).await {
-                    return None;
-                }
-            }
-        }
+    for (i, error) in found.refused {
+        tracing::error!(task_id = %rows[i].id, %error,
+            "the database refuses this outcome; dead-lettering the task");
+        sinks.metrics.unstorable.inc();
+        refused.push((places[i], error.to_string()));
     }
     drop(rows);
     for (place, why) in refused {
@@ -480,6 +468,36 @@ async fn store_rows(
         batch[i].row_stored = batch[i].unstorable.is_none();
     }
     Some(applied)
+}
+
+/// A batch's rows stored through [`isolate`], held through the database's outages.
+struct RowWrite<'a> {
+    sinks: &'a Sinks,
+    ackers: Vec<&'a Acker>,
+    rows: &'a [&'a Settled],
+    batch_len: usize,
+    hold: &'a mut Hold,
+    abandon: &'a mut watch::Receiver<bool>,
+}
+
+impl RangeWrite for RowWrite<'_> {
+    type Done = HashSet<Uuid>;
+    type Error = StoreError;
+
+    async fn try_range(&mut self, range: Range<usize>) -> Result<HashSet<Uuid>, StoreError> {
+        let ids = self
+            .sinks
+            .store
+            .settle(&self.rows[range], &self.sinks.worker_id)
+            .await?;
+        self.hold.recovered();
+        Ok(ids)
+    }
+
+    async fn wait(&mut self, error: StoreError) -> bool {
+        note_store_failure(self.sinks, &error, self.batch_len);
+        self.hold.wait(self.ackers.clone(), self.abandon).await
+    }
 }
 
 fn note_store_failure(sinks: &Sinks, error: &dyn std::fmt::Display, size: usize) {

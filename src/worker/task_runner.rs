@@ -14,12 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{
-    Executor, Outcome, claim_check, delay, delivery::TaskDelivery, raised, settlement::Settlement,
-    unique,
-};
+use super::{Executor, Outcome, claim_check, delay, raised, settlement::Settlement, unique};
 use crate::{
     broker::Broker,
+    delivery::TaskDelivery,
     metrics::Metrics,
     mirror::{Mirror, MirrorEvent},
     store::{Claim, Store},

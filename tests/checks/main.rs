@@ -26,3 +26,5 @@ fn rust_sources() -> (PathBuf, Vec<PathBuf>) {
     (src, paths)
 }
 mod layers;
+mod openapi_copies;
+mod tracked;

@@ -144,15 +144,20 @@ fn urlencode(text: &str) -> String {
 
 /// A filter's agent type is a name or nothing: empty reads every letter (as a form left
 /// blank), and `*` or `a.b` — wildcards or several tokens as a subject — match no letter
-/// instead of all of them or a refusal answered "try again" (found by schemathesis).
+/// instead of all of them or a refusal answered "try again" (found by schemathesis), for
+/// reading, replaying and purging alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_or_invalid_agent_type_filter_means_nothing_or_all_never_a_wildcard() {
     let env = TestEnv::new().await;
     let app = app(&env, Some("browse-token"));
     let worker = env.spawn(env.worker());
-    let task = TaskEnvelope::new("fail", json!({"permanent": true}));
-    env.broker.publish(&task, Codec::Json).await.unwrap();
-    env.wait_dead_letters(1, Duration::from_secs(10)).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let task = TaskEnvelope::new("fail", json!({"permanent": true}));
+        env.broker.publish(&task, Codec::Json).await.unwrap();
+        ids.push(task.id);
+    }
+    env.wait_dead_letters(2, Duration::from_secs(10)).await;
     worker.stop().await;
     for agent_type in ["*", ">", "a.b", "fail.>"] {
         let (status, page) = call(
@@ -177,6 +182,22 @@ async fn an_empty_or_invalid_agent_type_filter_means_nothing_or_all_never_a_wild
             "{agent_type}: {purged}"
         );
     }
+    // Replay reads the same way: one letter chosen, with an empty agent type.
+    let (status, replayed) = call(
+        &app,
+        post_to(
+            "/v1/dlq/replay",
+            json!({"agent_type": "", "ids": [ids[0]]}).to_string(),
+            Some("browse-token"),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{replayed}");
+    assert_eq!(
+        replayed["replayed"].as_array().map(Vec::len),
+        Some(1),
+        "{replayed}"
+    );
     let (status, purged) = call(
         &app,
         post_to(

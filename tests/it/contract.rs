@@ -20,7 +20,9 @@ fn schemathesis() -> PathBuf {
 async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
     let st = schemathesis();
     let env = TestEnv::new().await;
-    // No worker runs here: a `?wait=` ends at its (short) deadline with what is known.
+    // A worker beside the API: tasks run, fail into dead letters and are waited for, so
+    // the fuzzer meets the states clients see (a `?wait=` still ends at a short deadline).
+    let worker = env.spawn(env.worker());
     let (mut api, url) = env
         .spawn_api("contract-token", &[("SWARM_API_MAX_WAIT_SECS", "0.2")])
         .await;
@@ -34,7 +36,7 @@ async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
             "--checks",
             "all",
             "--max-examples",
-            "40",
+            "80",
             "--seed",
             "20261130",
         ])
@@ -46,6 +48,7 @@ async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
         .await
         .unwrap();
     let _ = api.kill().await;
+    worker.stop().await;
     let report = String::from_utf8_lossy(&run.stdout);
     println!(
         "{}",

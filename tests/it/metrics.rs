@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::json;
 use swarm_director::{
     metrics::Metrics,
+    sidecars::gauges,
     task::{Codec, TaskEnvelope},
-    worker::gauges,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -10,12 +10,12 @@ use serde_json::json;
 use swarm_director::{
     config::DatabaseSettings,
     mirror::LegacyKeys,
+    sidecars::upkeep::{LegacyMirror, Upkeep},
     store::{
         Claim, DAYS_AHEAD, Origin, PartitionReport, RowKey, Settled, SettledStatus, Store,
         partition_name,
     },
     task::TaskEnvelope,
-    worker::upkeep::{LegacyMirror, Upkeep},
 };
 use uuid::Uuid;
 

@@ -13,9 +13,9 @@ use swarm_director::{
     },
     metrics::Metrics,
     scale::{ScaleMeter, roll_call},
+    sidecars::gauges,
     task::AgentFilter,
     task::{Codec, TaskEnvelope},
-    worker::gauges,
 };
 use tower::ServiceExt;
 

@@ -411,7 +411,7 @@ pub struct RunningWorker {
     stop_tx: watch::Sender<bool>,
     handle: JoinHandle<()>,
     pub counts: std::sync::Arc<WorkerCounts>,
-    liveness: std::sync::Arc<swarm_director::worker::liveness::Liveness>,
+    liveness: std::sync::Arc<swarm_director::sidecars::Liveness>,
 }
 
 impl RunningWorker {
@@ -442,7 +442,7 @@ pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
 /// Runs `run` on a task until the returned handle is told to stop.
 fn run_in_background<F, Fut>(
     counts: std::sync::Arc<WorkerCounts>,
-    liveness: std::sync::Arc<swarm_director::worker::liveness::Liveness>,
+    liveness: std::sync::Arc<swarm_director::sidecars::Liveness>,
     run: F,
 ) -> RunningWorker
 where

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 
-use super::WorkerError;
+use super::SidecarError;
 use crate::{
     agent::CancelBoard,
     broker::{Broker, CancelNotice},
@@ -36,7 +36,7 @@ pub async fn start(
     broker: &Broker,
     store: &Store,
     board: &CancelBoard,
-) -> Result<Listening, WorkerError> {
+) -> Result<Listening, SidecarError> {
     let notices = broker.cancellation_notices().await?;
     let since = Utc::now() - REMEMBER;
     let rows = store.cancellations_since(since).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 
-use super::delivery::{self, DeliveryInfo, Rejection};
+use crate::delivery::{self, DeliveryInfo, Rejection};
 use crate::{
     broker::{Broker, BrokerError, STRAY_BATCH},
     dlq::{DeadLetterStream, DeadReason},

@@ -4,14 +4,51 @@
 //! longer than the configured stall time.
 
 use std::{
+    collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use super::hold::HeldBatches;
+/// The batches a worker holds now, by when each began to wait.
+#[derive(Debug, Default)]
+pub struct HeldBatches {
+    next_id: AtomicU64,
+    since: Mutex<BTreeMap<u64, Instant>>,
+}
+
+impl HeldBatches {
+    /// How long the oldest held batch has waited; zero when none is held.
+    pub fn oldest_age(&self) -> Duration {
+        let since = self.since.lock().expect("held-batch board poisoned");
+        since
+            .values()
+            .min()
+            .map_or(Duration::ZERO, Instant::elapsed)
+    }
+
+    /// How many batches are held now.
+    pub fn count(&self) -> usize {
+        self.since.lock().expect("held-batch board poisoned").len()
+    }
+
+    /// Puts a batch on the board; the id takes it off.
+    pub(crate) fn enter(&self) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut since = self.since.lock().expect("held-batch board poisoned");
+        since.insert(id, Instant::now());
+        id
+    }
+
+    pub(crate) fn leave(&self, id: u64) {
+        self.since
+            .lock()
+            .expect("held-batch board poisoned")
+            .remove(&id);
+    }
+}
 
 /// What the worker's probes read about its progress.
 #[derive(Debug)]
