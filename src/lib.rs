@@ -12,6 +12,7 @@
 //!   outcomes announced on core NATS.
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
 //! - [`cache`]: the Redis result cache of deterministic agents.
+//! - [`clock`]: the wall clock the due and expiry decisions read, injected (manual in tests).
 //! - [`fault`]: transient or permanent-for-one-message failures, and isolating the latter.
 //! - [`duration`]: the one grammar of lengths of time (`500ms`, `30s`, `2h`, `7d`) and
 //!   instants (RFC 3339, or an age back from now).
@@ -46,6 +47,7 @@ pub mod backoff;
 pub mod broker;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod dlq;

@@ -134,12 +134,16 @@ impl Broker {
     }
 
     /// Moves due tasks to the tasks stream until `stop` completes, holding the rest.
-    pub async fn run_delay_mover(&self, stop: impl std::future::Future<Output = ()>) {
+    pub async fn run_delay_mover(
+        &self,
+        clock: &crate::clock::Clock,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => return,
-                result = self.move_due_tasks() => {
+                result = self.move_due_tasks(clock) => {
                     if let Err(error) = result {
                         tracing::warn!(%error, "cannot move delayed tasks; trying again");
                     }
@@ -153,7 +157,7 @@ impl Broker {
     }
 
     /// Takes delayed messages as they become available (a held one comes back when due).
-    async fn move_due_tasks(&self) -> Result<(), BrokerError> {
+    async fn move_due_tasks(&self, clock: &crate::clock::Clock) -> Result<(), BrokerError> {
         let name = format!("{}-delays", self.settings().consumer_group);
         let consumer_error = |source: crate::broker::NatsError| BrokerError::Consumer {
             consumer: name.clone(),
@@ -184,19 +188,18 @@ impl Broker {
             .map_err(|e| consumer_error(e.into()))?;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| consumer_error(e.into()))?;
-            self.move_or_hold(message).await;
+            self.move_or_hold(message, clock.now()).await;
         }
         Ok(())
     }
 
-    async fn move_or_hold(&self, message: jetstream::Message) {
+    async fn move_or_hold(&self, message: jetstream::Message, now: DateTime<Utc>) {
         let due = message
             .headers
             .as_ref()
             .and_then(|h| h.get(headers::NOT_BEFORE))
             .and_then(|v| DateTime::parse_from_rfc3339(v.as_str()).ok())
             .map(|due| due.with_timezone(&Utc));
-        let now = Utc::now();
         if let Some(due) = due
             && due - now > DUE_SLACK
         {

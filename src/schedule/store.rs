@@ -163,17 +163,19 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Schedules due now, locked for this transaction; ones another worker holds are left
-    /// to it.
+    /// Schedules due at `now`, locked for this transaction; ones another worker holds are
+    /// left to it.
     pub(super) async fn due_schedules(
         tx: &mut Transaction<'static, Postgres>,
+        now: DateTime<Utc>,
     ) -> Result<Vec<Schedule>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM schedules
-              WHERE NOT paused AND next_fire <= now()
+              WHERE NOT paused AND next_fire <= $1
               ORDER BY next_fire LIMIT 32
               FOR UPDATE SKIP LOCKED"
         )))
+        .bind(now)
         .fetch_all(&mut **tx)
         .await
         .map_err(StoreError::query("taking due schedules"))?;

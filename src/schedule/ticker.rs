@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::Overlap;
-use crate::{broker::Broker, store::Store, task::Codec};
+use crate::{broker::Broker, clock::Clock, store::Store, task::Codec};
 
 /// How often due schedules are looked for without alarms: fires are late by at most
 /// about this.
@@ -19,7 +19,12 @@ const TICK_BEHIND_ALARMS: Duration = Duration::from_secs(2);
 
 /// Fires due schedules until `stop` completes: when the server's alarm for one rings, and
 /// on a steady tick.
-pub async fn run(store: Store, broker: Broker, stop: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    store: Store,
+    broker: Broker,
+    clock: Clock,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let mut rings = super::alarm::rings(&broker).await.unwrap_or_else(|error| {
         tracing::warn!(%error, "cannot take schedule alarms; the ticker alone fires schedules");
@@ -32,7 +37,7 @@ pub async fn run(store: Store, broker: Broker, stop: impl std::future::Future<Ou
     };
     let mut rang: Option<async_nats::jetstream::Message> = None;
     loop {
-        match tick(&store, &broker).await {
+        match tick(&store, &broker, clock.now()).await {
             Ok(advanced) => {
                 super::alarm::set_all(&broker, &advanced).await;
                 if let Some(alarm) = rang.take()
@@ -51,13 +56,17 @@ pub async fn run(store: Store, broker: Broker, stop: impl std::future::Future<Ou
     }
 }
 
-/// One look: the schedules advanced, with their next fire time (for their alarms).
-pub async fn tick(store: &Store, broker: &Broker) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+/// One look at `now`: the schedules advanced, with their next fire time (for their alarms).
+pub async fn tick(
+    store: &Store,
+    broker: &Broker,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
     let mut tx = store.begin_schedules().await?;
-    let due = Store::due_schedules(&mut tx).await?;
+    let due = Store::due_schedules(&mut tx, now).await?;
     let mut advanced = Vec::with_capacity(due.len());
     for schedule in due {
-        let (mut fires, next) = match schedule.due(Utc::now()) {
+        let (mut fires, next) = match schedule.due(now) {
             Ok(due) => due,
             Err(error) => {
                 // Refused at `schedule add`; a row edited by hand is reported, not fired.

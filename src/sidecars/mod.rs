@@ -32,6 +32,7 @@ use crate::{
     agent::{CancelBoard, ProgressBoard},
     backoff::start_up,
     broker::{Broker, BrokerError},
+    clock::Clock,
     dlq::{DeadLetterStream, DlqError},
     metrics::Metrics,
     mirror::{self, Intake, Mirror},
@@ -71,6 +72,8 @@ pub struct Crew {
     pub liveness: Arc<Liveness>,
     pub meter: Arc<ScaleMeter>,
     pub metrics: &'static Metrics,
+    /// What "now" is for schedules and delayed tasks.
+    pub clock: Clock,
     pub worker_id: String,
     /// The agent types the worker takes: a general worker also sweeps stray subjects.
     pub agents: AgentFilter,
@@ -103,6 +106,7 @@ impl Sidecars {
             liveness,
             meter,
             metrics,
+            clock,
             worker_id,
             agents,
             presence,
@@ -153,6 +157,7 @@ impl Sidecars {
         jobs.spawn(crate::schedule::run_ticker(
             store.clone(),
             broker.clone(),
+            clock.clone(),
             stopped(),
         ));
         jobs.spawn(cancellations.run(store.clone(), cancels, stopped()));
@@ -167,7 +172,7 @@ impl Sidecars {
         // Delayed tasks move to the tasks stream when due, whichever worker is up.
         jobs.spawn({
             let (broker, stop) = (broker.clone(), stopped());
-            async move { broker.run_delay_mover(stop).await }
+            async move { broker.run_delay_mover(&clock, stop).await }
         });
         jobs.spawn(gauges::watch_liveness(liveness, metrics, stopped()));
         jobs.spawn(gauges::run(

@@ -2,8 +2,6 @@
 //! clock ahead of the mover's — never runs early: a moment's wait is waited out, a longer
 //! one holds it again (no attempt spent) until it is due.
 
-use chrono::Utc;
-
 use super::{Executor, Outcome};
 use crate::{
     broker::Broker,
@@ -12,9 +10,10 @@ use crate::{
 
 /// Whether `task` is too early to wait out: it is held again instead, without being shown
 /// `processing` in between.
-pub(super) fn is_early(task: &TaskEnvelope) -> bool {
+pub(super) fn is_early(task: &TaskEnvelope, executor: &Executor) -> bool {
+    let now = executor.clock().now();
     task.not_before
-        .is_some_and(|due| due - Utc::now() > WAIT_OUT_UP_TO)
+        .is_some_and(|due| due - now > WAIT_OUT_UP_TO)
 }
 
 /// Holds `task` again until it is due (no attempt spent); a failure to do so is a failed
@@ -41,7 +40,7 @@ pub(super) async fn wait_until_due(
     let Some(due) = task.not_before else {
         return Ok(());
     };
-    let left = due - Utc::now();
+    let left = due - executor.clock().now();
     if left <= chrono::Duration::zero() {
         return Ok(());
     }

@@ -17,6 +17,7 @@ use crate::{
         AgentContext, AgentError, AgentRegistry, CancelBoard, Cancellation, Progress, ProgressBoard,
     },
     cache::ResultCache,
+    clock::Clock,
     task::TaskEnvelope,
 };
 
@@ -37,6 +38,8 @@ pub struct Executor {
     /// Permits of CPU-bound agents: two per core, however many slots the worker has, so
     /// hundreds of slots never mean hundreds of busy threads.
     cpu: Arc<tokio::sync::Semaphore>,
+    /// What "now" is when deciding whether a task expired or is due.
+    clock: Clock,
 }
 
 /// Largest result stored unless configured otherwise (`worker.max_result_bytes`); results
@@ -59,6 +62,7 @@ impl Executor {
             progress: None,
             cancels: None,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            clock: Clock::system(),
             cpu: Arc::new(tokio::sync::Semaphore::new(
                 crate::scale::available_cores() * 2,
             )),
@@ -89,6 +93,16 @@ impl Executor {
         if let Some(board) = &self.progress {
             board.forget(task_id);
         }
+    }
+
+    /// Reads "now" from `clock` when deciding whether a task expired or is due.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Fails results larger than `bytes` of JSON, permanently.
@@ -125,7 +139,7 @@ impl Executor {
         // A task cancelled before this attempt was stopped by the runner; one cancelled from
         // here on is signalled through its watch below.
         if let Some(expires_at) = task.expires_at
-            && chrono::Utc::now() >= expires_at
+            && self.clock.now() >= expires_at
         {
             return decide(Cause::Expired {
                 at: expires_at,

@@ -109,6 +109,13 @@ impl Worker {
         }
     }
 
+    /// Reads "now" from `clock` for schedules, delayed and expiring tasks (a test's manual
+    /// clock; the system's otherwise).
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.executor = self.executor.with_clock(clock);
+        self
+    }
+
     /// Records into `metrics` instead of the process's own (a test that must see only
     /// what this worker did).
     pub fn with_metrics(mut self, metrics: &'static Metrics) -> Self {
@@ -325,6 +332,7 @@ impl Worker {
             liveness: self.liveness.clone(),
             meter: self.meter.clone(),
             metrics: self.metrics,
+            clock: self.executor.clock().clone(),
             worker_id: self.worker_id.clone(),
             agents: agents.clone(),
             presence: Box::new(presence),

@@ -79,7 +79,7 @@ impl TaskRunner {
         let _ = span.set_parent(delivery.trace.clone());
         let outcome = if let Some(by) = self.executor.cancelled_by(&delivery.task.id) {
             Outcome::Cancelled { by }
-        } else if delay::is_early(&delivery.task) {
+        } else if delay::is_early(&delivery.task, &self.executor) {
             let (broker, executor) = (&self.broker, &self.executor);
             delay::hold_again(broker, executor, &delivery.task, delivery.attempt()).await
         } else {

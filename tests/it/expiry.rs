@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use swarm_director::{
+    clock::Clock,
     metrics::Metrics,
     task::{Codec, TaskEnvelope},
 };
@@ -38,9 +39,9 @@ async fn a_task_not_started_by_its_expiry_is_not_run_and_the_rest_flows() {
     ]))
     .await;
     let cli_id: uuid::Uuid = String::from_utf8_lossy(&cli.stdout).trim().parse().unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-
-    let worker = env.spawn(env.worker());
+    // The worker's clock stands 1.2 s ahead: the 500 ms ones have expired by it.
+    let clock = Clock::manual(chrono::Utc::now() + chrono::Duration::milliseconds(1200));
+    let worker = env.spawn(env.worker().with_clock(clock));
     let ids = [soon.id, later.id, plain.id, cli_id];
     let rows = env.wait_finished(&ids, Duration::from_secs(20)).await;
     worker.stop().await;

@@ -1,13 +1,16 @@
 //! Periodic schedules: fired by whichever worker takes the row, each fire exactly once
 //! (its task id derives from the fire), paused and resumed, missed fires made up for as
-//! configured.
+//! configured. The workers run on a manual clock the tests move: no test waits for a
+//! period to pass, except the one that measures how late fires start in real time.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::support::{TestEnv, succeeds};
+use swarm_director::clock::Clock;
+
+use crate::support::{TestEnv, eventually, succeeds};
 
 /// Fire times of the tasks a schedule's agent made (`data.schedule` = `name`), in order.
 async fn fires(env: &TestEnv, name: &str) -> Vec<(DateTime<Utc>, String)> {
@@ -40,35 +43,91 @@ fn on_the_grid(times: &[(DateTime<Utc>, String)], secs: i64) {
     }
 }
 
+/// When `name` fires next, as its row says.
+async fn next_fire(env: &TestEnv, name: &str) -> DateTime<Utc> {
+    sqlx::query_scalar("SELECT next_fire FROM schedules WHERE name = $1")
+        .bind(name)
+        .fetch_one(env.store.primary())
+        .await
+        .unwrap()
+}
+
+/// Waits until `name` made `count` tasks, all completed; returns them.
+async fn completed_fires(env: &TestEnv, name: &str, count: usize) -> Vec<(DateTime<Utc>, String)> {
+    eventually(
+        &format!("{count} completed fires of {name}"),
+        Duration::from_secs(15),
+        || async {
+            let fired = fires(env, name).await;
+            (fired.len() == count && fired.iter().all(|(_, status)| status == "completed"))
+                .then_some(fired)
+        },
+    )
+    .await
+}
+
+/// The workers run on a manual clock: each step sets it to the next fire time, and exactly
+/// one task of that fire appears (two workers, one fire each period).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_fire_a_2s_schedule_once_per_period() {
     let env = TestEnv::new().await;
-    let (a, b) = (env.spawn(env.worker()), env.spawn(env.worker()));
+    let clock = Clock::manual(Utc::now());
+    let a = env.spawn(env.worker().with_clock(clock.clone()));
+    let b = env.spawn(env.worker().with_clock(clock.clone()));
     succeeds(&mut add(&env, "tick", "2s", &[])).await;
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    let first = next_fire(&env, "tick").await;
+    for period in 0..3 {
+        clock.set(first + chrono::Duration::seconds(2 * period));
+        completed_fires(&env, "tick", period as usize + 1).await;
+    }
     succeeds(env.swarmd().args(["schedule", "remove", "tick"])).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     a.stop().await;
     b.stop().await;
     let fired = fires(&env, "tick").await;
-    assert!((3..=4).contains(&fired.len()), "{fired:?}");
+    assert_eq!(fired.len(), 3, "one task per fire: {fired:?}");
+    assert_eq!(fired[0].0, first);
     on_the_grid(&fired, 2);
-    assert!(fired.iter().all(|(_, status)| status == "completed"));
     env.cleanup().await;
 }
 
+/// A worker starting 3.5 s (of its manual clock) after the first fire time finds four or
+/// five fires missed: `all` makes up each, `one` the latest, `none` drops them; pause holds fires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_fires_are_made_up_for_as_configured_and_pause_holds_them() {
     let env = TestEnv::new().await;
     succeeds(&mut add(&env, "all", "1s", &["--catch-up", "all"])).await;
     succeeds(&mut add(&env, "one", "1s", &["--catch-up", "one"])).await;
     succeeds(&mut add(&env, "none", "1s", &["--catch-up", "none"])).await;
-    let added = Utc::now();
-    // No worker for 4 s: three or four fires of each are missed.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let worker = env.spawn(env.worker());
-    let started = Utc::now();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Added a moment apart, they may start a second apart.
+    let first = next_fire(&env, "all").await;
+    let latest = next_fire(&env, "none").await;
+    let start = latest + chrono::Duration::milliseconds(3500);
+    let last_missed = latest + chrono::Duration::seconds(3);
+    let clock = Clock::manual(start);
+    let worker = env.spawn(env.worker().with_clock(clock.clone()));
+    eventually(
+        "the missed fires handled",
+        Duration::from_secs(15),
+        || async {
+            let next = last_missed + chrono::Duration::seconds(1);
+            (next_fire(&env, "none").await == next && next_fire(&env, "all").await == next)
+                .then_some(())
+        },
+    )
+    .await;
+    // all: every missed fire, each once, on the grid.
+    let missed = (last_missed - first).num_seconds() as usize + 1;
+    assert!((4..=5).contains(&missed));
+    let all = completed_fires(&env, "all", missed).await;
+    assert_eq!(all[0].0, first, "from the first: {all:?}");
+    on_the_grid(&all, 1);
+    // one: a single make-up fire, the latest.
+    let one = completed_fires(&env, "one", 1).await;
+    assert_eq!(one[0].0, last_missed);
+    // none: the missed ones dropped; the last, half a second late, is on time.
+    let none = completed_fires(&env, "none", 1).await;
+    assert_eq!(none[0].0, last_missed);
+
     succeeds(env.swarmd().args(["schedule", "pause", "all"])).await;
     let listed = succeeds(env.swarmd().args(["schedule", "list", "--json"])).await;
     let listed: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
@@ -78,66 +137,43 @@ async fn missed_fires_are_made_up_for_as_configured_and_pause_holds_them() {
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0]["name"], "all");
     assert_eq!(listed[0]["paused"], true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before_pause = fires(&env, "all").await.len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let paused = fires(&env, "all").await.len();
-    assert_eq!(paused, before_pause, "nothing fires while paused");
+    // The others fire on, a second at a time; the paused one does not.
+    for more in 1..=2 {
+        clock.advance(chrono::Duration::seconds(1));
+        completed_fires(&env, "one", 1 + more).await;
+        completed_fires(&env, "none", 1 + more).await;
+    }
+    assert_eq!(
+        fires(&env, "all").await.len(),
+        4,
+        "nothing fires while paused"
+    );
+
+    // Resumed, it fires again (from the next fire time after the real now).
     succeeds(env.swarmd().args(["schedule", "resume", "all"])).await;
+    clock.set(Utc::now().max(clock.now()) + chrono::Duration::seconds(2));
+    eventually("fires once resumed", Duration::from_secs(15), || async {
+        (fires(&env, "all").await.len() > missed).then_some(())
+    })
+    .await;
     let trigger = succeeds(env.swarmd().args(["schedule", "trigger", "none"])).await;
     let triggered: uuid::Uuid = String::from_utf8_lossy(&trigger.stdout)
         .trim()
         .parse()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rows = env
+        .wait_finished(&[triggered], Duration::from_secs(15))
+        .await;
     worker.stop().await;
-
-    let missed = |times: &[(DateTime<Utc>, String)]| {
-        times
-            .iter()
-            .filter(|(at, _)| *at < started - chrono::Duration::seconds(1))
-            .count()
-    };
-    // all: every missed fire, each once, on the grid, then the regular ones.
-    let all = fires(&env, "all").await;
-    assert!(missed(&all) >= 3, "{all:?}");
-    assert!(
-        all[0].0 <= added + chrono::Duration::seconds(1),
-        "from the first: {all:?}"
-    );
-    assert!(
-        fires(&env, "all").await.len() > paused,
-        "fires again once resumed"
-    );
-    // one: a single make-up fire for the missed ones.
-    let one = fires(&env, "one").await;
-    assert_eq!(missed(&one), 0, "{one:?}");
-    on_the_grid(&one, 1);
-    // none: the missed ones dropped.
-    let none: Vec<_> = fires(&env, "none")
-        .await
-        .into_iter()
-        .filter(|(at, _)| at.timestamp_subsec_micros() == 0)
-        .collect();
-    assert!(
-        none.iter()
-            .all(|(at, _)| *at >= started - chrono::Duration::seconds(1)),
-        "{none:?}"
-    );
-    let triggered_row = env
-        .store
-        .task(triggered)
-        .await
-        .unwrap()
-        .expect("the trigger fired");
-    assert_eq!(triggered_row.status, "completed");
+    assert_eq!(rows[0].status, "completed", "the trigger fired");
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cron_schedule_in_a_time_zone_fires_at_its_local_times_and_bad_ones_are_refused() {
     let env = TestEnv::new().await;
-    let worker = env.spawn(env.worker());
+    let clock = Clock::manual(Utc::now());
+    let worker = env.spawn(env.worker().with_clock(clock.clone()));
     succeeds(&mut add_cron(
         &env,
         "crony",
@@ -145,12 +181,15 @@ async fn a_cron_schedule_in_a_time_zone_fires_at_its_local_times_and_bad_ones_ar
         "Europe/Berlin",
     ))
     .await;
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let first = next_fire(&env, "crony").await;
+    for period in 0..3 {
+        clock.set(first + chrono::Duration::seconds(2 * period));
+        completed_fires(&env, "crony", period as usize + 1).await;
+    }
     succeeds(env.swarmd().args(["schedule", "pause", "crony"])).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
     let fired = fires(&env, "crony").await;
-    assert!((2..=3).contains(&fired.len()), "{fired:?}");
+    assert_eq!(fired.len(), 3, "{fired:?}");
     on_the_grid(&fired, 2);
     let listed = succeeds(env.swarmd().args(["schedule", "list"])).await;
     assert!(
@@ -293,7 +332,16 @@ async fn fires_start_on_time_woken_by_the_servers_alarms_where_it_has_them() {
         }
         assert_eq!(set, 1, "one alarm for the schedule");
     }
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    eventually("three fires started", Duration::from_secs(15), || async {
+        let started: Option<i64> = sqlx::query_scalar(
+            "SELECT count(started_at) FROM tasks WHERE data->>'schedule' = 'prompt'",
+        )
+        .fetch_one(env.store.primary())
+        .await
+        .unwrap();
+        (started.unwrap_or(0) >= 3).then_some(())
+    })
+    .await;
     succeeds(env.swarmd().args(["schedule", "remove", "prompt"])).await;
     worker.stop().await;
     let started: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
