@@ -82,7 +82,7 @@ pub async fn await_outcomes(
         .collect();
     let mut current: HashMap<Uuid, TaskOutcome> = HashMap::new();
     if !unannounced.is_empty() {
-        for record in store.tasks(&unannounced).await? {
+        for record in store.tasks().by_ids(&unannounced).await? {
             current.insert(record.id, record.into());
         }
     }
@@ -113,7 +113,7 @@ async fn read_final(
     store: &Store,
     ids: &[Uuid],
 ) -> Result<impl Iterator<Item = (Uuid, TaskOutcome)>, StoreError> {
-    let records = store.tasks(ids).await?;
+    let records = store.tasks().by_ids(ids).await?;
     Ok(records
         .into_iter()
         .map(TaskOutcome::from)

@@ -319,6 +319,7 @@ async fn fill_history(store: &Store, rows: u64) -> anyhow::Result<()> {
     let oldest = now - chrono::Duration::seconds((rows / 100) as i64);
     let mut partitions = crate::store::PartitionReport::default();
     store
+        .retention()
         .ensure_partitions(
             oldest.date_naive(),
             now.date_naive() + chrono::Days::new(crate::store::DAYS_AHEAD),

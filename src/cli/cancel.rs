@@ -49,7 +49,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
                 agent_type: Some(agent.clone()),
                 statuses: args.status.clone(),
             };
-            let ids = store.cancel_matching(&filter, &by).await?;
+            let ids = store.cancellations().cancel_matching(&filter, &by).await?;
             for id in &ids {
                 println!("{id} cancelled");
             }
@@ -57,7 +57,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             ids
         }
         None => {
-            let report = store.cancel(&args.ids, &by).await?;
+            let report = store.cancellations().cancel(&args.ids, &by).await?;
             for id in &report.cancelled {
                 println!("{id} cancelled");
             }

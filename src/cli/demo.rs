@@ -102,7 +102,7 @@ pub async fn run(mut settings: Settings, args: Args) -> anyhow::Result<()> {
 
     let deadline = Instant::now() + args.wait;
     let finished = loop {
-        let finished = store.count_finished(&ids).await?;
+        let finished = store.tasks().count_finished(&ids).await?;
         if finished as usize >= ids.len() || Instant::now() > deadline {
             break finished;
         }
@@ -172,7 +172,7 @@ async fn print_summary(
         "{:<10} {:>6} {:>6} {:>8} {:>10} {:>10} {:>10}",
         "agent", "done", "dead", "retried", "waiting", "p50 ms", "p99 ms"
     );
-    for row in store.agent_summary(ids).await? {
+    for row in store.tasks().agent_summary(ids).await? {
         println!(
             "{:<10} {:>6} {:>6} {:>8} {:>10} {:>10.1} {:>10.1}",
             row.agent_type,
@@ -185,7 +185,7 @@ async fn print_summary(
         );
     }
     println!("\na few results:");
-    let records = store.tasks(&ids[..ids.len().min(16)]).await?;
+    let records = store.tasks().by_ids(&ids[..ids.len().min(16)]).await?;
     let mut shown = std::collections::BTreeSet::new();
     for record in records {
         if !shown.insert(record.agent_type.clone()) {

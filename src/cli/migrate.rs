@@ -16,6 +16,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         println!("task data indexed for searches by content (SWARM_SEARCH_INDEX)");
     }
     let report = store
+        .retention()
         .upkeep_partitions(chrono::Utc::now(), None)
         .await
         .context("creating task partitions")?;

@@ -156,7 +156,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     };
     // Unique tasks: one whose key a live task holds is that task, and is not published.
     let holders = match (&store, keyed) {
-        (Some(store), true) => store.take_keys(&tasks.iter().collect::<Vec<_>>()).await?,
+        (Some(store), true) => store.keys().take(&tasks.iter().collect::<Vec<_>>()).await?,
         _ => Default::default(),
     };
     let holder = |task: &TaskEnvelope| holders.get(&task.id).copied().unwrap_or(task.id);
@@ -181,7 +181,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         .filter(|task| holder(task) == task.id)
         .collect();
     if let (Some(store), false) = (&store, delayed.is_empty()) {
-        store.record_queued(&delayed, None).await?;
+        store.tasks().record_queued(&delayed, None).await?;
     }
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new(tasks.len() as u64).with_style(
@@ -211,8 +211,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     }
     if let (Some(store), false) = (&store, failed.is_empty()) {
         // Nothing will run these: their keys are free for the next try, their rows go.
-        store.release_keys(&failed).await?;
-        store.forget_queued(&failed).await?;
+        store.keys().release(&failed).await?;
+        store.tasks().forget_queued(&failed).await?;
     }
     let published = tasks.len() - failures.len() - duplicates;
     let summary = format!(

@@ -105,7 +105,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             }
             .schedule(Utc::now())
             .map_err(anyhow::Error::msg)?;
-            store.put_schedule(&schedule).await?;
+            store.schedules().put(&schedule).await?;
             set_alarm(&settings, &schedule.name, schedule.next_fire).await;
             println!(
                 "schedule {} fires {} {}, next at {}",
@@ -116,7 +116,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
             );
         }
         Command::List { json } => {
-            let schedules = store.schedules().await?;
+            let schedules = store.schedules().list().await?;
             if json {
                 for schedule in &schedules {
                     println!("{}", serde_json::to_string(schedule)?);
@@ -138,22 +138,27 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Remove { name } => found(store.remove_schedule(&name).await?, &name)?,
-        Command::Pause { name } => found(store.pause_schedule(&name, true, None).await?, &name)?,
+        Command::Remove { name } => found(store.schedules().remove(&name).await?, &name)?,
+        Command::Pause { name } => found(store.schedules().pause(&name, true, None).await?, &name)?,
         Command::Resume { name } => {
             let schedule = store
-                .schedule(&name)
+                .schedules()
+                .get(&name)
                 .await?
                 .with_context(|| format!("no schedule {name:?}"))?;
             let next = schedule
                 .first_after(Utc::now())
                 .map_err(anyhow::Error::msg)?;
-            found(store.pause_schedule(&name, false, Some(next)).await?, &name)?;
+            found(
+                store.schedules().pause(&name, false, Some(next)).await?,
+                &name,
+            )?;
             set_alarm(&settings, &name, next).await;
         }
         Command::Trigger { name } => {
             let schedule = store
-                .schedule(&name)
+                .schedules()
+                .get(&name)
                 .await?
                 .with_context(|| format!("no schedule {name:?}"))?;
             let broker = super::connect_broker(&settings).await?;

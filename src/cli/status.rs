@@ -101,12 +101,12 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     let store = Store::connect(&settings.database)
         .await
         .context("connecting to PostgreSQL")?;
-    let (totals, _) = store.read_status_counts().await?;
+    let (totals, _) = store.reads().status_counts().await?;
     println!("\ntasks in PostgreSQL (schema {}):", store.schema());
     for (status, count) in &totals {
         println!("  {status:<12} {count}");
     }
-    let (recent, _) = store.read_recent_counts(args.minutes).await?;
+    let (recent, _) = store.reads().recent_counts(args.minutes).await?;
     println!("\nfinished in the last {} minutes:", args.minutes);
     if recent.is_empty() {
         println!("  (none)");

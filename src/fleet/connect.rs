@@ -23,7 +23,8 @@ pub async fn migrate(store: &crate::store::Store, settings: &Settings) -> anyhow
     store.migrate().await.context("applying migrations")?;
     if settings.database.search_index {
         store
-            .ensure_search_index()
+            .search()
+            .ensure_index()
             .await
             .context("creating the search index")?;
     }

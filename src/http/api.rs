@@ -225,7 +225,8 @@ async fn task(
     // A replica answers when it has the task; the primary when it lags behind or is away.
     let (mut record, mut from) = state
         .store
-        .read_task(id)
+        .reads()
+        .task(id)
         .await
         .map_err(|e| ApiError::internal("cannot read the task", e))?;
     if let (Some(mut watch), Some(patience), Some(known)) = (watch, wait, &record)
@@ -236,7 +237,8 @@ async fn task(
         watch.next(patience).await;
         record = state
             .store
-            .task(id)
+            .tasks()
+            .get(id)
             .await
             .map_err(|e| ApiError::internal("cannot read the task", e))?;
         from = ReadFrom::Primary;

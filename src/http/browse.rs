@@ -134,7 +134,8 @@ pub(super) async fn tasks(
     };
     let found = state
         .store
-        .search_tasks(&search)
+        .search()
+        .tasks(&search)
         .await
         .map_err(|e| ApiError::internal("cannot search the tasks", e))?;
     let next_before = (found.len() as i64 == limit)
@@ -147,6 +148,7 @@ pub(super) async fn tasks(
 pub(super) async fn throughput(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let minutes = state
         .store
+        .search()
         .outcomes_per_minute(60)
         .await
         .map_err(|e| ApiError::internal("cannot count outcomes", e))?;

@@ -112,6 +112,7 @@ pub(super) async fn many(
             };
             let ids = state
                 .store
+                .cancellations()
                 .cancel_matching(&filter, &by)
                 .await
                 .map_err(|e| ApiError::internal("cannot cancel the tasks", e))?;
@@ -133,6 +134,7 @@ pub(super) async fn many(
 async fn cancel_ids(state: &ApiState, ids: &[Uuid], by: &str) -> Result<CancelReport, ApiError> {
     let report = state
         .store
+        .cancellations()
         .cancel(ids, by)
         .await
         .map_err(|e| ApiError::internal("cannot cancel the tasks", e))?;

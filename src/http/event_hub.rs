@@ -52,7 +52,7 @@ async fn feed_overview(broker: Broker, store: Store, sender: broadcast::Sender<(
             continue;
         }
         if round.is_multiple_of(THROUGHPUT_EVERY) {
-            throughput = match store.outcomes_per_minute(60).await {
+            throughput = match store.search().outcomes_per_minute(60).await {
                 Ok(minutes) => json!(minutes),
                 Err(error) => {
                     tracing::debug!(%error, "cannot count outcomes for the dashboard");

@@ -148,7 +148,8 @@ async fn publish_traced(
     // Unique tasks: one whose key a live task holds is that task, and is not published.
     let holders = state
         .store
-        .take_keys(&envelopes.iter().collect::<Vec<_>>())
+        .keys()
+        .take(&envelopes.iter().collect::<Vec<_>>())
         .await
         .map_err(|e| ApiError::internal("cannot take the idempotency keys", e))?;
     let holder = |task: &TaskEnvelope| holders.get(&task.id).copied().unwrap_or(task.id);
@@ -252,6 +253,7 @@ async fn record_and_publish(
 ) -> Result<Result<Vec<crate::broker::PublishReceipt>, Response>, ApiError> {
     state
         .store
+        .tasks()
         .record_queued(tasks, trace_id)
         .await
         .map_err(|e| {
@@ -328,10 +330,10 @@ async fn partly_published(
             }
         }
     }
-    if let Err(error) = state.store.forget_queued(&failed).await {
+    if let Err(error) = state.store.tasks().forget_queued(&failed).await {
         tracing::error!(%error, "cannot remove the rows of unpublished tasks");
     }
-    if let Err(error) = state.store.release_keys(&failed).await {
+    if let Err(error) = state.store.keys().release(&failed).await {
         tracing::error!(%error, "cannot release the keys of unpublished tasks");
     }
     let message = format!(

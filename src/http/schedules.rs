@@ -20,6 +20,7 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>) -> Result<Response,
     let schedules = state
         .store
         .schedules()
+        .list()
         .await
         .map_err(|e| ApiError::internal("cannot read the schedules", e))?;
     Ok(Json(json!({ "schedules": schedules })).into_response())
@@ -47,7 +48,8 @@ pub(super) async fn put(
     })?;
     state
         .store
-        .put_schedule(&schedule)
+        .schedules()
+        .put(&schedule)
         .await
         .map_err(|e| ApiError::internal("cannot store the schedule", e))?;
     if let Err(error) =
@@ -66,7 +68,8 @@ pub(super) async fn remove(
 ) -> Result<Response, ApiError> {
     let removed = state
         .store
-        .remove_schedule(&name)
+        .schedules()
+        .remove(&name)
         .await
         .map_err(|e| ApiError::internal("cannot remove the schedule", e))?;
     if removed {

@@ -34,7 +34,7 @@ pub async fn run(
         let Ok(notice) = serde_json::from_slice::<CancelNotice>(&message.payload) else {
             continue;
         };
-        match store.tasks(&notice.ids).await {
+        match store.tasks().by_ids(&notice.ids).await {
             Ok(rows) => rows
                 .iter()
                 .filter(|row| row.status == "cancelled")

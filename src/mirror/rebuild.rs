@@ -101,7 +101,7 @@ pub async fn check(
     let mut ids = HashSet::new();
     let mut after = None;
     loop {
-        let rows = store.tasks_page(after, PAGE).await?;
+        let rows = store.tasks().page(after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = Some(last.id);
         for row in &rows {
@@ -195,7 +195,7 @@ pub async fn rebuild(
     let mut known: HashSet<Uuid> = HashSet::new();
     let mut after = None;
     loop {
-        let rows = store.tasks_page(after, PAGE).await?;
+        let rows = store.tasks().page(after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = Some(last.id);
         known.extend(rows.iter().map(|r| r.id));

@@ -225,7 +225,7 @@ impl Writer {
         let Some(since) = *self.dropped_since.lock().expect("mirror lock") else {
             return;
         };
-        match self.store.tasks_changed_since(since).await {
+        match self.store.tasks().changed_since(since).await {
             Ok(rows) => {
                 let events: Vec<MirrorEvent> =
                     rows.iter().filter_map(MirrorEvent::from_row).collect();

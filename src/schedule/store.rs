@@ -73,9 +73,26 @@ fn catch_up_text(catch_up: CatchUp) -> &'static str {
 const COLUMNS: &str = "name, agent_type, data, priority, every_secs, cron, time_zone, overlap, \
                        catch_up, paused, next_fire, last_fire, last_task";
 
+/// Periodic schedules' rows.
+#[derive(Clone, Copy)]
+pub struct Schedules<'a>(&'a Store);
+
 impl Store {
+    pub fn schedules(&self) -> Schedules<'_> {
+        Schedules(self)
+    }
+}
+
+impl std::ops::Deref for Schedules<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0
+    }
+}
+
+impl Schedules<'_> {
     /// Creates the schedule, or redefines the one of that name (its next fire recomputed).
-    pub async fn put_schedule(&self, schedule: &Schedule) -> Result<(), StoreError> {
+    pub async fn put(&self, schedule: &Schedule) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO schedules (name, agent_type, data, priority, every_secs, overlap,
                                     catch_up, paused, next_fire, cron, time_zone)
@@ -109,7 +126,7 @@ impl Store {
     }
 
     /// Every schedule, by name.
-    pub async fn schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<Schedule>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM schedules ORDER BY name"
         )))
@@ -120,7 +137,7 @@ impl Store {
     }
 
     /// One schedule by name.
-    pub async fn schedule(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
+    pub async fn get(&self, name: &str) -> Result<Option<Schedule>, StoreError> {
         let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM schedules WHERE name = $1"
         )))
@@ -132,7 +149,7 @@ impl Store {
     }
 
     /// Removes a schedule; false when there was none of that name.
-    pub async fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+    pub async fn remove(&self, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM schedules WHERE name = $1")
             .bind(name)
             .execute(self.primary())
@@ -144,7 +161,7 @@ impl Store {
     /// Pauses or resumes a schedule, moving its next fire when given (a resumed schedule
     /// starts at its next fire time: fires missed while paused were not wanted); false when
     /// there was none of that name.
-    pub async fn pause_schedule(
+    pub async fn pause(
         &self,
         name: &str,
         paused: bool,
@@ -165,7 +182,7 @@ impl Store {
 
     /// Schedules due at `now`, locked for this transaction; ones another worker holds are
     /// left to it.
-    pub(super) async fn due_schedules(
+    pub(super) async fn due(
         tx: &mut Transaction<'static, Postgres>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Schedule>, StoreError> {
@@ -198,7 +215,7 @@ impl Store {
     }
 
     /// Records the fires made and the next fire time.
-    pub(super) async fn advance_schedule(
+    pub(super) async fn advance(
         tx: &mut Transaction<'static, Postgres>,
         name: &str,
         next_fire: DateTime<Utc>,
@@ -220,9 +237,7 @@ impl Store {
     }
 
     /// A transaction on the primary (the ticker's).
-    pub(super) async fn begin_schedules(
-        &self,
-    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pub(super) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.primary()
             .begin()
             .await

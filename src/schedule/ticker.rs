@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::Overlap;
+use super::{Overlap, store::Schedules};
 use crate::{broker::Broker, clock::Clock, store::Store, task::Codec};
 
 /// How often due schedules are looked for without alarms: fires are late by at most
@@ -62,8 +62,8 @@ pub async fn tick(
     broker: &Broker,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
-    let mut tx = store.begin_schedules().await?;
-    let due = Store::due_schedules(&mut tx, now).await?;
+    let mut tx = store.schedules().begin().await?;
+    let due = Schedules::due(&mut tx, now).await?;
     let mut advanced = Vec::with_capacity(due.len());
     for schedule in due {
         let (mut fires, next) = match schedule.due(now) {
@@ -76,7 +76,7 @@ pub async fn tick(
         };
         if schedule.overlap == Overlap::Skip
             && let Some(last) = schedule.last_task
-            && Store::still_running(&mut tx, last).await?
+            && Schedules::still_running(&mut tx, last).await?
         {
             tracing::info!(schedule = %schedule.name, "fire skipped: the previous one still runs");
             fires.clear();
@@ -87,7 +87,7 @@ pub async fn tick(
             broker.publish(&task, Codec::MessagePack).await?;
             last = Some((at, task.id));
         }
-        Store::advance_schedule(&mut tx, &schedule.name, next, last).await?;
+        Schedules::advance(&mut tx, &schedule.name, next, last).await?;
         advanced.push((schedule.name.clone(), next));
     }
     tx.commit().await?;

@@ -39,7 +39,7 @@ pub async fn start(
 ) -> Result<Listening, SidecarError> {
     let notices = broker.cancellation_notices().await?;
     let since = Utc::now() - REMEMBER;
-    let rows = store.cancellations_since(since).await?;
+    let rows = store.cancellations().since(since).await?;
     Ok(Listening {
         notices,
         read_up_to: take(board, rows, since),
@@ -73,7 +73,7 @@ impl Listening {
                     None => return,
                 },
                 _ = refresh.tick() => {
-                    match store.cancellations_since(self.read_up_to).await {
+                    match store.cancellations().since(self.read_up_to).await {
                         Ok(rows) => self.read_up_to = take(&board, rows, self.read_up_to),
                         Err(error) => tracing::debug!(%error, "cannot read cancellations; trying again"),
                     }

@@ -28,7 +28,7 @@ pub async fn run(
         if reports.is_empty() {
             continue;
         }
-        match store.record_progress(&reports).await {
+        match store.tasks().record_progress(&reports).await {
             Ok(applied) => {
                 tell_viewers(&broker, &reports, &applied).await;
                 let waiting = reports

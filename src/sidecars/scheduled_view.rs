@@ -113,7 +113,7 @@ async fn record(store: &Store, mirror: Option<&Mirror>, batch: Vec<(TaskEnvelope
         })
         .collect();
     // Rows already there (the API's, or a task already taken) are left alone.
-    if let Err(error) = store.record_queued(&tasks, None).await {
+    if let Err(error) = store.tasks().record_queued(&tasks, None).await {
         tracing::debug!(%error, count = tasks.len(), "cannot record scheduled tasks");
     }
 }

@@ -78,7 +78,11 @@ impl Upkeep {
         now: DateTime<Utc>,
         leased: bool,
     ) -> Result<UpkeepReport, UpkeepError> {
-        let partitions = self.store.upkeep_partitions(now, self.keep).await?;
+        let partitions = self
+            .store
+            .retention()
+            .upkeep_partitions(now, self.keep)
+            .await?;
         let mut legacy = None;
         if let (Some(keep), Some(mirror)) = (self.keep, &self.legacy) {
             let mut redis = mirror.redis.clone();

@@ -40,7 +40,24 @@ pub struct CancelFilter {
     pub statuses: Vec<String>,
 }
 
+/// Cancellation requests and the tasks they end.
+#[derive(Clone, Copy)]
+pub struct Cancellations<'a>(&'a Store);
+
 impl Store {
+    pub fn cancellations(&self) -> Cancellations<'_> {
+        Cancellations(self)
+    }
+}
+
+impl std::ops::Deref for Cancellations<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0
+    }
+}
+
+impl Cancellations<'_> {
     /// Cancels `ids` on behalf of `by`.
     ///
     /// Fails when PostgreSQL cannot be written.
@@ -142,7 +159,7 @@ impl Store {
     /// Cancellations made after `since` (oldest first): what a worker must not run.
     ///
     /// Fails when PostgreSQL cannot be read.
-    pub async fn cancellations_since(
+    pub async fn since(
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, StoreError> {
@@ -159,10 +176,7 @@ impl Store {
     /// Forgets cancellations made before `cutoff` (the retention period).
     ///
     /// Fails when PostgreSQL cannot be written.
-    pub async fn forget_cancellations_before(
-        &self,
-        cutoff: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
+    pub async fn forget_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         sqlx::query("DELETE FROM cancellations WHERE cancelled_at < $1")
             .bind(cutoff)
             .execute(&self.primary)

@@ -15,14 +15,28 @@ use crate::task::TaskEnvelope;
 /// free again: a safety net, far beyond any backlog's wait.
 const ORPHANED_AFTER: &str = "1 day";
 
+/// Idempotency keys: which task holds each.
+#[derive(Clone, Copy)]
+pub struct Keys<'a>(&'a Store);
+
 impl Store {
+    pub fn keys(&self) -> Keys<'_> {
+        Keys(self)
+    }
+}
+
+impl std::ops::Deref for Keys<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0
+    }
+}
+
+impl Keys<'_> {
     /// Takes the keys of `tasks` (those with an `idempotency_key`) for them, and returns,
     /// per task id, the task that holds its key now: itself, or the earlier task that still
     /// holds it. Taking again a key a task already holds (a retry, a redelivery) keeps it.
-    pub async fn take_keys(
-        &self,
-        tasks: &[&TaskEnvelope],
-    ) -> Result<HashMap<Uuid, Uuid>, StoreError> {
+    pub async fn take(&self, tasks: &[&TaskEnvelope]) -> Result<HashMap<Uuid, Uuid>, StoreError> {
         // One claim per key: the first task of the batch with it; the rest share its answer.
         let mut first_with: HashMap<&str, Uuid> = HashMap::new();
         let (mut keys, mut ids, mut created, mut until) = (vec![], vec![], vec![], vec![]);
@@ -105,7 +119,7 @@ impl Store {
     }
 
     /// Gives back the keys `ids` hold (their publish failed: nothing will run them).
-    pub async fn release_keys(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
+    pub async fn release(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
         if ids.is_empty() {
             return Ok(0);
         }

@@ -61,7 +61,24 @@ fn day_start_literal(day: NaiveDate) -> String {
     format!("{} 00:00:00+00", day.format("%Y-%m-%d"))
 }
 
+/// Day partitions: created ahead, dropped once their tasks are finished and old.
+#[derive(Clone, Copy)]
+pub struct Retention<'a>(&'a Store);
+
 impl Store {
+    pub fn retention(&self) -> Retention<'_> {
+        Retention(self)
+    }
+}
+
+impl std::ops::Deref for Retention<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0
+    }
+}
+
+impl Retention<'_> {
     /// One round of upkeep at `now`: partitions from today to [`DAYS_AHEAD`] days ahead
     /// exist, and — unless `keep` is `None` (keep forever) — what finished more than `keep`
     /// ago is removed.
@@ -217,7 +234,7 @@ impl Store {
         .await
         .map_err(StoreError::query("forgetting idempotency keys"))?
         .rows_affected();
-        self.forget_cancellations_before(cutoff).await?;
+        self.cancellations().forget_before(cutoff).await?;
         Ok(())
     }
 

@@ -83,7 +83,24 @@ pub enum ReadFrom {
     Primary,
 }
 
+/// Reads routed to a replica, falling back to the primary.
+#[derive(Clone, Copy)]
+pub struct Reads<'a>(&'a Store);
+
 impl Store {
+    pub fn reads(&self) -> Reads<'_> {
+        Reads(self)
+    }
+}
+
+impl std::ops::Deref for Reads<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0
+    }
+}
+
+impl Reads<'_> {
     /// Runs `read` on the next healthy replica, else on the primary. A replica's answer
     /// that `settled` rejects (a row the replica has not received yet) is asked of the
     /// primary instead, so a caller always reads its own writes. A replica that fails or
@@ -116,7 +133,7 @@ impl Store {
 
     /// One task by id, read from a replica when one answers and has it, else from the
     /// primary (so a task written a moment ago is found).
-    pub async fn read_task(&self, id: Uuid) -> Result<(Option<TaskRecord>, ReadFrom), StoreError> {
+    pub async fn task(&self, id: Uuid) -> Result<(Option<TaskRecord>, ReadFrom), StoreError> {
         self.routed(
             "reading a task",
             |pool| async move {
@@ -131,9 +148,7 @@ impl Store {
     }
 
     /// How many tasks are in each status, from a replica when one answers.
-    pub async fn read_status_counts(
-        &self,
-    ) -> Result<(BTreeMap<String, i64>, ReadFrom), StoreError> {
+    pub async fn status_counts(&self) -> Result<(BTreeMap<String, i64>, ReadFrom), StoreError> {
         self.routed(
             "counting tasks",
             |pool| async move {
@@ -150,7 +165,7 @@ impl Store {
 
     /// Tasks finished in the last `minutes`, per agent type and status, from a replica when
     /// one answers.
-    pub async fn read_recent_counts(
+    pub async fn recent_counts(
         &self,
         minutes: i32,
     ) -> Result<(Vec<(String, String, i64)>, ReadFrom), StoreError> {
@@ -172,7 +187,7 @@ impl Store {
     }
 
     /// Asks the server a read goes to whether it is a standby, and its port (for checks).
-    pub async fn read_probe(&self) -> Result<(bool, i32, ReadFrom), StoreError> {
+    pub async fn probe(&self) -> Result<(bool, i32, ReadFrom), StoreError> {
         let ((standby, port), from) = self
             .routed(
                 "probing the primary",

@@ -56,13 +56,30 @@ pub struct MinuteCounts {
 const SEARCHED_TEXT: &str =
     "data::text || ' ' || coalesce(result::text, '') || ' ' || coalesce(last_error, '')";
 
+/// Searching and counting tasks for the dashboard and the API.
+#[derive(Clone, Copy)]
+pub struct Search<'a>(&'a Store);
+
 impl Store {
+    pub fn search(&self) -> Search<'_> {
+        Search(self)
+    }
+}
+
+impl std::ops::Deref for Search<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0
+    }
+}
+
+impl Search<'_> {
     /// Makes the indexes that serve searches (`database.search_index`): a GIN over `data` for
     /// JSON containment and a trigram GIN over the searched text. Existing partitions are
     /// indexed now (a while on a large table); new ones inherit them.
     ///
     /// Fails when PostgreSQL refuses.
-    pub async fn ensure_search_index(&self) -> Result<(), StoreError> {
+    pub async fn ensure_index(&self) -> Result<(), StoreError> {
         let doing = "creating the search indexes";
         sqlx::query(
             "CREATE INDEX IF NOT EXISTS tasks_data_search ON tasks USING gin (data jsonb_path_ops)",
@@ -96,7 +113,7 @@ impl Store {
     /// The tasks `search` finds, newest first (by id: see the module's note).
     ///
     /// Fails when PostgreSQL cannot be read.
-    pub async fn search_tasks(&self, search: &TaskSearch) -> Result<Vec<TaskSummary>, StoreError> {
+    pub async fn tasks(&self, search: &TaskSearch) -> Result<Vec<TaskSummary>, StoreError> {
         let pattern = search.text.as_ref().map(|text| {
             let escaped = text
                 .replace('\\', "\\\\")

@@ -60,7 +60,24 @@ impl<'a> EnvelopeColumns<'a> {
     }
 }
 
+/// The task rows: what workers claim and settle, what readers look up.
+#[derive(Clone, Copy)]
+pub struct Tasks<'a>(&'a Store);
+
 impl Store {
+    pub fn tasks(&self) -> Tasks<'_> {
+        Tasks(self)
+    }
+}
+
+impl std::ops::Deref for Tasks<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.0
+    }
+}
+
+impl Tasks<'_> {
     /// Marks a batch of deliveries `processing` (inserting rows for new tasks) in one
     /// statement, and returns the ids that may run with the errors of their earlier
     /// attempts. An id left out is already `completed` or `dead`: its delivery is a
@@ -311,7 +328,7 @@ impl Store {
     }
 
     /// One task by id.
-    pub async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+    pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         sqlx::query_as("SELECT * FROM tasks WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.primary)
@@ -320,10 +337,7 @@ impl Store {
     }
 
     /// Rows changed at or after `since` (mirror catch-up).
-    pub async fn tasks_changed_since(
-        &self,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
+    pub async fn changed_since(&self, since: DateTime<Utc>) -> Result<Vec<TaskRecord>, StoreError> {
         sqlx::query_as("SELECT * FROM tasks WHERE updated_at >= $1 ORDER BY updated_at")
             .bind(since)
             .fetch_all(&self.primary)
@@ -332,7 +346,7 @@ impl Store {
     }
 
     /// Up to `limit` rows with ids after `after`, in id order: pages over every task.
-    pub async fn tasks_page(
+    pub async fn page(
         &self,
         after: Option<Uuid>,
         limit: i64,
@@ -346,7 +360,7 @@ impl Store {
     }
 
     /// Several tasks by id, in no particular order.
-    pub async fn tasks(&self, ids: &[Uuid]) -> Result<Vec<TaskRecord>, StoreError> {
+    pub async fn by_ids(&self, ids: &[Uuid]) -> Result<Vec<TaskRecord>, StoreError> {
         sqlx::query_as("SELECT * FROM tasks WHERE id = ANY($1)")
             .bind(ids)
             .fetch_all(&self.primary)
@@ -355,7 +369,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl Tasks<'_> {
     /// Totals and latency percentiles per agent type over `ids`.
     pub async fn agent_summary(&self, ids: &[Uuid]) -> Result<Vec<AgentSummary>, StoreError> {
         sqlx::query_as(

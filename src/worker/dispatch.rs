@@ -195,7 +195,7 @@ impl Dispatch<'_> {
             .map(|p| RowKey::of(&p.delivery.task))
             .collect();
         let finished = loop {
-            match worker.store.finished_among(&first).await {
+            match worker.store.tasks().finished_among(&first).await {
                 Ok(finished) => break finished,
                 Err(error) => {
                     tracing::error!(%error, "cannot look tasks up; holding the batch");
@@ -336,7 +336,11 @@ impl RangeWrite for ClaimWrite<'_, '_> {
             })
             .collect();
         let worker = &*self.dispatch.runner;
-        let claimed = worker.store.claim(&claims, &worker.worker_id).await?;
+        let claimed = worker
+            .store
+            .tasks()
+            .claim(&claims, &worker.worker_id)
+            .await?;
         self.hold.recovered();
         Ok(claimed)
     }

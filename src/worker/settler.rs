@@ -325,7 +325,7 @@ async fn end_fenced_by_a_cancel(
     if fenced.is_empty() {
         return;
     }
-    let cancelled = match sinks.store.cancelled_among(&fenced).await {
+    let cancelled = match sinks.store.cancellations().cancelled_among(&fenced).await {
         Ok(cancelled) => cancelled,
         Err(error) => {
             // Left fenced: the redelivery is recognised as finished at claim.
@@ -488,6 +488,7 @@ impl RangeWrite for RowWrite<'_> {
         let ids = self
             .sinks
             .store
+            .tasks()
             .settle(&self.rows[range], &self.sinks.worker_id)
             .await?;
         self.hold.recovered();

@@ -194,7 +194,7 @@ impl TaskRunner {
                         attempt: delivery.attempt(),
                         trace_id: crate::telemetry::trace_id(&delivery.trace),
                     };
-                    if let Err(error) = self.store.claim(&[claim], &self.worker_id).await {
+                    if let Err(error) = self.store.tasks().claim(&[claim], &self.worker_id).await {
                         tracing::debug!(%error, "cannot show a long task as processing");
                     }
                 }

@@ -17,7 +17,7 @@ pub(super) async fn holds_its_key(
     if task.idempotency_key.is_none() {
         return Ok(());
     }
-    match store.take_keys(&[task]).await {
+    match store.keys().take(&[task]).await {
         Ok(holders) => match holders.get(&task.id) {
             Some(holder) if *holder != task.id => {
                 tracing::info!(task_id = %task.id, %holder,

@@ -470,7 +470,7 @@ async fn hostile_values_get_a_422_naming_the_rule_and_leave_no_row() {
     let task = json!({"agent_type": "echo", "data": 1, "max_attempts": 94.0, "priority": 3.0});
     let (status, body) = call(&app, post(task.to_string(), Some("t"))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let (counts, _) = env.store.read_status_counts().await.unwrap();
+    let (counts, _) = env.store.reads().status_counts().await.unwrap();
     assert_eq!(
         counts.values().sum::<i64>(),
         1,
@@ -500,11 +500,11 @@ async fn a_batch_published_part_way_says_which_tasks_failed_and_leaves_no_orphan
     let (accepted, failed) = (with("accepted"), with("failed"));
     assert_eq!((accepted.len(), failed.len()), (3, 2), "{body}");
     assert_eq!(
-        env.store.tasks(&failed).await.unwrap().len(),
+        env.store.tasks().by_ids(&failed).await.unwrap().len(),
         0,
         "no orphan rows"
     );
-    let queued = env.store.tasks(&accepted).await.unwrap();
+    let queued = env.store.tasks().by_ids(&accepted).await.unwrap();
     assert!(queued.iter().all(|row| row.status == "queued"));
     assert_eq!(queued.len(), 3);
 
@@ -783,6 +783,7 @@ async fn grouped_queued_rows_fail_only_the_caller_whose_value_is_refused() {
             let (store, trace) = (env.store.clone(), format!("{n:032x}"));
             tokio::spawn(async move {
                 let written = store
+                    .tasks()
                     .record_queued(std::slice::from_ref(&task), Some(&trace))
                     .await;
                 (task.id, trace, written)
@@ -794,7 +795,7 @@ async fn grouped_queued_rows_fail_only_the_caller_whose_value_is_refused() {
         let (id, trace, written) = call.await.unwrap();
         match written {
             Ok(()) => {
-                let row = env.store.task(id).await.unwrap().expect("its row");
+                let row = env.store.tasks().get(id).await.unwrap().expect("its row");
                 assert_eq!(
                     (row.status.as_str(), row.trace_id.as_deref()),
                     ("queued", Some(trace.as_str()))
@@ -808,7 +809,7 @@ async fn grouped_queued_rows_fail_only_the_caller_whose_value_is_refused() {
                     swarm_director::fault::Fault::Permanent,
                     "{error}"
                 );
-                assert!(env.store.task(id).await.unwrap().is_none());
+                assert!(env.store.tasks().get(id).await.unwrap().is_none());
             }
         }
     }

@@ -45,8 +45,8 @@ async fn tasks_are_found_by_what_is_inside_them_and_dead_letters_replayed_by_fil
     env.wait_finished(&ids, Duration::from_secs(15)).await;
 
     // With the data index (`database.search_index`), made twice: it is idempotent.
-    env.store.ensure_search_index().await.unwrap();
-    env.store.ensure_search_index().await.unwrap();
+    env.store.search().ensure_index().await.unwrap();
+    env.store.search().ensure_index().await.unwrap();
     let (status, found) = call(&app, read("/v1/tasks?contains=%7B%22customer%22%3A4242%7D")).await;
     assert_eq!(status, StatusCode::OK, "{found}");
     assert_openapi_response("get", "/v1/tasks", 200, &found);

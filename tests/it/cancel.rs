@@ -32,6 +32,7 @@ async fn queued_and_delayed_tasks_cancelled_before_a_worker_comes_never_run() {
     let mut delayed = doomed();
     delayed.not_before = Some(Utc::now() + chrono::Duration::seconds(2));
     env.store
+        .tasks()
         .record_queued(&[queued.clone(), delayed.clone()], None)
         .await
         .unwrap();
@@ -122,7 +123,7 @@ async fn queued_and_delayed_tasks_cancelled_before_a_worker_comes_never_run() {
         let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
         assert_eq!(shown["last_error"], "cancelled", "{shown}");
     }
-    let finished_row = env.store.task(finished.id).await.unwrap().unwrap();
+    let finished_row = env.store.tasks().get(finished.id).await.unwrap().unwrap();
     assert_eq!(
         finished_row.status, "completed",
         "a finished task stays as it ended"
@@ -142,7 +143,12 @@ async fn a_running_task_is_cancelled_over_http_and_one_that_will_not_stop_is_aba
     }
     // Both running: each reported progress.
     eventually("both running", Duration::from_secs(10), || async {
-        let rows = env.store.tasks(&[listens.id, deaf.id]).await.unwrap();
+        let rows = env
+            .store
+            .tasks()
+            .by_ids(&[listens.id, deaf.id])
+            .await
+            .unwrap();
         (rows.len() == 2 && rows.iter().all(|r| r.progress.is_some())).then_some(())
     })
     .await;
@@ -228,7 +234,7 @@ async fn a_cancel_racing_completion_ends_in_one_final_state_everywhere() {
         .map(|i| TaskEnvelope::new("sleep", json!({"ms": i % 40})))
         .collect();
     let ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.id).collect();
-    env.store.record_queued(&tasks, None).await.unwrap();
+    env.store.tasks().record_queued(&tasks, None).await.unwrap();
     let results = env
         .broker
         .publish_many(&tasks, Codec::Json, 256, || {})

@@ -155,11 +155,13 @@ async fn sigterm_lets_in_flight_tasks_finish_and_exits_zero() {
     eventually(
         "the worker to take the tasks",
         Duration::from_secs(20),
-        || async { (env.store.tasks(&ids).await.unwrap().len() == ids.len()).then_some(()) },
+        || async {
+            (env.store.tasks().by_ids(&ids).await.unwrap().len() == ids.len()).then_some(())
+        },
     )
     .await;
     stop_cleanly(&mut process, Duration::from_secs(20), "the worker").await;
-    let rows = env.store.tasks(&ids).await.unwrap();
+    let rows = env.store.tasks().by_ids(&ids).await.unwrap();
     assert!(
         rows.iter().all(|r| r.status == "completed"),
         "in-flight tasks finished"

@@ -62,17 +62,17 @@ async fn a_cluster_node_dies_and_nothing_is_lost() {
     let ids = publish_sleeps(&env, 5000).await;
     let mut workers = [spawn_worker(&env), spawn_worker(&env)];
 
-    while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 4 {
+    while (env.store.tasks().count_finished(&ids).await.unwrap() as usize) < ids.len() / 4 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.kill(&leader);
     let killed = Instant::now();
     // The pause: how long until completions flow again.
-    let before = env.store.count_finished(&ids).await.unwrap();
+    let before = env.store.tasks().count_finished(&ids).await.unwrap();
     let mut resumed = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done = env.store.count_finished(&ids).await.unwrap();
+        let done = env.store.tasks().count_finished(&ids).await.unwrap();
         if resumed.is_none() && done > before + 50 {
             resumed = Some(killed.elapsed());
         }
@@ -85,7 +85,7 @@ async fn a_cluster_node_dies_and_nothing_is_lost() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rows = env.store.tasks(&ids).await.unwrap();
+    let rows = env.store.tasks().by_ids(&ids).await.unwrap();
     assert_eq!(rows.len(), 5000);
     assert!(rows.iter().all(|r| r.status == "completed"), "none lost");
     // A final write is its row's last: redelivered work was recognised or fenced off.
@@ -112,7 +112,7 @@ async fn the_surviving_worker_finishes_everything() {
     let ids = publish_sleeps(&env, 2000).await;
     let mut doomed = spawn_worker(&env);
     let mut survivor = spawn_worker(&env);
-    while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 5 {
+    while (env.store.tasks().count_finished(&ids).await.unwrap() as usize) < ids.len() / 5 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     doomed.start_kill().unwrap();
@@ -121,11 +121,12 @@ async fn the_surviving_worker_finishes_everything() {
         "the survivor to finish the work",
         Duration::from_secs(60),
         || async {
-            (env.store.count_finished(&ids).await.unwrap() as usize == ids.len()).then_some(())
+            (env.store.tasks().count_finished(&ids).await.unwrap() as usize == ids.len())
+                .then_some(())
         },
     )
     .await;
-    let rows = env.store.tasks(&ids).await.unwrap();
+    let rows = env.store.tasks().by_ids(&ids).await.unwrap();
     assert!(rows.iter().all(|r| r.status == "completed"));
     assert_eq!(
         rewritten_after_finishing(&env, &ids).await,

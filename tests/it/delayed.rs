@@ -43,6 +43,7 @@ async fn a_delayed_task_runs_on_time_across_a_worker_restart() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         env.store
+            .tasks()
             .count_finished(&[id, via_library.id])
             .await
             .unwrap(),
@@ -51,7 +52,8 @@ async fn a_delayed_task_runs_on_time_across_a_worker_restart() {
     // The CLI recorded its task: readable, `scheduled`, while it waits.
     let waiting = env
         .store
-        .task(id)
+        .tasks()
+        .get(id)
         .await
         .unwrap()
         .expect("a row while it waits");
@@ -244,7 +246,8 @@ async fn a_delayed_task_published_straight_to_nats_reads_scheduled_in_its_row_an
     let mut redis = env.redis().await;
     let row = crate::support::eventually("a scheduled row", Duration::from_secs(2), || async {
         env.store
-            .task(task.id)
+            .tasks()
+            .get(task.id)
             .await
             .unwrap()
             .filter(|row| row.status == "scheduled")

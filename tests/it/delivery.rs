@@ -114,7 +114,7 @@ async fn a_late_copy_is_not_run(task: TaskEnvelope, copy_id: &str) {
     .await;
     let counts = worker.stop().await;
     assert_eq!(count(&counts.completed), 1, "the agent ran once");
-    let after = env.store.task(task.id).await.unwrap().unwrap();
+    let after = env.store.tasks().get(task.id).await.unwrap().unwrap();
     assert_eq!(
         after.completed_at, before[0].completed_at,
         "the row was not touched"
@@ -144,7 +144,7 @@ async fn a_killed_worker_loses_nothing() {
     let row = eventually(
         "the process to take the task",
         Duration::from_secs(20),
-        || async { env.store.task(slow.id).await.unwrap() },
+        || async { env.store.tasks().get(slow.id).await.unwrap() },
     )
     .await;
     assert_eq!(row.status, "processing");
@@ -249,7 +249,7 @@ async fn a_stalled_workers_late_result_is_fenced_off() {
         || async { (count(&stalled_counts.fenced) > 0).then_some(()) },
     )
     .await;
-    let after = env.store.task(task.id).await.unwrap().unwrap();
+    let after = env.store.tasks().get(task.id).await.unwrap().unwrap();
     assert_eq!(
         after.result,
         Some(json!({"attempt": 2})),
@@ -282,7 +282,7 @@ async fn a_long_first_delivery_shows_as_processing_while_it_runs() {
     assert!(rows[0].started_at.is_some(), "the attempt's start is kept");
     // The long one gets a `processing` row while it runs, then its outcome.
     let row = eventually("a processing row", Duration::from_secs(5), || async {
-        env.store.task(long.id).await.unwrap()
+        env.store.tasks().get(long.id).await.unwrap()
     })
     .await;
     assert_eq!(row.status, "processing", "seen while running");

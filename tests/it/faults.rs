@@ -64,7 +64,8 @@ async fn workers_killed_at_random_lose_nothing() {
     let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&env, &[])).collect();
     let mut kills = 0;
     let mut rng = rand::rng();
-    while kills < 5 && (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() {
+    while kills < 5 && (env.store.tasks().count_finished(&ids).await.unwrap() as usize) < ids.len()
+    {
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..500))).await;
         let victim = kills % workers.len();
         workers[victim].start_kill().unwrap();
@@ -106,10 +107,10 @@ async fn a_nats_restart_mid_run_loses_nothing() {
     let ids = publish_all(&env, &tasks).await;
     let mut workers: Vec<Child> = (0..2).map(|_| spawn_worker(&env, &[])).collect();
 
-    while (env.store.count_finished(&ids).await.unwrap() as usize) < ids.len() / 4 {
+    while (env.store.tasks().count_finished(&ids).await.unwrap() as usize) < ids.len() / 4 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = env.store.count_finished(&ids).await.unwrap();
+    let before = env.store.tasks().count_finished(&ids).await.unwrap();
     nats.restart();
     let restarted = Instant::now();
     let rows = env.wait_finished(&ids, Duration::from_secs(90)).await;
@@ -160,7 +161,7 @@ async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
         200,
         "nothing acknowledged without its row"
     );
-    assert_eq!(env.store.count_finished(&ids).await.unwrap(), 0);
+    assert_eq!(env.store.tasks().count_finished(&ids).await.unwrap(), 0);
 
     proxy.restore();
     let restored = Instant::now();
@@ -249,7 +250,7 @@ async fn a_worker_holding_outcomes_through_an_outage_is_unready_and_still_stops_
         "{:?}",
         liveness.stall()
     );
-    assert_eq!(env.store.count_finished(&ids).await.unwrap(), 0);
+    assert_eq!(env.store.tasks().count_finished(&ids).await.unwrap(), 0);
 
     let stopping = Instant::now();
     running.stop().await;
@@ -332,7 +333,7 @@ async fn a_task_that_kills_its_worker_ends_in_the_dead_letter_stream() {
         crashes >= 2,
         "the poison task crashed a worker on each of its 2 runs"
     );
-    let row = env.store.task(poison.id).await.unwrap().unwrap();
+    let row = env.store.tasks().get(poison.id).await.unwrap().unwrap();
     assert_eq!(row.status, "dead");
     println!(
         "poison task: {crashes} worker crashes, dead-lettered on delivery 3; {} other tasks done meanwhile",
@@ -379,7 +380,7 @@ async fn tasks_outliving_the_grace_period_are_handed_back_at_once() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    while env.store.task(long.id).await.unwrap().is_none() {
+    while env.store.tasks().get(long.id).await.unwrap().is_none() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let pid = process.id().unwrap().to_string();
@@ -425,7 +426,7 @@ async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
     // Every task claimed (its row says processing), then the database goes away while the
     // agents still run: their batch commit must fail.
     eventually("the tasks claimed", Duration::from_secs(10), || async {
-        (env.store.tasks(&ids).await.unwrap().len() == ids.len()).then_some(())
+        (env.store.tasks().by_ids(&ids).await.unwrap().len() == ids.len()).then_some(())
     })
     .await;
     proxy.cut();
@@ -435,7 +436,7 @@ async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
         12,
         "no ack without a committed row"
     );
-    let rows = env.store.tasks(&ids).await.unwrap();
+    let rows = env.store.tasks().by_ids(&ids).await.unwrap();
     assert!(
         rows.iter().all(|r| r.status == "processing"),
         "nothing committed meanwhile"

@@ -333,7 +333,7 @@ async fn rows_the_database_refuses_cost_their_own_message_only() {
         "{:?}",
         settled.last_error
     );
-    assert!(env.store.task(at_claim.id).await.unwrap().is_none());
+    assert!(env.store.tasks().get(at_claim.id).await.unwrap().is_none());
     for refused in [&at_claim, &at_settle] {
         let stored = letters
             .iter()

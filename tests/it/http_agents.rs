@@ -228,7 +228,11 @@ async fn a_cancel_closes_the_request_and_the_task_ends_cancelled() {
         || async { seen.slow_started.load(Ordering::SeqCst).then_some(()) },
     )
     .await;
-    env.store.cancel(&[task.id], "test").await.unwrap();
+    env.store
+        .cancellations()
+        .cancel(&[task.id], "test")
+        .await
+        .unwrap();
     env.broker
         .announce_cancellations(&[task.id], "test")
         .await

@@ -207,7 +207,7 @@ async fn a_legacy_task_with_a_nul_is_dead_lettered_and_the_rest_flows() {
             failed["last_error"].as_str().unwrap().contains("NUL"),
             "{failed}"
         );
-        assert!(env.store.task(poisoned).await.unwrap().is_none());
+        assert!(env.store.tasks().get(poisoned).await.unwrap().is_none());
     }
     eventually("completed_tasks", Duration::from_secs(10), || {
         hash_entry(&env, &k.completed_tasks, good)
@@ -243,7 +243,8 @@ async fn a_legacy_task_is_processed_once_and_completed() {
     assert_eq!(count(&counts.completed), 1);
     let row = env
         .store
-        .task(id)
+        .tasks()
+        .get(id)
         .await
         .unwrap()
         .expect("row keyed by the legacy id");

@@ -149,7 +149,7 @@ async fn shutdown_finishes_in_flight_tasks_first() {
     // Wait until they run, then ask the worker to stop.
     let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
     loop {
-        let rows = env.store.tasks(&ids).await.unwrap();
+        let rows = env.store.tasks().by_ids(&ids).await.unwrap();
         if rows.len() == ids.len() {
             break;
         }
@@ -161,7 +161,7 @@ async fn shutdown_finishes_in_flight_tasks_first() {
         4,
         "in-flight tasks finish before exit"
     );
-    let rows = env.store.tasks(&ids).await.unwrap();
+    let rows = env.store.tasks().by_ids(&ids).await.unwrap();
     assert!(rows.iter().all(|r| r.status == "completed"));
     env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;

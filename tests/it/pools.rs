@@ -55,7 +55,7 @@ async fn a_quality_pool_never_takes_an_email_task() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     for id in &email {
         assert!(
-            env.store.read_task(*id).await.unwrap().0.is_none(),
+            env.store.reads().task(*id).await.unwrap().0.is_none(),
             "the quality pool claimed email task {id}"
         );
     }
@@ -216,7 +216,7 @@ async fn a_worker_creates_no_more_lanes_than_its_cap_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     capped.stop().await;
     assert_eq!(
-        env.store.count_finished(&ids[2..]).await.unwrap(),
+        env.store.tasks().count_finished(&ids[2..]).await.unwrap(),
         0,
         "the third lane was not made"
     );

@@ -265,7 +265,12 @@ async fn progress_and_cancel_reach_a_python_agent() {
         "{progress}"
     );
     let asked = Instant::now();
-    let report = env.store.cancel(&[task.id], "test").await.unwrap();
+    let report = env
+        .store
+        .cancellations()
+        .cancel(&[task.id], "test")
+        .await
+        .unwrap();
     assert_eq!(report.cancelled, [task.id]);
     env.broker
         .announce_cancellations(&[task.id], "test")

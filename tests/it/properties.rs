@@ -61,7 +61,7 @@ async fn whatever_validates_is_stored_and_read_back_unchanged() {
             attempt: 1,
             trace_id: None,
         };
-        let claimed = env.store.claim(&[claim], "prop").await;
+        let claimed = env.store.tasks().claim(&[claim], "prop").await;
         let claimed = claimed.unwrap_or_else(|e| panic!("claim refused {}: {e}", decoded.data));
         assert!(claimed.contains_key(&decoded.id));
         let settled = Settled {
@@ -78,10 +78,10 @@ async fn whatever_validates_is_stored_and_read_back_unchanged() {
                 chrono::Utc::now(),
             ),
         };
-        let applied = env.store.settle(&[&settled], "prop").await;
+        let applied = env.store.tasks().settle(&[&settled], "prop").await;
         let applied = applied.unwrap_or_else(|e| panic!("settle refused {}: {e}", decoded.data));
         assert!(applied.contains(&decoded.id));
-        let row = env.store.task(decoded.id).await.unwrap().unwrap();
+        let row = env.store.tasks().get(decoded.id).await.unwrap().unwrap();
         assert_eq!(row.agent_type, decoded.agent_type);
         // PostgreSQL's jsonb keeps numbers as numeric: compare through their JSON text.
         assert_eq!(normal(&row.data), normal(&decoded.data), "data");

@@ -47,25 +47,26 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
     assert_eq!((standby, port), (false, i32::from(pair.primary_port)));
     let task = TaskEnvelope::new("echo", json!({"replicated": true}));
     store
+        .tasks()
         .record_queued(std::slice::from_ref(&task), None)
         .await
         .unwrap();
 
     // A read right after the write finds it (from the primary if the replica lags) ...
-    let (found, _) = store.read_task(task.id).await.unwrap();
+    let (found, _) = store.reads().task(task.id).await.unwrap();
     assert!(found.is_some(), "read-your-write");
     // ... and once replicated it comes from the standby.
     let found = eventually(
         "the replica to serve the row",
         Duration::from_secs(10),
         || async {
-            let (found, from) = store.read_task(task.id).await.unwrap();
+            let (found, from) = store.reads().task(task.id).await.unwrap();
             (from == ReadFrom::Replica).then_some(found)
         },
     )
     .await;
     assert_eq!(found.unwrap().status, "queued");
-    let (standby, port, from) = store.read_probe().await.unwrap();
+    let (standby, port, from) = store.reads().probe().await.unwrap();
     assert_eq!(
         (standby, port, from),
         (true, i32::from(pair.standby_port), ReadFrom::Replica)
@@ -74,7 +75,7 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
     // The replica stops: reads go to the primary, without an error.
     pair.stop_standby();
     let fallback = Instant::now();
-    let (found, from) = store.read_task(task.id).await.unwrap();
+    let (found, from) = store.reads().task(task.id).await.unwrap();
     assert!(found.is_some() && from == ReadFrom::Primary);
     assert!(
         fallback.elapsed() < Duration::from_secs(2),
@@ -82,11 +83,11 @@ async fn reads_use_the_replica_and_fall_back_to_the_primary() {
         fallback.elapsed()
     );
     for _ in 0..3 {
-        let (found, from) = store.read_task(task.id).await.unwrap();
+        let (found, from) = store.reads().task(task.id).await.unwrap();
         assert!(found.is_some());
         assert_eq!(from, ReadFrom::Primary);
     }
-    let (standby, port, from) = store.read_probe().await.unwrap();
+    let (standby, port, from) = store.reads().probe().await.unwrap();
     assert_eq!(
         (standby, port, from),
         (false, i32::from(pair.primary_port), ReadFrom::Primary)
@@ -166,6 +167,7 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
 
     let first = TaskEnvelope::new("echo", json!({"n": 1}));
     store
+        .tasks()
         .record_queued(std::slice::from_ref(&first), None)
         .await
         .unwrap();
@@ -191,12 +193,13 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
         .unwrap();
     let second = TaskEnvelope::new("echo", json!({"n": 2}));
     store
+        .tasks()
         .record_queued(std::slice::from_ref(&second), None)
         .await
         .unwrap();
     let (status, from, _) = get_task(&app, second.id).await;
     assert_eq!((status, from.as_str()), (200, "primary"));
-    let (counts, from) = store.read_status_counts().await.unwrap();
+    let (counts, from) = store.reads().status_counts().await.unwrap();
     assert_eq!((counts.get("queued"), from), (Some(&1), ReadFrom::Replica));
     sqlx::query("SELECT pg_wal_replay_resume()")
         .execute(&standby)
@@ -204,7 +207,7 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
         .unwrap();
     standby.close().await;
     eventually("the replica caught up", Duration::from_secs(10), || async {
-        let (counts, _) = store.read_status_counts().await.unwrap();
+        let (counts, _) = store.reads().status_counts().await.unwrap();
         (counts.get("queued") == Some(&2)).then_some(())
     })
     .await;
@@ -213,9 +216,9 @@ async fn the_api_and_status_counts_read_from_the_replica_and_fall_back_to_the_pr
     pair.stop_standby();
     let (status, from, _) = get_task(&app, first.id).await;
     assert_eq!((status, from.as_str()), (200, "primary"));
-    let (counts, from) = store.read_status_counts().await.unwrap();
+    let (counts, from) = store.reads().status_counts().await.unwrap();
     assert_eq!((counts.get("queued"), from), (Some(&2), ReadFrom::Primary));
-    let (_, from) = store.read_recent_counts(5).await.unwrap();
+    let (_, from) = store.reads().recent_counts(5).await.unwrap();
     assert_eq!(from, ReadFrom::Primary);
     store.drop_schema().await.unwrap();
     env.cleanup().await;

@@ -42,7 +42,7 @@ async fn complete(store: &Store, task: &TaskEnvelope) {
         cancelled_by: None,
         origin: Origin::of(Arc::new(task.clone()), None, Utc::now()),
     };
-    let applied = store.settle(&[&settled], WORKER).await.unwrap();
+    let applied = store.tasks().settle(&[&settled], WORKER).await.unwrap();
     assert!(applied.contains(&task.id));
 }
 
@@ -53,7 +53,7 @@ async fn start(store: &Store, task: &TaskEnvelope) {
         attempt: 2,
         trace_id: None,
     };
-    let claimed = store.claim(&[claim], WORKER).await.unwrap();
+    let claimed = store.tasks().claim(&[claim], WORKER).await.unwrap();
     assert!(claimed.contains_key(&task.id));
 }
 
@@ -89,6 +89,7 @@ async fn expired_days_are_dropped_whole_keeping_unfinished_and_recently_finished
     let old_day = today() - Days::new(10);
     let mut report = PartitionReport::default();
     store
+        .retention()
         .ensure_partitions(old_day, old_day, &mut report)
         .await
         .unwrap();
@@ -118,33 +119,47 @@ async fn expired_days_are_dropped_whole_keeping_unfinished_and_recently_finished
     );
 
     let report = store
+        .retention()
         .upkeep_partitions(Utc::now(), Some(chrono::Duration::days(7)))
         .await
         .unwrap();
     assert_eq!(report.dropped, vec![old_day]);
     assert_eq!(report.kept_rows, 2, "{report:?}");
     assert_eq!(report.trimmed_rows, 1, "{report:?}");
-    let days = store.partition_days().await.unwrap();
+    let days = store.retention().partition_days().await.unwrap();
     assert!(!days.contains(&old_day));
     for ahead in 0..=DAYS_AHEAD {
         assert!(days.contains(&(today() + Days::new(ahead))), "{days:?}");
     }
 
-    assert!(store.task(expired.id).await.unwrap().is_none());
-    assert!(store.task(ancient_expired.id).await.unwrap().is_none());
+    assert!(store.tasks().get(expired.id).await.unwrap().is_none());
+    assert!(
+        store
+            .tasks()
+            .get(ancient_expired.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     for kept in [&finished_lately, &ancient_recent] {
-        let row = store.task(kept.id).await.unwrap().expect("kept");
+        let row = store.tasks().get(kept.id).await.unwrap().expect("kept");
         assert_eq!(row.status, "completed");
         assert_eq!(
             partition_of(store, kept.id).await.as_deref(),
             Some("tasks_default")
         );
     }
-    let row = store.task(unfinished.id).await.unwrap().expect("kept");
+    let row = store
+        .tasks()
+        .get(unfinished.id)
+        .await
+        .unwrap()
+        .expect("kept");
     assert_eq!(row.status, "processing");
     // The kept row is still the task's row: its outcome lands on it, and then it is final.
     complete(store, &unfinished).await;
     let finished = store
+        .tasks()
         .finished_among(&[RowKey::of(&unfinished)])
         .await
         .unwrap();
@@ -165,6 +180,7 @@ async fn a_row_waiting_in_the_default_partition_moves_into_its_days_new_partitio
     );
     let mut report = PartitionReport::default();
     store
+        .retention()
         .ensure_partitions(future_day, future_day, &mut report)
         .await
         .unwrap();
@@ -175,7 +191,11 @@ async fn a_row_waiting_in_the_default_partition_moves_into_its_days_new_partitio
         Some(partition_name(future_day).as_str())
     );
     // Still recognised as finished: a duplicate delivery is not run again.
-    let finished = store.finished_among(&[RowKey::of(&early)]).await.unwrap();
+    let finished = store
+        .tasks()
+        .finished_among(&[RowKey::of(&early)])
+        .await
+        .unwrap();
     assert!(finished.contains(&early.id));
     env.cleanup().await;
 }
@@ -189,6 +209,7 @@ async fn workers_running_upkeep_at_once_take_turns() {
         async move {
             let mut report = PartitionReport::default();
             store
+                .retention()
                 .ensure_partitions(far, far + Days::new(4), &mut report)
                 .await
                 .map(|()| report)
@@ -200,7 +221,7 @@ async fn workers_running_upkeep_at_once_take_turns() {
         created.extend(report.expect("no round fails").created);
     }
     created.sort();
-    let days = env.store.partition_days().await.unwrap();
+    let days = env.store.retention().partition_days().await.unwrap();
     for offset in 0..=4 {
         let day = far + Days::new(offset);
         assert!(days.contains(&day), "{days:?}");
@@ -292,6 +313,7 @@ async fn swarmd_prune_reports_what_it_removed() {
     let old_day = today() - Days::new(12);
     let mut report = PartitionReport::default();
     env.store
+        .retention()
         .ensure_partitions(old_day, old_day, &mut report)
         .await
         .unwrap();
@@ -315,11 +337,12 @@ async fn swarmd_prune_reports_what_it_removed() {
         stdout.contains(&format!("partitions dropped: {old_day}")),
         "{stdout}"
     );
-    assert!(env.store.task(expired.id).await.unwrap().is_none());
+    assert!(env.store.tasks().get(expired.id).await.unwrap().is_none());
 
     // Retention 0 keeps everything.
     let kept_day = today() - Days::new(20);
     env.store
+        .retention()
         .ensure_partitions(kept_day, kept_day, &mut report)
         .await
         .unwrap();
@@ -332,6 +355,7 @@ async fn swarmd_prune_reports_what_it_removed() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("keep everything"));
     assert!(
         env.store
+            .retention()
             .partition_days()
             .await
             .unwrap()
@@ -368,7 +392,7 @@ async fn a_worker_writes_into_todays_partition() {
     .unwrap();
     let methods: Vec<&str> = methods.iter().map(|(am, _)| am.as_str()).collect();
     assert_eq!(methods, ["brin", "btree", "btree"]);
-    let (recent, _) = env.store.read_recent_counts(5).await.unwrap();
+    let (recent, _) = env.store.reads().recent_counts(5).await.unwrap();
     assert_eq!(recent, [("echo".to_string(), "completed".to_string(), 1)]);
     running.stop().await;
     env.cleanup().await;
@@ -415,7 +439,12 @@ async fn the_partitioning_migration_keeps_rows_stored_before_it() {
             .await
             .unwrap();
     }
-    let row = store.task(id).await.unwrap().expect("the row survives");
+    let row = store
+        .tasks()
+        .get(id)
+        .await
+        .unwrap()
+        .expect("the row survives");
     assert_eq!(
         (row.status.as_str(), row.result),
         ("completed", Some(json!({"ok": true})))
@@ -425,7 +454,11 @@ async fn the_partitioning_migration_keeps_rows_stored_before_it() {
         Some("tasks_default")
     );
     // The day's partition, created afterwards, takes the row in.
-    let report = store.upkeep_partitions(Utc::now(), None).await.unwrap();
+    let report = store
+        .retention()
+        .upkeep_partitions(Utc::now(), None)
+        .await
+        .unwrap();
     assert_eq!(report.adopted_rows, 1);
     store.drop_schema().await.unwrap();
     env.cleanup().await;

@@ -119,7 +119,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     );
 
     // What the clicks did, as the database tells it.
-    let sleeper_row = env.store.task(sleeper.id).await.unwrap().unwrap();
+    let sleeper_row = env.store.tasks().get(sleeper.id).await.unwrap().unwrap();
     assert_eq!(sleeper_row.status, "cancelled");
     let replays: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT id FROM tasks WHERE replay_of IS NOT NULL")

@@ -148,8 +148,9 @@ async fn retention_forgets_keys_that_hold_nothing_and_keeps_live_ones() {
     live.idempotency_key = Some("still-running".into());
     let mut done = TaskEnvelope::new("echo", json!("done"));
     done.idempotency_key = Some("long-finished".into());
-    env.store.take_keys(&[&live, &done]).await.unwrap();
+    env.store.keys().take(&[&live, &done]).await.unwrap();
     env.store
+        .tasks()
         .record_queued(&[live.clone()], None)
         .await
         .unwrap();
@@ -160,6 +161,7 @@ async fn retention_forgets_keys_that_hold_nothing_and_keeps_live_ones() {
         .unwrap();
     let mut report = Default::default();
     env.store
+        .retention()
         .drop_finished_before(chrono::Utc::now() - chrono::Duration::days(7), &mut report)
         .await
         .unwrap();

@@ -212,7 +212,7 @@ async fn a_nats_producer_hears_the_outcome_it_subscribed_to() {
     assert_eq!(outcome["id"], task.id.to_string());
     assert_eq!(outcome["result"], json!({"heard": true}));
     // Announced only once the row is committed.
-    let row = env.store.task(task.id).await.unwrap().unwrap();
+    let row = env.store.tasks().get(task.id).await.unwrap().unwrap();
     assert_eq!(row.status, "completed");
     env.cleanup().await;
 }

@@ -70,6 +70,7 @@ impl TestEnv {
         store.migrate().await.expect("migrations apply");
         // As a worker does at start: today's rows go to today's partition.
         store
+            .retention()
             .upkeep_partitions(chrono::Utc::now(), None)
             .await
             .expect("task partitions are created");
@@ -218,9 +219,9 @@ impl TestEnv {
     pub async fn wait_finished(&self, ids: &[Uuid], timeout: Duration) -> Vec<TaskRecord> {
         let deadline = Instant::now() + timeout;
         loop {
-            let finished = self.store.count_finished(ids).await.expect("count");
+            let finished = self.store.tasks().count_finished(ids).await.expect("count");
             if finished as usize == ids.len() {
-                return self.store.tasks(ids).await.expect("read tasks");
+                return self.store.tasks().by_ids(ids).await.expect("read tasks");
             }
             assert!(
                 Instant::now() < deadline,
