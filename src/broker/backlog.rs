@@ -7,7 +7,8 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{Broker, BrokerError};
+use super::BrokerError;
+use super::lanes::Lanes;
 use crate::task::MAX_PRIORITY;
 
 /// The backlog of one priority.
@@ -63,12 +64,12 @@ impl Backlog {
     }
 }
 
-impl Broker {
+impl Lanes<'_> {
     /// Reads the backlog from the stream's per-subject counts and the lanes' consumers.
     ///
     /// Fails when the stream cannot be read. Tasks in a lane no worker has served yet count
     /// as pending.
-    pub async fn backlog(&self) -> Result<Backlog, BrokerError> {
+    pub async fn backlog(self) -> Result<Backlog, BrokerError> {
         let stream_error = |source: super::NatsError| BrokerError::Stream {
             stream: self.settings().stream.clone(),
             source,

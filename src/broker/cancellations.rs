@@ -17,11 +17,28 @@ pub struct CancelNotice {
     pub by: String,
 }
 
+/// Cancellation notices on core NATS.
+#[derive(Clone, Copy)]
+pub struct Cancellations<'a>(&'a Broker);
+
 impl Broker {
+    pub fn cancellations(&self) -> Cancellations<'_> {
+        Cancellations(self)
+    }
+}
+
+impl std::ops::Deref for Cancellations<'_> {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.0
+    }
+}
+
+impl Cancellations<'_> {
     /// Tells every worker that `ids` were cancelled by `by`.
     ///
     /// Fails when the notices cannot be sent.
-    pub async fn announce_cancellations(&self, ids: &[Uuid], by: &str) -> Result<(), BrokerError> {
+    pub async fn announce(&self, ids: &[Uuid], by: &str) -> Result<(), BrokerError> {
         let subject = self.subjects().cancellations();
         for chunk in ids.chunks(IDS_PER_NOTICE) {
             let notice = CancelNotice {
@@ -43,7 +60,7 @@ impl Broker {
     /// Every cancellation notice from now on.
     ///
     /// Fails when the subscription cannot be made.
-    pub async fn cancellation_notices(&self) -> Result<async_nats::Subscriber, BrokerError> {
+    pub async fn notices(&self) -> Result<async_nats::Subscriber, BrokerError> {
         let subscriber = self
             .client()
             .subscribe(self.subjects().cancellations())

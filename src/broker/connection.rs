@@ -187,7 +187,7 @@ impl Broker {
                 source,
             })?;
         self.schedules.store(schedules, Ordering::Relaxed);
-        self.ensure_delay_stream().await
+        self.delays().ensure_delay_stream().await
     }
 
     /// Whether a new tasks stream should take message schedules: on servers that have them,
@@ -248,9 +248,9 @@ impl Broker {
         // Absent unless a large payload or `swarmd migrate` made it.
         let _ = self
             .jetstream
-            .delete_object_store(self.payload_bucket())
+            .delete_object_store(self.payloads().bucket())
             .await;
-        let _ = self.jetstream.delete_stream(self.delay_stream()).await;
+        let _ = self.jetstream.delete_stream(self.delays().stream()).await;
         self.jetstream
             .delete_stream(&self.settings.stream)
             .await

@@ -52,7 +52,24 @@ impl DelayedCounts {
     }
 }
 
+/// Delayed tasks: held by the server or in the delay stream until due.
+#[derive(Clone, Copy)]
+pub struct Delays<'a>(&'a Broker);
+
 impl Broker {
+    pub fn delays(&self) -> Delays<'_> {
+        Delays(self)
+    }
+}
+
+impl std::ops::Deref for Delays<'_> {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.0
+    }
+}
+
+impl Delays<'_> {
     /// Where `task`, due at `due`, waits — held by the server's message schedules on its own
     /// subject, or in the delay stream — with the headers that make it wait there added to
     /// `headers`.
@@ -74,14 +91,14 @@ impl Broker {
     }
 
     /// The delay stream's name.
-    pub fn delay_stream(&self) -> String {
+    pub fn stream(&self) -> String {
         format!("{}_DELAYED", self.settings().stream)
     }
 
     /// Creates the delay stream, or brings it to the fleet's settings.
     pub(super) async fn ensure_delay_stream(&self) -> Result<(), BrokerError> {
         let config = jetstream::stream::Config {
-            name: self.delay_stream(),
+            name: self.stream(),
             subjects: vec![self.subjects().delayed_stream_subject()],
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
@@ -95,7 +112,7 @@ impl Broker {
         super::stream_setup::ensure(self.jetstream(), config)
             .await
             .map_err(|source| BrokerError::Stream {
-                stream: self.delay_stream(),
+                stream: self.stream(),
                 source,
             })
     }
@@ -104,7 +121,7 @@ impl Broker {
     /// delay stream (each 0 where there is none).
     ///
     /// Fails when the tasks stream cannot be read.
-    pub async fn delayed_counts(&self) -> Result<DelayedCounts, BrokerError> {
+    pub async fn counts(&self) -> Result<DelayedCounts, BrokerError> {
         let stream_error =
             |stream: String, source: super::NatsError| BrokerError::Stream { stream, source };
         let tasks = &self.settings().stream;
@@ -125,7 +142,7 @@ impl Broker {
             }
         }
         // Absent until a worker or `swarmd migrate` made it.
-        if let Ok(mut stream) = self.jetstream().get_stream(self.delay_stream()).await
+        if let Ok(mut stream) = self.jetstream().get_stream(self.stream()).await
             && let Ok(info) = stream.info().await
         {
             counts.in_delay_stream = info.state.messages;
@@ -134,7 +151,7 @@ impl Broker {
     }
 
     /// Moves due tasks to the tasks stream until `stop` completes, holding the rest.
-    pub async fn run_delay_mover(
+    pub async fn run_mover(
         &self,
         clock: &crate::clock::Clock,
         stop: impl std::future::Future<Output = ()>,
@@ -165,7 +182,7 @@ impl Broker {
         };
         let stream = self
             .jetstream()
-            .get_stream(self.delay_stream())
+            .get_stream(self.stream())
             .await
             .map_err(|e| consumer_error(e.into()))?;
         let consumer: jetstream::consumer::PullConsumer = stream
@@ -236,7 +253,7 @@ impl Broker {
     }
 }
 
-impl Broker {
+impl Delays<'_> {
     /// Holds `task`, delivered before its `not_before`, until due (a producer published it
     /// straight to its task subject, or clocks disagree). Its own message id: the tasks
     /// stream already holds the task's id, and would drop it as a copy.

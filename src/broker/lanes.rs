@@ -101,9 +101,26 @@ pub(super) fn name_hash(text: &str) -> u64 {
     })
 }
 
+/// The lanes: one consumer per priority (and pool), pulled highest first, and their backlog.
+#[derive(Clone, Copy)]
+pub struct Lanes<'a>(pub(super) &'a Broker);
+
 impl Broker {
+    pub fn lanes(&self) -> Lanes<'_> {
+        Lanes(self)
+    }
+}
+
+impl std::ops::Deref for Lanes<'_> {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.0
+    }
+}
+
+impl Lanes<'_> {
     /// Durable name of the consumer of one lane.
-    pub fn lane_name(&self, priority: u8, agent_type: &str) -> String {
+    pub fn name(&self, priority: u8, agent_type: &str) -> String {
         lane_name(&self.settings().consumer_group, priority, agent_type)
     }
 
@@ -116,7 +133,7 @@ impl Broker {
         priority: u8,
         agent_type: &str,
     ) -> Result<PullConsumer, BrokerError> {
-        let name = self.lane_name(priority, agent_type);
+        let name = self.name(priority, agent_type);
         let filter = self.subjects().task(priority, agent_type);
         let settings = self.settings();
         let config = pull::Config {

@@ -55,9 +55,26 @@ impl Classify for PayloadError {
     }
 }
 
+/// Claim checks: large values in the Object Store.
+#[derive(Clone, Copy)]
+pub struct Payloads<'a>(&'a Broker);
+
 impl Broker {
+    pub fn payloads(&self) -> Payloads<'_> {
+        Payloads(self)
+    }
+}
+
+impl std::ops::Deref for Payloads<'_> {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.0
+    }
+}
+
+impl Payloads<'_> {
     /// The Object Store bucket of this fleet's claim checks.
-    pub fn payload_bucket(&self) -> String {
+    pub fn bucket(&self) -> String {
         format!("{}_PAYLOADS", self.settings().stream)
     }
 
@@ -71,8 +88,8 @@ impl Broker {
     ///
     /// Fails when JetStream refuses (a role without stream management: `swarmd migrate`
     /// under the admin role creates it).
-    pub async fn ensure_payloads(&self, max_age: Option<Duration>) -> Result<(), PayloadError> {
-        let bucket = self.payload_bucket();
+    pub async fn ensure(&self, max_age: Option<Duration>) -> Result<(), PayloadError> {
+        let bucket = self.bucket();
         if self.jetstream().get_object_store(&bucket).await.is_ok() {
             return Ok(());
         }
@@ -112,8 +129,8 @@ impl Broker {
 
     /// Puts `json` (a value's JSON text) under `name`, replacing an earlier object of that
     /// name (a retried attempt writes the same name).
-    pub async fn put_payload(&self, name: String, json: &[u8]) -> Result<PayloadRef, PayloadError> {
-        let bucket = self.payload_bucket();
+    pub async fn put(&self, name: String, json: &[u8]) -> Result<PayloadRef, PayloadError> {
+        let bucket = self.bucket();
         let store = self.payloads(&bucket).await?;
         let mut reader = json;
         store.put(name.as_str(), &mut reader).await.map_err(|e| {
@@ -128,12 +145,12 @@ impl Broker {
 
     /// The value a claim check points at. Only this fleet's bucket is read: a reference
     /// elsewhere (a producer's mistake, or a probe of other buckets) is missing.
-    pub async fn get_payload(&self, reference: &PayloadRef) -> Result<Value, PayloadError> {
+    pub async fn get(&self, reference: &PayloadRef) -> Result<Value, PayloadError> {
         let missing = || PayloadError::Missing {
             bucket: reference.bucket.clone(),
             name: reference.name.clone(),
         };
-        if reference.bucket != self.payload_bucket() {
+        if reference.bucket != self.bucket() {
             return Err(missing());
         }
         let store = self.payloads(&reference.bucket).await?;

@@ -120,7 +120,7 @@ impl Broker {
     ) -> Result<PublishAckFuture, BrokerError> {
         task.validate()?;
         let mut body = options.codec.encode(task)?;
-        if body.len() > self.claim_check_bytes() && task.data_ref.is_none() {
+        if body.len() > self.payloads().claim_check_bytes() && task.data_ref.is_none() {
             // Too large to travel: the data goes to the Object Store, a reference instead.
             let checked = self.check_in_data(task).await?;
             body = options.codec.encode(&checked)?;
@@ -136,7 +136,7 @@ impl Broker {
         }
         // A task due later is held until due, not put on its lane.
         let subject = match task.not_before.filter(|due| *due > chrono::Utc::now()) {
-            Some(due) => self.hold(task, due, &mut headers),
+            Some(due) => self.delays().hold(task, due, &mut headers),
             None => self.subjects().task(task.priority, &task.agent_type),
         };
         // The producer's span: the worker's spans for this task become its children.
@@ -164,7 +164,8 @@ impl Broker {
     async fn check_in_data(&self, task: &TaskEnvelope) -> Result<TaskEnvelope, BrokerError> {
         let json = serde_json::to_vec(&task.data).expect("a JSON value serialises");
         let reference = self
-            .put_payload(format!("{}.data", task.id), &json)
+            .payloads()
+            .put(format!("{}.data", task.id), &json)
             .await
             .map_err(|e| BrokerError::Request(e.into()))?;
         Ok(TaskEnvelope {

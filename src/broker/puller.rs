@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
+use super::lanes::Lanes;
 use super::{
     Broker, BrokerError, Doorbell,
     doorbell::Rung,
@@ -73,16 +74,13 @@ pub struct PriorityPuller {
     turn: usize,
 }
 
-impl Broker {
+impl Lanes<'_> {
     /// A puller over the lanes `filter` admits; their consumers are created as tasks show
     /// up in them.
     ///
     /// Fails when the stream is missing.
-    pub async fn priority_puller(
-        &self,
-        filter: AgentFilter,
-    ) -> Result<PriorityPuller, BrokerError> {
-        PriorityPuller::new(self.clone(), filter).await
+    pub async fn puller(self, filter: AgentFilter) -> Result<PriorityPuller, BrokerError> {
+        PriorityPuller::new(self.0.clone(), filter).await
     }
 }
 
@@ -97,7 +95,7 @@ impl PriorityPuller {
                 stream: broker.settings().stream.clone(),
                 source: e.into(),
             })?;
-        broker.remove_priority_consumers(&stream).await;
+        broker.lanes().remove_priority_consumers(&stream).await;
         let counter = LaneCounter {
             stream: stream.clone(),
             subjects: broker.subjects().clone(),
@@ -304,6 +302,7 @@ impl PriorityPuller {
         let (key, made) = (key.clone(), self.made_tx.clone());
         tokio::spawn(async move {
             let created = broker
+                .lanes()
                 .ensure_lane(&stream, key.priority, &key.agent_type)
                 .await;
             // The puller may be gone (the worker stopped): nobody needs the lane then.

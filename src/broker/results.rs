@@ -79,7 +79,24 @@ pub struct Announcement<'a> {
     pub completed_at: DateTime<Utc>,
 }
 
+/// Outcomes announced on core NATS, and waiting for them.
+#[derive(Clone, Copy)]
+pub struct Outcomes<'a>(&'a Broker);
+
 impl Broker {
+    pub fn outcomes(&self) -> Outcomes<'_> {
+        Outcomes(self)
+    }
+}
+
+impl std::ops::Deref for Outcomes<'_> {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.0
+    }
+}
+
+impl Outcomes<'_> {
     /// Announces a committed outcome. Core NATS: nobody listening costs the server one
     /// lookup; a lost announcement costs a waiter one store read at its deadline.
     pub async fn announce(&self, outcome: &Announcement<'_>) -> Result<(), BrokerError> {
@@ -92,7 +109,7 @@ impl Broker {
 
     /// Listens for the outcomes of `ids`. Subscribe before publishing the tasks: an
     /// announcement made before the subscription is not seen.
-    pub async fn watch_outcomes(&self, ids: &[Uuid]) -> Result<OutcomeWatch, BrokerError> {
+    pub async fn watch(&self, ids: &[Uuid]) -> Result<OutcomeWatch, BrokerError> {
         // A subscription per task up to a point; past it one for all outcomes, filtered here.
         let subjects: Vec<String> = if ids.len() <= SUBSCRIPTIONS_PER_WATCH {
             ids.iter().map(|id| self.subjects().result(id)).collect()

@@ -19,11 +19,28 @@ const STRAY_CONSUMER_EXPIRY: Duration = Duration::from_secs(120);
 /// Most messages taken from one stray subject per fetch.
 pub const STRAY_BATCH: usize = 64;
 
+/// Messages on task subjects no lane reads.
+#[derive(Clone, Copy)]
+pub struct Strays<'a>(&'a Broker);
+
 impl Broker {
+    pub fn strays(&self) -> Strays<'_> {
+        Strays(self)
+    }
+}
+
+impl std::ops::Deref for Strays<'_> {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        self.0
+    }
+}
+
+impl Strays<'_> {
     /// The stream's subjects that hold messages but name no lane.
     ///
     /// Fails when the stream cannot be read.
-    pub async fn stray_subjects(&self) -> Result<Vec<String>, BrokerError> {
+    pub async fn list(&self) -> Result<Vec<String>, BrokerError> {
         let error = |source: crate::broker::NatsError| BrokerError::Fetch {
             consumer: "(stray subjects)".into(),
             source,
@@ -46,10 +63,7 @@ impl Broker {
     /// Up to [`STRAY_BATCH`] messages waiting on stray `subject`, without waiting for more.
     ///
     /// Fails when the consumer cannot be made or the fetch fails.
-    pub async fn fetch_strays(
-        &self,
-        subject: &str,
-    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+    pub async fn fetch(&self, subject: &str) -> Result<Vec<jetstream::Message>, BrokerError> {
         let name = format!(
             "{}-stray-{:016x}",
             self.settings().consumer_group,

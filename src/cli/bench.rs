@@ -226,7 +226,7 @@ async fn bench(
     loop {
         // Progress from the broker (pending + unacknowledged): counting rows would load the
         // very database being measured. The end time comes from the rows afterwards.
-        let backlog = broker.backlog().await?;
+        let backlog = broker.lanes().backlog().await?;
         let left: u64 = backlog
             .priorities
             .iter()

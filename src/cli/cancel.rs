@@ -72,7 +72,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     };
     // Rows and `cancellations` are written: a worker that misses this reads them shortly.
     broker
-        .announce_cancellations(&stopped, &by)
+        .cancellations()
+        .announce(&stopped, &by)
         .await
         .context("telling the workers")?;
     Ok(())

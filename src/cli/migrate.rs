@@ -31,13 +31,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("setting up the dead-letter stream")?;
     broker
-        .ensure_payloads(super::payload_max_age(&settings))
+        .payloads()
+        .ensure(super::payload_max_age(&settings))
         .await
         .context("setting up the claim-check bucket")?;
     println!(
         "streams {} and its dead letters ready, claim checks in {}",
         settings.nats.stream,
-        broker.payload_bucket()
+        broker.payloads().bucket()
     );
     Ok(())
 }

@@ -172,7 +172,7 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
     }
     // Listening before publishing: an outcome announced at once is not missed.
     let watch = match args.wait {
-        Some(_) => Some(broker.watch_outcomes(&ids).await?),
+        Some(_) => Some(broker.outcomes().watch(&ids).await?),
         None => None,
     };
     // A task due later is recorded `scheduled`, so it can be read while it waits.

@@ -41,17 +41,22 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<()> {
         info.state.bytes
     );
     let delayed = broker
-        .delayed_counts()
+        .delays()
+        .counts()
         .await
         .context("counting delayed tasks")?;
     println!(
         "scheduled (not due yet): {} — held by the server's schedules: {}, in the delay stream {}: {}",
         delayed.total(),
         delayed.held_by_server,
-        broker.delay_stream(),
+        broker.delays().stream(),
         delayed.in_delay_stream
     );
-    let backlog = broker.backlog().await.context("reading the backlog")?;
+    let backlog = broker
+        .lanes()
+        .backlog()
+        .await
+        .context("reading the backlog")?;
     println!(
         "\n{:<9} {:>9} {:>10} {:>12}",
         "priority", "pending", "in flight", "oldest (s)"

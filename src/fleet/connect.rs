@@ -48,7 +48,7 @@ pub async fn connect_broker(settings: &Settings) -> anyhow::Result<crate::broker
         .ensure_stream()
         .await
         .context("setting up the tasks stream")?;
-    if let Err(error) = broker.ensure_payloads(payload_max_age(settings)).await {
+    if let Err(error) = broker.payloads().ensure(payload_max_age(settings)).await {
         // Only large payloads need it; a role that may not create it (a publisher, a
         // worker) finds it made by `swarmd migrate`, or fails such a task clearly.
         tracing::debug!(%error, "cannot set up the claim-check bucket");

@@ -216,7 +216,8 @@ async fn task(
         Some(_) => Some(
             state
                 .broker
-                .watch_outcomes(&[id])
+                .outcomes()
+                .watch(&[id])
                 .await
                 .map_err(|e| ApiError::internal("cannot listen for the outcome", e))?,
         ),
@@ -249,7 +250,7 @@ async fn task(
     // A result too large for the row is answered whole, read from the Object Store; one
     // that expired is shown as its reference alone.
     let result = match (&record.result, &record.result_ref) {
-        (None, Some(reference)) => match state.broker.get_payload(reference).await {
+        (None, Some(reference)) => match state.broker.payloads().get(reference).await {
             Ok(result) => Some(result),
             Err(error) if error.fault() == Fault::Permanent => None,
             Err(error) => return Err(ApiError::internal("cannot read the task's result", error)),
@@ -292,6 +293,7 @@ pub const READ_FROM_HEADER: &str = "swarm-read-from";
 async fn queues(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let backlog = state
         .broker
+        .lanes()
         .backlog()
         .await
         .map_err(|e| ApiError::internal("cannot read the queues", e))?;

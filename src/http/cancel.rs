@@ -145,7 +145,7 @@ async fn cancel_ids(state: &ApiState, ids: &[Uuid], by: &str) -> Result<CancelRe
 /// Tells the workers at once; one that misses it reads PostgreSQL within seconds, so the
 /// cancel stands either way.
 async fn tell_workers(state: &ApiState, ids: &[Uuid], by: &str) {
-    if let Err(error) = state.broker.announce_cancellations(ids, by).await {
+    if let Err(error) = state.broker.cancellations().announce(ids, by).await {
         tracing::warn!(%error, "cannot tell the workers of a cancel; they read it shortly");
     }
 }

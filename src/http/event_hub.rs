@@ -61,7 +61,7 @@ async fn feed_overview(broker: Broker, store: Store, sender: broadcast::Sender<(
             };
         }
         round = round.wrapping_add(1);
-        let queues = match broker.backlog().await {
+        let queues = match broker.lanes().backlog().await {
             Ok(backlog) => json!(backlog),
             Err(error) => {
                 tracing::debug!(%error, "cannot read the backlog for the dashboard");

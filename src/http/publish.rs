@@ -168,7 +168,8 @@ async fn publish_traced(
         Some(_) => Some(
             state
                 .broker
-                .watch_outcomes(&ids)
+                .outcomes()
+                .watch(&ids)
                 .await
                 .map_err(|e| ApiError::internal("cannot listen for the outcomes", e))?,
         ),

@@ -73,7 +73,8 @@ impl ScaleMeter {
     ///
     /// Fails when the stream cannot be read.
     pub async fn measure(&self, broker: &Broker) -> Result<ScaleSignals, BrokerError> {
-        let (backlog, workers) = tokio::join!(broker.backlog(), roll_call(broker, ROLL_CALL_WAIT));
+        let (backlog, workers) =
+            tokio::join!(broker.lanes().backlog(), roll_call(broker, ROLL_CALL_WAIT));
         Ok(self.decide(&backlog?, &workers?))
     }
 

@@ -37,7 +37,7 @@ pub async fn start(
     store: &Store,
     board: &CancelBoard,
 ) -> Result<Listening, SidecarError> {
-    let notices = broker.cancellation_notices().await?;
+    let notices = broker.cancellations().notices().await?;
     let since = Utc::now() - REMEMBER;
     let rows = store.cancellations().since(since).await?;
     Ok(Listening {

@@ -65,7 +65,7 @@ pub async fn refresh(broker: &Broker, store: &Store, meter: &ScaleMeter, metrics
     metrics
         .db_connections
         .set(i64::from(pool.size()) - pool.num_idle() as i64);
-    let Ok(backlog) = broker.backlog().await else {
+    let Ok(backlog) = broker.lanes().backlog().await else {
         return;
     };
     let mut in_flight = 0;

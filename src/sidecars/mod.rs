@@ -172,7 +172,7 @@ impl Sidecars {
         // Delayed tasks move to the tasks stream when due, whichever worker is up.
         jobs.spawn({
             let (broker, stop) = (broker.clone(), stopped());
-            async move { broker.run_delay_mover(&clock, stop).await }
+            async move { broker.delays().run_mover(&clock, stop).await }
         });
         jobs.spawn(gauges::watch_liveness(liveness, metrics, stopped()));
         jobs.spawn(gauges::run(

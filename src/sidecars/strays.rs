@@ -46,9 +46,9 @@ pub async fn sweep(
     metrics: &Metrics,
 ) -> Result<usize, SweepError> {
     let mut swept = 0;
-    for subject in broker.stray_subjects().await? {
+    for subject in broker.strays().list().await? {
         loop {
-            let messages = broker.fetch_strays(&subject).await?;
+            let messages = broker.strays().fetch(&subject).await?;
             let fetched = messages.len();
             if fetched == 0 {
                 break;

@@ -27,7 +27,7 @@ pub(super) async fn with_data(
     let Some(reference) = &task.data_ref else {
         return Ok(task.clone());
     };
-    match broker.get_payload(reference).await {
+    match broker.payloads().get(reference).await {
         Ok(data) => Ok(Arc::new(TaskEnvelope {
             data,
             data_ref: None,
@@ -48,12 +48,13 @@ pub(super) async fn with_large_result_stored(
     let Outcome::Completed(result) = &outcome else {
         return outcome;
     };
-    if json_size(result) <= broker.claim_check_bytes() {
+    if json_size(result) <= broker.payloads().claim_check_bytes() {
         return outcome;
     }
     let json = serde_json::to_vec(result).expect("a JSON value serialises");
     match broker
-        .put_payload(format!("{}.result", task.id), &json)
+        .payloads()
+        .put(format!("{}.result", task.id), &json)
         .await
     {
         Ok(reference) => Outcome::CompletedByRef(reference),

@@ -24,7 +24,7 @@ pub(super) async fn hold_again(
     task: &TaskEnvelope,
     attempt: u32,
 ) -> Outcome {
-    match broker.defer(task).await {
+    match broker.delays().defer(task).await {
         Ok(()) => Outcome::Deferred,
         Err(error) => executor.failed_attempt(task, attempt, error.to_string()),
     }

@@ -184,7 +184,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(concurrency));
         // Before the first pull: a task cancelled earlier never starts.
         let sidecars = Sidecars::start(self.crew(&agents, &slots, concurrency)).await?;
-        let puller = start_up("the lanes", || self.broker.priority_puller(agents.clone())).await?;
+        let puller = start_up("the lanes", || self.broker.lanes().puller(agents.clone())).await?;
         let (abandon_tx, abandon_rx) = watch::channel(false);
         let alarms = RetryAlarms::default();
         let (settle_tx, settler) = self.spawn_settler(abandon_rx.clone(), alarms.clone());

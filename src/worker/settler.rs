@@ -370,7 +370,7 @@ async fn announce(broker: &Broker, settlement: &Settlement) {
         error: settled.error.as_deref(),
         completed_at: chrono::Utc::now(),
     };
-    if let Err(error) = broker.announce(&announcement).await {
+    if let Err(error) = broker.outcomes().announce(&announcement).await {
         // Waiters read the store at their deadline: a lost announcement delays, never loses.
         tracing::debug!(task_id = %settled.id, %error, "cannot announce an outcome");
     }

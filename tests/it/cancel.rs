@@ -85,7 +85,7 @@ async fn queued_and_delayed_tasks_cancelled_before_a_worker_comes_never_run() {
     eventually(
         "the delayed task dropped",
         Duration::from_secs(10),
-        || async { (env.broker.delayed_counts().await.unwrap().total() == 0).then_some(()) },
+        || async { (env.broker.delays().counts().await.unwrap().total() == 0).then_some(()) },
     )
     .await;
     env.assert_stream_drains("cancelled tasks leave the stream")

@@ -32,7 +32,7 @@ async fn an_8_mib_input_and_a_4_mib_result_travel_by_claim_check() {
         .wait_finished(&[big.id, medium.id], Duration::from_secs(60))
         .await;
     worker.stop().await;
-    let bucket = env.broker.payload_bucket();
+    let bucket = env.broker.payloads().bucket();
     for (task, row) in [(&big, &rows[0]), (&medium, &rows[1])] {
         let row = if row.id == task.id {
             row
@@ -56,7 +56,7 @@ async fn an_8_mib_input_and_a_4_mib_result_travel_by_claim_check() {
         );
         // A reader gets the result whole.
         assert_eq!(
-            env.broker.get_payload(&result_ref).await.unwrap(),
+            env.broker.payloads().get(&result_ref).await.unwrap(),
             task.data
         );
     }
@@ -74,7 +74,7 @@ async fn a_claim_check_whose_object_is_gone_becomes_a_dead_letter_and_the_rest_f
     let worker = env.spawn(env.worker());
     let mut lost = TaskEnvelope::new("echo", Value::Null);
     lost.data_ref = Some(PayloadRef {
-        bucket: env.broker.payload_bucket(),
+        bucket: env.broker.payloads().bucket(),
         name: "never-stored.data".into(),
         size: 10,
     });
@@ -125,7 +125,7 @@ async fn a_bucket_never_made_is_told_apart_from_an_unreachable_one_by_its_error_
     use swarm_director::{broker::PayloadError, fault::Classify};
     let env = TestEnv::new().await;
     let reference = PayloadRef {
-        bucket: env.broker.payload_bucket(),
+        bucket: env.broker.payloads().bucket(),
         name: "x.data".into(),
         size: 1,
     };
@@ -134,7 +134,7 @@ async fn a_bucket_never_made_is_told_apart_from_an_unreachable_one_by_its_error_
         .delete_object_store(&reference.bucket)
         .await
         .unwrap();
-    let error = env.broker.get_payload(&reference).await.unwrap_err();
+    let error = env.broker.payloads().get(&reference).await.unwrap_err();
     assert!(
         matches!(&error, PayloadError::NoBucket(bucket) if *bucket == reference.bucket),
         "{error:?}"

@@ -89,7 +89,7 @@ async fn run_python_example(env: &TestEnv, heading: &str) -> String {
         .replace("\"swarm.results.", &format!("\"{prefix}.results."))
         .replace(
             "\"SWARM_TASKS_PAYLOADS\"",
-            &format!("\"{}\"", env.broker.payload_bucket()),
+            &format!("\"{}\"", env.broker.payloads().bucket()),
         );
     assert_ne!(
         script, example,
@@ -159,7 +159,7 @@ async fn the_readmes_python_producer_sends_large_data_by_claim_check() {
     let result_ref = rows[0].result_ref.clone().expect("a result by claim check");
     // Python wrote `", "` between items; the fleet writes compact JSON.
     assert!(result_ref.size > 2 << 20 && result_ref.size <= size);
-    let result = env.broker.get_payload(&result_ref).await.unwrap();
+    let result = env.broker.payloads().get(&result_ref).await.unwrap();
     assert_eq!(result["rows"].as_array().map(Vec::len), Some(200_000));
     env.cleanup().await;
 }

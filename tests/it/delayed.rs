@@ -184,7 +184,7 @@ async fn delayed_tasks_wait_where_the_server_allows_and_run_on_time() {
             in_delay_stream: 1,
         }
     };
-    assert_eq!(env.broker.delayed_counts().await.unwrap(), expected);
+    assert_eq!(env.broker.delays().counts().await.unwrap(), expected);
 
     // `stream` keeps them in the delay stream on any server.
     let mut settings = env.settings.nats.clone();
@@ -193,7 +193,7 @@ async fn delayed_tasks_wait_where_the_server_allows_and_run_on_time() {
     in_stream.ensure_stream().await.unwrap();
     let kept = delayed("in the delay stream");
     in_stream.publish(&kept, Codec::Json).await.unwrap();
-    let counts = env.broker.delayed_counts().await.unwrap();
+    let counts = env.broker.delays().counts().await.unwrap();
     assert_eq!(counts.in_delay_stream, expected.in_delay_stream + 1);
 
     // `native` on a server without schedules is refused, naming the version needed.
@@ -225,7 +225,7 @@ async fn delayed_tasks_wait_where_the_server_allows_and_run_on_time() {
         );
         assert!(late < Duration::from_millis(1500), "on time: {late:?}");
     }
-    assert_eq!(env.broker.delayed_counts().await.unwrap().total(), 0);
+    assert_eq!(env.broker.delays().counts().await.unwrap().total(), 0);
     env.assert_stream_drains("held tasks leave when they run")
         .await;
     env.cleanup().await;

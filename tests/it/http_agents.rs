@@ -234,7 +234,8 @@ async fn a_cancel_closes_the_request_and_the_task_ends_cancelled() {
         .await
         .unwrap();
     env.broker
-        .announce_cancellations(&[task.id], "test")
+        .cancellations()
+        .announce(&[task.id], "test")
         .await
         .unwrap();
     eventually("the request closed", Duration::from_secs(3), || async {

@@ -59,7 +59,7 @@ async fn a_quality_pool_never_takes_an_email_task() {
             "the quality pool claimed email task {id}"
         );
     }
-    let backlog = env.broker.backlog().await.unwrap();
+    let backlog = env.broker.lanes().backlog().await.unwrap();
     let waiting: Vec<_> = backlog.lanes.iter().filter(|l| l.pending > 0).collect();
     assert_eq!(waiting.len(), 10, "{waiting:?}");
     assert!(
@@ -162,7 +162,7 @@ async fn consumers_of_the_per_priority_layout_give_way_to_lanes() {
         .await
         .unwrap();
     let id = publish(&env, "echo", json!("old layout"), 4).await;
-    let puller = env.broker.priority_puller(AgentFilter::All).await.unwrap();
+    let puller = env.broker.lanes().puller(AgentFilter::All).await.unwrap();
     assert!(stream.consumer_info(&legacy).await.is_err(), "removed");
     drop(puller);
     let worker = env.spawn(env.worker());
@@ -170,7 +170,7 @@ async fn consumers_of_the_per_priority_layout_give_way_to_lanes() {
     assert_eq!(done[0].status, "completed");
     worker.stop().await;
     let lane = stream
-        .consumer_info(env.broker.lane_name(4, "echo"))
+        .consumer_info(env.broker.lanes().name(4, "echo"))
         .await
         .expect("the lane took over");
     assert_eq!(lane.num_pending + lane.num_ack_pending as u64, 0);
@@ -184,7 +184,7 @@ async fn lanes_of_agent_types_that_stop_coming_expire_and_come_back() {
     publish(&env, "no-such-agent", json!("garbage"), 3).await;
     env.wait_dead_letters(1, Duration::from_secs(10)).await;
     let stream = env.stream().await;
-    let lane = env.broker.lane_name(3, "no-such-agent");
+    let lane = env.broker.lanes().name(3, "no-such-agent");
     assert!(
         stream.consumer_info(&lane).await.is_ok(),
         "the lane served it"

@@ -273,7 +273,8 @@ async fn progress_and_cancel_reach_a_python_agent() {
         .unwrap();
     assert_eq!(report.cancelled, [task.id]);
     env.broker
-        .announce_cancellations(&[task.id], "test")
+        .cancellations()
+        .announce(&[task.id], "test")
         .await
         .unwrap();
     // The agent stopped when told, not when the worker's grace (5 s) ran out.

@@ -86,7 +86,8 @@ impl TestEnv {
         }
         // As `swarmd migrate` does: large payloads have their bucket.
         broker
-            .ensure_payloads(None)
+            .payloads()
+            .ensure(None)
             .await
             .expect("the claim-check bucket is created");
         Self {
@@ -296,7 +297,7 @@ impl TestEnv {
 
     /// Messages waiting for delivery and delivered-but-unacknowledged, over all lanes.
     pub async fn consumer_backlog(&self) -> (u64, usize) {
-        let backlog = self.broker.backlog().await.expect("backlog");
+        let backlog = self.broker.lanes().backlog().await.expect("backlog");
         let pending = backlog.lanes.iter().map(|lane| lane.pending).sum();
         let unacked = backlog
             .lanes
