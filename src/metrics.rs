@@ -149,6 +149,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Settled deliveries counted with `outcome` (`completed`, `retry`, `dead`, `duplicate`,
+    /// `rejected`, `abandoned`, `cancelled`), over every agent type.
+    pub fn settled(&self, outcome: &str) -> u64 {
+        use prometheus::core::Collector;
+        self.agent_tasks
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|label| label.name() == "status" && label.value() == outcome)
+            })
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// The process-wide metrics.
     pub fn global() -> &'static Metrics {
         &GLOBAL
@@ -327,5 +345,22 @@ impl Metrics {
     /// Observes one duration in seconds.
     pub fn observe(histogram: &Histogram, seconds: f64) {
         histogram.observe(seconds.max(0.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_sums_an_outcome_over_agent_types() {
+        let metrics = Metrics::new();
+        let settled = |agent, outcome| metrics.agent_tasks.with_label_values(&[agent, outcome]);
+        settled("echo", "completed").inc();
+        settled("review", "completed").inc_by(2);
+        settled("echo", "dead").inc();
+        assert_eq!(metrics.settled("completed"), 3);
+        assert_eq!(metrics.settled("dead"), 1);
+        assert_eq!(metrics.settled("retry"), 0);
     }
 }

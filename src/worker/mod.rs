@@ -42,7 +42,6 @@ pub use executor::{DEFAULT_MAX_RESULT_BYTES, Executor};
 pub use outcome::Outcome;
 pub use retry::RetryPolicy;
 pub use runner::Worker;
-pub use settler::WorkerCounts;
 
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use super::{
     dispatch::Dispatch,
     pull::Pull,
     raised,
-    settler::{self, SettlerConfig, Sinks, WorkerCounts},
+    settler::{self, SettlerConfig, Sinks},
     task_runner::TaskRunner,
 };
 use crate::{
@@ -47,7 +47,6 @@ pub struct Worker {
     pub(super) executor: Executor,
     pub(super) settings: WorkerSettings,
     pub(super) worker_id: String,
-    pub(super) counts: Arc<WorkerCounts>,
     pub(super) mirror: Option<Mirror>,
     pub(super) intake: Option<(Intake, std::time::Duration)>,
     pub(super) upkeep: Option<Upkeep>,
@@ -100,7 +99,6 @@ impl Worker {
             store,
             executor,
             settings,
-            counts: Arc::default(),
             mirror: None,
             intake: None,
             upkeep: None,
@@ -162,9 +160,9 @@ impl Worker {
         self.liveness.clone()
     }
 
-    /// Totals of what this worker settled, readable while it runs.
-    pub fn counts(&self) -> Arc<WorkerCounts> {
-        self.counts.clone()
+    /// Where this worker records what it does (its totals by outcome among them).
+    pub fn metrics(&self) -> &'static Metrics {
+        self.metrics
     }
 
     pub fn id(&self) -> &str {
@@ -353,7 +351,6 @@ impl Worker {
                 store: self.store.clone(),
                 dead_letters: self.dead_letters.clone(),
                 worker_id: self.worker_id.as_str().into(),
-                counts: self.counts.clone(),
                 metrics: self.metrics,
                 abandon,
                 alarms,

@@ -19,15 +19,7 @@
 //! one file so it reads top to bottom. What each outcome stores and acks is decided in
 //! `outcome` and `settlement`, not here.
 
-use std::{
-    collections::HashSet,
-    ops::Range,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashSet, ops::Range, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{AckKind, message::Acker};
 use tokio::{
@@ -71,40 +63,6 @@ impl Settlement {
     }
 }
 
-/// Running totals of settled deliveries, by outcome.
-#[derive(Debug, Default)]
-pub struct WorkerCounts {
-    pub completed: AtomicU64,
-    pub retried: AtomicU64,
-    pub dead: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub rejected: AtomicU64,
-    pub abandoned: AtomicU64,
-    /// Tasks ended `cancelled` (not run, or their agent stopped).
-    pub cancelled: AtomicU64,
-    /// Late outcomes of an attempt that another worker overtook: the agent ran twice, the
-    /// first commit won and this one was not applied (duplicate executions).
-    pub fenced: AtomicU64,
-    /// Failed attempts to store a batch (each retried).
-    pub store_failures: AtomicU64,
-}
-
-impl WorkerCounts {
-    fn count(&self, label: Label) {
-        let counter = match label {
-            Label::Completed => &self.completed,
-            Label::Retry => &self.retried,
-            Label::Dead => &self.dead,
-            Label::Duplicate => &self.duplicates,
-            Label::Rejected => &self.rejected,
-            Label::Abandoned => &self.abandoned,
-            Label::Cancelled => &self.cancelled,
-            Label::Deferred | Label::Requeued => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Batching knobs of the settler.
 #[derive(Debug, Clone, Copy)]
 pub struct SettlerConfig {
@@ -119,7 +77,6 @@ pub struct Sinks {
     pub store: Store,
     pub dead_letters: DeadLetterStream,
     pub worker_id: Arc<str>,
-    pub counts: Arc<WorkerCounts>,
     pub metrics: &'static Metrics,
     /// Turns true when the grace period is over: stop retrying, hand everything back.
     pub abandon: watch::Receiver<bool>,
@@ -236,7 +193,6 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
         {
             // A newer attempt owns the row, or it is already final: leave this delivery
             // alone; if nobody acks it, its redelivery is recognised as a duplicate at claim.
-            sinks.counts.fenced.fetch_add(1, Ordering::Relaxed);
             sinks.metrics.duplicate_executions.inc();
             // Logged in the task's span, so the line carries its trace id.
             let _in_task = settlement.span.enter();
@@ -269,7 +225,6 @@ async fn settle_batch(sinks: &Sinks, mut batch: Vec<Settlement>) {
         if let Some(broker) = &sinks.announcer {
             announce(broker, &settlement).await;
         }
-        sinks.counts.count(settlement.label);
         record_metrics(&settlement, sinks.metrics);
         if let Some(settled_row) = row_of(&settlement.record) {
             settled.push((settled_row.id, settlement.label));
@@ -502,7 +457,6 @@ impl RangeWrite for RowWrite<'_> {
 }
 
 fn note_store_failure(sinks: &Sinks, error: &dyn std::fmt::Display, size: usize) {
-    sinks.counts.store_failures.fetch_add(1, Ordering::Relaxed);
     sinks.metrics.store_failures.inc();
     tracing::error!(%error, size, "cannot store outcomes; holding the batch");
 }

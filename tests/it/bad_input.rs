@@ -12,7 +12,7 @@ use swarm_director::{
 };
 
 use crate::support::{
-    TestEnv, count,
+    TestEnv,
     schemas::{assert_valid, validator},
 };
 
@@ -176,7 +176,7 @@ async fn each_bad_message_is_dead_lettered_with_its_reason() {
             .is_some()
     );
 
-    assert_eq!(count(&counts.rejected), cases.len() as u64);
+    assert_eq!(counts.rejected(), cases.len() as u64);
     env.assert_stream_drains("bad messages do not block the stream")
         .await;
     env.cleanup().await;

@@ -3,10 +3,7 @@
 //! cancel racing completion ends in exactly one final state — row, answer and legacy keys
 //! agreeing.
 
-use std::{
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use chrono::Utc;
@@ -102,11 +99,7 @@ async fn queued_and_delayed_tasks_cancelled_before_a_worker_comes_never_run() {
         );
         assert_eq!(row.last_error.as_deref(), Some("cancelled"));
     }
-    assert_eq!(
-        counts.dead.load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "no agent ran"
-    );
+    assert_eq!(counts.dead(), 0, "no agent ran");
     let keys = LegacyKeys::new(&env.settings.redis.key_prefix);
     let mut redis = env.redis().await;
     for id in ids {
@@ -154,7 +147,7 @@ async fn a_running_task_is_cancelled_over_http_and_one_that_will_not_stop_is_aba
     .await;
     let asked = Instant::now();
     for task in [&listens, &deaf] {
-        let cancelled_before = worker.counts.cancelled.load(Ordering::Relaxed);
+        let cancelled_before = worker.counts.cancelled();
         let sent = Instant::now();
         let (status, body) = call(
             &app,
@@ -176,7 +169,7 @@ async fn a_running_task_is_cancelled_over_http_and_one_that_will_not_stop_is_aba
         if task.id == listens.id {
             // Told across NATS, the agent stops and its delivery is settled cancelled.
             eventually("the agent stopped", Duration::from_secs(3), || async {
-                (worker.counts.cancelled.load(Ordering::Relaxed) > cancelled_before).then_some(())
+                (worker.counts.cancelled() > cancelled_before).then_some(())
             })
             .await;
             println!(
@@ -199,10 +192,7 @@ async fn a_running_task_is_cancelled_over_http_and_one_that_will_not_stop_is_aba
     println!("both attempts ended {stopped:?} after the cancel (grace 1 s for the deaf one)");
     assert!(stopped < Duration::from_secs(5), "{stopped:?}");
     let counts = worker.stop().await;
-    assert_eq!(
-        counts.cancelled.load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(counts.cancelled(), 2);
 
     // Cancelling what has finished is refused; a bad id is a 400.
     let (status, body) = call(

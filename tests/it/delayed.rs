@@ -92,11 +92,7 @@ async fn a_task_published_straight_to_its_subject_early_waits_without_spending_a
     assert_eq!(rows[0].status, "completed");
     let late = lateness(&rows[0], task.not_before.unwrap());
     assert!(late < Duration::from_millis(1500), "on time: {late:?}");
-    assert_eq!(
-        counts.dead.load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "nothing dead-lettered for waiting"
-    );
+    assert_eq!(counts.dead(), 0, "nothing dead-lettered for waiting");
     env.cleanup().await;
 }
 

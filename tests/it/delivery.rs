@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use serde_json::json;
 use swarm_director::task::{Codec, TaskEnvelope};
 
-use crate::support::{TestEnv, count, eventually};
+use crate::support::{Settled, TestEnv, eventually, own_metrics};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_republished_id_is_stored_and_processed_once() {
@@ -24,7 +24,7 @@ async fn a_republished_id_is_stored_and_processed_once() {
     let rows = env.wait_finished(&[task.id], Duration::from_secs(10)).await;
     assert_eq!(rows[0].attempts, 1);
     let counts = worker.stop().await;
-    assert_eq!(count(&counts.completed), 1);
+    assert_eq!(counts.completed(), 1);
     env.cleanup().await;
 }
 
@@ -73,11 +73,11 @@ async fn two_copies_of_a_task_in_one_fetch_run_it_once() {
     eventually(
         "the second copy settled as a duplicate",
         Duration::from_secs(10),
-        || async { (count(&worker.counts.duplicates) == 1).then_some(()) },
+        || async { (worker.counts.duplicates() == 1).then_some(()) },
     )
     .await;
     let counts = worker.stop().await;
-    assert_eq!(count(&counts.completed), 1, "the agent ran once");
+    assert_eq!(counts.completed(), 1, "the agent ran once");
     env.assert_stream_drains("both copies acknowledged").await;
     env.cleanup().await;
 }
@@ -109,11 +109,11 @@ async fn a_late_copy_is_not_run(task: TaskEnvelope, copy_id: &str) {
     assert!(!copy.duplicate, "the copy is stored");
 
     eventually("the duplicate settled", Duration::from_secs(10), || async {
-        (count(&worker.counts.duplicates) > 0).then_some(())
+        (worker.counts.duplicates() > 0).then_some(())
     })
     .await;
     let counts = worker.stop().await;
-    assert_eq!(count(&counts.completed), 1, "the agent ran once");
+    assert_eq!(counts.completed(), 1, "the agent ran once");
     let after = env.store.tasks().get(task.id).await.unwrap().unwrap();
     assert_eq!(
         after.completed_at, before[0].completed_at,
@@ -168,7 +168,7 @@ async fn a_killed_worker_loses_nothing() {
     );
     assert_eq!(slow_row.result, Some(json!({"slept_ms": 3000})));
     assert_eq!(
-        count(&counts.completed),
+        counts.completed(),
         21,
         "each committed result ran once here"
     );
@@ -220,8 +220,9 @@ async fn a_stalled_workers_late_result_is_fenced_off() {
         runtime.block_on(async move {
             let broker = Broker::connect(&stalled_settings.nats).await.unwrap();
             let store = Store::connect(&stalled_settings.database).await.unwrap();
-            let worker = Worker::new(broker, store, registry(), stalled_settings.worker);
-            counts_tx.send(worker.counts()).unwrap();
+            let worker = Worker::new(broker, store, registry(), stalled_settings.worker)
+                .with_metrics(own_metrics());
+            counts_tx.send(Settled(worker.metrics())).unwrap();
             let mut stop = stop_rx;
             worker
                 .run(async move {
@@ -246,7 +247,7 @@ async fn a_stalled_workers_late_result_is_fenced_off() {
     eventually(
         "the late result fenced",
         Duration::from_secs(10),
-        || async { (count(&stalled_counts.fenced) > 0).then_some(()) },
+        || async { (stalled_counts.fenced() > 0).then_some(()) },
     )
     .await;
     let after = env.store.tasks().get(task.id).await.unwrap().unwrap();
@@ -259,8 +260,8 @@ async fn a_stalled_workers_late_result_is_fenced_off() {
     stop_tx.send(true).unwrap();
     stalled.join().unwrap();
     let healthy_counts = healthy.stop().await;
-    assert_eq!(count(&healthy_counts.completed), 1);
-    assert_eq!(count(&stalled_counts.completed), 0);
+    assert_eq!(healthy_counts.completed(), 1);
+    assert_eq!(stalled_counts.completed(), 0);
     env.cleanup().await;
 }
 

@@ -16,7 +16,7 @@ use swarm_director::{
 use tokio::process::Child;
 use uuid::Uuid;
 
-use crate::support::{TestEnv, count, eventually, nats_server::NatsServer, tcp_proxy::TcpProxy};
+use crate::support::{TestEnv, eventually, nats_server::NatsServer, tcp_proxy::TcpProxy};
 
 /// A `swarmd worker` process with a short lease, so orphaned tasks come back quickly.
 fn spawn_worker(env: &TestEnv, extra: &[(&str, &str)]) -> Child {
@@ -176,7 +176,7 @@ async fn nothing_is_acknowledged_while_postgres_is_unreachable() {
         "the outage used up no deliveries (held batches keep their leases)"
     );
     let counts = worker.stop().await;
-    assert_eq!(count(&counts.completed), 200);
+    assert_eq!(counts.completed(), 200);
     env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
@@ -359,9 +359,9 @@ async fn a_task_longer_than_its_lease_runs_exactly_once() {
     let (a, b) = (first.stop().await, second.stop().await);
     assert_eq!(rows[0].status, "completed");
     assert_eq!(rows[0].attempts, 1, "never handed to a second worker");
-    assert_eq!(count(&a.completed) + count(&b.completed), 1);
-    assert_eq!(count(&a.duplicates) + count(&b.duplicates), 0);
-    assert_eq!(count(&a.fenced) + count(&b.fenced), 0);
+    assert_eq!(a.completed() + b.completed(), 1);
+    assert_eq!(a.duplicates() + b.duplicates(), 0);
+    assert_eq!(a.fenced() + b.fenced(), 0);
     env.cleanup().await;
 }
 
@@ -442,7 +442,7 @@ async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
         "nothing committed meanwhile"
     );
     assert!(
-        count(&worker.counts.store_failures) >= 1,
+        worker.counts.store_failures() >= 1,
         "the commit was tried and failed"
     );
 
@@ -454,7 +454,7 @@ async fn a_failing_commit_acks_nothing_and_its_batch_completes_later() {
     );
     let counts = worker.stop().await;
     assert_eq!(
-        count(&counts.completed),
+        counts.completed(),
         12,
         "the held batch was committed, not re-run"
     );

@@ -15,7 +15,7 @@ use swarm_director::{
 };
 
 use crate::support::{
-    TestEnv, count,
+    TestEnv,
     schemas::{assert_valid, validator},
 };
 
@@ -273,7 +273,7 @@ async fn a_hostile_corpus_ends_in_dead_letters_and_good_work_flows() {
     );
     assert!(bomb.letter.envelope_is_whole());
 
-    assert_eq!(count(&counts.completed), 21);
+    assert_eq!(counts.completed(), 21);
     env.assert_stream_drains("nothing hostile is left waiting")
         .await;
     env.cleanup().await;
@@ -342,8 +342,8 @@ async fn rows_the_database_refuses_cost_their_own_message_only() {
         assert_eq!(stored.letter.reason, DeadReason::Unstorable);
         assert_eq!(stored.letter.envelope.as_ref(), Some(refused));
     }
-    assert_eq!(count(&counts.completed), 40);
-    assert_eq!(count(&counts.store_failures), 0, "no transient hold");
+    assert_eq!(counts.completed(), 40);
+    assert_eq!(counts.store_failures(), 0, "no transient hold");
     env.assert_stream_drains("the refused rows do not hold their batches")
         .await;
     env.cleanup().await;
@@ -386,12 +386,8 @@ async fn a_dead_letter_the_broker_refuses_does_not_hold_its_batch() {
         };
         assert_eq!(row.status, expected);
     }
-    assert_eq!(count(&counts.completed), 30);
-    assert_eq!(
-        count(&counts.store_failures),
-        0,
-        "the refusal was not retried"
-    );
+    assert_eq!(counts.completed(), 30);
+    assert_eq!(counts.store_failures(), 0, "the refusal was not retried");
     env.assert_stream_drains("the refused letter's message is terminated")
         .await;
     env.cleanup().await;

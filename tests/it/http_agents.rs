@@ -23,7 +23,7 @@ use swarm_director::{
     task::{Codec, TaskEnvelope},
 };
 
-use crate::support::{TestEnv, count, eventually, succeeds};
+use crate::support::{TestEnv, eventually, succeeds};
 
 const TOKEN: &str = "agent-s3cret-token";
 
@@ -245,7 +245,7 @@ async fn a_cancel_closes_the_request_and_the_task_ends_cancelled() {
     eventually(
         "the attempt ended cancelled",
         Duration::from_secs(3),
-        || async { (count(&worker.counts.cancelled) == 1).then_some(()) },
+        || async { (worker.counts.cancelled() == 1).then_some(()) },
     )
     .await;
     worker.stop().await;

@@ -15,7 +15,7 @@ use swarm_director::{
 use uuid::Uuid;
 
 use crate::support::{
-    TestEnv, count, eventually,
+    TestEnv, eventually,
     nats_server::spare_port,
     redis_server::RedisServer,
     schemas::{assert_valid, validator},
@@ -240,7 +240,7 @@ async fn a_legacy_task_is_processed_once_and_completed() {
         "the producer's own"
     );
     let counts = fleet.stop().await;
-    assert_eq!(count(&counts.completed), 1);
+    assert_eq!(counts.completed(), 1);
     let row = env
         .store
         .tasks()
@@ -966,4 +966,9 @@ async fn a_claim_checked_result_is_shown_alike_live_and_rebuilt() {
     fleet.stop().await;
     assert_mirror_clean_and_rebuilt_clean(&env).await;
     env.cleanup().await;
+}
+
+/// Reads one of the mirror's or the cache's own counters.
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
 }

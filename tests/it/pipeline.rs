@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use swarm_director::task::{Codec, TaskEnvelope};
 
-use crate::support::{TestEnv, count};
+use crate::support::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_builtin_agent_commits_its_result() {
@@ -59,7 +59,7 @@ async fn every_builtin_agent_commits_its_result() {
     assert_eq!(review["findings"][0]["rule"], "placeholder");
 
     let counts = worker.stop().await;
-    assert_eq!(count(&counts.completed), 6);
+    assert_eq!(counts.completed(), 6);
     env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
@@ -130,8 +130,8 @@ async fn retries_wait_then_succeed_or_end_dead() {
     );
 
     let counts = worker.stop().await;
-    assert_eq!(count(&counts.retried), 3);
-    assert_eq!(count(&counts.dead), 2);
+    assert_eq!(counts.retried(), 3);
+    assert_eq!(counts.dead(), 2);
     env.assert_stream_drains("every message acknowledged").await;
     env.cleanup().await;
 }
@@ -156,11 +156,7 @@ async fn shutdown_finishes_in_flight_tasks_first() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let counts = worker.stop().await;
-    assert_eq!(
-        count(&counts.completed),
-        4,
-        "in-flight tasks finish before exit"
-    );
+    assert_eq!(counts.completed(), 4, "in-flight tasks finish before exit");
     let rows = env.store.tasks().by_ids(&ids).await.unwrap();
     assert!(rows.iter().all(|r| r.status == "completed"));
     env.assert_stream_drains("every message acknowledged").await;

@@ -75,7 +75,7 @@ async fn a_quality_pool_never_takes_an_email_task() {
     assert!(done.iter().all(|r| r.status == "completed"));
     let counts = general.stop().await;
     assert_eq!(
-        counts.completed.load(std::sync::atomic::Ordering::Relaxed),
+        counts.completed(),
         20,
         "the general pool ran only the email tasks"
     );

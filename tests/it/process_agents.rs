@@ -15,7 +15,7 @@ use swarm_director::{
 
 use crate::{
     api::{app, call, get},
-    support::{TestEnv, count, eventually},
+    support::{TestEnv, eventually},
 };
 
 /// A Python agent `name` served by `python3 -m swarmd.agent <target>`, with the package and
@@ -281,7 +281,7 @@ async fn progress_and_cancel_reach_a_python_agent() {
     eventually(
         "the attempt ended cancelled",
         Duration::from_secs(3),
-        || async { (count(&running.counts.cancelled) == 1).then_some(()) },
+        || async { (running.counts.cancelled() == 1).then_some(()) },
     )
     .await;
     assert!(

@@ -2,7 +2,7 @@
 //! `unique_for_secs`); a task published meanwhile with the same key is that task. Enforced
 //! in PostgreSQL, so racing producers and producers on NATS get one task.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -123,18 +123,13 @@ async fn a_nats_producers_copy_outside_the_duplicate_window_is_caught_by_the_key
     // Delivered together, either may take the key first: the other is the copy.
     crate::support::eventually("both are settled", Duration::from_secs(15), || async {
         let counts = &worker.counts;
-        let settled =
-            counts.completed.load(Ordering::Relaxed) + counts.duplicates.load(Ordering::Relaxed);
+        let settled = counts.completed() + counts.duplicates();
         (settled >= 2).then_some(())
     })
     .await;
     let counts = worker.stop().await;
-    assert_eq!(counts.completed.load(Ordering::Relaxed), 1, "one ran");
-    assert_eq!(
-        counts.duplicates.load(Ordering::Relaxed),
-        1,
-        "the other did not"
-    );
+    assert_eq!(counts.completed(), 1, "one ran");
+    assert_eq!(counts.duplicates(), 1, "the other did not");
     let rows = rows_with_key(&env, "sensor-42").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!([first.id, copy.id].contains(&rows[0].0) && rows[0].1 == "completed");

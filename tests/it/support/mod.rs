@@ -17,8 +17,9 @@ use swarm_director::{
     broker::Broker,
     config::Settings,
     dlq::{DeadLetterStream, Filter, StoredDeadLetter},
+    metrics::Metrics,
     store::{Store, TaskRecord},
-    worker::{self, Worker, WorkerCounts},
+    worker::{self, Worker},
 };
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
@@ -119,6 +120,8 @@ impl TestEnv {
             registry,
             settings.worker,
         )
+        // Its own metrics: what a test reads is what this worker did.
+        .with_metrics(own_metrics())
     }
 
     /// A `swarmd` command pointed at this environment.
@@ -164,7 +167,7 @@ impl TestEnv {
 
     /// Starts `worker` in the background; stop it with [`RunningWorker::stop`].
     pub fn spawn(&self, worker: Worker) -> RunningWorker {
-        let (counts, liveness) = (worker.counts(), worker.liveness());
+        let (counts, liveness) = (Settled(worker.metrics()), worker.liveness());
         run_in_background(counts, liveness, |stop| async move {
             worker.run(stop).await.expect("worker runs");
         })
@@ -185,7 +188,10 @@ impl TestEnv {
 
     /// Starts an assembled worker in the background.
     pub fn spawn_assembled(&self, assembled: worker::Assembled) -> RunningWorker {
-        let (counts, liveness) = (assembled.worker.counts(), assembled.worker.liveness());
+        let (counts, liveness) = (
+            Settled(assembled.worker.metrics()),
+            assembled.worker.liveness(),
+        );
         run_in_background(counts, liveness, |stop| async move {
             assembled
                 .run(stop, Duration::from_secs(5))
@@ -412,7 +418,7 @@ async fn sweep_stale_streams(broker: &Broker, store: &Store) {
 pub struct RunningWorker {
     stop_tx: watch::Sender<bool>,
     handle: JoinHandle<()>,
-    pub counts: std::sync::Arc<WorkerCounts>,
+    pub counts: Settled,
     liveness: std::sync::Arc<swarm_director::sidecars::Liveness>,
 }
 
@@ -426,7 +432,7 @@ impl RunningWorker {
     }
 
     /// Asks the worker to shut down and waits until it has.
-    pub async fn stop(self) -> std::sync::Arc<WorkerCounts> {
+    pub async fn stop(self) -> Settled {
         let _ = self.stop_tx.send(true);
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
@@ -436,14 +442,49 @@ impl RunningWorker {
     }
 }
 
-/// Reads a counter.
-pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
-    counter.load(std::sync::atomic::Ordering::Relaxed)
+/// A metrics registry of its own, for one worker of a test.
+pub fn own_metrics() -> &'static Metrics {
+    Box::leak(Box::new(Metrics::new()))
+}
+
+/// What a worker settled, read from its metrics (live, or after it stopped).
+#[derive(Clone, Copy)]
+pub struct Settled(pub &'static Metrics);
+
+impl Settled {
+    pub fn completed(&self) -> u64 {
+        self.0.settled("completed")
+    }
+    pub fn retried(&self) -> u64 {
+        self.0.settled("retry")
+    }
+    pub fn dead(&self) -> u64 {
+        self.0.settled("dead")
+    }
+    pub fn duplicates(&self) -> u64 {
+        self.0.settled("duplicate")
+    }
+    pub fn rejected(&self) -> u64 {
+        self.0.settled("rejected")
+    }
+    pub fn cancelled(&self) -> u64 {
+        self.0.settled("cancelled")
+    }
+    /// Late outcomes fenced off (an agent ran twice for one committed result).
+    pub fn fenced(&self) -> u64 {
+        self.0.duplicate_executions.get()
+    }
+    pub fn store_failures(&self) -> u64 {
+        self.0.store_failures.get()
+    }
+    pub fn metrics(&self) -> &'static Metrics {
+        self.0
+    }
 }
 
 /// Runs `run` on a task until the returned handle is told to stop.
 fn run_in_background<F, Fut>(
-    counts: std::sync::Arc<WorkerCounts>,
+    counts: Settled,
     liveness: std::sync::Arc<swarm_director::sidecars::Liveness>,
     run: F,
 ) -> RunningWorker
