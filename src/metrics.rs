@@ -271,7 +271,7 @@ impl Metrics {
             cache: counter_vec(
                 &r,
                 "result_cache_requests_total",
-                "Result cache lookups",
+                "Result cache lookups (hit, miss) and failed lookups or stores (error)",
                 &["result"],
             ),
             mirror_lag_ms: gauge(

@@ -8,11 +8,7 @@ mod backend;
 
 pub use backend::CacheBackend;
 
-use std::{
-    collections::BTreeMap,
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -22,20 +18,13 @@ use crate::{agent::Agent, config::RedisSettings, metrics::Metrics, mirror::Mirro
 /// Longest a cache lookup or store may take before it counts as a miss.
 const PATIENCE: Duration = Duration::from_millis(250);
 
-/// Hits, misses and failures of the cache.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub errors: AtomicU64,
-}
-
 /// A Redis-backed cache of agent results.
 pub struct ResultCache {
     redis: CacheBackend,
     key_prefix: String,
     ttl_overrides: BTreeMap<String, u64>,
-    stats: CacheStats,
+    /// Where hits, misses and failures are counted (`result_cache_requests_total`).
+    metrics: &'static Metrics,
 }
 
 impl ResultCache {
@@ -58,12 +47,19 @@ impl ResultCache {
             redis,
             key_prefix: key_prefix.to_string(),
             ttl_overrides,
-            stats: CacheStats::default(),
+            metrics: Metrics::global(),
         }
     }
 
-    pub fn stats(&self) -> &CacheStats {
-        &self.stats
+    /// Counts into `metrics` instead of the process's own.
+    pub fn with_metrics(mut self, metrics: &'static Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Requests that ended `outcome`: lookups `hit` or `miss`, lookups and stores `error`.
+    pub fn lookups(&self, outcome: &str) -> u64 {
+        self.metrics.cache.with_label_values(&[outcome]).get()
     }
 
     /// How long `agent`'s results are kept, if they are cached at all (a configured 0
@@ -91,20 +87,17 @@ impl ResultCache {
             match tokio::time::timeout(PATIENCE, self.redis.get(&key)).await {
                 Ok(Ok(found)) => found,
                 _ => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    Metrics::global().cache.with_label_values(&["error"]).inc();
+                    self.metrics.cache.with_label_values(&["error"]).inc();
                     None
                 }
             };
         match found.and_then(|bytes| rmp_serde::from_slice(&bytes).ok()) {
             Some(value) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                Metrics::global().cache.with_label_values(&["hit"]).inc();
+                self.metrics.cache.with_label_values(&["hit"]).inc();
                 Some(value)
             }
             None => {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                Metrics::global().cache.with_label_values(&["miss"]).inc();
+                self.metrics.cache.with_label_values(&["miss"]).inc();
                 None
             }
         }
@@ -122,7 +115,7 @@ impl ResultCache {
         )
         .await;
         if !matches!(stored, Ok(Ok(()))) {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache.with_label_values(&["error"]).inc();
         }
     }
 }

@@ -119,6 +119,8 @@ pub struct DeadLetterStream {
     name: String,
     subjects: Subjects,
     replicas: usize,
+    /// Where unreadable records are counted.
+    metrics: &'static crate::metrics::Metrics,
 }
 
 impl DeadLetterStream {
@@ -136,7 +138,14 @@ impl DeadLetterStream {
             name,
             subjects: broker.subjects().clone(),
             replicas: broker.settings().replicas,
+            metrics: crate::metrics::Metrics::global(),
         }
+    }
+
+    /// Counts into `metrics` instead of the process's own.
+    pub fn with_metrics(mut self, metrics: &'static crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -286,9 +295,7 @@ impl DeadLetterStream {
                 Ok(_) => {}
                 // One bad record must not hide all the others.
                 Err(error) => {
-                    crate::metrics::Metrics::global()
-                        .dead_letters_unreadable
-                        .inc();
+                    self.metrics.dead_letters_unreadable.inc();
                     tracing::warn!(sequence, %error, "skipping a record that is not a dead letter");
                 }
             }
@@ -375,9 +382,7 @@ impl DeadLetterStream {
                 Ok(_) => {}
                 Err(error) => {
                     page.unreadable += 1;
-                    crate::metrics::Metrics::global()
-                        .dead_letters_unreadable
-                        .inc();
+                    self.metrics.dead_letters_unreadable.inc();
                     tracing::warn!(sequence = at, %error, "skipping a record that is not a dead letter");
                 }
             }

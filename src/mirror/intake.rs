@@ -57,6 +57,8 @@ pub struct Intake {
     worker_id: String,
     /// When `agent_tasks` was last scanned whole.
     last_full_look: Option<std::time::Instant>,
+    /// Where intakes and refused dead letters are counted.
+    metrics: &'static crate::metrics::Metrics,
 }
 
 impl Intake {
@@ -73,7 +75,15 @@ impl Intake {
             broker,
             worker_id,
             last_full_look: None,
+            metrics: crate::metrics::Metrics::global(),
         }
+    }
+
+    /// Counts into `metrics` instead of the process's own.
+    pub fn with_metrics(mut self, metrics: &'static crate::metrics::Metrics) -> Self {
+        self.dead_letters = self.dead_letters.with_metrics(metrics);
+        self.metrics = metrics;
+        self
     }
 
     /// Looks for legacy tasks every `interval` until `shutdown`.
@@ -338,9 +348,7 @@ impl Intake {
                 Err(error) => transient = Some(error),
             }
         }
-        crate::metrics::Metrics::global()
-            .legacy_intake
-            .inc_by(published as u64);
+        self.metrics.legacy_intake.inc_by(published as u64);
         if !done.is_empty() {
             let _: () = self.redis.hdel(&self.keys.intake, &done).await?;
         }
@@ -398,7 +406,7 @@ impl Intake {
             .await
             .map_err(|e| MirrorError::Publish(e.to_string()))?;
         for (id, error) in refused {
-            crate::metrics::Metrics::global().dead_letters_refused.inc();
+            self.metrics.dead_letters_refused.inc();
             tracing::error!(letter_id = %id, %error, "the broker refuses this legacy task's dead letter");
         }
         // A member claimed in place leaves agent_tasks now; shown failed as the seed would.

@@ -29,7 +29,7 @@ pub use event::{Attempt, MirrorEvent, Place, shown_by_ref};
 pub use intake::Intake;
 pub use keys::LegacyKeys;
 pub use legacy_json::LegacyTask;
-pub use writer::{Mirror, MirrorStats};
+pub use writer::Mirror;
 
 use crate::config::RedisSettings;
 

@@ -8,7 +8,7 @@ use std::{
     ops::Range,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -41,25 +41,6 @@ const HOLD_PASSING: Duration = Duration::from_millis(50);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Counters of the mirror, readable while it runs.
-#[derive(Debug, Default)]
-pub struct MirrorStats {
-    /// Moves written to Redis.
-    pub written: AtomicU64,
-    /// Moves dropped because the queue was full (caught up from PostgreSQL later).
-    pub dropped: AtomicU64,
-    /// Batches that failed and were retried.
-    pub failures: AtomicU64,
-    /// Moves Redis refused for good (dropped alone; `mirror check` shows them).
-    pub refused: AtomicU64,
-    /// Moves left out because a later move of the same task was in the same batch.
-    pub coalesced: AtomicU64,
-    /// Rows rewritten by catch-ups.
-    pub caught_up: AtomicU64,
-    /// Milliseconds between a move and its write, for the last batch written.
-    pub lag_ms: AtomicU64,
-}
-
 /// A handle to queue legacy-key moves; cheap to clone.
 #[derive(Clone)]
 pub struct Mirror {
@@ -67,7 +48,8 @@ pub struct Mirror {
     /// Bytes of task JSON queued now.
     queued_bytes: Arc<AtomicUsize>,
     max_queued_bytes: usize,
-    stats: Arc<MirrorStats>,
+    /// Where drops, refusals and the lag are recorded.
+    metrics: &'static Metrics,
     /// Time of the first dropped move not yet caught up.
     dropped_since: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
@@ -78,8 +60,9 @@ impl Mirror {
         redis: ConnectionManager,
         keys: LegacyKeys,
         store: Store,
+        metrics: &'static Metrics,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        Self::spawn_with_queue(redis, keys, store, QUEUE)
+        Self::spawn_with_queue(redis, keys, store, QUEUE, metrics)
     }
 
     /// [`Mirror::spawn`] with room for `queue` unwritten moves.
@@ -88,20 +71,22 @@ impl Mirror {
         keys: LegacyKeys,
         store: Store,
         queue: usize,
+        metrics: &'static Metrics,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let mirror = Self {
             tx,
             queued_bytes: Arc::default(),
             max_queued_bytes: QUEUE_BYTES,
-            stats: Arc::default(),
+            metrics,
             dropped_since: Arc::default(),
         };
         let writer = Writer {
             redis,
             keys,
             store,
-            stats: mirror.stats.clone(),
+            metrics,
+            failures: 0,
             dropped_since: mirror.dropped_since.clone(),
             queued_bytes: mirror.queued_bytes.clone(),
         };
@@ -122,15 +107,16 @@ impl Mirror {
         let refused = queued + size > self.max_queued_bytes;
         if refused || self.tx.try_send(event).is_err() {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            Metrics::global().mirror_dropped.inc();
+            self.metrics.mirror_dropped.inc();
             let mut since = self.dropped_since.lock().expect("mirror lock");
             since.get_or_insert_with(|| Utc::now() - chrono::Duration::seconds(1));
         }
     }
 
-    pub fn stats(&self) -> &MirrorStats {
-        &self.stats
+    /// Moves dropped so far (a full queue, or refused by Redis for good): the legacy keys
+    /// catch up from PostgreSQL.
+    pub fn dropped(&self) -> u64 {
+        self.metrics.mirror_dropped.get()
     }
 }
 
@@ -138,7 +124,9 @@ struct Writer {
     redis: ConnectionManager,
     keys: LegacyKeys,
     store: Store,
-    stats: Arc<MirrorStats>,
+    metrics: &'static Metrics,
+    /// Failed writes so far (every 20th is logged).
+    failures: u64,
     dropped_since: Arc<Mutex<Option<DateTime<Utc>>>>,
     queued_bytes: Arc<AtomicUsize>,
 }
@@ -176,15 +164,11 @@ impl Writer {
             // Closing: nothing is held back any more.
             let may_hold = !rx.is_closed();
             let mut due = Vec::with_capacity(batch.len());
-            let mut dropped = 0;
             for event in batch {
-                dropped += held.offer(event, may_hold, &mut due);
+                held.offer(event, may_hold, &mut due);
             }
             due.extend(held.take_due(Utc::now(), !may_hold));
-            let offered = due.len();
             let due = coalesce(due);
-            dropped += (offered - due.len()) as u64;
-            self.stats.coalesced.fetch_add(dropped, Ordering::Relaxed);
             let oldest = due.iter().map(|e| e.at).min();
             self.write_until_done(&due).await;
             // Counted until written (or replaced), so queue and batch stay within the bound.
@@ -192,8 +176,7 @@ impl Writer {
                 .fetch_sub(counted - held.bytes(), Ordering::Relaxed);
             if let Some(oldest) = oldest {
                 let lag = (Utc::now() - oldest).num_milliseconds().max(0) as u64;
-                self.stats.lag_ms.store(lag, Ordering::Relaxed);
-                Metrics::global().mirror_lag_ms.set(lag as i64);
+                self.metrics.mirror_lag_ms.set(lag as i64);
             }
             self.catch_up_if_needed().await;
         }
@@ -213,8 +196,7 @@ impl Writer {
             .await
             .expect("the mirror waits out every transient fault");
         for (i, error) in found.refused {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            Metrics::global().mirror_dropped.inc();
+            self.metrics.mirror_dropped.inc();
             tracing::warn!(task_id = %batch[i].id, %error,
                 "Redis refuses this legacy-key move; dropped");
         }
@@ -232,9 +214,6 @@ impl Writer {
                 for chunk in events.chunks(BATCH) {
                     self.write_until_done(chunk).await;
                 }
-                self.stats
-                    .caught_up
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 let mut guard = self.dropped_since.lock().expect("mirror lock");
                 // Drops that happened during the catch-up need another one.
                 if *guard == Some(since) {
@@ -353,16 +332,13 @@ impl RangeWrite for Moves<'_> {
             false,
         )
         .await?;
-        writer
-            .stats
-            .written
-            .fetch_add(range.len() as u64, Ordering::Relaxed);
         self.backoff.reset();
         Ok(())
     }
 
     async fn wait(&mut self, error: redis::RedisError) -> bool {
-        let failures = self.writer.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let failures = self.writer.failures;
+        self.writer.failures += 1;
         if failures.is_multiple_of(20) {
             tracing::warn!(%error, "legacy mirror cannot write to Redis; retrying");
         }

@@ -79,7 +79,7 @@ pub fn assemble(
             redis: redis.clone(),
             keys: keys.clone(),
         }));
-        let (handle, writer) = Mirror::spawn(redis.clone(), keys.clone(), store);
+        let (handle, writer) = Mirror::spawn(redis.clone(), keys.clone(), store, worker.metrics());
         worker = worker.with_mirror(handle.clone());
         mirror = Some(handle);
         mirror_writer = Some(writer);
@@ -94,7 +94,8 @@ pub fn assemble(
             keys,
             broker,
             worker.id().to_string(),
-        );
+        )
+        .with_metrics(worker.metrics());
         worker = worker.with_intake(
             intake,
             Duration::from_millis(redis_settings.intake_interval_ms),

@@ -117,6 +117,7 @@ impl Worker {
     /// Records into `metrics` instead of the process's own (a test that must see only
     /// what this worker did).
     pub fn with_metrics(mut self, metrics: &'static Metrics) -> Self {
+        self.dead_letters = self.dead_letters.with_metrics(metrics);
         self.metrics = metrics;
         self
     }

@@ -1,7 +1,7 @@
 //! The result cache on a real three-master Redis Cluster (the seed's `DistributedCache`),
 //! including a master killed mid-run: a cache failure is a miss, never a lost task.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use serde_json::json;
 use swarm_director::{
@@ -9,7 +9,7 @@ use swarm_director::{
     task::{Codec, TaskEnvelope},
 };
 
-use crate::support::{TestEnv, redis_cluster::RedisCluster};
+use crate::support::{TestEnv, own_metrics, redis_cluster::RedisCluster};
 
 fn texts(round: usize) -> Vec<TaskEnvelope> {
     (0..60)
@@ -41,15 +41,12 @@ async fn the_result_cache_spreads_over_a_redis_cluster_and_survives_a_dead_maste
     let mut env = TestEnv::new().await;
     env.settings.redis.cache_url = Some(swarm_director::config::SecretUrl::new(cluster.urls()));
     env.settings.redis.cache_cluster = true;
-    let cache = std::sync::Arc::new(ResultCache::connect(&env.settings.redis).unwrap());
-    let stats = |c: &ResultCache| {
-        let s = c.stats();
-        (
-            s.hits.load(Ordering::Relaxed),
-            s.misses.load(Ordering::Relaxed),
-            s.errors.load(Ordering::Relaxed),
-        )
-    };
+    let cache = std::sync::Arc::new(
+        ResultCache::connect(&env.settings.redis)
+            .unwrap()
+            .with_metrics(own_metrics()),
+    );
+    let stats = |c: &ResultCache| (c.lookups("hit"), c.lookups("miss"), c.lookups("error"));
     let worker = env.spawn(env.worker().with_cache(cache.clone()));
 
     // First round: every input is new; the results land on all three masters.

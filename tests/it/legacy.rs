@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::support::{
     TestEnv, eventually,
     nats_server::spare_port,
+    own_metrics,
     redis_server::RedisServer,
     schemas::{assert_valid, validator},
     succeeds,
@@ -460,8 +461,13 @@ async fn redis_down_mid_run_loses_nothing_and_the_mirror_catches_up() {
     let k = keys(&env);
     // A small queue, so the outage overflows it and the catch-up from PostgreSQL must run.
     let redis = mirror::connect(&env.settings.redis).unwrap();
-    let (mirror, writer) =
-        Mirror::spawn_with_queue(redis.clone(), k.clone(), env.store.clone(), 50);
+    let (mirror, writer) = Mirror::spawn_with_queue(
+        redis.clone(),
+        k.clone(),
+        env.store.clone(),
+        50,
+        own_metrics(),
+    );
     let worker = env.worker().with_mirror(mirror.clone());
     let running = env.spawn(worker);
 
@@ -488,16 +494,13 @@ async fn redis_down_mid_run_loses_nothing_and_the_mirror_catches_up() {
     println!(
         "Redis down: 300 tasks completed in {:.2} s regardless; {} mirror moves dropped",
         down.elapsed().as_secs_f64(),
-        count(&mirror.stats().dropped)
+        mirror.dropped()
     );
     assert!(
         rows.iter().all(|r| r.status == "completed"),
         "processing never stopped"
     );
-    assert!(
-        count(&mirror.stats().dropped) > 0,
-        "the outage overflowed the queue"
-    );
+    assert!(mirror.dropped() > 0, "the outage overflowed the queue");
 
     server.launch();
     let mut check_conn = mirror::connect(&env.settings.redis).unwrap();
@@ -513,10 +516,6 @@ async fn redis_down_mid_run_loses_nothing_and_the_mirror_catches_up() {
     assert!(drift.is_clean());
     let completed: usize = check_conn.hlen(&k.completed_tasks).await.unwrap();
     assert_eq!(completed, 500);
-    println!(
-        "mirror caught up: {} rows rewritten",
-        count(&mirror.stats().caught_up)
-    );
     running.stop().await;
     drop(mirror);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
@@ -583,21 +582,21 @@ async fn mirror_rebuild_repairs_drift() {
 async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
     let env = TestEnv::new().await;
     let redis = mirror::connect(&env.settings.redis).unwrap();
-    let cache = std::sync::Arc::new(ResultCache::new(
-        CacheBackend::Single(redis),
-        &env.settings.redis.key_prefix,
-        Default::default(),
-    ));
+    let cache = std::sync::Arc::new(
+        ResultCache::new(
+            CacheBackend::Single(redis),
+            &env.settings.redis.key_prefix,
+            Default::default(),
+        )
+        .with_metrics(own_metrics()),
+    );
     let running = env.spawn(env.worker().with_cache(cache.clone()));
     let input = json!({"text": "Short and clear. Easy to read."});
     let first = TaskEnvelope::new("quality", input.clone());
     env.broker.publish(&first, Codec::Json).await.unwrap();
     env.wait_finished(&[first.id], Duration::from_secs(10))
         .await;
-    assert_eq!(
-        (count(&cache.stats().hits), count(&cache.stats().misses)),
-        (0, 1)
-    );
+    assert_eq!((cache.lookups("hit"), cache.lookups("miss")), (0, 1));
 
     // Same input, other key order: a hit.
     let second = TaskEnvelope::new("quality", json!({"text": "Short and clear. Easy to read."}));
@@ -608,7 +607,7 @@ async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
     let rows = env
         .wait_finished(&[first.id, second.id], Duration::from_secs(10))
         .await;
-    assert_eq!(count(&cache.stats().hits), 1);
+    assert_eq!(cache.lookups("hit"), 1);
     assert_eq!(rows[0].result, rows[1].result);
     let key = cache.key("quality", &input);
     assert!(key.starts_with(&format!(
@@ -626,18 +625,21 @@ async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
     let echo = TaskEnvelope::new("echo", json!(1));
     env.broker.publish(&echo, Codec::Json).await.unwrap();
     env.wait_finished(&[echo.id], Duration::from_secs(10)).await;
-    assert_eq!(count(&cache.stats().hits) + count(&cache.stats().misses), 2);
+    assert_eq!(cache.lookups("hit") + cache.lookups("miss"), 2);
     running.stop().await;
 
     // Redis away: the agent runs, the failure is counted.
     let mut settings = env.settings.redis.clone();
     settings.url =
         swarm_director::config::SecretUrl::new(format!("redis://127.0.0.1:{}", spare_port()));
-    let dead = std::sync::Arc::new(ResultCache::new(
-        CacheBackend::Single(mirror::connect(&settings).unwrap()),
-        "",
-        Default::default(),
-    ));
+    let dead = std::sync::Arc::new(
+        ResultCache::new(
+            CacheBackend::Single(mirror::connect(&settings).unwrap()),
+            "",
+            Default::default(),
+        )
+        .with_metrics(own_metrics()),
+    );
     let running = env.spawn(env.worker().with_cache(dead.clone()));
     let third = TaskEnvelope::new("quality", json!({"text": "Another text to score."}));
     env.broker.publish(&third, Codec::Json).await.unwrap();
@@ -645,7 +647,7 @@ async fn the_result_cache_skips_the_agent_on_a_hit_and_degrades_on_failure() {
         .wait_finished(&[third.id], Duration::from_secs(10))
         .await;
     assert_eq!(rows[0].status, "completed");
-    assert!(count(&dead.stats().errors) >= 1);
+    assert!(dead.lookups("error") >= 1);
     running.stop().await;
     env.cleanup().await;
 }
@@ -662,13 +664,13 @@ async fn the_mirror_queue_is_bounded_in_bytes_while_redis_is_away() {
     env.settings.redis.url =
         swarm_director::config::SecretUrl::new(format!("redis://127.0.0.1:{port}"));
     let redis = mirror::connect(&env.settings.redis).unwrap();
-    let (mirror, _writer) = Mirror::spawn(redis, keys(&env), env.store.clone());
+    let (mirror, _writer) = Mirror::spawn(redis, keys(&env), env.store.clone(), own_metrics());
     let mirror = mirror.with_max_queued_bytes(64 * 1024);
     for _ in 0..40 {
         let task = TaskEnvelope::new("echo", json!("x".repeat(8 * 1024)));
         mirror.record(swarm_director::mirror::MirrorEvent::published(&task));
     }
-    let dropped = count(&mirror.stats().dropped);
+    let dropped = mirror.dropped();
     // 64 KiB holds seven moves of a little over 8 KiB, queued or in the writer's hands.
     assert_eq!(dropped, 33, "dropped {dropped} of 40");
     env.cleanup().await;
@@ -966,9 +968,4 @@ async fn a_claim_checked_result_is_shown_alike_live_and_rebuilt() {
     fleet.stop().await;
     assert_mirror_clean_and_rebuilt_clean(&env).await;
     env.cleanup().await;
-}
-
-/// Reads one of the mirror's or the cache's own counters.
-fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
-    counter.load(std::sync::atomic::Ordering::Relaxed)
 }
