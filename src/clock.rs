@@ -3,9 +3,10 @@
 //! system. A worker runs on the system's; a test hands it a manual one and moves it, so
 //! "an hour later" takes no hour and no fixed sleep.
 //!
-//! Only those decisions read it. Leases, heartbeats, deadlines and the broker's own waits
-//! (a nak's delay, a server-held message) run on real time: the broker and the database
-//! keep their own clocks, which no test can move.
+//! Only those decisions read it. Monotonic time (the retry alarms, linger and refill waits,
+//! deadlines) is tokio's clock, which tests pause and advance (`start_paused`, as the retry
+//! alarms' tests do). The broker's own waits (a nak's delay, a server-held message) and the
+//! database's clock are the servers': no test moves them.
 
 use std::sync::{Arc, Mutex};
 
