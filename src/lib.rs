@@ -8,8 +8,9 @@
 //! - [`config`]: one table of settings drives the typed tree (defaults, file, environment)
 //!   and the generated reference `docs/configuration.md`; secrets redacted.
 //! - [`task`]: the wire contract: the task envelope and its JSON / MessagePack codecs.
-//! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing, priority pull,
-//!   outcomes announced on core NATS.
+//! - [`broker`]: JetStream: subjects, stream and consumer setup, publishing; the rest by
+//!   concern, one handle each: `lanes()` (priority pull, backlog), `delays()`, `payloads()`
+//!   (claim checks), `cancellations()`, `outcomes()` (announced on core NATS), `strays()`.
 //! - [`agent`]: the `Agent` trait, its typed errors, the registry and the built-in agents.
 //! - [`cache`]: the Redis result cache of deterministic agents.
 //! - [`clock`]: the wall clock the due and expiry decisions read, injected (manual in tests).
@@ -26,8 +27,9 @@
 //! - [`telemetry`]: logs, and traces carried in NATS headers and exported over OTLP.
 //! - [`scale`]: host readings, the workers' roll call, scale-up/down signals and sizing.
 //! - [`schedule`]: periodic schedules: fire times, exactly-once fire tasks, the ticker.
-//! - [`store`]: PostgreSQL pools, embedded migrations, the task queries and the day
-//!   partitions that expire whole (retention).
+//! - [`store`]: PostgreSQL pools and embedded migrations; the queries by concern, one handle
+//!   each: `tasks()`, `search()`, `reads()` (replicas), `keys()` (idempotency),
+//!   `cancellations()`, `retention()` (day partitions that expire whole), `schedules()`.
 //! - [`waiter`]: waiting for tasks' outcomes (announced on NATS, the store read once).
 //! - [`delivery`]: a JetStream message becomes a task, or a rejection kept as a dead letter.
 //! - [`sidecars`]: the jobs beside a worker's pull loop (cancellations, progress, delayed

@@ -28,6 +28,13 @@ async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
         .await;
     let openapi = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/openapi.json");
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/schemathesis.toml");
+    // The suite's settings; an outside run picks its own (`SWARM_CONTRACT_SEED=7
+    // SWARM_CONTRACT_EXAMPLES=300 cargo nextest run schemathesis`).
+    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
+    let (seed, examples) = (
+        setting("SWARM_CONTRACT_SEED", "20261130"),
+        setting("SWARM_CONTRACT_EXAMPLES", "80"),
+    );
     let run = tokio::process::Command::new(&st)
         .args(["--config-file", config])
         .args(["run", openapi, "--url", &url])
@@ -36,9 +43,9 @@ async fn schemathesis_finds_no_breach_of_the_openapi_contract() {
             "--checks",
             "all",
             "--max-examples",
-            "80",
+            &examples,
             "--seed",
-            "20261130",
+            &seed,
         ])
         .args(["--output-sanitize", "false", "--no-color"])
         // Same seed, same cases: no example database carried between runs.
