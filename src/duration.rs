@@ -124,11 +124,20 @@ pub fn instant_or_age(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, D
         return Ok(time.with_timezone(&Utc));
     }
     let age = parse(text).map_err(|_| DurationError::NotAnInstant(text.to_string()))?;
-    // An age past the calendar's start means "since ever".
+    // An age past the earliest time kept means "since ever".
     Ok(chrono::Duration::from_std(age)
         .ok()
         .and_then(|age| now.checked_sub_signed(age))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC))
+        .map_or_else(earliest, |at| at.max(earliest())))
+}
+
+/// The earliest instant an age reaches: 1 January 4000 BC, within what PostgreSQL stores
+/// (from 4713 BC) and long before any task, so "since ever" is a time the database takes.
+pub fn earliest() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(-3999, 1, 1)
+        .expect("a valid date")
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
 }
 
 /// [`instant_or_age`] from the clock's now, for command-line flags.
@@ -242,10 +251,11 @@ mod tests {
                 .to_rfc3339(),
             "2026-11-30T23:00:00+00:00"
         );
-        assert_eq!(
-            instant_or_age("999999999d", now).unwrap(),
-            DateTime::<Utc>::MIN_UTC
-        );
+        // Past what chrono counts, or only past what PostgreSQL stores: since ever.
+        for far in ["999999999d", "946502521h"] {
+            assert_eq!(instant_or_age(far, now).unwrap(), earliest(), "{far}");
+        }
+        assert_eq!(earliest().to_rfc3339(), "-3999-01-01T00:00:00+00:00");
         let error = instant_or_age("yesterday", now).unwrap_err().to_string();
         assert!(
             error.contains("RFC 3339") && error.contains("2h"),
