@@ -93,7 +93,11 @@ MUTATION_FILES ?= src/task/envelope.rs src/task/payload_ref.rs src/fault.rs src/
 	src/schedule/cron_syntax.rs
 mutants:
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
-	$(CARGO) mutants --no-shuffle $(foreach f,$(MUTATION_FILES),--file $(f)) -- --lib
+	@# Exit 3 means some mutants timed out: they made a loop endless (the bisection), which
+	@# the tests' timeout caught. Exit 2 (a mutant no test notices) fails the target.
+	@rc=0; $(CARGO) mutants --no-shuffle $(foreach f,$(MUTATION_FILES),--file $(f)) -- --lib || rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "== mutants: some timed out (endless loops), none missed =="; rc=0; fi; \
+	exit $$rc
 
 lint:
 	$(CARGO) fmt --all -- --check
