@@ -44,6 +44,30 @@
 //! Layers point one way: no module imports another that imports it back, directly or
 //! around a loop (`tests/checks/layers.rs` fails on one).
 
+/// A view of `$owner` that holds one concern's methods (`store.tasks()`,
+/// `broker.lanes()`): the handle, its accessor on the owner, and `Deref` to the owner, so
+/// the concern's methods use the owner's fields and helpers as they are.
+macro_rules! concern_handle {
+    ($(#[$doc:meta])* pub struct $handle:ident for $owner:ty, $accessor:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub struct $handle<'a>(pub(crate) &'a $owner);
+
+        impl $owner {
+            pub fn $accessor(&self) -> $handle<'_> {
+                $handle(self)
+            }
+        }
+
+        impl std::ops::Deref for $handle<'_> {
+            type Target = $owner;
+            fn deref(&self) -> &$owner {
+                self.0
+            }
+        }
+    };
+}
+
 pub mod agent;
 pub mod backoff;
 pub mod broker;

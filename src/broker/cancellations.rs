@@ -17,21 +17,9 @@ pub struct CancelNotice {
     pub by: String,
 }
 
-/// Cancellation notices on core NATS.
-#[derive(Clone, Copy)]
-pub struct Cancellations<'a>(&'a Broker);
-
-impl Broker {
-    pub fn cancellations(&self) -> Cancellations<'_> {
-        Cancellations(self)
-    }
-}
-
-impl std::ops::Deref for Cancellations<'_> {
-    type Target = Broker;
-    fn deref(&self) -> &Broker {
-        self.0
-    }
+concern_handle! {
+    /// Cancellation notices on core NATS.
+    pub struct Cancellations for Broker, cancellations
 }
 
 impl Cancellations<'_> {

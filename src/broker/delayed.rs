@@ -52,21 +52,9 @@ impl DelayedCounts {
     }
 }
 
-/// Delayed tasks: held by the server or in the delay stream until due.
-#[derive(Clone, Copy)]
-pub struct Delays<'a>(&'a Broker);
-
-impl Broker {
-    pub fn delays(&self) -> Delays<'_> {
-        Delays(self)
-    }
-}
-
-impl std::ops::Deref for Delays<'_> {
-    type Target = Broker;
-    fn deref(&self) -> &Broker {
-        self.0
-    }
+concern_handle! {
+    /// Delayed tasks: held by the server or in the delay stream until due.
+    pub struct Delays for Broker, delays
 }
 
 impl Delays<'_> {

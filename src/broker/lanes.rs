@@ -101,21 +101,9 @@ pub(super) fn name_hash(text: &str) -> u64 {
     })
 }
 
-/// The lanes: one consumer per priority (and pool), pulled highest first, and their backlog.
-#[derive(Clone, Copy)]
-pub struct Lanes<'a>(pub(super) &'a Broker);
-
-impl Broker {
-    pub fn lanes(&self) -> Lanes<'_> {
-        Lanes(self)
-    }
-}
-
-impl std::ops::Deref for Lanes<'_> {
-    type Target = Broker;
-    fn deref(&self) -> &Broker {
-        self.0
-    }
+concern_handle! {
+    /// The lanes: one consumer per priority (and pool), pulled highest first, and their backlog.
+    pub struct Lanes for Broker, lanes
 }
 
 impl Lanes<'_> {

@@ -55,21 +55,9 @@ impl Classify for PayloadError {
     }
 }
 
-/// Claim checks: large values in the Object Store.
-#[derive(Clone, Copy)]
-pub struct Payloads<'a>(&'a Broker);
-
-impl Broker {
-    pub fn payloads(&self) -> Payloads<'_> {
-        Payloads(self)
-    }
-}
-
-impl std::ops::Deref for Payloads<'_> {
-    type Target = Broker;
-    fn deref(&self) -> &Broker {
-        self.0
-    }
+concern_handle! {
+    /// Claim checks: large values in the Object Store.
+    pub struct Payloads for Broker, payloads
 }
 
 impl Payloads<'_> {

@@ -79,21 +79,9 @@ pub struct Announcement<'a> {
     pub completed_at: DateTime<Utc>,
 }
 
-/// Outcomes announced on core NATS, and waiting for them.
-#[derive(Clone, Copy)]
-pub struct Outcomes<'a>(&'a Broker);
-
-impl Broker {
-    pub fn outcomes(&self) -> Outcomes<'_> {
-        Outcomes(self)
-    }
-}
-
-impl std::ops::Deref for Outcomes<'_> {
-    type Target = Broker;
-    fn deref(&self) -> &Broker {
-        self.0
-    }
+concern_handle! {
+    /// Outcomes announced on core NATS, and waiting for them.
+    pub struct Outcomes for Broker, outcomes
 }
 
 impl Outcomes<'_> {

@@ -19,21 +19,9 @@ const STRAY_CONSUMER_EXPIRY: Duration = Duration::from_secs(120);
 /// Most messages taken from one stray subject per fetch.
 pub const STRAY_BATCH: usize = 64;
 
-/// Messages on task subjects no lane reads.
-#[derive(Clone, Copy)]
-pub struct Strays<'a>(&'a Broker);
-
-impl Broker {
-    pub fn strays(&self) -> Strays<'_> {
-        Strays(self)
-    }
-}
-
-impl std::ops::Deref for Strays<'_> {
-    type Target = Broker;
-    fn deref(&self) -> &Broker {
-        self.0
-    }
+concern_handle! {
+    /// Messages on task subjects no lane reads.
+    pub struct Strays for Broker, strays
 }
 
 impl Strays<'_> {

@@ -73,21 +73,9 @@ fn catch_up_text(catch_up: CatchUp) -> &'static str {
 const COLUMNS: &str = "name, agent_type, data, priority, every_secs, cron, time_zone, overlap, \
                        catch_up, paused, next_fire, last_fire, last_task";
 
-/// Periodic schedules' rows.
-#[derive(Clone, Copy)]
-pub struct Schedules<'a>(&'a Store);
-
-impl Store {
-    pub fn schedules(&self) -> Schedules<'_> {
-        Schedules(self)
-    }
-}
-
-impl std::ops::Deref for Schedules<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        self.0
-    }
+concern_handle! {
+    /// Periodic schedules' rows.
+    pub struct Schedules for Store, schedules
 }
 
 impl Schedules<'_> {

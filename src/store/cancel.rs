@@ -40,21 +40,9 @@ pub struct CancelFilter {
     pub statuses: Vec<String>,
 }
 
-/// Cancellation requests and the tasks they end.
-#[derive(Clone, Copy)]
-pub struct Cancellations<'a>(&'a Store);
-
-impl Store {
-    pub fn cancellations(&self) -> Cancellations<'_> {
-        Cancellations(self)
-    }
-}
-
-impl std::ops::Deref for Cancellations<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        self.0
-    }
+concern_handle! {
+    /// Cancellation requests and the tasks they end.
+    pub struct Cancellations for Store, cancellations
 }
 
 impl Cancellations<'_> {

@@ -15,21 +15,9 @@ use crate::task::TaskEnvelope;
 /// free again: a safety net, far beyond any backlog's wait.
 const ORPHANED_AFTER: &str = "1 day";
 
-/// Idempotency keys: which task holds each.
-#[derive(Clone, Copy)]
-pub struct Keys<'a>(&'a Store);
-
-impl Store {
-    pub fn keys(&self) -> Keys<'_> {
-        Keys(self)
-    }
-}
-
-impl std::ops::Deref for Keys<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        self.0
-    }
+concern_handle! {
+    /// Idempotency keys: which task holds each.
+    pub struct Keys for Store, keys
 }
 
 impl Keys<'_> {

@@ -61,21 +61,9 @@ fn day_start_literal(day: NaiveDate) -> String {
     format!("{} 00:00:00+00", day.format("%Y-%m-%d"))
 }
 
-/// Day partitions: created ahead, dropped once their tasks are finished and old.
-#[derive(Clone, Copy)]
-pub struct Retention<'a>(&'a Store);
-
-impl Store {
-    pub fn retention(&self) -> Retention<'_> {
-        Retention(self)
-    }
-}
-
-impl std::ops::Deref for Retention<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        self.0
-    }
+concern_handle! {
+    /// Day partitions: created ahead, dropped once their tasks are finished and old.
+    pub struct Retention for Store, retention
 }
 
 impl Retention<'_> {

@@ -83,21 +83,9 @@ pub enum ReadFrom {
     Primary,
 }
 
-/// Reads routed to a replica, falling back to the primary.
-#[derive(Clone, Copy)]
-pub struct Reads<'a>(&'a Store);
-
-impl Store {
-    pub fn reads(&self) -> Reads<'_> {
-        Reads(self)
-    }
-}
-
-impl std::ops::Deref for Reads<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        self.0
-    }
+concern_handle! {
+    /// Reads routed to a replica, falling back to the primary.
+    pub struct Reads for Store, reads
 }
 
 impl Reads<'_> {

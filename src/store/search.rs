@@ -56,21 +56,9 @@ pub struct MinuteCounts {
 const SEARCHED_TEXT: &str =
     "data::text || ' ' || coalesce(result::text, '') || ' ' || coalesce(last_error, '')";
 
-/// Searching and counting tasks for the dashboard and the API.
-#[derive(Clone, Copy)]
-pub struct Search<'a>(&'a Store);
-
-impl Store {
-    pub fn search(&self) -> Search<'_> {
-        Search(self)
-    }
-}
-
-impl std::ops::Deref for Search<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        self.0
-    }
+concern_handle! {
+    /// Searching and counting tasks for the dashboard and the API.
+    pub struct Search for Store, search
 }
 
 impl Search<'_> {

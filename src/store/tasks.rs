@@ -60,21 +60,9 @@ impl<'a> EnvelopeColumns<'a> {
     }
 }
 
-/// The task rows: what workers claim and settle, what readers look up.
-#[derive(Clone, Copy)]
-pub struct Tasks<'a>(&'a Store);
-
-impl Store {
-    pub fn tasks(&self) -> Tasks<'_> {
-        Tasks(self)
-    }
-}
-
-impl std::ops::Deref for Tasks<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        self.0
-    }
+concern_handle! {
+    /// The task rows: what workers claim and settle, what readers look up.
+    pub struct Tasks for Store, tasks
 }
 
 impl Tasks<'_> {
